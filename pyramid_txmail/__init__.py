@@ -1,0 +1,1 @@
+"""pyramid_txmail (being assembled)."""
