@@ -1,0 +1,91 @@
+"""Shared test dummies."""
+
+from __future__ import annotations
+
+from zope.interface import implementer
+
+from pyramid_txmail.interfaces import IMailDelivery, IPendingMail
+
+
+def make_mail(n: int = 0, recipients: tuple[str, ...] = ('to@example.com',)):
+    """A small PreparedMail, without going through the message builder."""
+    from pyramid_txmail.message import Envelope, PreparedMail
+
+    message_id = f'<{n}@test>'
+    data = (
+        f'From: from@example.com\r\nTo: {", ".join(recipients)}\r\n'
+        f'Subject: test {n}\r\nMessage-ID: {message_id}\r\n\r\nbody {n}\r\n'
+    ).encode()
+    return PreparedMail(message_id, Envelope('from@example.com', recipients), data)
+
+
+@implementer(IMailDelivery)
+class RecordingDelivery:
+    """Records each protocol step as (step, [message ids]) in ``calls``."""
+
+    def __init__(self, name: str = 'd', calls: list | None = None):
+        self.name = name
+        self.calls = [] if calls is None else calls
+        self.fail_vote: BaseException | None = None
+        self.fail_step: str | None = None
+
+    def vote(self, mails):
+        ids = [m.message_id for m in mails]
+        if self.fail_vote is not None:
+            raise self.fail_vote
+        self.calls.append((self.name, 'vote', ids))
+        return RecordingPending(self, ids)
+
+    def send_now(self, mail):
+        self.calls.append((self.name, 'send_now', [mail.message_id]))
+        return {}
+
+
+@implementer(IPendingMail)
+class RecordingPending:
+    def __init__(self, delivery: RecordingDelivery, ids: list[str]):
+        self.delivery = delivery
+        self.ids = ids
+
+    def _record(self, step: str) -> None:
+        if self.delivery.fail_step == step:
+            raise RuntimeError(f'{step} broke')
+        self.delivery.calls.append((self.delivery.name, step, self.ids))
+
+    def finish(self):
+        self._record('finish')
+
+    def abort(self):
+        self._record('abort')
+
+    def after_commit(self):
+        self._record('after_commit')
+
+
+class FailingVoteDataManager:
+    """A data manager (another database, say) whose vote fails."""
+
+    def __init__(self, transaction_manager, key='~zzz'):
+        self.transaction_manager = transaction_manager
+        self.key = key
+
+    def sortKey(self):
+        return self.key
+
+    def abort(self, txn):
+        pass
+
+    def tpc_begin(self, txn):
+        pass
+
+    def commit(self, txn):
+        pass
+
+    def tpc_vote(self, txn):
+        raise RuntimeError('the database refused')
+
+    def tpc_finish(self, txn):  # pragma: no cover - never reached
+        pass
+
+    def tpc_abort(self, txn):
+        pass
