@@ -40,8 +40,9 @@ class MailEvent:
     @property
     def message(self) -> EmailMessage:
         if self._message is None:
+            # The bytes are as on the wire (CRLF); Python text uses '\n'.
             self._message = email.message_from_bytes(
-                self.data, policy=email.policy.default
+                self.data.replace(b'\r\n', b'\n'), policy=email.policy.default
             )
         return self._message
 
