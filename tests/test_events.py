@@ -99,9 +99,15 @@ class TestNotifier(unittest.TestCase):
 
     def test_works_from_after_commit_hook_of_sending_transaction(self):
         subscriber = JoiningSubscriber()
-        notifier = self._makeOne(subscriber)
+        managers = []
+
+        def notify(event):
+            managers.append(event.transaction_manager)
+            subscriber(event)
+
+        notifier = self._makeOne(notify)
         sending = transaction.TransactionManager(explicit=True)
         with sending as txn:
             txn.addAfterCommitHook(lambda status: notifier(self._events('<1@test>')))
         self.assertEqual(subscriber.committed, ['<1@test>'])
-        self.assertIsNot(subscriber.committed, sending)
+        self.assertIsNot(managers[0], sending)
