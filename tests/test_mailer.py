@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import transaction
+
+from pyramid_txmail.message import MailError, Message
+from pyramid_txmail.settings import MailSettings
+from tests import RecordingDelivery
+
+
+def message(**kw):
+    kw.setdefault('subject', 'Hi')
+    kw.setdefault('sender', 'from@example.com')
+    kw.setdefault('recipients', ['to@example.com'])
+    kw.setdefault('body', 'hello')
+    return Message(**kw)
+
+
+class TestMailer:
+    def _makeOne(self, delivery=None, **kw):
+        from pyramid_txmail.mailer import Mailer
+
+        settings = kw.pop('settings', MailSettings(message_id_domain='test.example'))
+        return Mailer(settings, delivery or RecordingDelivery(), **kw)
+
+    def test_send_joins_transaction_and_returns_message_id(self):
+        calls = []
+        tm = transaction.TransactionManager(explicit=True)
+        mailer = self._makeOne(RecordingDelivery('d', calls)).bind(tm)
+        with tm:
+            message_id = mailer.send(message())
+        assert message_id.endswith('@test.example>')
+        assert calls[0] == ('d', 'vote', [message_id])
+
+    def test_unbound_mailer_uses_thread_default_manager(self):
+        calls = []
+        mailer = self._makeOne(RecordingDelivery('d', calls))
+        assert mailer.transaction_manager is transaction.manager
+        with transaction.manager:
+            mailer.send(message())
+        assert [c[1] for c in calls] == ['vote', 'finish', 'after_commit']
+
+    def test_bad_message_raises_at_once_and_joins_nothing(self):
+        tm = transaction.TransactionManager(explicit=True)
+        mailer = self._makeOne().bind(tm)
+        with tm as txn:
+            with pytest.raises(MailError):
+                mailer.send(message(recipients=[]))
+            assert txn._resources == []
+
+    def test_bound_copies_share_one_data_manager(self):
+        calls = []
+        tm = transaction.TransactionManager(explicit=True)
+        root = self._makeOne(RecordingDelivery('d', calls))
+        with tm:
+            first = root.bind(tm).send(message())
+            second = root.bind(tm).send(message())
+        assert calls[0] == ('d', 'vote', [first, second])
+
+    def test_send_to_queue_uses_queue_delivery_in_same_transaction(self):
+        calls = []
+        tm = transaction.TransactionManager(explicit=True)
+        mailer = self._makeOne(
+            RecordingDelivery('d', calls),
+            queue_delivery=RecordingDelivery('q', calls),
+        ).bind(tm)
+        with tm:
+            sent = mailer.send(message())
+            queued = mailer.send_to_queue(message())
+        votes = [c for c in calls if c[1] == 'vote']
+        assert votes == [('d', 'vote', [sent]), ('q', 'vote', [queued])]
+
+    def test_send_to_queue_without_queue_path(self):
+        with pytest.raises(RuntimeError, match=r'mail\.queue_path'):
+            self._makeOne().send_to_queue(message())
+
+    def test_send_immediately_ignores_transaction(self):
+        calls = []
+        tm = transaction.TransactionManager(explicit=True)
+        mailer = self._makeOne(immediate=RecordingDelivery('now', calls)).bind(tm)
+        tm.begin()
+        message_id = mailer.send_immediately(message())
+        tm.abort()
+        assert calls == [('now', 'send_now', [message_id])]
+
+    def test_send_immediately_adds_message_id_and_date(self, smtp_server):
+        settings = MailSettings(
+            host=smtp_server.host, port=smtp_server.port, message_id_domain='x.test'
+        )
+        mailer = self._makeOne(settings=settings)
+        message_id = mailer.send_immediately(message())
+        (received,) = smtp_server.wait_for(1)
+        assert received.message['Message-ID'] == message_id
+        assert received.message['Date']
+
+    def test_send_immediately_raises_delivery_error(self, make_smtp_server):
+        from pyramid_txmail.smtp import DeliveryError
+
+        server = make_smtp_server(reply={'MAIL': '554 5.7.1 no'})
+        settings = MailSettings(host=server.host, port=server.port)
+        with pytest.raises(DeliveryError):
+            self._makeOne(settings=settings).send_immediately(message())
+
+    def test_send_immediately_fail_silently_logs(self, make_smtp_server, caplog):
+        server = make_smtp_server(reply={'MAIL': '554 5.7.1 no'})
+        settings = MailSettings(host=server.host, port=server.port)
+        mailer = self._makeOne(settings=settings)
+        message_id = mailer.send_immediately(message(), fail_silently=True)
+        assert message_id in caplog.text
+
+
+class TestMailerFromSettings:
+    def _callFUT(self, **kw):
+        from pyramid_txmail.mailer import Mailer
+
+        return Mailer.from_settings(MailSettings(**kw))
+
+    def test_direct(self):
+        from pyramid_txmail.delivery import DirectDelivery
+
+        mailer = self._callFUT()
+        assert isinstance(mailer.delivery, DirectDelivery)
+        assert mailer.immediate is mailer.delivery
+        assert mailer.queue_delivery is None
+
+    def test_queued(self, tmp_path):
+        from pyramid_txmail.delivery import QueuedDelivery
+
+        mailer = self._callFUT(delivery='queued', queue_path=str(tmp_path))
+        assert isinstance(mailer.delivery, QueuedDelivery)
+        assert mailer.queue_delivery is mailer.delivery
+
+    def test_file(self, tmp_path):
+        from pyramid_txmail.delivery import FileDelivery
+
+        mailer = self._callFUT(delivery='file', file_path=str(tmp_path))
+        assert isinstance(mailer.delivery, FileDelivery)
+
+
+class TestManyMessagesInOneTransaction:
+    def test_thousands_of_messages_hold_no_file_descriptor_each(self, tmp_path):
+        from pyramid_txmail.mailer import Mailer
+
+        settings = MailSettings(
+            delivery='queued', queue_path=str(tmp_path / 'q'), message_id_domain='t'
+        )
+        mailer = Mailer.from_settings(settings)
+        tm = transaction.TransactionManager(explicit=True)
+        mailer = mailer.bind(tm)
+        with tm:
+            mailer.send(message())
+            before = len(os.listdir('/proc/self/fd'))
+            for _ in range(3000):
+                mailer.send(message())
+            assert len(os.listdir('/proc/self/fd')) == before
+        assert len(os.listdir(tmp_path / 'q' / 'new')) == 3001
