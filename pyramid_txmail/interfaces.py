@@ -51,3 +51,7 @@ class IQueueDelivery(IMailDelivery):
     """A delivery whose messages wait in a queue drained by a processor."""
 
     wake = Attribute('Callable run after a commit published messages, or None')
+
+
+class IMailSettings(Interface):
+    """The parsed :class:`~pyramid_txmail.settings.MailSettings`, a utility."""
