@@ -1,0 +1,394 @@
+"""The SMTP client: one connection to the relay, many messages over it.
+
+Built on :mod:`smtplib` and :mod:`ssl`. Every failure leaves this module as
+one of three :class:`DeliveryError` subclasses, which tell the caller what
+to do with the message:
+
+``TemporaryDeliveryError``
+    a 4xx reply, a refused or dropped connection, a timeout: try again later.
+``PermanentDeliveryError``
+    a 5xx reply for this message, or SMTPUTF8 needed but not offered: give up.
+``ConfigurationFault``
+    our settings or the relay's are wrong (login refused, STARTTLS not
+    offered, certificate not trusted, 5xx to the greeting or EHLO): keep the
+    message, pause, and tell an operator.
+
+Nothing here ever puts the password into an exception or a log record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import re
+import smtplib
+import ssl
+from collections.abc import Mapping
+from types import TracebackType
+
+from pyramid_txmail.message import Envelope
+from pyramid_txmail.settings import MailSettings
+
+__all__ = [
+    'ConfigurationFault',
+    'DeliveryError',
+    'PermanentDeliveryError',
+    'SMTPConnection',
+    'TemporaryDeliveryError',
+    'make_ssl_context',
+]
+
+log = logging.getLogger(__name__)
+
+Refusals = dict[str, tuple[int, str]]
+
+_BARE_CR_OR_LF = re.compile(rb'\r(?!\n)|(?<!\r)\n')
+_ANY_EOL = re.compile(rb'\r\n|\r|\n')
+
+
+class DeliveryError(Exception):
+    """A message could not be handed to the relay.
+
+    ``code`` is the SMTP reply code, when there was one; ``recipients``
+    maps each refused recipient to its ``(code, reply)``; ``permanent``
+    says whether trying again can help.
+    """
+
+    permanent: bool = False
+
+    def __init__(
+        self,
+        msg: str,
+        *,
+        code: int | None = None,
+        recipients: Mapping[str, tuple[int, str]] | None = None,
+    ):
+        super().__init__(msg)
+        self.code = code
+        self.recipients: Refusals = dict(recipients or {})
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """4xx, refused or dropped connection, timeout: retry later."""
+
+    permanent = False
+
+
+class PermanentDeliveryError(DeliveryError):
+    """5xx for this message, or SMTPUTF8 needed but not offered: give up."""
+
+    permanent = True
+
+
+class ConfigurationFault(DeliveryError):
+    """The connection cannot work as configured; the message is not at fault.
+
+    Login refused (530/534/535/538), STARTTLS not offered while
+    ``mail.tls`` is on, a certificate that fails verification, an unreadable
+    client certificate or CA file, a relay refusing us at the greeting or
+    EHLO.
+    """
+
+    permanent = False
+
+
+def make_ssl_context(settings: MailSettings) -> ssl.SSLContext:
+    """The client TLS context for ``settings``.
+
+    Certificate and host name verification are on unless
+    ``mail.tls_verify`` is false; ``mail.cafile`` replaces the system
+    store; ``mail.certfile``/``mail.keyfile`` give a client certificate.
+    Raises :class:`ConfigurationFault` when a file cannot be loaded.
+    """
+    try:
+        context = ssl.create_default_context(cafile=settings.cafile)
+        if settings.certfile:
+            context.load_cert_chain(settings.certfile, settings.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationFault(
+            f'cannot load the TLS files (mail.cafile={settings.cafile!r}, '
+            f'mail.certfile={settings.certfile!r}, '
+            f'mail.keyfile={settings.keyfile!r}): {exc}'
+        ) from exc
+    if not settings.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class SMTPConnection:
+    """One SMTP session with the relay named by ``settings``.
+
+    ``open()`` connects, says EHLO (HELO if refused), switches to TLS and
+    logs in as configured; ``send()`` hands over one message and may be
+    called many times; ``close()`` says QUIT. Used as a context manager it
+    opens and closes itself. After a per-message failure the session is
+    reset and stays usable; after a connection-level failure ``alive`` is
+    False and the caller opens a new connection.
+
+    ``smtp_class`` and ``smtp_ssl_class`` are :mod:`smtplib`'s classes,
+    replaceable for tests.
+    """
+
+    def __init__(
+        self,
+        settings: MailSettings,
+        *,
+        smtp_class: type[smtplib.SMTP] = smtplib.SMTP,
+        smtp_ssl_class: type[smtplib.SMTP_SSL] = smtplib.SMTP_SSL,
+    ):
+        self.settings = settings
+        self.smtp_class = smtp_class
+        self.smtp_ssl_class = smtp_ssl_class
+        self._smtp: smtplib.SMTP | None = None
+        host = f'[{settings.host}]' if ':' in settings.host else settings.host
+        #: ``host:port``, to name the relay in messages.
+        self.where = f'{host}:{settings.port}'
+
+    def __repr__(self) -> str:
+        return f'<SMTPConnection to {self.where} alive={self.alive}>'
+
+    def __enter__(self) -> SMTPConnection:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        """True while the session can carry another message."""
+        return self._smtp is not None and self._smtp.sock is not None
+
+    def open(self) -> None:
+        """Connect, greet, secure and log in; raise a DeliveryError if not."""
+        self.close()
+        s = self.settings
+        if s.username and not (s.tls or s.ssl) and not _is_loopback(s.host):
+            # Settings refuse this too; MailSettings may be built directly.
+            raise ConfigurationFault(
+                f'not sending the password for {s.username!r} to {self.where} '
+                'in plain text: turn on mail.tls or mail.ssl'
+            )
+        context = make_ssl_context(s) if (s.tls or s.ssl) else None
+        stage = 'connect'
+        try:
+            if s.ssl:
+                self._smtp = self.smtp_ssl_class(
+                    s.host,
+                    s.port,
+                    local_hostname=s.message_id_domain,
+                    timeout=s.timeout,
+                    context=context,
+                )
+            else:
+                self._smtp = self.smtp_class(
+                    s.host,
+                    s.port,
+                    local_hostname=s.message_id_domain,
+                    timeout=s.timeout,
+                )
+            smtp = self._smtp
+            stage = 'EHLO'
+            smtp.ehlo_or_helo_if_needed()
+            if s.tls:
+                if not smtp.has_extn('starttls'):
+                    raise ConfigurationFault(
+                        f'{self.where} does not offer STARTTLS and mail.tls is on: '
+                        'not sending anything in plain text'
+                    )
+                stage = 'STARTTLS'
+                smtp.starttls(context=context)  # raises unless 220
+                stage = 'EHLO'
+                smtp.ehlo_or_helo_if_needed()
+            if s.username:
+                stage = 'AUTH'
+                smtp.login(s.username, s.password or '')
+        except DeliveryError:
+            self.close()
+            raise
+        except (smtplib.SMTPException, OSError) as exc:
+            error = self._error(exc, stage, setup=True)
+            log.debug('%s', error)
+            self.close()
+            raise error from exc
+        log.debug(
+            'connected to %s (tls: %s, login: %s)',
+            self.where,
+            bool(context),
+            s.username,
+        )
+
+    def send(self, envelope: Envelope, data: bytes) -> Refusals:
+        """Hand one message to the relay.
+
+        ``data`` is the message with CRLF line endings (any bare CR or LF is
+        made a CRLF, as strict relays refuse them). Returns the recipients
+        refused while others were accepted, as ``{address: (code, reply)}``;
+        raises a :class:`DeliveryError` when the message was not accepted.
+        """
+        smtp = self._smtp
+        if smtp is None or smtp.sock is None:
+            raise TemporaryDeliveryError(f'not connected to {self.where}')
+        options = []
+        if envelope.smtputf8:
+            if not smtp.has_extn('smtputf8'):
+                needed = next(
+                    a
+                    for a in (envelope.sender, *envelope.recipients)
+                    if not a.isascii()
+                )
+                raise PermanentDeliveryError(
+                    f'the relay {self.where} does not offer SMTPUTF8, '
+                    f'needed for {needed}'
+                )
+            options.append('SMTPUTF8')
+        if _BARE_CR_OR_LF.search(data):
+            data = _ANY_EOL.sub(b'\r\n', data)
+        if not data.isascii() and smtp.has_extn('8bitmime'):
+            options.append('BODY=8BITMIME')
+        if smtp.has_extn('size'):
+            options.append(f'SIZE={len(data)}')
+        stage = 'MAIL FROM'
+        try:
+            code, reply = smtp.mail(envelope.sender, options)
+            if code != 250:
+                raise smtplib.SMTPResponseException(code, reply)
+            stage = 'RCPT TO'
+            refused: Refusals = {}
+            for recipient in envelope.recipients:
+                code, reply = smtp.rcpt(recipient)
+                if code not in (250, 251):
+                    refused[recipient] = (code, _text(reply))
+                if code == 421:
+                    break
+            if len(refused) == len(envelope.recipients) or code == 421:
+                raise self._refused(refused)
+            stage = 'DATA'
+            code, reply = smtp.data(data)
+            if code != 250:
+                raise smtplib.SMTPResponseException(code, reply)
+        except DeliveryError as error:
+            self._recover(smtp, error)
+            raise
+        except (smtplib.SMTPException, OSError) as exc:
+            error = self._error(exc, stage, setup=False)
+            self._recover(smtp, error)
+            raise error from exc
+        log.info(
+            'relay %s accepted a message from %s for %d of %d recipient(s)',
+            self.where,
+            envelope.sender,
+            len(envelope.recipients) - len(refused),
+            len(envelope.recipients),
+        )
+        if refused:
+            log.info('relay %s refused %s', self.where, _describe(refused))
+        return refused
+
+    def close(self) -> None:
+        """Say QUIT and close. Errors are ignored: what was sent was sent."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError) as exc:
+            log.debug('QUIT to %s failed, ignored: %s', self.where, exc)
+        finally:
+            smtp.close()
+
+    # -- failures
+
+    def _recover(self, smtp: smtplib.SMTP, error: DeliveryError) -> None:
+        """Leave the session ready for the next message, or closed."""
+        if error.code == 421:
+            # The relay is closing the channel (RFC 5321, 3.8).
+            smtp.close()
+        elif smtp.sock is not None:
+            # smtplib resets after most refusals, not after DATA refused
+            # before the content: a second RSET is harmless.
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                smtp.rset()
+        log.debug('%s', error)
+
+    def _refused(self, refused: Refusals) -> DeliveryError:
+        temporary = [code for code, _ in refused.values() if 400 <= code < 500]
+        cls = TemporaryDeliveryError if temporary else PermanentDeliveryError
+        codes = temporary or [code for code, _ in refused.values()]
+        code = next(iter(codes), None)
+        return cls(
+            f'{self.where} refused every recipient: {_describe(refused)}',
+            code=code,
+            recipients=refused,
+        )
+
+    def _error(self, exc: Exception, stage: str, *, setup: bool) -> DeliveryError:
+        """Translate an smtplib/ssl/socket exception raised during ``stage``.
+
+        ``setup`` is true before any message was sent (connect, EHLO,
+        STARTTLS, AUTH): a 5xx there is our configuration's problem, not a
+        message's.
+        """
+        where = self.where
+        if isinstance(exc, smtplib.SMTPResponseException):
+            if isinstance(exc.smtp_error, str):
+                # smtplib's own words, not the relay's: its reply was garbled.
+                return TemporaryDeliveryError(
+                    f'{where} sent an unreadable reply to {stage}: {exc.smtp_error}'
+                )
+            code = exc.smtp_code
+            msg = f'{where} answered {stage} with {code} {_text(exc.smtp_error)}'
+            if 400 <= code < 500:
+                return TemporaryDeliveryError(msg, code=code)
+            if setup or code == 530:  # 530: authentication or STARTTLS required
+                return ConfigurationFault(msg, code=code)
+            if 500 <= code < 600:
+                return PermanentDeliveryError(msg, code=code)
+            return TemporaryDeliveryError(msg, code=code)
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            if isinstance(exc.__context__, TimeoutError):
+                return TemporaryDeliveryError(
+                    f'{where} did not answer {stage} within {self.settings.timeout}s'
+                )
+            return TemporaryDeliveryError(
+                f'{where} closed the connection during {stage} ({exc})'
+            )
+        if isinstance(exc, smtplib.SMTPException):
+            # e.g. AUTH not offered, or no mechanism smtplib knows.
+            return ConfigurationFault(f'{where} during {stage}: {exc}')
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return ConfigurationFault(
+                f'the certificate of {where} failed verification: '
+                f'{exc.verify_message} (see mail.cafile, mail.tls_verify)'
+            )
+        if isinstance(exc, ssl.SSLError):
+            return ConfigurationFault(f'TLS with {where} failed: {exc}')
+        if isinstance(exc, TimeoutError):
+            return TemporaryDeliveryError(
+                f'{where} did not answer {stage} within {self.settings.timeout}s'
+            )
+        return TemporaryDeliveryError(f'cannot reach {where} ({stage}): {exc}')
+
+
+def _text(reply: bytes) -> str:
+    return ' '.join(reply.decode('utf-8', 'replace').split())
+
+
+def _describe(refused: Refusals) -> str:
+    return ', '.join(f'{a} ({code} {reply})' for a, (code, reply) in refused.items())
+
+
+def _is_loopback(host: str) -> bool:
+    if host.rstrip('.').lower() == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,784 @@
+"""Tests for pyramid_txmail.smtp, against a real SMTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+import trustme
+
+from pyramid_txmail.message import Envelope
+
+PASSWORD = 'pa55-w0rd-never-shown'
+DATA = (
+    b'From: from@example.com\r\n'
+    b'To: to@example.com\r\n'
+    b'Subject: Hello\r\n'
+    b'Message-ID: <1@client.test>\r\n'
+    b'\r\n'
+    b'Hello.\r\n'
+    b'.a line starting with a dot\r\n'
+    b'..and two\r\n'
+    b'.\r\n'
+    b'last line\r\n'
+)
+UTF8_DATA = (
+    'From: from@example.com\r\nTo: jörg@exämple.com\r\nSubject: Grüße\r\n'
+    'Content-Type: text/plain; charset=utf-8\r\n'
+    'Content-Transfer-Encoding: 8bit\r\n\r\nGrüße!\r\n'
+).encode()
+
+
+def _envelope(*recipients: str, sender: str = 'from@example.com') -> Envelope:
+    return Envelope(sender, recipients or ('to@example.com',))
+
+
+class _Base:
+    @pytest.fixture(autouse=True)
+    def _fixtures(self, make_smtp_server, caplog, tmp_path):
+        self.make_server = make_smtp_server
+        self.caplog = caplog
+        self.tmp_path = tmp_path
+        caplog.set_level(logging.DEBUG)
+        self.connections = []
+        yield
+        for conn in self.connections:
+            conn.close()
+
+    def _makeOne(self, settings, **kw):
+        from pyramid_txmail.smtp import SMTPConnection
+
+        conn = SMTPConnection(settings, **kw)
+        self.connections.append(conn)
+        return conn
+
+    def _other_cafile(self) -> str:
+        path = self.tmp_path / 'other-ca.pem'
+        trustme.CA().cert_pem.write_to_path(str(path))
+        return str(path)
+
+
+class TestSMTPConnection(_Base):
+    # -- sending
+
+    def test_send_plain_arrives_byte_exact(self):
+        server = self.make_server(strict_crlf=True)
+        conn = self._makeOne(server.settings())
+        conn.open()
+        assert conn.send(_envelope(), DATA) == {}
+        [received] = server.wait_for(1)
+        assert received.data == DATA
+        assert received.mail_from == 'from@example.com'
+        assert received.rcpt_tos == ['to@example.com']
+        assert received.message['Subject'] == 'Hello'
+        assert received.esmtp
+        assert received.helo == 'client.test'
+        assert not received.tls
+        assert f'SIZE={len(DATA)}' in received.mail_options
+        assert conn.alive
+
+    def test_bare_lf_and_cr_are_sent_as_crlf(self):
+        server = self.make_server(strict_crlf=True)
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn.send(_envelope(), b'Subject: x\n\nline one\rline two\r\n')
+        [received] = server.wait_for(1)
+        assert received.data == b'Subject: x\r\n\r\nline one\r\nline two\r\n'
+
+    def test_strict_server_refuses_bare_lf(self):
+        # The server's own check, which the test above relies on.
+        import smtplib
+
+        server = self.make_server(strict_crlf=True)
+        client = smtplib.SMTP(server.host, server.port, local_hostname='c', timeout=2)
+        with client, pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail('a@example.com', ['b@example.com'], b'a\nb\r\n')
+        assert info.value.smtp_code == 554
+        assert server.messages == []
+
+    def test_many_sends_over_one_connection(self):
+        server = self.make_server()
+        with self._makeOne(server.settings()) as conn:
+            for n in range(5):
+                conn.send(_envelope(f'to{n}@example.com'), DATA)
+        received = server.wait_for(5)
+        assert [r.rcpt_tos for r in received] == [
+            [f'to{n}@example.com'] for n in range(5)
+        ]
+        assert server.connections == 1
+        assert {r.connection for r in received} == {1}
+        assert server.commands[-1] == (1, 'QUIT', False)
+        assert not conn.alive
+
+    def test_8bit_data_declares_8bitmime(self):
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn.send(_envelope(), UTF8_DATA)
+        [received] = server.wait_for(1)
+        assert received.data == UTF8_DATA
+        assert 'BODY=8BITMIME' in received.mail_options
+        assert not received.smtputf8
+
+    def test_send_when_not_open(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        with pytest.raises(TemporaryDeliveryError, match='not connected to'):
+            conn.send(_envelope(), DATA)
+
+    def test_open_again_starts_a_new_session(self):
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn.open()
+        conn.send(_envelope(), DATA)
+        [received] = server.wait_for(1)
+        assert received.connection == 2
+        assert (1, 'QUIT', False) in server.commands
+
+    def test_repr(self):
+        server = self.make_server()
+        conn = self._makeOne(server.settings(username='u', password=PASSWORD))
+        assert repr(conn) == f'<SMTPConnection to 127.0.0.1:{server.port} alive=False>'
+
+    def test_where_brackets_ipv6(self):
+        from pyramid_txmail.settings import MailSettings
+
+        conn = self._makeOne(MailSettings(host='::1', port=2525))
+        assert conn.where == '[::1]:2525'
+
+    # -- EHLO / HELO
+
+    def test_helo_fallback(self):
+        server = self.make_server(helo_only=True)
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn.send(_envelope(), DATA)
+        [received] = server.wait_for(1)
+        assert not received.esmtp
+        assert received.helo == 'client.test'
+        assert received.mail_options == []  # no extensions after HELO
+        assert [c[1] for c in server.commands[:2]] == ['EHLO', 'HELO']
+
+    def test_helo_refused_too(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(helo_only=True, reply={'HELO': '550 5.7.1 go away'})
+        conn = self._makeOne(server.settings())
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert info.value.code == 550
+        assert '5.7.1 go away' in str(info.value)
+        assert not conn.alive
+
+    def test_greeting_421_is_temporary(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(reply={'CONNECT': '421 4.3.2 too busy'})
+        conn = self._makeOne(server.settings())
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.open()
+        assert info.value.code == 421
+        assert str(info.value) == (
+            f'127.0.0.1:{server.port} answered connect with 421 4.3.2 too busy'
+        )
+
+    def test_greeting_554_is_configuration_fault(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(reply={'CONNECT': '554 5.7.1 not for you'})
+        conn = self._makeOne(server.settings())
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert info.value.code == 554
+        assert not info.value.permanent
+
+    # -- TLS
+
+    def test_starttls_with_verified_certificate(self):
+        server = self.make_server(tls='starttls')
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn.send(_envelope(), DATA)
+        [received] = server.wait_for(1)
+        assert received.tls
+        assert received.data == DATA
+        verbs = [(verb, tls) for _, verb, tls in server.commands]
+        assert verbs[:4] == [
+            ('EHLO', False),
+            ('STARTTLS', False),
+            ('EHLO', True),
+            ('MAIL', True),
+        ]
+
+    def test_starttls_not_offered_refuses_plain_text(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server()
+        conn = self._makeOne(server.settings(tls=True, username='u', password=PASSWORD))
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert 'does not offer STARTTLS' in str(info.value)
+        assert not conn.alive
+        verbs = [verb for _, verb, _ in server.commands]
+        assert verbs == ['EHLO', 'QUIT']  # no AUTH, no MAIL
+        assert server.messages == []
+
+    def test_starttls_refused_with_454_is_temporary(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(
+            tls='starttls', reply={'STARTTLS': '454 4.7.0 TLS not available'}
+        )
+        conn = self._makeOne(server.settings())
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.open()
+        assert info.value.code == 454
+        assert 'answered STARTTLS with 454' in str(info.value)
+        assert [verb for _, verb, _ in server.commands] == ['EHLO', 'STARTTLS', 'QUIT']
+
+    def test_implicit_tls(self):
+        server = self.make_server(tls='implicit')
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn.send(_envelope(), DATA)
+        [received] = server.wait_for(1)
+        assert received.tls
+        assert server.commands[0] == (1, 'EHLO', True)
+
+    def test_untrusted_certificate_refused_by_default(self):
+        # Peer defect pinned: clients that skip certificate verification.
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(tls='starttls', auth={'u': PASSWORD})
+        settings = server.settings(
+            cafile=self._other_cafile(), username='u', password=PASSWORD
+        )
+        conn = self._makeOne(settings)
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert 'certificate of 127.0.0.1' in str(info.value)
+        assert 'failed verification' in str(info.value)
+        assert not conn.alive
+        assert server.auth_attempts == []
+        assert [verb for _, verb, _ in server.commands] == ['EHLO', 'STARTTLS']
+
+    def test_untrusted_implicit_tls_certificate_refused(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(tls='implicit')
+        conn = self._makeOne(server.settings(cafile=self._other_cafile()))
+        with pytest.raises(ConfigurationFault, match='failed verification'):
+            conn.open()
+        assert server.commands == []
+
+    def test_untrusted_certificate_accepted_without_verification(self):
+        server = self.make_server(tls='starttls')
+        settings = server.settings(cafile=self._other_cafile(), tls_verify=False)
+        conn = self._makeOne(settings)
+        conn.open()
+        conn.send(_envelope(), DATA)
+        [received] = server.wait_for(1)
+        assert received.tls
+
+    def test_wrong_host_name_refused(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(tls='starttls', cert_hosts=('mail.example.com',))
+        conn = self._makeOne(server.settings())
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert 'mismatch' in str(info.value).lower()
+        assert server.messages == []
+
+    def test_implicit_tls_against_plain_server(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server()
+        conn = self._makeOne(server.settings(ssl=True))
+        with pytest.raises(ConfigurationFault, match=r'TLS with 127\.0\.0\.1'):
+            conn.open()
+
+    def test_client_certificate_presented(self):
+        server = self.make_server(tls='starttls', client_certs=True)
+        certfile, keyfile = server.issue_client_cert('client.test')
+        conn = self._makeOne(server.settings(certfile=certfile, keyfile=keyfile))
+        conn.open()
+        conn.send(_envelope(), DATA)
+        [received] = server.wait_for(1)
+        assert received.peer_cert is not None
+        assert ('DNS', 'client.test') in received.peer_cert['subjectAltName']
+
+    def test_unreadable_client_certificate(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(tls='starttls')
+        missing = str(self.tmp_path / 'missing.pem')
+        conn = self._makeOne(server.settings(certfile=missing))
+        with pytest.raises(ConfigurationFault, match='cannot load the TLS files'):
+            conn.open()
+        assert server.connections == 0
+
+    # -- AUTH
+
+    def test_auth_over_starttls(self):
+        server = self.make_server(tls='starttls', auth={'user': PASSWORD})
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        conn.open()
+        conn.send(_envelope(), DATA)
+        [received] = server.wait_for(1)
+        assert received.login == 'user'
+        assert received.tls
+        assert server.auth_attempts == [('user', True, True)]
+
+    def test_auth_over_implicit_tls(self):
+        server = self.make_server(tls='implicit', auth={'user': PASSWORD})
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        conn.open()
+        conn.send(_envelope(), DATA)
+        assert server.wait_for(1)[0].login == 'user'
+
+    def test_auth_never_sent_before_tls(self):
+        # Peer defect pinned: AUTH sent in clear. This lax relay offers AUTH
+        # before STARTTLS; the client must still wait for TLS.
+        server = self.make_server(
+            tls='starttls', auth={'user': PASSWORD}, auth_require_tls=False
+        )
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        conn.open()
+        verbs = [(verb, tls) for _, verb, tls in server.commands]
+        assert verbs.index(('STARTTLS', False)) < verbs.index(('AUTH', True))
+        assert ('AUTH', False) not in verbs
+        assert server.auth_attempts == [('user', True, True)]
+
+    def test_auth_failure_never_shows_the_password(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(tls='starttls', auth={'user': 'the-right-one'})
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        error = info.value
+        assert error.code == 535
+        assert 'answered AUTH with 535' in str(error)
+        assert not conn.alive
+        for text in (str(error), repr(error), repr(error.args), repr(conn)):
+            assert PASSWORD not in text
+        assert PASSWORD not in self.caplog.text
+        for record in self.caplog.records:
+            assert PASSWORD not in record.getMessage()
+        assert server.messages == []
+
+    def test_auth_temporary_failure(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(
+            tls='starttls',
+            auth={'user': PASSWORD},
+            reply={'AUTH': '454 4.7.0 Temporary authentication failure'},
+        )
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.open()
+        assert info.value.code == 454
+
+    def test_auth_not_offered(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(tls='starttls')  # no accounts: no AUTH
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        with pytest.raises(
+            ConfigurationFault, match='during AUTH: SMTP AUTH extension'
+        ):
+            conn.open()
+
+    def test_auth_in_plain_text_on_loopback(self):
+        server = self.make_server(auth={'user': PASSWORD}, auth_require_tls=False)
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        conn.open()
+        conn.send(_envelope(), DATA)
+        [received] = server.wait_for(1)
+        assert received.login == 'user'
+        assert not received.tls
+
+    def test_auth_in_plain_text_to_remote_host_refused(self):
+        # Tests may only reach loopback addresses, so a stand-in for
+        # smtplib.SMTP shows that no connection is even attempted.
+        from pyramid_txmail.settings import MailSettings
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        attempts = []
+        settings = MailSettings(
+            host='mail.example.com', username='user', password=PASSWORD
+        )
+        conn = self._makeOne(settings, smtp_class=lambda *a, **kw: attempts.append(a))
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert 'in plain text' in str(info.value)
+        assert PASSWORD not in str(info.value)
+        assert attempts == []
+
+    def test_530_on_mail_is_configuration_fault(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(reply={'MAIL': '530 5.7.0 Authentication required'})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(ConfigurationFault) as info:
+            conn.send(_envelope(), DATA)
+        assert info.value.code == 530
+
+    # -- connection failures
+
+    def test_connection_refused_is_temporary(self):
+        from pyramid_txmail.settings import MailSettings
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        # Bound but not listening: connecting is refused, and no other
+        # process can take the port meanwhile.
+        with socket.socket() as sock:
+            sock.bind(('127.0.0.1', 0))
+            port = sock.getsockname()[1]
+            conn = self._makeOne(MailSettings(host='127.0.0.1', port=port, timeout=2))
+            with pytest.raises(TemporaryDeliveryError) as info:
+                conn.open()
+        assert str(info.value).startswith(f'cannot reach 127.0.0.1:{port} (connect)')
+        assert info.value.code is None
+        assert not conn.alive
+
+    def test_greeting_timeout_is_temporary(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(delay={'CONNECT': 2.0})
+        conn = self._makeOne(server.settings(timeout=0.3))
+        with pytest.raises(TemporaryDeliveryError, match=r'did not answer connect'):
+            conn.open()
+
+    def test_tls_handshake_timeout_is_temporary(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        # A plain server that is slow to greet never answers the ClientHello.
+        server = self.make_server(delay={'CONNECT': 2.0})
+        conn = self._makeOne(server.settings(ssl=True, timeout=0.3))
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.open()
+        assert str(info.value) == (
+            f'127.0.0.1:{server.port} did not answer connect within 0.3s'
+        )
+
+    def test_timeout_waiting_for_data_reply(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(delay={'DATA': 2.0})
+        conn = self._makeOne(server.settings(timeout=0.3))
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert str(info.value) == (
+            f'127.0.0.1:{server.port} did not answer DATA within 0.3s'
+        )
+        assert not info.value.permanent
+        assert not conn.alive
+
+    def test_dropped_connection_is_temporary_and_not_alive(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(drop_at='DATA')
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert 'closed the connection during DATA' in str(info.value)
+        assert not conn.alive
+        assert server.messages == []
+        server.drop_at = None
+        conn.open()
+        conn.send(_envelope(), DATA)
+        assert len(server.wait_for(1)) == 1
+        assert server.connections == 2
+
+    def test_dropped_at_mail(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(drop_at='MAIL')
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError, match='during MAIL FROM'):
+            conn.send(_envelope(), DATA)
+        assert not conn.alive
+
+    # -- per-message replies
+
+    def test_4xx_on_mail_is_temporary_and_connection_stays_usable(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert info.value.code == 451
+        assert str(info.value) == (
+            f'127.0.0.1:{server.port} answered MAIL FROM with 451 4.3.0 try later'
+        )
+        assert conn.alive
+        server.reply = {}
+        conn.send(_envelope(), DATA)
+        assert len(server.wait_for(1)) == 1
+        assert server.connections == 1
+
+    def test_5xx_on_mail_is_permanent(self):
+        from pyramid_txmail.smtp import PermanentDeliveryError
+
+        server = self.make_server(reply={'MAIL': ['550 5.7.1 sender rejected']})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(PermanentDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert info.value.code == 550
+        assert info.value.permanent
+        assert conn.alive
+        conn.send(_envelope(), DATA)  # the fault applied once only
+        assert len(server.wait_for(1)) == 1
+
+    def test_unexpected_reply_is_temporary(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(reply={'MAIL': 'what?'})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert info.value.code == -1
+
+    def test_overlong_reply_is_temporary(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(reply={'MAIL': '550 ' + 'x' * 9000})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert 'unreadable reply to MAIL FROM: Line too long' in str(info.value)
+        assert not conn.alive
+
+    def test_all_recipients_refused_permanently(self):
+        from pyramid_txmail.smtp import PermanentDeliveryError
+
+        server = self.make_server(
+            rcpt_reply={
+                'a@example.com': '550 5.1.1 no such user',
+                'b@example.com': '553 5.1.3 bad address',
+            }
+        )
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(PermanentDeliveryError) as info:
+            conn.send(_envelope('a@example.com', 'b@example.com'), DATA)
+        assert info.value.code == 550
+        assert info.value.recipients == {
+            'a@example.com': (550, '5.1.1 no such user'),
+            'b@example.com': (553, '5.1.3 bad address'),
+        }
+        assert 'refused every recipient: a@example.com (550' in str(info.value)
+        assert conn.alive
+        assert server.messages == []
+
+    def test_all_recipients_refused_one_temporarily(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(
+            rcpt_reply={
+                'a@example.com': '550 5.1.1 no such user',
+                'b@example.com': '450 4.2.1 mailbox busy',
+            }
+        )
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope('a@example.com', 'b@example.com'), DATA)
+        assert info.value.code == 450
+        assert set(info.value.recipients) == {'a@example.com', 'b@example.com'}
+
+    def test_partial_refusal_is_returned(self):
+        server = self.make_server(
+            rcpt_reply={'bad@example.com': '550 5.1.1 no such user'}
+        )
+        conn = self._makeOne(server.settings())
+        conn.open()
+        refused = conn.send(_envelope('good@example.com', 'bad@example.com'), DATA)
+        assert refused == {'bad@example.com': (550, '5.1.1 no such user')}
+        [received] = server.wait_for(1)
+        assert received.rcpt_tos == ['good@example.com']
+        assert 'refused bad@example.com (550 5.1.1 no such user)' in self.caplog.text
+
+    def test_421_on_rcpt_closes(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(
+            rcpt_reply={'a@example.com': '421 4.3.2 shutting down'}
+        )
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope('a@example.com', 'b@example.com'), DATA)
+        assert info.value.code == 421
+        assert info.value.recipients == {'a@example.com': (421, '4.3.2 shutting down')}
+        assert not conn.alive
+        assert 'RCPT' not in [v for _, v, _ in server.commands[3:]]  # b not tried
+
+    def test_5xx_after_data_is_permanent(self):
+        from pyramid_txmail.smtp import PermanentDeliveryError
+
+        server = self.make_server(reply={'DATA': ['554 5.7.1 looks like spam']})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(PermanentDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert info.value.code == 554
+        assert 'answered DATA with 554 5.7.1 looks like spam' in str(info.value)
+        assert conn.alive
+        conn.send(_envelope(), DATA)
+        assert len(server.wait_for(1)) == 1
+
+    def test_4xx_to_data_command_resets_the_session(self):
+        # smtplib does not RSET when DATA itself is refused; we do.
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(reply={'DATA-COMMAND': ['451 4.3.0 not now']})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert info.value.code == 451
+        conn.send(_envelope('next@example.com'), DATA)
+        [received] = server.wait_for(1)
+        assert received.rcpt_tos == ['next@example.com']
+        assert 'RSET' in [v for _, v, _ in server.commands]
+
+    def test_421_after_data_closes(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(reply={'DATA': '421 4.3.2 bye'})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert info.value.code == 421
+        assert not conn.alive
+
+    # -- QUIT
+
+    def test_quit_dropped_after_acceptance_counts_as_sent(self):
+        server = self.make_server(drop_at='QUIT')
+        conn = self._makeOne(server.settings())
+        with conn:
+            assert conn.send(_envelope(), DATA) == {}
+        assert not conn.alive
+        assert len(server.wait_for(1)) == 1
+        assert 'QUIT to 127.0.0.1' in self.caplog.text
+
+    def test_quit_refused_after_acceptance_counts_as_sent(self):
+        server = self.make_server(reply={'QUIT': '500 5.5.1 no'})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn.send(_envelope(), DATA)
+        conn.close()
+        conn.close()  # twice is harmless
+        assert len(server.wait_for(1)) == 1
+
+    # -- SMTPUTF8
+
+    def test_smtputf8_used_when_offered(self):
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn.send(_envelope('jörg@exämple.com'), UTF8_DATA)
+        [received] = server.wait_for(1)
+        assert received.smtputf8
+        assert received.rcpt_tos == ['jörg@exämple.com']
+        assert received.data == UTF8_DATA
+        assert received.message['To'] == 'jörg@exämple.com'
+
+    def test_smtputf8_not_offered_is_permanent(self):
+        from pyramid_txmail.smtp import PermanentDeliveryError
+
+        server = self.make_server(smtputf8=False)
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(PermanentDeliveryError) as info:
+            conn.send(_envelope('ok@example.com', 'jörg@exämple.com'), UTF8_DATA)
+        assert str(info.value) == (
+            f'the relay 127.0.0.1:{server.port} does not offer SMTPUTF8, '
+            'needed for jörg@exämple.com'
+        )
+        assert conn.alive
+        assert 'MAIL' not in [v for _, v, _ in server.commands]
+
+
+class Test_make_ssl_context:
+    def _callFUT(self, **kw):
+        from pyramid_txmail.settings import MailSettings
+        from pyramid_txmail.smtp import make_ssl_context
+
+        return make_ssl_context(MailSettings(**kw))
+
+    def test_verifies_by_default(self):
+        import ssl
+
+        context = self._callFUT()
+        assert context.check_hostname
+        assert context.verify_mode == ssl.CERT_REQUIRED
+
+    def test_tls_verify_false(self):
+        import ssl
+
+        context = self._callFUT(tls_verify=False)
+        assert not context.check_hostname
+        assert context.verify_mode == ssl.CERT_NONE
+
+    def test_unreadable_cafile(self, tmp_path):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        with pytest.raises(ConfigurationFault, match=r'mail\.cafile='):
+            self._callFUT(cafile=str(tmp_path / 'nope.pem'))
+
+
+class TestDeliveryError:
+    def test_attributes(self):
+        from pyramid_txmail.smtp import (
+            ConfigurationFault,
+            DeliveryError,
+            PermanentDeliveryError,
+            TemporaryDeliveryError,
+        )
+
+        error = DeliveryError('x')
+        assert (error.code, error.recipients, error.permanent) == (None, {}, False)
+        assert TemporaryDeliveryError('x', code=451).code == 451
+        assert PermanentDeliveryError('x').permanent
+        assert not TemporaryDeliveryError('x').permanent
+        assert not ConfigurationFault('x').permanent
+        assert issubclass(ConfigurationFault, DeliveryError)
+
+
+class Test_is_loopback:
+    def _callFUT(self, host):
+        from pyramid_txmail.smtp import _is_loopback
+
+        return _is_loopback(host)
+
+    @pytest.mark.parametrize(
+        'host', ['localhost', 'LOCALHOST.', '127.0.0.1', '127.1.2.3', '::1', '[::1]']
+    )
+    def test_loopback(self, host):
+        assert self._callFUT(host)
+
+    @pytest.mark.parametrize(
+        'host', ['mail.example.com', '192.0.2.1', '2001:db8::1', 'localhost.example']
+    )
+    def test_not_loopback(self, host):
+        assert not self._callFUT(host)
