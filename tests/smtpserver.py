@@ -1,7 +1,9 @@
 """A real SMTP server for tests: aiosmtpd on 127.0.0.1, with fault injection.
 
 Use the fixtures from ``tests/conftest.py`` rather than starting servers by
-hand; they stop every server when the test ends::
+hand; they stop every server when the test ends: ``smtp_server`` (plain),
+``starttls_smtp_server``, ``make_smtp_server(**options)`` (a factory) and
+``smtp_ca`` (the session's ``trustme.CA``, used by all of them)::
 
     def test_it(self, smtp_server):                  # plain, started
         ...send to smtp_server.host / smtp_server.port...

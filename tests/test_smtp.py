@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 import trustme
@@ -717,6 +718,40 @@ class TestSMTPConnection(_Base):
         )
         assert conn.alive
         assert 'MAIL' not in [v for _, v, _ in server.commands]
+
+
+class TestSMTPTestServer(_Base):
+    """The test server others rely on: several client processes at once."""
+
+    def test_serves_several_processes_at_once(self):
+        import subprocess
+        import sys
+
+        server = self.make_server()
+        script = (
+            'import sys\n'
+            'from pyramid_txmail.message import Envelope\n'
+            'from pyramid_txmail.settings import MailSettings\n'
+            'from pyramid_txmail.smtp import SMTPConnection\n'
+            'n, port = sys.argv[1], int(sys.argv[2])\n'
+            "settings = MailSettings(host='127.0.0.1', port=port, timeout=5)\n"
+            'with SMTPConnection(settings) as conn:\n'
+            '    for i in range(10):\n'
+            "        env = Envelope('f@example.com', (f'p{n}-{i}@example.com',))\n"
+            "        conn.send(env, b'Subject: x\\r\\n\\r\\nbody\\r\\n')\n"
+        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, '-c', script, str(n), str(server.port)],
+                cwd=Path(__file__).parent.parent,
+            )
+            for n in range(4)
+        ]
+        assert [p.wait(timeout=30) for p in procs] == [0, 0, 0, 0]
+        received = server.wait_for(40)
+        assert len(received) == 40
+        assert server.connections == 4
+        assert len({r.rcpt_tos[0] for r in received}) == 40
 
 
 class Test_make_ssl_context:
