@@ -1,0 +1,644 @@
+"""The on-disk mail queue: a Maildir-style directory, one file per message.
+
+Pure file system work: no threads, no SMTP. The committing side writes a
+message into ``tmp/`` during ``tpc_vote`` (:meth:`MailQueue.stage`, then
+:meth:`MailQueue.sync_staged`) and renames it into ``new/`` in
+``tpc_finish`` (:meth:`MailQueue.publish`). Processors take messages from
+``new/`` with :meth:`MailQueue.claim` and record the outcome on the
+:class:`Claim`. See ``docs/internals.rst`` ("The queue directory") for the
+layout and the file format.
+
+Two rules keep any number of processes on one directory from sending a
+message twice:
+
+* a file leaves ``new/`` or ``cur/`` only while its mover holds its
+  ``flock`` (claim, release, outcomes, recovery, purge), and the mover checks,
+  once it has the lock, that the name still points at the file it locked;
+* a message is never in two of ``new/``, ``cur/``, ``deferred/``,
+  ``failed/`` at once: rewrites are renamed over the old file first, then
+  moved, so a crash at any moment leaves exactly one copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from .message import Envelope, PreparedMail
+
+__all__ = ['Claim', 'Info', 'MailQueue', 'QueueError', 'UnknownMessage']
+
+log = logging.getLogger('pyramid_txmail.queue')
+
+#: Subdirectories and the state each holds, as :meth:`MailQueue.counts` names it.
+STATES = {'new': 'queued', 'cur': 'sending', 'deferred': 'deferred', 'failed': 'failed'}
+#: Unfinished writes older than this are removed by recovery (the Maildir rule).
+TMP_MAX_AGE = 36 * 3600.0
+FORMAT_VERSION = 1
+
+# <µs, 16 digits>.<pid>.<random hex>; anything else in a directory is ignored,
+# so a stray file (an editor's backup, a rewrite in tmp/) is never a message.
+_ID = re.compile(r'\d{16}\.\d+\.[0-9a-f]+')
+
+
+class QueueError(Exception):
+    """The queue directory cannot be used: the message names path and cause."""
+
+
+class UnknownMessage(QueueError, KeyError):
+    """No message with this id is in the part of the queue asked about."""
+
+    def __str__(self) -> str:  # KeyError would show the repr
+        return str(self.args[0]) if self.args else ''
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """One message as :meth:`MailQueue.list` shows it.
+
+    ``state`` is ``queued``, ``sending``, ``deferred`` or ``failed``; ``age``
+    is seconds since it was queued; ``due`` the time a deferred message is
+    tried again (``None`` in other states).
+    """
+
+    id: str
+    state: str
+    age: float
+    attempts: int
+    recipients: tuple[str, ...]
+    last_error: str | None
+    due: float | None = None
+
+
+def _cause(exc: OSError) -> str:
+    # OSError's str() repeats the file name, which the caller already gives.
+    if exc.errno is not None:
+        return f'[Errno {exc.errno}] {exc.strerror}'
+    return str(exc)
+
+
+class MailQueue:
+    """A queue directory; see the module docstring.
+
+    ``clock`` gives the time stamped into file names, metadata and mtimes,
+    and the time compared with them.
+
+    The class attributes ``_opener``, ``_write``, ``_fsync`` and ``_rename``
+    are the system calls used for durable writes. They are seams for tests:
+    the suite runs as root, which ignores directory permissions, and cannot
+    fill a disk, so EACCES and ENOSPC are injected through a subclass.
+    """
+
+    _opener: Callable[..., int] = staticmethod(os.open)
+    _write: Callable[[int, bytes], int] = staticmethod(os.write)
+    _fsync: Callable[[int], None] = staticmethod(os.fsync)
+    _rename: Callable[[str, str], None] = staticmethod(os.rename)
+
+    def __init__(self, path: str | os.PathLike[str], *, clock=time.time):
+        self.path = os.path.abspath(os.fspath(path))
+        self.clock: Callable[[], float] = clock
+        self._last_micros = 0
+        for sub in ('', 'tmp', *STATES):
+            where = self._p(sub) if sub else self.path
+            try:
+                os.makedirs(where, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise QueueError(
+                    f'cannot create mail queue {where}: {_cause(exc)}'
+                ) from exc
+
+    def __repr__(self) -> str:
+        return f'<MailQueue {self.path}>'
+
+    def _p(self, sub: str, name: str | None = None) -> str:
+        if name is None:
+            return os.path.join(self.path, sub)
+        return os.path.join(self.path, sub, name)
+
+    def _new_id(self) -> str:
+        # Strictly increasing within this queue object, so that messages
+        # staged in the same microsecond still sort in the order sent.
+        micros = max(int(self.clock() * 1_000_000), self._last_micros + 1)
+        self._last_micros = micros
+        return f'{micros:016d}.{os.getpid()}.{secrets.token_hex(8)}'
+
+    def _ids(self, sub: str, *, every: bool = False) -> list[str]:
+        """Sorted message ids in ``sub`` (queue order); all names if ``every``."""
+        where = self._p(sub)
+        try:
+            with os.scandir(where) as entries:
+                names = [e.name for e in entries]
+        except OSError as exc:
+            raise QueueError(f'cannot read mail queue {where}: {_cause(exc)}') from exc
+        return sorted(n for n in names if every or _ID.fullmatch(n))
+
+    # -- committing side
+
+    def stage(self, mail: PreparedMail) -> str:
+        """Write ``mail`` to ``tmp/`` and fsync it; return its queue id.
+
+        Raises :class:`QueueError` (leaving no file behind) when it cannot.
+        Call :meth:`sync_staged` once after staging a transaction's messages.
+        """
+        mail_id = self._new_id()
+        meta = {
+            'v': FORMAT_VERSION,
+            'id': mail_id,
+            'message_id': mail.message_id,
+            'sender': mail.envelope.sender,
+            'recipients': list(mail.envelope.recipients),
+            'queued_at': self.clock(),
+            'attempts': 0,
+            'last_error': None,
+            'smtputf8': mail.envelope.smtputf8,
+        }
+        path = self._p('tmp', mail_id)
+        fd = self._create(path)
+        try:
+            self._write_all(fd, path, meta, mail.data)
+        finally:
+            os.close(fd)
+        return mail_id
+
+    def sync_staged(self) -> None:
+        """Make the names of staged files durable (fsync ``tmp/``)."""
+        self._sync_dir('tmp', raising=True)
+
+    def publish(self, ids: Iterable[str]) -> None:
+        """Move staged messages into ``new/``: processors see them now.
+
+        Runs in ``tpc_finish``, which must not fail: errors are logged. The
+        messages are durable in ``tmp/`` already; one that cannot be renamed
+        stays there (and is reported) rather than being lost silently.
+        """
+        for mail_id in ids:
+            try:
+                self._rename(self._p('tmp', mail_id), self._p('new', mail_id))
+            except Exception:
+                log.exception('cannot publish %s into %s', mail_id, self._p('new'))
+        # Without this a power loss could leave a committed message in tmp/,
+        # where the 36-hour cleanup would drop it.
+        self._sync_dir('new', raising=False)
+
+    def discard(self, ids: Iterable[str]) -> None:
+        """Remove staged messages (the transaction aborted). Never raises."""
+        for mail_id in ids:
+            try:
+                os.unlink(self._p('tmp', mail_id))
+            except FileNotFoundError:
+                pass
+            except Exception:
+                log.exception('cannot discard %s', self._p('tmp', mail_id))
+
+    # -- processor side
+
+    def promote_due(self) -> int:
+        """Move deferred messages whose due time (mtime) has come into ``new/``."""
+        now = self.clock()
+        moved = 0
+        for mail_id in self._ids('deferred'):
+            try:
+                if os.stat(self._p('deferred', mail_id)).st_mtime > now:
+                    continue
+                # Two processors may both promote: the loser gets ENOENT. (A
+                # full send-and-defer cycle between our stat and rename could
+                # make us promote early; early, never twice.)
+                self._rename(self._p('deferred', mail_id), self._p('new', mail_id))
+            except FileNotFoundError:
+                continue
+            moved += 1
+        return moved
+
+    def recover(self, stale_after: float) -> int:
+        """Return claims of dead processors to ``new/``; drop old ``tmp/`` files.
+
+        A ``cur/`` entry is taken back when its lock is free (its processor is
+        gone: the kernel drops a dead process's locks) and it was claimed more
+        than ``stale_after`` seconds ago (a guard for file systems where
+        ``flock`` does not work). Returns how many claims were recovered.
+        """
+        now = self.clock()
+        recovered = 0
+        for mail_id in self._ids('cur'):
+            path = self._p('cur', mail_id)
+            locked = self._lock(path)
+            if locked is None:
+                continue  # gone, or a live processor holds it
+            fd, st = locked
+            try:
+                if st.st_mtime > now - stale_after:
+                    continue
+                os.rename(path, self._p('new', mail_id))
+            finally:
+                os.close(fd)
+            log.warning('recovered %s from a processor that stopped', mail_id)
+            recovered += 1
+        for name in self._ids('tmp', every=True):
+            path = self._p('tmp', name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_mtime < now - TMP_MAX_AGE:
+                    os.unlink(path)
+                    log.warning('removed %s, left by an unfinished commit', path)
+        return recovered
+
+    def pending(self) -> list[str]:
+        """Ids of the messages in ``new/``, in queue order."""
+        return self._ids('new')
+
+    def claim(self, mail_id: str) -> Claim | None:
+        """Take ``new/ID`` for sending; ``None`` if another processor has it.
+
+        Race-safe across threads and processes: only one caller gets a
+        :class:`Claim` for a given message.
+        """
+        path = self._p('new', mail_id)
+        # open + flock: a second claimant blocks here (LOCK_NB: it skips).
+        locked = self._lock(path)
+        if locked is None:
+            return None
+        fd, _ = locked
+        try:
+            # Claimed mtime is what recovery compares with stale_after.
+            now = self.clock()
+            os.utime(fd, (now, now))
+            self._rename(path, self._p('cur', mail_id))
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, FileNotFoundError):
+                return None  # removed by hand since we locked it
+            raise
+        try:
+            meta, data = _read(fd)
+        except ValueError as exc:
+            # Not a message we wrote, or damaged: keep it for a human.
+            self._quarantine(mail_id, fd, exc)
+            return None
+        return Claim(self, mail_id, fd, meta, data)
+
+    def _quarantine(self, mail_id: str, fd: int, exc: ValueError) -> None:
+        try:
+            os.rename(self._p('cur', mail_id), self._p('failed', mail_id))
+            log.error('unreadable queue file %s moved to failed/: %s', mail_id, exc)
+        finally:
+            os.close(fd)
+
+    def _lock(self, path: str) -> tuple[int, os.stat_result] | None:
+        """Open and ``flock`` ``path``: (fd, stat), or None if gone or held."""
+        try:
+            fd = self._opener(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # another processor moved it since our listing
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Between our open and our lock, the holder may have finished and
+            # moved this file on: the name must still be the file we locked.
+            st = os.fstat(fd)
+            now_at = os.stat(path)
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, (BlockingIOError, FileNotFoundError)):
+                return None  # held by another processor, or moved on
+            raise
+        if (st.st_dev, st.st_ino) != (now_at.st_dev, now_at.st_ino):
+            os.close(fd)
+            return None
+        return fd, st
+
+    # -- durable writes
+
+    def _create(self, path: str) -> int:
+        try:
+            return self._opener(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise QueueError(f'cannot write mail queue {path}: {_cause(exc)}') from exc
+
+    def _write_all(self, fd: int, path: str, meta: dict[str, Any], data: bytes) -> None:
+        """Write the metadata line and ``data`` to ``fd`` and fsync it.
+
+        On failure the file is removed and :class:`QueueError` raised.
+        """
+        header = json.dumps(meta, ensure_ascii=True, separators=(',', ':'))
+        try:
+            view = memoryview(header.encode('ascii') + b'\n' + data)
+            while view:
+                view = view[self._write(fd, view) :]
+            self._fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise QueueError(f'cannot write mail queue {path}: {_cause(exc)}') from exc
+
+    def _sync_dir(self, sub: str, *, raising: bool) -> None:
+        where = self._p(sub)
+        try:
+            fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self._fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if raising:
+                raise QueueError(
+                    f'cannot write mail queue {where}: {_cause(exc)}'
+                ) from exc
+            log.error('cannot sync mail queue %s: %s', where, _cause(exc))
+
+    def _rewrite(
+        self,
+        mail_id: str,
+        path: str,
+        meta: dict[str, Any],
+        data: bytes,
+        dest: str,
+        mtime: float,
+    ) -> None:
+        """Replace the locked file at ``path`` with new metadata, into ``dest``.
+
+        The new version is written and fsync'ed under a private name in
+        ``tmp/``, renamed over ``path`` (so there is never a second copy,
+        whatever moment a crash falls on), then moved into ``dest/``. It stays
+        locked until moved, so no other processor or recovery can take it in
+        between.
+        """
+        tmp = self._p('tmp', f'{mail_id}.{secrets.token_hex(4)}')
+        fd = self._create(tmp)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._write_all(fd, tmp, meta, data)
+            try:
+                os.utime(fd, (mtime, mtime))
+                self._rename(tmp, path)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise QueueError(
+                    f'cannot write mail queue {path}: {_cause(exc)}'
+                ) from exc
+            target = self._p(dest, mail_id)
+            try:
+                self._rename(path, target)
+            except OSError as exc:
+                raise QueueError(
+                    f'cannot move {path} to {target}: {_cause(exc)}'
+                ) from exc
+        finally:
+            os.close(fd)
+        self._sync_dir(dest, raising=False)
+
+    # -- inspection and administration (the command line)
+
+    def counts(self) -> dict[str, int]:
+        """How many messages are in each state."""
+        return {state: len(self._ids(sub)) for sub, state in STATES.items()}
+
+    def list(self, *, failed: bool = False) -> Iterator[Info]:
+        """The active queue (queued, sending, deferred) in queue order.
+
+        With ``failed=True``, the failed area instead. Only each file's
+        metadata line is read.
+        """
+        subs = ('failed',) if failed else ('new', 'cur', 'deferred')
+        listing = sorted((mail_id, sub) for sub in subs for mail_id in self._ids(sub))
+        now = self.clock()
+        for mail_id, sub in listing:
+            path = self._p(sub, mail_id)
+            try:
+                with open(path, 'rb') as f:
+                    mtime = os.fstat(f.fileno()).st_mtime
+                    meta = _parse(f.readline())
+            except FileNotFoundError:
+                continue  # moved on since the listing
+            except ValueError as exc:
+                yield Info(mail_id, STATES[sub], 0.0, 0, (), f'unreadable: {exc}')
+                continue
+            yield Info(
+                id=mail_id,
+                state=STATES[sub],
+                age=now - meta['queued_at'],
+                attempts=meta['attempts'],
+                recipients=tuple(meta['recipients']),
+                last_error=meta['last_error'],
+                due=mtime if sub == 'deferred' else None,
+            )
+
+    def retry(self, ids: Iterable[str] | None = None) -> int:
+        """Put failed messages back into ``new/``, due now; return how many.
+
+        ``ids=None`` retries every failed message. Each gets a fresh start:
+        attempts 0 and ``queued_at`` now, so ``mail.max_age`` counts again
+        from the retry (the last error is kept for reference). Raises
+        :class:`UnknownMessage` for an id that is not in the failed area,
+        before changing anything.
+        """
+        wanted = self._resolve(ids, ('failed',))
+        now = self.clock()
+        done = 0
+        for mail_id, sub in wanted:
+            path = self._p(sub, mail_id)
+            locked = self._lock(path)
+            if locked is None:
+                continue  # another retry or purge took it
+            fd, _ = locked
+            try:
+                try:
+                    meta, data = _read(fd)
+                except ValueError:
+                    # Unreadable: back unchanged; a claim will fail it again.
+                    os.rename(path, self._p('new', mail_id))
+                else:
+                    meta.update(attempts=0, queued_at=now)
+                    self._rewrite(mail_id, path, meta, data, 'new', now)
+            finally:
+                os.close(fd)
+            done += 1
+        self._sync_dir('new', raising=False)
+        return done
+
+    def purge(self, ids: Iterable[str] | None = None, *, failed: bool = False) -> int:
+        """Delete messages; return how many.
+
+        ``ids`` may be in any state but ``sending``; with ``failed=True``
+        only the failed area is searched, and ``ids=None`` means every failed
+        message. Raises :class:`UnknownMessage` for an id not found (or
+        being sent), before deleting anything.
+        """
+        if ids is None and not failed:
+            raise ValueError('purge: give message ids, or failed=True')
+        subs = ('failed',) if failed else ('new', 'deferred', 'failed')
+        done = 0
+        for mail_id, sub in self._resolve(ids, subs):
+            path = self._p(sub, mail_id)
+            locked = self._lock(path)
+            if locked is None:
+                continue  # claimed or moved meanwhile: not ours to delete
+            fd, _ = locked
+            try:
+                os.unlink(path)
+            finally:
+                os.close(fd)
+            done += 1
+        return done
+
+    def _resolve(
+        self, ids: Iterable[str] | None, subs: tuple[str, ...]
+    ) -> list[tuple[str, str]]:
+        """(id, subdirectory) for each id, or every message in ``subs``."""
+        if ids is None:
+            return [(mail_id, sub) for sub in subs for mail_id in self._ids(sub)]
+        found = []
+        for mail_id in ids:
+            valid = _ID.fullmatch(mail_id) is not None
+            sub = next(
+                (s for s in subs if valid and os.path.lexists(self._p(s, mail_id))),
+                None,
+            )
+            if sub is None and valid and os.path.lexists(self._p('cur', mail_id)):
+                raise QueueError(f'{mail_id} is being sent now; try again later')
+            if sub is None:
+                where = ' or '.join(f'{s}/' for s in subs)
+                raise UnknownMessage(f'no message {mail_id!r} in {self.path} ({where})')
+            found.append((mail_id, sub))
+        return found
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    """The metadata line, checked; ValueError if it is not ours."""
+    meta = json.loads(line)
+    if not isinstance(meta, dict) or meta.get('v') != FORMAT_VERSION:
+        raise ValueError(f'not a version {FORMAT_VERSION} queue file')
+    for key, kind in (
+        ('message_id', str),
+        ('sender', str),
+        ('recipients', list),
+        ('queued_at', (int, float)),
+        ('attempts', int),
+    ):
+        if not isinstance(meta.get(key), kind):
+            raise ValueError(f'bad or missing {key!r}')
+    meta.setdefault('last_error', None)
+    return meta
+
+
+def _read(fd: int) -> tuple[dict[str, Any], bytes]:
+    """Metadata and message bytes of the open queue file ``fd``."""
+    with os.fdopen(os.dup(fd), 'rb') as f:
+        f.seek(0)
+        meta = _parse(f.readline())
+        return meta, f.read()
+
+
+class Claim:
+    """A message taken for sending, locked until its outcome is recorded.
+
+    Record exactly one outcome: :meth:`done`, :meth:`defer`, :meth:`fail` or
+    :meth:`release`. Used as a context manager, leaving the block without an
+    outcome releases it (back to ``new/`` unchanged).
+    """
+
+    def __init__(
+        self,
+        queue: MailQueue,
+        mail_id: str,
+        fd: int,
+        meta: dict[str, Any],
+        data: bytes,
+    ):
+        self.queue = queue
+        self.id = mail_id
+        self._fd: int | None = fd
+        self._meta = meta
+        self.data = data
+        self.message_id: str = meta['message_id']
+        self.envelope = Envelope(meta['sender'], tuple(meta['recipients']))
+        self.attempts: int = meta['attempts']
+        self.queued_at: float = meta['queued_at']
+        self.last_error: str | None = meta['last_error']
+
+    def __repr__(self) -> str:
+        return f'<Claim {self.id} {self.message_id}>'
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fd is not None:
+            self.release()
+
+    @property
+    def _path(self) -> str:
+        return self.queue._p('cur', self.id)
+
+    def _take_fd(self) -> int:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise QueueError(f'the outcome of {self.id} is already recorded')
+        return fd
+
+    def done(self) -> None:
+        """The relay accepted it: remove it from the queue."""
+        fd = self._take_fd()
+        try:
+            os.unlink(self._path)
+        except OSError as exc:
+            raise QueueError(f'cannot remove {self._path}: {_cause(exc)}') from exc
+        finally:
+            os.close(fd)
+
+    def defer(
+        self, error: str, due: float, recipients: Iterable[str] | None = None
+    ) -> None:
+        """A temporary failure: try again at ``due``.
+
+        Counts the attempt and records ``error``. ``recipients``, when given,
+        replaces the envelope's list (the relay took the message for the
+        others).
+        """
+        self._record('deferred', error, due, recipients)
+
+    def fail(self, error: str) -> None:
+        """A permanent failure: into the failed area, with ``error`` kept."""
+        self._record('failed', error, self.queue.clock(), None)
+
+    def _record(
+        self,
+        dest: str,
+        error: str,
+        mtime: float,
+        recipients: Iterable[str] | None,
+    ) -> None:
+        fd = self._take_fd()
+        meta = dict(self._meta, attempts=self.attempts + 1, last_error=error)
+        if recipients is not None:
+            meta['recipients'] = list(recipients)
+        try:
+            self.queue._rewrite(self.id, self._path, meta, self.data, dest, mtime)
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        """Put it back into ``new/`` unchanged (not its fault, or stopping)."""
+        fd = self._take_fd()
+        try:
+            self.queue._rename(self._path, self.queue._p('new', self.id))
+        except OSError as exc:
+            # It stays in cur/; recovery returns it once the lock is gone.
+            raise QueueError(f'cannot release {self._path}: {_cause(exc)}') from exc
+        finally:
+            os.close(fd)

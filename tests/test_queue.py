@@ -1,0 +1,820 @@
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import multiprocessing
+import os
+import stat
+
+import pytest
+
+from tests import make_mail
+from tests.crashkit import fill
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Base:
+    @pytest.fixture(autouse=True)
+    def _dirs(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.path = str(tmp_path / 'q')
+
+    def _makeOne(self, cls=None, **kw):
+        from pyramid_txmail.queue import MailQueue
+
+        return (cls or MailQueue)(self.path, **kw)
+
+    def _files(self, sub):
+        return sorted(os.listdir(os.path.join(self.path, sub)))
+
+    def _meta(self, sub, mail_id):
+        with open(os.path.join(self.path, sub, mail_id), 'rb') as f:
+            return json.loads(f.readline()), f.read()
+
+
+class TestMailQueueLayout(_Base):
+    def test_creates_directories_mode_0700(self):
+        self._makeOne()
+        for sub in ('', 'tmp', 'new', 'cur', 'deferred', 'failed'):
+            assert _mode(os.path.join(self.path, sub)) == 0o700
+
+    def test_existing_queue_is_reused(self):
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        assert self._makeOne().pending() == [mail_id]
+
+    def test_unusable_path_raises_queue_error_naming_it(self):
+        from pyramid_txmail.queue import QueueError
+
+        blocker = self.tmp_path / 'file'
+        blocker.write_text('not a directory')
+        self.path = str(blocker / 'q')
+        with pytest.raises(QueueError) as info:
+            self._makeOne()
+        assert str(info.value) == (
+            f'cannot create mail queue {blocker}/q: [Errno 20] Not a directory'
+        )
+
+    def test_repr_names_path(self):
+        assert repr(self._makeOne()) == f'<MailQueue {self.path}>'
+
+    def test_listing_a_removed_directory_raises_queue_error(self):
+        from pyramid_txmail.queue import QueueError
+
+        queue = self._makeOne()
+        os.rmdir(os.path.join(self.path, 'new'))
+        with pytest.raises(
+            QueueError, match=r'cannot read mail queue .*/new: \[Errno 2\]'
+        ):
+            queue.pending()
+
+    def test_stray_files_are_not_messages(self):
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        for name in ('.lock', f'{mail_id}.lock', 'README'):
+            with open(os.path.join(self.path, 'new', name), 'w') as f:
+                f.write('not a message')
+        assert queue.pending() == [mail_id]
+        assert queue.counts()['queued'] == 1
+
+
+class TestMailQueueCommit(_Base):
+    def test_stage_is_durable_but_invisible(self):
+        queue = self._makeOne()
+        mail = make_mail(1, ('a@example.com', 'bcc@example.com'))
+        mail_id = queue.stage(mail)
+        assert self._files('tmp') == [mail_id]
+        assert queue.pending() == []
+        assert _mode(os.path.join(self.path, 'tmp', mail_id)) == 0o600
+        meta, data = self._meta('tmp', mail_id)
+        assert data == mail.data
+        assert meta['v'] == 1
+        assert meta['id'] == mail_id
+        assert meta['message_id'] == '<1@test>'
+        assert meta['sender'] == 'from@example.com'
+        assert meta['recipients'] == ['a@example.com', 'bcc@example.com']
+        assert meta['attempts'] == 0
+        assert meta['last_error'] is None
+        assert meta['smtputf8'] is False
+
+    def test_publish_makes_visible(self):
+        queue = self._makeOne()
+        ids = [queue.stage(make_mail(n)) for n in range(3)]
+        queue.sync_staged()
+        queue.publish(ids)
+        assert queue.pending() == sorted(ids)
+        assert self._files('tmp') == []
+        assert _mode(os.path.join(self.path, 'new', ids[0])) == 0o600
+
+    def test_discard_leaves_nothing(self):
+        queue = self._makeOne()
+        ids = [queue.stage(make_mail(n)) for n in range(2)]
+        queue.discard([*ids, 'never-staged'])
+        assert self._files('tmp') == []
+        assert queue.pending() == []
+
+    def test_discard_never_raises(self, caplog):
+        queue = self._makeOne()
+        # unlink() of a directory fails with a real EISDIR.
+        os.mkdir(os.path.join(self.path, 'tmp', 'odd'))
+        queue.discard(['odd'])
+        assert 'cannot discard' in caplog.text
+
+    def test_publish_never_raises(self, caplog):
+        queue = self._makeOne()
+        [good] = [queue.stage(make_mail(1))]
+        queue.publish(['1234567890123456.1.gone', good])
+        assert queue.pending() == [good]
+        assert 'cannot publish 1234567890123456.1.gone' in caplog.text
+
+    def test_ids_sort_in_queue_order_and_never_collide(self):
+        clock = FakeClock()
+        queue = self._makeOne(clock=clock)
+        ids = []
+        for n in range(50):
+            clock.now += 0.000001 * (n % 2)  # half of them in the same µs
+            ids.append(queue.stage(make_mail(n)))
+        assert len(set(ids)) == 50
+        assert sorted(ids) == ids
+        first, pid, rand = ids[0].split('.')
+        assert first == '1700000000000000'
+        assert pid == str(os.getpid())
+        assert len(rand) == 16
+
+    def test_fsync_order(self):
+        """The file is fsync'ed before it is renamed, the directory after."""
+        from pyramid_txmail.queue import MailQueue
+
+        calls = []
+
+        class Recording(MailQueue):
+            def _fsync(self, fd):
+                calls.append(('fsync', os.fstat(fd).st_ino))
+                os.fsync(fd)
+
+            def _rename(self, src, dst):
+                calls.append(('rename', os.path.basename(os.path.dirname(dst))))
+                os.rename(src, dst)
+
+        queue = self._makeOne(Recording)
+        ino = lambda sub: os.stat(os.path.join(self.path, sub)).st_ino  # noqa: E731
+        mail_id = queue.stage(make_mail(1))
+        file_ino = os.stat(os.path.join(self.path, 'tmp', mail_id)).st_ino
+        queue.sync_staged()
+        queue.publish([mail_id])
+        assert calls == [
+            ('fsync', file_ino),
+            ('fsync', ino('tmp')),
+            ('rename', 'new'),
+            ('fsync', ino('new')),
+        ]
+
+    def test_stage_w_full_disk(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class FullDisk(MailQueue):
+            # A real ENOSPC needs a full file system; inject it.
+            def _write(self, fd, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        queue = self._makeOne(FullDisk, clock=FakeClock())
+        with pytest.raises(QueueError) as info:
+            queue.stage(make_mail(1))
+        [name] = [n for n in str(info.value).split('/') if n.startswith('17')]
+        assert str(info.value) == (
+            f'cannot write mail queue {self.path}/tmp/{name.split(":")[0]}: '
+            '[Errno 28] No space left on device'
+        )
+        assert self._files('tmp') == []
+
+    def test_stage_w_failing_fsync(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class BadDisk(MailQueue):
+            def _fsync(self, fd):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        queue = self._makeOne(BadDisk)
+        with pytest.raises(QueueError, match=r'\[Errno 5\] Input/output error'):
+            queue.stage(make_mail(1))
+        assert self._files('tmp') == []
+        with pytest.raises(QueueError, match=r'/tmp: \[Errno 5\]'):
+            queue.sync_staged()
+
+    def test_stage_w_permission_denied(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class ReadOnly(MailQueue):
+            # Tests run as root, which ignores directory permissions.
+            def _opener(self, path, flags, mode=0o777):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+        queue = self._makeOne(ReadOnly)
+        with pytest.raises(QueueError, match=r'tmp/\S+: \[Errno 13\] Permission'):
+            queue.stage(make_mail(1))
+
+    def test_stage_w_file_too_large(self):
+        """A real EFBIG: a child process with a tiny RLIMIT_FSIZE."""
+        from tests.crashkit import stage_over_file_size_limit
+
+        self._makeOne()
+        ctx = multiprocessing.get_context('spawn')
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=stage_over_file_size_limit, args=(self.path, 4096, 100_000, child)
+        )
+        proc.start()
+        try:
+            assert parent.poll(30)
+            error, left = parent.recv()
+        finally:
+            proc.join(30)
+            proc.kill()
+        assert error.startswith(f'cannot write mail queue {self.path}/tmp/')
+        assert error.endswith(': [Errno 27] File too large')
+        assert left == []
+
+    def test_error_without_errno_is_reported_as_is(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class Odd(MailQueue):
+            def _write(self, fd, data):
+                raise OSError('something odd')
+
+        with pytest.raises(QueueError, match=r': something odd$'):
+            self._makeOne(Odd).stage(make_mail(1))
+
+    def test_publish_w_unsyncable_directory_logs(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class BadDisk(MailQueue):
+            def _fsync(self, fd):
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        queue = self._makeOne(BadDisk)
+        mail_id = queue.stage(make_mail(1))
+        with caplog.at_level(logging.ERROR, 'pyramid_txmail.queue'):
+            queue.publish([mail_id])
+        assert queue.pending() == [mail_id]
+        assert 'cannot sync mail queue' in caplog.text
+
+
+class TestClaim(_Base):
+    def test_claim_reads_message_and_moves_it_to_cur(self):
+        clock = FakeClock()
+        queue = self._makeOne(clock=clock)
+        mail = make_mail(1, ('a@example.com', 'b@example.com'))
+        mail_id = queue.stage(mail)
+        queue.publish([mail_id])
+        clock.now += 10
+        claim = queue.claim(mail_id)
+        assert claim.id == mail_id
+        assert claim.message_id == '<1@test>'
+        assert claim.envelope == mail.envelope
+        assert claim.data == mail.data
+        assert claim.attempts == 0
+        assert claim.queued_at == 1_700_000_000.0
+        assert claim.last_error is None
+        assert repr(claim) == f'<Claim {mail_id} <1@test>>'
+        assert self._files('new') == []
+        assert self._files('cur') == [mail_id]
+        assert os.stat(os.path.join(self.path, 'cur', mail_id)).st_mtime == clock.now
+        claim.done()
+
+    def test_claim_of_gone_message(self):
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        queue.claim(mail_id).done()
+        assert queue.claim(mail_id) is None
+
+    def test_claim_of_held_message(self):
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        path = os.path.join(self.path, 'new', mail_id)
+        with open(path, 'rb') as other:
+            # Another processor between its lock and its rename.
+            fcntl.flock(other, fcntl.LOCK_EX)
+            assert queue.claim(mail_id) is None
+        assert queue.pending() == [mail_id]
+
+    def test_claim_of_message_replaced_after_open(self):
+        """Opened, then the holder moved it on and another file took the name."""
+        from pyramid_txmail.queue import MailQueue
+
+        class Racy(MailQueue):
+            def _opener(self, path, flags, mode=0o777):
+                fd = os.open(path, flags, mode)
+                os.rename(path, path + '.old')
+                with open(path, 'wb') as f:
+                    f.write(b'someone else')
+                return fd
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        assert self._makeOne(Racy).claim(mail_id) is None
+        assert self._files('cur') == []
+
+    def test_claim_of_message_vanished_after_open(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racy(MailQueue):
+            def _opener(self, path, flags, mode=0o777):
+                fd = os.open(path, flags, mode)
+                os.unlink(path)
+                return fd
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        assert self._makeOne(Racy).claim(mail_id) is None
+
+    def test_claim_w_unexpected_error_raises(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Broken(MailQueue):
+            def _opener(self, path, flags, mode=0o777):
+                fd = os.open(path, flags, mode)
+                new = os.path.dirname(path)
+                os.rename(new, new + '.moved')
+                open(new, 'w').close()  # new/ID is now under a plain file
+                return fd
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        with pytest.raises(NotADirectoryError):
+            self._makeOne(Broken).claim(mail_id)
+
+    def test_claim_of_message_removed_by_hand_before_rename(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racy(MailQueue):
+            def _rename(self, src, dst):
+                os.unlink(src)
+                os.rename(src, dst)
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        assert self._makeOne(Racy).claim(mail_id) is None
+        assert self._files('cur') == []
+
+    def test_claim_w_rename_error_raises_and_unlocks(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Broken(MailQueue):
+            def _rename(self, src, dst):
+                raise PermissionError(errno.EACCES, 'denied')
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        with pytest.raises(PermissionError):
+            self._makeOne(Broken).claim(mail_id)
+        assert queue.claim(mail_id) is not None
+
+    def test_unreadable_file_is_moved_to_failed(self, caplog):
+        queue = self._makeOne()
+        [good] = fill(queue, 1)
+        bad = '0000000000000001.1.bad0'
+        with open(os.path.join(self.path, 'new', bad), 'wb') as f:
+            f.write(b'{"v": 1}\nnot ours')
+        assert queue.claim(bad) is None
+        assert self._files('failed') == [bad]
+        assert 'unreadable queue file 0000000000000001.1.bad0' in caplog.text
+        [info] = queue.list(failed=True)
+        assert info.id == bad
+        assert info.last_error.startswith('unreadable: ')
+        # Retried unchanged; the next claim fails it again.
+        assert queue.retry([bad]) == 1
+        assert queue.pending() == [bad, good]
+        assert queue.claim(bad) is None
+
+    def test_other_version_is_not_ours(self):
+        queue = self._makeOne()
+        bad = '0000000000000001.1.bad0'
+        with open(os.path.join(self.path, 'new', bad), 'wb') as f:
+            f.write(b'{"v": 2}\nfuture')
+        assert queue.claim(bad) is None
+        [info] = queue.list(failed=True)
+        assert info.last_error == 'unreadable: not a version 1 queue file'
+
+    def test_claim_race_between_processes(self):
+        """4 processes, one queue of 2000 messages: each claimed exactly once."""
+        from tests.crashkit import claim_everything
+
+        queue = self._makeOne()
+        ids = fill(queue, 2000)
+        ctx = multiprocessing.get_context('spawn')
+        barrier = ctx.Barrier(4)
+        outs = [str(self.tmp_path / f'claimed-{n}') for n in range(4)]
+        procs = [
+            ctx.Process(target=claim_everything, args=(self.path, barrier, out))
+            for out in outs
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        for proc in procs:
+            proc.kill()
+        assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+        claimed = []
+        for out in outs:
+            with open(out) as f:
+                claimed.extend(f.read().split())
+        assert sorted(claimed) == sorted(ids)
+        assert queue.counts() == {'queued': 0, 'sending': 0, 'deferred': 0, 'failed': 0}
+
+
+class TestOutcomes(_Base):
+    def _claimed(self, recipients=('to@example.com',), **kw):
+        self.clock = FakeClock()
+        self.queue = self._makeOne(clock=self.clock, **kw)
+        [self.mail_id] = fill(self.queue, 1, recipients=recipients)
+        return self.queue.claim(self.mail_id)
+
+    def test_done_removes(self):
+        self._claimed().done()
+        assert self.queue.counts() == {
+            'queued': 0,
+            'sending': 0,
+            'deferred': 0,
+            'failed': 0,
+        }
+        assert self._files('tmp') == []
+
+    def test_defer(self):
+        claim = self._claimed(('a@example.com', 'b@example.com'))
+        data = claim.data
+        claim.defer('451 4.3.0 try later', self.clock.now + 300)
+        assert self._files('cur') == []
+        assert self._files('tmp') == []
+        assert self._files('deferred') == [self.mail_id]
+        path = os.path.join(self.path, 'deferred', self.mail_id)
+        assert os.stat(path).st_mtime == self.clock.now + 300
+        assert _mode(path) == 0o600
+        meta, stored = self._meta('deferred', self.mail_id)
+        assert stored == data
+        assert meta['attempts'] == 1
+        assert meta['last_error'] == '451 4.3.0 try later'
+        assert meta['recipients'] == ['a@example.com', 'b@example.com']
+        [info] = self.queue.list()
+        assert info.state == 'deferred'
+        assert info.due == self.clock.now + 300
+        assert info.attempts == 1
+
+    def test_defer_w_fewer_recipients(self):
+        claim = self._claimed(('a@example.com', 'b@example.com'))
+        claim.defer('450 mailbox busy', self.clock.now, recipients=['b@example.com'])
+        meta, _ = self._meta('deferred', self.mail_id)
+        assert meta['recipients'] == ['b@example.com']
+
+    def test_defer_again_counts_attempts(self):
+        self._claimed().defer('first', self.clock.now)
+        assert self.queue.promote_due() == 1
+        claim = self.queue.claim(self.mail_id)
+        assert (claim.attempts, claim.last_error) == (1, 'first')
+        claim.defer('second', self.clock.now)
+        meta, _ = self._meta('deferred', self.mail_id)
+        assert (meta['attempts'], meta['last_error']) == (2, 'second')
+
+    def test_fail(self):
+        claim = self._claimed()
+        claim.fail('550 5.1.1 no such user')
+        assert self._files('failed') == [self.mail_id]
+        assert self._files('cur') == []
+        [info] = self.queue.list(failed=True)
+        assert info.state == 'failed'
+        assert info.last_error == '550 5.1.1 no such user'
+        assert info.due is None
+        assert list(self.queue.list()) == []
+
+    def test_release_returns_unchanged(self):
+        claim = self._claimed()
+        path = os.path.join(self.path, 'new', self.mail_id)
+        claim.release()
+        assert self.queue.pending() == [self.mail_id]
+        meta, _ = self._meta('new', self.mail_id)
+        assert (meta['attempts'], meta['last_error']) == (0, None)
+        assert os.path.exists(path)
+
+    def test_context_manager_releases(self):
+        with self._claimed() as claim:
+            assert self.queue.pending() == []
+        assert self.queue.pending() == [claim.id]
+        with pytest.raises(RuntimeError), self.queue.claim(self.mail_id):
+            raise RuntimeError('processor bug')
+        assert self.queue.pending() == [claim.id]
+
+    def test_context_manager_after_outcome(self):
+        with self._claimed() as claim:
+            claim.done()
+        assert self.queue.counts()['queued'] == 0
+
+    def test_second_outcome_refused(self):
+        from pyramid_txmail.queue import QueueError
+
+        claim = self._claimed()
+        claim.done()
+        with pytest.raises(QueueError, match='already recorded'):
+            claim.fail('again')
+
+    def test_done_w_file_removed(self):
+        from pyramid_txmail.queue import QueueError
+
+        claim = self._claimed()
+        os.unlink(os.path.join(self.path, 'cur', self.mail_id))
+        with pytest.raises(QueueError, match=r'cannot remove .*/cur/.*\[Errno 2\]'):
+            claim.done()
+
+    def test_release_w_error(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class Broken(MailQueue):
+            def _rename(self, src, dst):
+                if '/cur/' in src:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                os.rename(src, dst)
+
+        claim = self._claimed(cls=Broken)
+        with pytest.raises(QueueError, match=r'cannot release .*\[Errno 5\]'):
+            claim.release()
+        # Still in cur/, unlocked now: recovery takes it back.
+        assert self.queue.recover(0) == 1
+
+    def test_defer_w_full_disk_keeps_message(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class FullDisk(MailQueue):
+            full = False
+
+            def _write(self, fd, data):
+                if self.full:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return os.write(fd, data)
+
+        claim = self._claimed(cls=FullDisk)
+        self.queue.full = True
+        with pytest.raises(QueueError, match=r'No space left on device'):
+            claim.defer('451', self.clock.now)
+        assert self._files('tmp') == []
+        assert self._files('cur') == [self.mail_id]
+        assert self.queue.recover(0) == 1
+        meta, _ = self._meta('new', self.mail_id)
+        assert meta['attempts'] == 0
+
+    def test_fail_w_rename_errors(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class Broken(MailQueue):
+            broken = ''
+
+            def _rename(self, src, dst):
+                if self.broken and self.broken in dst:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                os.rename(src, dst)
+
+        claim = self._claimed(cls=Broken)
+        self.queue.broken = '/cur/'  # the new version over the claimed file
+        with pytest.raises(QueueError, match=r'cannot write mail queue .*/cur/'):
+            claim.fail('550')
+        assert self._files('tmp') == []
+        assert self._files('cur') == [self.mail_id]
+
+        self.queue.broken = ''
+        self.queue.recover(0)
+        claim = self.queue.claim(self.mail_id)
+        self.queue.broken = '/failed/'  # moving it into failed/
+        with pytest.raises(QueueError, match=r'cannot move .*/cur/\S+ to .*/failed/'):
+            claim.fail('550')
+        # The rewritten version waits in cur/ for recovery.
+        meta, _ = self._meta('cur', self.mail_id)
+        assert meta['last_error'] == '550'
+
+
+class TestProcessorSide(_Base):
+    def test_promote_due_by_mtime(self):
+        clock = FakeClock()
+        queue = self._makeOne(clock=clock)
+        early, late = fill(queue, 2)
+        queue.claim(early).defer('451', clock.now + 100)
+        queue.claim(late).defer('451', clock.now + 200)
+        assert queue.promote_due() == 0
+        clock.now += 100
+        assert queue.promote_due() == 1
+        assert queue.pending() == [early]
+        assert self._files('deferred') == [late]
+
+    def test_promote_due_w_vanished_file(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racy(MailQueue):
+            def _rename(self, src, dst):
+                os.unlink(src)  # another processor promoted it first
+                os.rename(src, dst)
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        queue.claim(mail_id).defer('451', 0)
+        assert self._makeOne(Racy).promote_due() == 0
+
+    def test_recover_claim_of_killed_process(self):
+        """A claim held by a SIGKILLed process: recovered after stale_after."""
+        from pyramid_txmail.queue import MailQueue
+        from tests.crashkit import hold_claim
+
+        queue = self._makeOne()
+        first, second = fill(queue, 2)
+        ctx = multiprocessing.get_context('spawn')
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=hold_claim, args=(self.path, child))
+        proc.start()
+        try:
+            assert parent.poll(30)
+            assert parent.recv() == first
+            # Alive: never recovered, however old the claim.
+            assert queue.recover(0) == 0
+        finally:
+            proc.kill()
+            proc.join(30)
+        assert self._files('cur') == [first]
+        assert queue.recover(3600) == 0  # dead, but not stale yet
+        later = MailQueue(self.path, clock=lambda: FakeClock()() + 10**9)
+        assert later.recover(3600) == 1
+        assert queue.pending() == [first, second]
+
+    def test_recover_never_takes_a_live_claim(self):
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        claim = queue.claim(mail_id)
+        assert queue.recover(0) == 0
+        claim.done()
+
+    def test_recover_w_vanishing_claim(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racy(MailQueue):
+            def _opener(self, path, flags, mode=0o777):
+                raise FileNotFoundError(errno.ENOENT, 'gone')
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        queue.claim(mail_id)
+        assert self._makeOne(Racy).recover(0) == 0
+
+    def test_recover_removes_old_tmp_files(self):
+        clock = FakeClock()
+        queue = self._makeOne(clock=clock)
+        old = queue.stage(make_mail(1))
+        young = queue.stage(make_mail(2))
+        rewrite = os.path.join(self.path, 'tmp', f'{old}.0a0b')
+        open(rewrite, 'wb').close()
+        for path in (os.path.join(self.path, 'tmp', old), rewrite):
+            os.utime(path, (clock.now - 36 * 3600 - 1,) * 2)
+        os.utime(os.path.join(self.path, 'tmp', young), (clock.now - 35 * 3600,) * 2)
+        assert queue.recover(600) == 0
+        assert self._files('tmp') == [young]
+
+    def test_vanished_file_mid_pass_is_skipped(self):
+        queue = self._makeOne()
+        ids = fill(queue, 3)
+        listing = queue.pending()
+        os.unlink(os.path.join(self.path, 'new', ids[1]))
+        claimed = [c for c in map(queue.claim, listing) if c is not None]
+        assert [c.id for c in claimed] == [ids[0], ids[2]]
+        for claim in claimed:
+            claim.done()
+
+
+class TestAdministration(_Base):
+    def _queue(self):
+        self.clock = FakeClock()
+        queue = self._makeOne(clock=self.clock)
+        self.ids = fill(queue, 5)
+        _, b, c, d, _ = self.ids
+        queue.claim(b).defer('451 later', self.clock.now + 60)
+        queue.claim(c).fail('550 no such user')
+        queue.claim(d).fail('554 rejected')
+        self.sending = queue.claim(self.ids[4])
+        return queue
+
+    def test_counts(self):
+        queue = self._queue()
+        assert queue.counts() == {'queued': 1, 'sending': 1, 'deferred': 1, 'failed': 2}
+
+    def test_list_active_queue_in_order(self):
+        queue = self._queue()
+        self.clock.now += 30
+        a, b, _, _, e = self.ids
+        infos = list(queue.list())
+        assert [(i.id, i.state) for i in infos] == [
+            (a, 'queued'),
+            (b, 'deferred'),
+            (e, 'sending'),
+        ]
+        assert infos[0].age == 30
+        assert infos[0].recipients == ('to@example.com',)
+        assert infos[1].last_error == '451 later'
+        assert infos[1].due == self.clock.now + 30
+
+    def test_list_skips_vanished(self):
+        queue = self._queue()
+        listing = queue.list()
+        first = next(listing)
+        self.sending.done()
+        assert [first.id, *(i.id for i in listing)] == self.ids[:2]
+
+    def test_list_failed(self):
+        queue = self._queue()
+        infos = list(queue.list(failed=True))
+        assert [(i.id, i.last_error) for i in infos] == [
+            (self.ids[2], '550 no such user'),
+            (self.ids[3], '554 rejected'),
+        ]
+
+    def test_retry_given_ids(self):
+        queue = self._queue()
+        self.clock.now += 1000
+        assert queue.retry([self.ids[3]]) == 1
+        assert queue.pending() == [self.ids[0], self.ids[3]]
+        claim = queue.claim(self.ids[3])
+        assert (claim.attempts, claim.queued_at) == (0, self.clock.now)
+        assert claim.last_error == '554 rejected'
+        claim.done()
+
+    def test_retry_all(self):
+        queue = self._queue()
+        assert queue.retry() == 2
+        assert queue.counts()['failed'] == 0
+        assert queue.counts()['queued'] == 3
+
+    def test_retry_unknown_id(self):
+        from pyramid_txmail.queue import UnknownMessage
+
+        queue = self._queue()
+        for unknown in (self.ids[0], 'nonsense/../x'):
+            with pytest.raises(UnknownMessage) as info:
+                queue.retry([self.ids[2], unknown])
+            assert isinstance(info.value, KeyError)
+            assert str(info.value) == (
+                f'no message {unknown!r} in {self.path} (failed/)'
+            )
+        assert queue.counts()['failed'] == 2
+        assert str(UnknownMessage()) == ''
+
+    def test_retry_skips_busy_message(self):
+        queue = self._queue()
+        with open(os.path.join(self.path, 'failed', self.ids[2]), 'rb') as other:
+            fcntl.flock(other, fcntl.LOCK_EX)  # another retry or purge
+            assert queue.retry() == 1
+
+    def test_purge_given_ids_in_any_state_but_sending(self):
+        from pyramid_txmail.queue import QueueError
+
+        queue = self._queue()
+        assert queue.purge(self.ids[:3]) == 3
+        assert queue.counts() == {'queued': 0, 'sending': 1, 'deferred': 0, 'failed': 1}
+        with pytest.raises(QueueError, match='is being sent now'):
+            queue.purge([self.ids[4]])
+        self.sending.release()
+        assert queue.purge([self.ids[4]]) == 1
+
+    def test_purge_failed(self):
+        from pyramid_txmail.queue import UnknownMessage
+
+        queue = self._queue()
+        with pytest.raises(UnknownMessage, match=r'\(failed/\)'):
+            queue.purge([self.ids[0]], failed=True)
+        assert queue.purge(failed=True) == 2
+        assert queue.counts() == {'queued': 1, 'sending': 1, 'deferred': 1, 'failed': 0}
+
+    def test_purge_needs_ids_or_failed(self):
+        queue = self._queue()
+        with pytest.raises(ValueError):
+            queue.purge()
+
+    def test_purge_unknown_deletes_nothing(self):
+        from pyramid_txmail.queue import UnknownMessage
+
+        queue = self._queue()
+        with pytest.raises(UnknownMessage, match=r'\(new/ or deferred/ or failed/\)'):
+            queue.purge([self.ids[0], '0000000000000000.1.ff'])
+        assert queue.counts()['queued'] == 1
+
+    def test_purge_skips_claimed_meanwhile(self):
+        queue = self._queue()
+        with open(os.path.join(self.path, 'new', self.ids[0]), 'rb') as other:
+            fcntl.flock(other, fcntl.LOCK_EX)  # a processor claiming it
+            assert queue.purge([self.ids[0]]) == 0
+        assert queue.pending() == [self.ids[0]]
