@@ -80,6 +80,36 @@ class Info:
     due: float | None = None
 
 
+# Descriptors holding (or about to hold) a queue file's flock in this process.
+# A forked child inherits them, and with them the locks (a flock belongs to
+# the open file, not the process): a message its parent then releases or
+# defers would stay locked, unclaimable, for the child's lifetime. The child
+# closes its copies at once; the parent's locks are unaffected.
+_LOCK_FDS: set[int] = set()
+
+
+def _held(fd: int) -> int:
+    _LOCK_FDS.add(fd)
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    # Forget first: a child forked in between must not close a number that
+    # another thread has reused meanwhile.
+    _LOCK_FDS.discard(fd)
+    os.close(fd)
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 def _cause(exc: OSError) -> str:
     # OSError's str() repeats the file name, which the caller already gives.
     if exc.errno is not None:
@@ -240,7 +270,7 @@ class MailQueue:
                     continue
                 os.rename(path, self._p('new', mail_id))
             finally:
-                os.close(fd)
+                _unlock(fd)
             log.warning('recovered %s from a processor that stopped', mail_id)
             recovered += 1
         for name in self._ids('tmp', every=True):
@@ -273,7 +303,7 @@ class MailQueue:
             os.utime(fd, (now, now))
             self._rename(path, self._p('cur', mail_id))
         except BaseException as exc:
-            os.close(fd)
+            _unlock(fd)
             if isinstance(exc, FileNotFoundError):
                 return None  # removed by hand since we locked it
             raise
@@ -290,12 +320,12 @@ class MailQueue:
             os.rename(self._p('cur', mail_id), self._p('failed', mail_id))
             log.error('unreadable queue file %s moved to failed/: %s', mail_id, exc)
         finally:
-            os.close(fd)
+            _unlock(fd)
 
     def _lock(self, path: str) -> tuple[int, os.stat_result] | None:
         """Open and ``flock`` ``path``: (fd, stat), or None if gone or held."""
         try:
-            fd = self._opener(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = _held(self._opener(path, os.O_RDONLY | os.O_CLOEXEC))
         except FileNotFoundError:
             return None  # another processor moved it since our listing
         try:
@@ -305,12 +335,12 @@ class MailQueue:
             st = os.fstat(fd)
             now_at = os.stat(path)
         except BaseException as exc:
-            os.close(fd)
+            _unlock(fd)
             if isinstance(exc, (BlockingIOError, FileNotFoundError)):
                 return None  # held by another processor, or moved on
             raise
         if (st.st_dev, st.st_ino) != (now_at.st_dev, now_at.st_ino):
-            os.close(fd)
+            _unlock(fd)
             return None
         return fd, st
 
@@ -373,7 +403,7 @@ class MailQueue:
         between.
         """
         tmp = self._p('tmp', f'{mail_id}.{secrets.token_hex(4)}')
-        fd = self._create(tmp)
+        fd = _held(self._create(tmp))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._write_all(fd, tmp, meta, data)
@@ -394,7 +424,7 @@ class MailQueue:
                     f'cannot move {path} to {target}: {_cause(exc)}'
                 ) from exc
         finally:
-            os.close(fd)
+            _unlock(fd)
         self._sync_dir(dest, raising=False)
 
     # -- inspection and administration (the command line)
@@ -461,7 +491,7 @@ class MailQueue:
                     meta.update(attempts=0, queued_at=now)
                     self._rewrite(mail_id, path, meta, data, 'new', now)
             finally:
-                os.close(fd)
+                _unlock(fd)
             done += 1
         self._sync_dir('new', raising=False)
         return done
@@ -487,7 +517,7 @@ class MailQueue:
             try:
                 os.unlink(path)
             finally:
-                os.close(fd)
+                _unlock(fd)
             done += 1
         return done
 
@@ -599,7 +629,7 @@ class Claim:
         except OSError as exc:
             raise QueueError(f'cannot remove {self._path}: {_cause(exc)}') from exc
         finally:
-            os.close(fd)
+            _unlock(fd)
 
     def defer(
         self, error: str, due: float, recipients: Iterable[str] | None = None
@@ -630,7 +660,7 @@ class Claim:
         try:
             self.queue._rewrite(self.id, self._path, meta, self.data, dest, mtime)
         finally:
-            os.close(fd)
+            _unlock(fd)
 
     def release(self) -> None:
         """Put it back into ``new/`` unchanged (not its fault, or stopping)."""
@@ -641,4 +671,4 @@ class Claim:
             # It stays in cur/; recovery returns it once the lock is gone.
             raise QueueError(f'cannot release {self._path}: {_cause(exc)}') from exc
         finally:
-            os.close(fd)
+            _unlock(fd)

@@ -409,6 +409,43 @@ class TestClaim(_Base):
         [info] = queue.list(failed=True)
         assert info.last_error == 'unreadable: not a version 1 queue file'
 
+    def test_forked_child_does_not_keep_the_lock(self):
+        """A child forked while a claim is held must not keep its lock."""
+        import select
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        claim = queue.claim(mail_id)
+        ready_r, ready_w = os.pipe()
+        done_r, done_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; coverage is not kept
+            os.write(ready_w, b'x')
+            select.select([done_r], [], [], 30)
+            os._exit(0)
+        try:
+            assert os.read(ready_r, 1) == b'x'
+            claim.release()  # the child is alive and holds copies of our fds
+            again = queue.claim(mail_id)
+            assert again is not None
+            again.release()
+        finally:
+            os.write(done_w, b'x')
+            os.waitpid(pid, 0)
+            for fd in (ready_r, ready_w, done_r, done_w):
+                os.close(fd)
+
+    def test_close_inherited_locks(self):
+        # What the child runs after fork, run here on a descriptor of our own.
+        from pyramid_txmail import queue as module
+
+        fd = module._held(os.open(self.tmp_path, os.O_RDONLY))
+        module._close_inherited_locks()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        assert fd not in module._LOCK_FDS
+        os.close(os.open(self.tmp_path, os.O_RDONLY))  # the number is reusable
+
     def test_claim_race_between_processes(self):
         """4 processes, one queue of 2000 messages: each claimed exactly once."""
         from tests.crashkit import claim_everything
