@@ -599,6 +599,12 @@ class Claim:
     def __repr__(self) -> str:
         return f'<Claim {self.id} {self.message_id}>'
 
+    def __del__(self) -> None:
+        # Dropped without an outcome: unlock, so that recovery can take it
+        # back, rather than keeping it locked for the process's lifetime.
+        if getattr(self, '_fd', None) is not None:
+            _unlock(self._fd)
+
     def __enter__(self) -> Claim:
         return self
 

@@ -84,9 +84,89 @@ def hold_claim(path: str, conn) -> None:
     claim.release()  # pragma: no cover - killed long before
 
 
+def settings_for(port: int, **overrides):
+    """MailSettings for the test server on 127.0.0.1:``port``."""
+    from pyramid_txmail.settings import MailSettings
+
+    values = {
+        'host': '127.0.0.1',
+        'port': port,
+        'timeout': 5.0,
+        'message_id_domain': 'client.test',
+    }
+    values.update(overrides)
+    return MailSettings(**values)
+
+
+def drain(path: str, port: int, barrier, out: str) -> None:
+    """One of several processors emptying one queue; counts go to ``out``."""
+    from pyramid_txmail.processor import QueueProcessor
+    from pyramid_txmail.queue import MailQueue
+
+    queue = MailQueue(path)
+    processor = QueueProcessor(queue, settings_for(port, queue_batch=50))
+    barrier.wait(CHILD_DEADLINE)
+    sent = 0
+    deadline = time.monotonic() + CHILD_DEADLINE
+    while queue.pending() and time.monotonic() < deadline:
+        sent += processor.run_once().sent
+    with open(out, 'w') as f:
+        f.write(str(sent))
+
+
+def _drain_until_killed(path: str, port: int) -> None:  # pragma: no cover
+    """``python -m tests.crashkit drain PATH PORT``: a processor to kill -9.
+
+    Short backoff and interval so that deferred messages come back at once;
+    ``stale_after=0`` so that each one takes back the claim of the one
+    killed before it.
+    """
+    from pyramid_txmail.processor import QueueProcessor
+    from pyramid_txmail.queue import MailQueue
+
+    settings = settings_for(
+        port, queue_batch=7, queue_interval=0.01, retry_min=0.0, retry_max=0.0
+    )
+    deadline = time.monotonic() + CHILD_DEADLINE
+    processor = QueueProcessor(
+        MailQueue(path),
+        settings,
+        stale_after=0.0,
+        wait=lambda seconds: time.sleep(seconds) or time.monotonic() > deadline,
+    )
+    print('ready', flush=True)
+    processor.run()
+
+
+def _commit_until_killed(path: str) -> None:  # pragma: no cover
+    """``python -m tests.crashkit commit PATH``: commit one message at a time.
+
+    Prints each queue id once ``publish`` has returned, i.e. once the
+    transaction would have committed.
+    """
+    from pyramid_txmail.queue import MailQueue
+
+    queue = MailQueue(path)
+    print('ready', flush=True)
+    deadline = time.monotonic() + CHILD_DEADLINE
+    n = 0
+    while time.monotonic() < deadline:
+        mail_id = queue.stage(make_mail(n))
+        queue.sync_staged()
+        queue.publish([mail_id])
+        print(mail_id, flush=True)
+        n += 1
+
+
 def _main(argv: list[str]) -> int:  # pragma: no cover - runs in children
-    command, *args = argv
-    raise SystemExit(f'unknown command {command!r} {args}')
+    command, path, *args = argv
+    if command == 'drain':
+        _drain_until_killed(path, int(args[0]))
+    elif command == 'commit':
+        _commit_until_killed(path)
+    else:
+        raise SystemExit(f'unknown command {command!r}')
+    return 0
 
 
 if __name__ == '__main__':  # pragma: no cover

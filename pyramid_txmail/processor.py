@@ -1,0 +1,455 @@
+"""The queue processor: sends what committed transactions put in the queue.
+
+:class:`QueueProcessor` does one pass at a time (:meth:`~QueueProcessor.run_once`)
+or loops (:meth:`~QueueProcessor.run`); it has no thread of its own, so the
+command line runs it in the foreground and tests drive it with fake clocks.
+:class:`ProcessorThread` runs it in a named daemon thread of a web process,
+and :func:`ensure_processor` starts at most one per queue directory and
+process.
+
+Outcomes follow Postfix: a temporary failure (4xx, refused or dropped
+connection, timeout) defers the message with exponential backoff until
+``mail.max_age``; a permanent one (5xx) moves it to the failed area; a
+configuration fault (login refused, no STARTTLS, untrusted certificate)
+keeps every message and pauses the processor. Each outcome is notified as a
+:class:`~pyramid_txmail.events.MailSent` or
+:class:`~pyramid_txmail.events.MailFailed` event.
+
+Logger: ``pyramid_txmail.processor``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random as _random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from .events import MailEvent, MailFailed, MailSent
+from .queue import Claim, MailQueue
+from .settings import MailSettings
+from .smtp import (
+    ConfigurationFault,
+    DeliveryError,
+    PermanentDeliveryError,
+    SMTPConnection,
+    TemporaryDeliveryError,
+)
+
+__all__ = ['PassResult', 'ProcessorThread', 'QueueProcessor', 'ensure_processor']
+
+log = logging.getLogger('pyramid_txmail.processor')
+
+Notify = Callable[[Iterable[MailEvent]], object]
+
+#: Default seconds after which a claim whose lock is free is taken back. The
+#: lock alone proves its processor is gone on local file systems; the delay
+#: guards file systems where ``flock`` does not work.
+STALE_AFTER = 600.0
+#: Seconds :meth:`ProcessorThread.stop` waits for the message being sent.
+STOP_TIMEOUT = 10.0
+THREAD_NAME = 'pyramid_txmail-processor'
+
+
+def _drop(events: Iterable[MailEvent]) -> None:
+    """The notifier of a processor nobody listens to."""
+
+
+@dataclass
+class PassResult:
+    """What one pass did: messages sent, deferred, failed and released."""
+
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    released: int = 0
+
+
+class QueueProcessor:
+    """Sends the messages of ``queue`` over SMTP, one pass at a time.
+
+    Collaborators, replaceable for tests and the command line:
+
+    ``connect``
+        ``() -> SMTPConnection`` (not yet open); default
+        ``SMTPConnection(settings)``.
+    ``notify``
+        called with a list of events after each outcome, e.g. an
+        :class:`~pyramid_txmail.events.Notifier`; default: dropped.
+    ``clock``
+        wall-clock time, for due times and message age.
+    ``monotonic``
+        for the rate limit and the pause after a configuration fault.
+    ``wait``
+        ``wait(seconds) -> bool``: sleep, returning True early when
+        :meth:`stop` was requested. The default also ends the idle wait of
+        :meth:`run` when :meth:`wake` is called.
+    ``random``
+        ``() -> float`` in [0, 1), for the backoff's jitter.
+    ``stale_after``
+        seconds before an unlocked claim is recovered (see :data:`STALE_AFTER`).
+    """
+
+    def __init__(
+        self,
+        queue: MailQueue,
+        settings: MailSettings,
+        *,
+        connect: Callable[[], SMTPConnection] | None = None,
+        notify: Notify | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], bool] | None = None,
+        random: Callable[[], float] = _random.random,
+        stale_after: float = STALE_AFTER,
+    ):
+        self.queue = queue
+        self.settings = settings
+        self._connect = connect or (lambda: SMTPConnection(settings))
+        self._notify_fn = notify or _drop
+        self._clock = clock
+        self._monotonic = monotonic
+        self._custom_wait = wait
+        self._random = random
+        self.stale_after = stale_after
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._woken = False
+        self._next_send = float('-inf')  # rate limit: earliest next message
+        self._paused_until = float('-inf')  # after a configuration fault
+
+    def __repr__(self) -> str:
+        return f'<QueueProcessor {self.queue.path}>'
+
+    # -- control
+
+    def wake(self) -> None:
+        """New messages were published: start the next pass now."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Finish the message being sent, then return from :meth:`run`."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _wait(self, seconds: float) -> bool:
+        if self._custom_wait is not None:
+            return self._custom_wait(seconds)
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopped, seconds)
+            return self._stopped
+
+    def _idle(self, seconds: float) -> bool:
+        if self._custom_wait is not None:
+            return self._custom_wait(seconds)
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopped or self._woken, seconds)
+            return self._stopped
+
+    # -- the loop
+
+    def run(self) -> None:
+        """Pass after pass until :meth:`stop`; between passes wait
+        ``mail.queue_interval`` seconds, or less when woken.
+
+        An error in a pass (a broken queue directory, a bug) is logged and
+        the next pass tried: a web process's mail must not stop for good.
+        """
+        while not self._stopped:
+            with self._cond:
+                # A wake from now on asks for another pass after this one.
+                self._woken = False
+            try:
+                self.run_once()
+            except Exception:
+                log.exception('mail queue %s: the pass failed', self.queue.path)
+            if self._idle(self.settings.queue_interval):
+                break
+
+    def run_once(self) -> PassResult:
+        """Send what is due now; return what happened.
+
+        Recovers claims of dead processors, promotes deferred messages whose
+        time has come, then claims and sends queued messages one at a time, at
+        most ``mail.queue_batch`` per SMTP connection and ``mail.queue_rate``
+        per second. Stops early when :meth:`stop` is called (after the current
+        message), when the relay cannot be reached, or on a configuration
+        fault.
+        """
+        result = PassResult()
+        if self._monotonic() < self._paused_until:
+            return result
+        self.queue.recover(self.stale_after)
+        self.queue.promote_due()
+        conn: SMTPConnection | None = None
+        on_conn = 0
+        try:
+            for mail_id in self.queue.pending():
+                if self._stopped or not self._throttle():
+                    break
+                claim = self.queue.claim(mail_id)
+                if claim is None:
+                    continue  # another processor has it, or it is gone
+                # Leaving this block without an outcome (a bug, an interrupt)
+                # releases the claim: back to new/, unchanged.
+                with claim:
+                    if conn is not None and (
+                        not conn.alive or on_conn >= self.settings.queue_batch
+                    ):
+                        conn.close()
+                        conn = None
+                    try:
+                        if conn is None:
+                            conn, on_conn = self._connect(), 0
+                            conn.open()
+                        on_conn += 1
+                        refused = conn.send(claim.envelope, claim.data)
+                    except DeliveryError as exc:
+                        alive = conn is not None and conn.alive
+                        if not self._failed(claim, exc, alive, result):
+                            break
+                    else:
+                        self._sent(claim, refused, result)
+        finally:
+            if conn is not None:
+                # A failing QUIT is ignored by close(): what was accepted
+                # stays sent and is not sent again.
+                conn.close()
+        return result
+
+    def _throttle(self) -> bool:
+        """Wait for ``mail.queue_rate``; False if stopped meanwhile."""
+        rate = self.settings.queue_rate
+        if rate <= 0:
+            return True
+        delay = self._next_send - self._monotonic()
+        if delay > 0 and self._wait(delay):
+            return False
+        self._next_send = max(self._monotonic(), self._next_send) + 1.0 / rate
+        return True
+
+    # -- outcomes
+
+    def _sent(
+        self, claim: Claim, refused: Mapping[str, tuple[int, str]], result: PassResult
+    ) -> None:
+        """The relay took the message, for some or all of its recipients."""
+        later = [r for r, (code, _) in refused.items() if 400 <= code < 500]
+        if later and not self._too_old(claim):
+            # The others have it: only those refused for now are tried again.
+            error = 'refused for now: ' + _describe(refused, later)
+            due = self._due(claim)
+            claim.defer(error, due, recipients=later)
+            log.warning(
+                'mail %s sent; %s deferred until %s',
+                claim.message_id,
+                _describe(refused, later),
+                _when(due),
+            )
+        else:
+            claim.done()
+        if refused:
+            log.warning(
+                'mail %s refused for %s', claim.message_id, _describe(refused, refused)
+            )
+        result.sent += 1
+        self._notify([MailSent(claim.message_id, claim.data, refused)])
+
+    def _failed(
+        self, claim: Claim, exc: DeliveryError, alive: bool, result: PassResult
+    ) -> bool:
+        """Record a failure; return whether the pass may go on."""
+        if isinstance(exc, ConfigurationFault):
+            # Not this message's fault: keep it, and every other one.
+            claim.release()
+            result.released += 1
+            pause = self.settings.retry_min
+            self._paused_until = self._monotonic() + pause
+            log.error(
+                'mail queue %s: cannot send: %s. Messages stay queued; '
+                'trying again in %d s. Check the mail.* settings.',
+                self.queue.path,
+                exc,
+                pause,
+            )
+            self._notify([MailFailed(claim.message_id, claim.data, exc, False)])
+            return False
+        if isinstance(exc, TemporaryDeliveryError) and not self._too_old(claim):
+            due = self._due(claim)
+            # Recipients refused for good are not tried again (they are in
+            # the event's error.recipients); the others, untried ones too, are.
+            gone = {r for r, (code, _) in exc.recipients.items() if code >= 500}
+            keep = [r for r in claim.envelope.recipients if r not in gone]
+            claim.defer(str(exc), due, recipients=keep if gone else None)
+            result.deferred += 1
+            log.warning(
+                'mail %s deferred until %s (attempt %d): %s',
+                claim.message_id,
+                _when(due),
+                claim.attempts + 1,
+                exc,
+            )
+            self._notify([MailFailed(claim.message_id, claim.data, exc, False)])
+            # A dead connection (refused, dropped, timed out) would fail every
+            # message: charge one attempt, not the whole queue; next pass.
+            return alive
+        reason = str(exc)
+        if not isinstance(exc, PermanentDeliveryError):
+            days = self.settings.max_age / 86400
+            reason = f'{exc} (still failing after mail.max_age, {days:g} days)'
+        claim.fail(reason)
+        result.failed += 1
+        log.error('mail %s failed for good: %s', claim.message_id, reason)
+        self._notify([MailFailed(claim.message_id, claim.data, exc, True)])
+        return alive or exc.permanent
+
+    def _too_old(self, claim: Claim) -> bool:
+        return self._clock() - claim.queued_at > self.settings.max_age
+
+    def _due(self, claim: Claim) -> float:
+        """When to try again after the message's (attempts + 1)-th failure.
+
+        ``min(retry_max, retry_min * 2**(n-1))`` with a random factor in
+        [0.8, 1.2]: after an outage the deferred messages spread out instead
+        of all coming due together.
+        """
+        s = self.settings
+        exponent = min(claim.attempts, 64)  # n - 1; 2**64 is past any retry_max
+        delay = min(s.retry_max, s.retry_min * 2.0**exponent)
+        return self._clock() + delay * (0.8 + 0.4 * self._random())
+
+    def _notify(self, events: list[MailEvent]) -> None:
+        try:
+            self._notify_fn(events)
+        except Exception:
+            log.exception('notifying %r failed', events)
+
+
+def _describe(refused: Mapping[str, tuple[int, str]], which: Iterable[str]) -> str:
+    return ', '.join(f'{r} ({refused[r][0]} {refused[r][1]})' for r in which)
+
+
+def _when(due: float) -> str:
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(due))
+
+
+# -- in a web process
+
+
+class ProcessorThread:
+    """A :class:`QueueProcessor` in a daemon thread named ``pyramid_txmail-processor``.
+
+    :meth:`stop` lets the message being sent finish (seconds, whatever the
+    queue's length). The thread is stopped at interpreter exit, and started
+    again in a forked child (gunicorn ``--preload``, uWSGI) if it ran in the
+    parent, so that every worker has a working processor rather than the
+    copy of a dead thread. ``processor_factory`` builds the processor, again
+    after a fork (its locks may have been held by the parent's thread).
+    """
+
+    def __init__(
+        self,
+        queue: MailQueue,
+        settings: MailSettings,
+        *,
+        notify: Notify | None = None,
+        processor_factory: Callable[..., QueueProcessor] = QueueProcessor,
+    ):
+        self.queue = queue
+        self.settings = settings
+        self._make = lambda: processor_factory(queue, settings, notify=notify)
+        self.processor: QueueProcessor | None = None
+        self._thread: threading.Thread | None = None
+        self._wanted = False  # started and not stopped: restart after fork
+        _INSTANCES.add(self)
+
+    def __repr__(self) -> str:
+        return f'<ProcessorThread {self.queue.path} alive={self.alive}>'
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread; nothing if it is running."""
+        if self.alive:
+            return
+        self.processor = self._make()
+        self._thread = threading.Thread(
+            target=self.processor.run, name=THREAD_NAME, daemon=True
+        )
+        self._wanted = True
+        self._thread.start()
+
+    def stop(self, timeout: float | None = STOP_TIMEOUT) -> bool:
+        """Stop after the current message; return True if the thread ended."""
+        self._wanted = False
+        if self.processor is not None:
+            self.processor.stop()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        return not self.alive
+
+    def wake(self) -> None:
+        """Start the next pass now (a commit just published messages)."""
+        if self.processor is not None:
+            self.processor.wake()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here; its processor's Condition
+        # may have been held by that thread at the fork.
+        self._thread = None
+        self.processor = None
+        if self._wanted:
+            self.start()
+
+
+_INSTANCES: weakref.WeakSet[ProcessorThread] = weakref.WeakSet()
+_REGISTRY: dict[str, ProcessorThread] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def ensure_processor(
+    queue: MailQueue, settings: MailSettings, notify: Notify | None = None
+) -> ProcessorThread:
+    """The running processor thread for ``queue``'s directory in this process.
+
+    Starts one if none runs (at most one per queue path and process; a
+    second application on the same directory shares the first one's
+    settings and notifier). Called when the application is created.
+    """
+    with _REGISTRY_LOCK:
+        thread = _REGISTRY.get(queue.path)
+        if thread is None:
+            thread = ProcessorThread(queue, settings, notify=notify)
+            _REGISTRY[queue.path] = thread
+        thread.start()
+        return thread
+
+
+def _stop_all(timeout: float = STOP_TIMEOUT) -> None:
+    """At interpreter exit: let each processor finish its current message."""
+    for thread in list(_INSTANCES):
+        thread.stop(timeout)
+
+
+def _restart_after_fork() -> None:
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    for thread in list(_INSTANCES):
+        thread._after_fork_in_child()
+
+
+atexit.register(_stop_all)
+# Runs after threading's own handler (registered first, on import), so the
+# parent's threads are already marked as gone here.
+os.register_at_fork(after_in_child=_restart_after_fork)

@@ -1,0 +1,789 @@
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tests import make_mail
+from tests.crashkit import fill, settings_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMPTY = {'queued': 0, 'sending': 0, 'deferred': 0, 'failed': 0}
+
+
+class FakeClock:
+    """Wall clock and monotonic clock in one; ``wait`` advances it."""
+
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+        self.waits: list[float] = []
+        self.stop_after: int | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.now += seconds
+        return self.stop_after is not None and len(self.waits) >= self.stop_after
+
+
+def _free_port() -> int:
+    """A loopback port nobody listens on: connections are refused."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _ids(server) -> list[str]:
+    return [m.message['Message-ID'] for m in server.messages]
+
+
+def _meta(queue, sub, mail_id):
+    with open(os.path.join(queue.path, sub, mail_id), 'rb') as f:
+        return json.loads(f.readline())
+
+
+class _Base:
+    @pytest.fixture(autouse=True)
+    def _setup(self, tmp_path, make_smtp_server):
+        from pyramid_txmail.queue import MailQueue
+
+        self.tmp_path = tmp_path
+        self.make_server = make_smtp_server
+        self.clock = FakeClock()
+        self.queue = MailQueue(str(tmp_path / 'q'), clock=self.clock)
+        self.events = []
+
+    def _makeOne(self, server=None, port=None, processor_kw=None, **settings):
+        from pyramid_txmail.processor import QueueProcessor
+
+        settings.setdefault('queue_interval', 3.0)
+        if server is not None:
+            port = server.port
+        kw = {
+            'notify': self.events.extend,
+            'clock': self.clock,
+            'monotonic': self.clock,
+            'wait': self.clock.wait,
+            'random': lambda: 0.5,
+        }
+        kw.update(processor_kw or {})
+        return QueueProcessor(self.queue, settings_for(port, **settings), **kw)
+
+    def _event_kinds(self):
+        from pyramid_txmail.events import MailFailed
+
+        return [
+            (type(e).__name__, e.permanent if isinstance(e, MailFailed) else None)
+            for e in self.events
+        ]
+
+
+class TestQueueProcessor(_Base):
+    def test_drain_sends_every_message_once(self):
+        from pyramid_txmail.processor import PassResult
+
+        server = self.make_server()
+        fill(self.queue, 12, recipients=('a@example.com', 'b@example.com'))
+        processor = self._makeOne(server)
+        assert processor.run_once() == PassResult(sent=12)
+        assert processor.run_once() == PassResult()
+        assert sorted(_ids(server)) == sorted(f'<{n}@test>' for n in range(12))
+        first = server.messages[0]
+        assert first.mail_from == 'from@example.com'
+        assert first.rcpt_tos == ['a@example.com', 'b@example.com']
+        assert first.data == make_mail(0, ('a@example.com', 'b@example.com')).data
+        assert self.queue.counts() == EMPTY
+        assert [e.message_id for e in self.events] == [f'<{n}@test>' for n in range(12)]
+        assert self._event_kinds() == [('MailSent', None)] * 12
+        assert self.events[0].refused == {}
+        assert self.events[0].message['Subject'] == 'test 0'
+        assert repr(processor) == f'<QueueProcessor {self.queue.path}>'
+
+    def test_batches_share_a_connection(self):
+        server = self.make_server()
+        fill(self.queue, 25)
+        self._makeOne(server, queue_batch=10).run_once()
+        assert len(server.messages) == 25
+        assert server.connections == math.ceil(25 / 10)
+        per_connection = Counter(m.connection for m in server.messages)
+        assert sorted(per_connection.values()) == [5, 10, 10]
+
+    def test_rate_limit(self):
+        server = self.make_server()
+        fill(self.queue, 5)
+        processor = self._makeOne(server, queue_rate=4.0)
+        assert processor.run_once().sent == 5
+        assert self.clock.waits == [0.25] * 4  # the first goes at once
+        assert len(server.messages) == 5
+        # The next pass keeps the pace.
+        fill(self.queue, 1, start=5)
+        processor.run_once()
+        assert self.clock.waits == [0.25] * 5
+
+    def test_rate_limit_w_real_wait(self):
+        server = self.make_server()
+        fill(self.queue, 3)
+        processor = self._makeOne(
+            server,
+            queue_rate=50.0,
+            processor_kw={'wait': None, 'monotonic': time.monotonic},
+        )
+        assert processor.run_once().sent == 3
+
+    def test_stop_during_rate_limit_wait(self):
+        server = self.make_server()
+        fill(self.queue, 3)
+        self.clock.stop_after = 1
+        processor = self._makeOne(server, queue_rate=1.0)
+        assert processor.run_once().sent == 1
+        assert self.queue.counts()['queued'] == 2
+        assert self.queue.counts()['sending'] == 0
+
+    def test_stopped_processor_sends_nothing(self):
+        server = self.make_server()
+        fill(self.queue, 2)
+        processor = self._makeOne(server)
+        processor.stop()
+        assert processor.run_once().sent == 0
+        assert server.connections == 0
+        assert self.queue.counts()['queued'] == 2
+
+    def test_temporary_failure_defers_with_backoff_and_jitter(self):
+        server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
+        [mail_id] = fill(self.queue, 1)
+        jitters = [random.Random(k).random() for k in range(4)]
+        processor = self._makeOne(
+            server,
+            retry_min=300.0,
+            retry_max=1000.0,
+            processor_kw={'random': iter(jitters).__next__},
+        )
+        dues = []
+        for attempt, base in enumerate((300, 600, 1000, 1000), start=1):
+            jitter = jitters[attempt - 1]
+            start = self.clock.now
+            assert processor.run_once().deferred == 1
+            meta = _meta(self.queue, 'deferred', mail_id)
+            assert meta['attempts'] == attempt
+            assert meta['last_error'].startswith(
+                f'127.0.0.1:{server.port} answered MAIL FROM with 451 4.3.0'
+            )
+            due = os.stat(os.path.join(self.queue.path, 'deferred', mail_id)).st_mtime
+            assert due == pytest.approx(start + base * (0.8 + 0.4 * jitter))
+            assert start + base * 0.8 <= due <= start + base * 1.2
+            dues.append(due - start)
+            assert processor.run_once().deferred == 0  # not due yet
+            self.clock.now = due
+        assert len(set(dues)) == 4
+        assert self._event_kinds() == [('MailFailed', False)] * 4
+        assert server.messages == []
+
+    def test_backoff_after_very_many_attempts(self):
+        server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
+        [mail_id] = fill(self.queue, 1)
+        path = os.path.join(self.queue.path, 'new', mail_id)
+        with open(path, 'rb') as f:
+            meta, data = json.loads(f.readline()), f.read()
+        meta['attempts'] = 5000
+        with open(path, 'wb') as f:
+            f.write(json.dumps(meta).encode() + b'\n' + data)
+        self._makeOne(server, retry_min=300.0, retry_max=4000.0).run_once()
+        due = os.stat(os.path.join(self.queue.path, 'deferred', mail_id)).st_mtime
+        assert due == self.clock.now + 4000
+
+    def test_deferred_message_is_sent_when_due(self):
+        server = self.make_server(reply={'MAIL': ['451 4.3.0 try later']})
+        fill(self.queue, 1)
+        processor = self._makeOne(server, retry_min=300.0)
+        processor.run_once()
+        self.clock.now += 300
+        assert processor.run_once().sent == 1
+        assert _ids(server) == ['<0@test>']
+        assert self.queue.counts() == EMPTY
+        assert self._event_kinds() == [('MailFailed', False), ('MailSent', None)]
+
+    def test_permanent_failure_moves_to_failed(self):
+        server = self.make_server(
+            rcpt_reply={'gone@example.com': '550 5.1.1 no such user'}
+        )
+        bad = self.queue.stage(make_mail(1, ('gone@example.com',)))
+        self.queue.publish([bad])
+        fill(self.queue, 1, start=2)
+        processor = self._makeOne(server)
+        result = processor.run_once()
+        assert (result.sent, result.failed) == (1, 1)
+        [info] = self.queue.list(failed=True)
+        assert info.id == bad
+        assert '550 5.1.1 no such user' in info.last_error
+        assert info.attempts == 1
+        assert _ids(server) == ['<2@test>']
+        assert self._event_kinds() == [('MailFailed', True), ('MailSent', None)]
+        assert self.events[0].error.code == 550
+
+    def test_bad_password_keeps_messages_and_pauses(self, caplog):
+        server = self.make_server(auth={'user': 'secret'}, auth_require_tls=False)
+        fill(self.queue, 3)
+        processor = self._makeOne(
+            server, username='user', password='wrong', retry_min=300.0
+        )
+        with caplog.at_level(logging.ERROR, 'pyramid_txmail.processor'):
+            result = processor.run_once()
+        assert result.released == 1
+        assert self.queue.counts() == {**EMPTY, 'queued': 3}
+        for info in self.queue.list():
+            assert (info.attempts, info.last_error) == (0, None)
+        [record] = caplog.records
+        assert record.levelname == 'ERROR'
+        assert '535' in record.getMessage()
+        assert 'Check the mail.* settings' in record.getMessage()
+        assert 'wrong' not in caplog.text
+        assert self._event_kinds() == [('MailFailed', False)]
+        # Paused: no connection until retry_min has passed.
+        assert processor.run_once().released == 0
+        assert server.connections == 1
+        self.clock.now += 300
+        assert processor.run_once().released == 1
+        assert server.connections == 2
+        assert server.messages == []
+
+    def test_refused_connection_defers_one_message(self):
+        first, *others = fill(self.queue, 4)
+        result = self._makeOne(port=_free_port()).run_once()
+        assert (result.sent, result.deferred) == (0, 1)
+        meta = _meta(self.queue, 'deferred', first)
+        assert meta['attempts'] == 1
+        assert 'cannot reach 127.0.0.1' in meta['last_error']
+        assert self.queue.pending() == others
+        for mail_id in others:
+            assert _meta(self.queue, 'new', mail_id)['attempts'] == 0
+
+    def test_dropped_connection_stops_the_pass(self):
+        server = self.make_server(drop_at='DATA')
+        first, *others = fill(self.queue, 3)
+        processor = self._makeOne(server, retry_min=10.0)
+        assert processor.run_once().deferred == 1
+        assert self.queue.pending() == others
+        assert (
+            'closed the connection'
+            in _meta(self.queue, 'deferred', first)['last_error']
+        )
+        server.drop_at = None
+        assert processor.run_once().sent == 2
+        self.clock.now += 20
+        assert processor.run_once().sent == 1
+        assert sorted(_ids(server)) == ['<0@test>', '<1@test>', '<2@test>']
+
+    def test_421_stops_the_pass(self):
+        server = self.make_server(rcpt_reply={'x@example.com': ['421 4.3.2 bye']})
+        bad = self.queue.stage(make_mail(1, ('x@example.com',)))
+        self.queue.publish([bad])
+        others = fill(self.queue, 2, start=2)
+        result = self._makeOne(server).run_once()
+        assert (result.deferred, result.sent) == (1, 0)
+        assert self.queue.pending() == others
+
+    def test_permanent_failure_w_dead_connection_goes_on(self):
+        # The relay refuses the first message, then drops the session.
+        server = self.make_server(reply={'DATA': ['554 5.7.1 no']}, drop_at='RSET')
+        fill(self.queue, 2)
+        result = self._makeOne(server).run_once()
+        assert (result.failed, result.sent) == (1, 1)
+        assert server.connections == 2
+
+    def test_too_old_fails_for_good(self):
+        server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
+        fill(self.queue, 1)
+        self.clock.now += 432001
+        result = self._makeOne(server).run_once()
+        assert result.failed == 1
+        [info] = self.queue.list(failed=True)
+        assert info.last_error.endswith('(still failing after mail.max_age, 5 days)')
+        assert self._event_kinds() == [('MailFailed', True)]
+
+    def test_too_old_w_refused_connection_stops_the_pass(self):
+        fill(self.queue, 2)
+        self.clock.now += 432001
+        result = self._makeOne(port=_free_port()).run_once()
+        assert (result.failed, result.deferred) == (1, 0)
+        assert self.queue.counts()['queued'] == 1
+
+    def test_partial_refusal_sends_and_defers_the_rest(self):
+        server = self.make_server(
+            rcpt_reply={
+                'gone@example.com': '550 5.1.1 no such user',
+                'busy@example.com': ['450 4.2.1 mailbox busy'],
+            }
+        )
+        rcpts = ('ok@example.com', 'gone@example.com', 'busy@example.com')
+        mail_id = self.queue.stage(make_mail(1, rcpts))
+        self.queue.publish([mail_id])
+        processor = self._makeOne(server, retry_min=60.0)
+        assert processor.run_once().sent == 1
+        [received] = server.messages
+        assert received.rcpt_tos == ['ok@example.com']
+        [event] = self.events
+        assert type(event).__name__ == 'MailSent'
+        assert event.refused == {
+            'gone@example.com': (550, '5.1.1 no such user'),
+            'busy@example.com': (450, '4.2.1 mailbox busy'),
+        }
+        meta = _meta(self.queue, 'deferred', mail_id)
+        assert meta['recipients'] == ['busy@example.com']
+        assert meta['attempts'] == 1
+        assert 'busy@example.com (450 4.2.1 mailbox busy)' in meta['last_error']
+        self.clock.now += 100
+        assert processor.run_once().sent == 1
+        assert server.messages[1].rcpt_tos == ['busy@example.com']
+        assert self.queue.counts() == EMPTY
+
+    def test_partial_refusal_when_too_old_is_reported(self):
+        server = self.make_server(rcpt_reply={'busy@example.com': '450 4.2.1 busy'})
+        mail_id = self.queue.stage(make_mail(1, ('ok@example.com', 'busy@example.com')))
+        self.queue.publish([mail_id])
+        self.clock.now += 432001
+        assert self._makeOne(server).run_once().sent == 1
+        assert self.queue.counts() == EMPTY
+        assert self.events[0].refused == {'busy@example.com': (450, '4.2.1 busy')}
+
+    def test_every_recipient_refused_some_for_now(self):
+        server = self.make_server(
+            rcpt_reply={
+                'gone@example.com': '550 5.1.1 no such user',
+                'busy@example.com': '450 4.2.1 busy',
+            }
+        )
+        mail_id = self.queue.stage(
+            make_mail(1, ('gone@example.com', 'busy@example.com'))
+        )
+        self.queue.publish([mail_id])
+        assert self._makeOne(server).run_once().deferred == 1
+        assert _meta(self.queue, 'deferred', mail_id)['recipients'] == [
+            'busy@example.com'
+        ]
+        [event] = self.events
+        assert event.error.recipients['gone@example.com'][0] == 550
+
+    def test_quit_failure_after_acceptance_is_not_a_resend(self):
+        server = self.make_server(drop_at='QUIT')
+        fill(self.queue, 3)
+        processor = self._makeOne(server, queue_batch=2)
+        assert processor.run_once().sent == 3
+        assert processor.run_once().sent == 0
+        self.clock.now += 10**6
+        assert processor.run_once().sent == 0
+        assert sorted(_ids(server)) == ['<0@test>', '<1@test>', '<2@test>']
+        assert self.queue.counts() == EMPTY
+
+    def test_claimed_elsewhere_is_skipped(self):
+        import fcntl
+
+        server = self.make_server()
+        held, _ = fill(self.queue, 2)
+        with open(os.path.join(self.queue.path, 'new', held), 'rb') as other:
+            # Another processor, between its lock and its rename.
+            fcntl.flock(other, fcntl.LOCK_EX)
+            assert self._makeOne(server).run_once().sent == 1
+        assert _ids(server) == ['<1@test>']
+        assert self.queue.pending() == [held]
+
+    def test_failing_subscriber_does_not_stop_delivery(self, caplog):
+        server = self.make_server()
+        fill(self.queue, 2)
+
+        def notify(events):
+            raise RuntimeError('subscriber bug')
+
+        self._makeOne(server, processor_kw={'notify': notify}).run_once()
+        assert len(server.messages) == 2
+        assert 'notifying [<MailSent <0@test>>] failed' in caplog.text
+
+    def test_default_notify_drops_events(self):
+        server = self.make_server()
+        fill(self.queue, 1)
+        assert self._makeOne(server, processor_kw={'notify': None}).run_once().sent == 1
+
+    def test_bug_while_sending_releases_the_claim(self):
+        fill(self.queue, 1)
+
+        def connect():
+            raise RuntimeError('bug')
+
+        processor = self._makeOne(port=1, processor_kw={'connect': connect})
+        with pytest.raises(RuntimeError):
+            processor.run_once()
+        assert self.queue.counts() == {**EMPTY, 'queued': 1}
+
+    def test_recovers_and_promotes_before_sending(self):
+        server = self.make_server()
+        stale, deferred = fill(self.queue, 2)
+        self.queue.claim(stale)  # abandoned: as if its processor died
+        self.queue.claim(deferred).defer('451', self.clock.now)
+        processor = self._makeOne(server, processor_kw={'stale_after': 0.0})
+        assert processor.run_once().sent == 2
+
+
+class TestRun(_Base):
+    def test_run_loops_until_stopped_and_logs_errors(self, caplog):
+        server = self.make_server()
+        fill(self.queue, 2)
+        processor = self._makeOne(server, queue_interval=7.0)
+        calls = []
+        real = processor.run_once
+
+        def run_once():
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError('broken disk')
+            return real()
+
+        processor.run_once = run_once
+        self.clock.stop_after = 2
+        processor.run()
+        assert len(calls) == 2
+        assert self.clock.waits == [7.0, 7.0]
+        assert len(server.messages) == 2
+        assert 'the pass failed' in caplog.text
+        assert 'broken disk' in caplog.text
+
+    def test_run_after_stop_returns_at_once(self):
+        server = self.make_server()
+        fill(self.queue, 1)
+        processor = self._makeOne(server)
+        processor.stop()
+        processor.run()
+        assert server.connections == 0
+        assert self.clock.waits == []
+
+    def test_run_ends_when_stopped_during_a_pass(self):
+        server = self.make_server()
+        fill(self.queue, 3)
+        processor = self._makeOne(server, processor_kw={'wait': None})
+        original = processor.run_once
+
+        def run_once():
+            processor.stop()  # e.g. from another thread
+            return original()
+
+        processor.run_once = run_once
+        processor.run()  # returns without waiting queue_interval
+        assert server.messages == []
+
+    def test_wake_starts_the_next_pass_now(self):
+        server = self.make_server()
+        processor = self._makeOne(
+            server, queue_interval=60.0, processor_kw={'wait': None}
+        )
+        thread = threading.Thread(target=processor.run)
+        thread.start()
+        try:
+            fill(self.queue, 1)
+            processor.wake()
+            server.wait_for(1, timeout=10)
+        finally:
+            processor.stop()
+            thread.join(10)
+        assert not thread.is_alive()
+
+
+class TestProcessorThread(_Base):
+    def _makeOne(self, server, **settings):
+        from pyramid_txmail.processor import ProcessorThread
+
+        settings.setdefault('queue_interval', 60.0)
+        thread = ProcessorThread(
+            self.queue, settings_for(server.port, **settings), notify=self.events.extend
+        )
+        self.threads.append(thread)
+        return thread
+
+    @pytest.fixture(autouse=True)
+    def _threads(self):
+        self.threads = []
+        yield
+        for thread in self.threads:
+            thread.stop(10)
+
+    def test_start_sends_and_stop_ends(self):
+        server = self.make_server()
+        fill(self.queue, 3)
+        thread = self._makeOne(server)
+        assert repr(thread) == f'<ProcessorThread {self.queue.path} alive=False>'
+        thread.start()
+        thread.start()  # running already: nothing
+        [t] = [t for t in threading.enumerate() if t.name == 'pyramid_txmail-processor']
+        assert t.daemon
+        server.wait_for(3, timeout=10)
+        started = time.monotonic()
+        assert thread.stop(10)
+        assert time.monotonic() - started < 5
+        assert not thread.alive
+
+    def test_wake(self):
+        server = self.make_server()
+        thread = self._makeOne(server)
+        thread.wake()  # not started: nothing to wake
+        thread.start()
+        fill(self.queue, 1)
+        thread.wake()
+        server.wait_for(1, timeout=10)
+
+    def test_stop_during_slow_send_lets_it_finish(self):
+        server = self.make_server(delay={'DATA': 1.5})
+        fill(self.queue, 5)
+        thread = self._makeOne(server)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not any(verb == 'DATA' for _, verb, _ in server.commands):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert thread.stop(10)
+        assert time.monotonic() - started < 5
+        assert len(server.messages) == 1
+        assert self.queue.counts() == {**EMPTY, 'queued': 4}
+
+    def test_stop_of_unstarted_thread(self):
+        assert self._makeOne(self.make_server()).stop()
+
+    def test_stop_from_its_own_thread(self):
+        from pyramid_txmail.processor import ProcessorThread
+
+        server = self.make_server()
+        results = []
+
+        def notify(events):
+            results.append(thread.stop())
+
+        thread = ProcessorThread(
+            self.queue, settings_for(server.port, queue_interval=60.0), notify=notify
+        )
+        self.threads.append(thread)
+        thread.start()
+        fill(self.queue, 1)
+        thread.wake()
+        thread._thread.join(10)
+        assert results == [False]  # could not join itself; it ends right after
+        assert not thread.alive
+
+    def test_stop_all_at_exit(self):
+        from pyramid_txmail.processor import _stop_all
+
+        server = self.make_server()
+        thread = self._makeOne(server)
+        thread.start()
+        _stop_all(10)
+        assert not thread.alive
+
+    def test_after_fork_in_child_restarts_only_running_threads(self, monkeypatch):
+        import weakref
+
+        from pyramid_txmail import processor as module
+
+        server = self.make_server()
+        running, stopped = self._makeOne(server), self._makeOne(server)
+        running.start()
+        stopped.start()
+        stopped.stop(10)
+        old = running.processor
+        # What a forked child runs, run here (coverage is not kept in a
+        # child): the parent's thread, stopped first, stands for the thread
+        # a child does not have.
+        running.processor.stop()
+        running._thread.join(10)
+        monkeypatch.setattr(module, '_INSTANCES', weakref.WeakSet([running, stopped]))
+        module._restart_after_fork()
+        assert running.alive and running.processor is not old
+        assert not stopped.alive and stopped.processor is None
+
+    def test_forked_child_gets_a_working_processor(self):
+        from pyramid_txmail.processor import ensure_processor
+
+        server = self.make_server()
+        settings = settings_for(server.port, queue_interval=3600.0)
+        thread = ensure_processor(self.queue, settings, self.events.extend)
+        self.threads.append(thread)
+        assert thread.alive
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; coverage is not kept
+            try:
+                # The parent's processor idles for an hour: only ours can send.
+                mail_id = self.queue.stage(make_mail(99))
+                self.queue.publish([mail_id])
+                alive = thread.alive
+                thread.wake()
+                deadline = time.monotonic() + 20
+                while self.queue.counts() != EMPTY and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                ok = alive and self.queue.counts() == EMPTY
+                os.write(write_end, b'1' if ok else b'0')
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        try:
+            assert select.select([read_end], [], [], 30)[0]
+            assert os.read(read_end, 1) == b'1'
+        finally:
+            os.waitpid(pid, 0)
+            os.close(read_end)
+        assert _ids(server) == ['<99@test>']
+        assert self.events == []  # the parent's processor sent nothing
+
+    def test_ensure_processor_one_per_queue_path(self):
+        from pyramid_txmail.processor import ensure_processor
+        from pyramid_txmail.queue import MailQueue
+
+        server = self.make_server()
+        settings = settings_for(server.port, queue_interval=60.0)
+        first = ensure_processor(self.queue, settings, None)
+        self.threads.append(first)
+        same = MailQueue(self.queue.path)
+        assert ensure_processor(same, settings, None) is first
+        other = ensure_processor(MailQueue(str(self.tmp_path / 'other')), settings)
+        self.threads.append(other)
+        assert other is not first
+        first.stop(10)
+        assert ensure_processor(self.queue, settings, None) is first
+        assert first.alive
+
+
+class TestManyProcesses(_Base):
+    def test_four_processes_drain_one_queue_without_duplicates(self):
+        from tests.crashkit import drain
+
+        server = self.make_server()
+        fill(self.queue, 2000)
+        ctx = multiprocessing.get_context('spawn')
+        barrier = ctx.Barrier(4)
+        outs = [str(self.tmp_path / f'sent-{n}') for n in range(4)]
+        procs = [
+            ctx.Process(target=drain, args=(self.queue.path, server.port, barrier, o))
+            for o in outs
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        for proc in procs:
+            proc.kill()
+        assert [proc.exitcode for proc in procs] == [0] * 4
+        ids = _ids(server)
+        assert len(ids) == 2000
+        assert len(set(ids)) == 2000
+        sent = 0
+        for out in outs:
+            with open(out) as f:
+                sent += int(f.read())
+        assert sent == 2000
+        assert self.queue.counts() == EMPTY
+
+
+class TestCrashes(_Base):
+    """kill -9 at random moments; nothing committed is lost, duplicates only
+    where the contract allows them."""
+
+    def _child(self, *args):
+        """Start ``python -m tests.crashkit ARGS``; wait for it to be ready."""
+        path = self.tmp_path / f'child-{time.monotonic_ns()}.out'
+        with open(path, 'w') as stdout:
+            proc = subprocess.Popen(
+                [sys.executable, '-m', 'tests.crashkit', *args],
+                cwd=ROOT,
+                stdout=stdout,
+                stderr=subprocess.DEVNULL,
+            )
+        out = open(path)  # noqa: SIM115 - closed by the caller
+        deadline = time.monotonic() + 20
+        while True:
+            out.seek(0)
+            if out.readline() == 'ready\n':
+                return proc, out
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                proc.wait()
+                pytest.fail('child did not start')
+            time.sleep(0.005)
+
+    def _kill(self, proc):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert proc.returncode == -signal.SIGKILL
+
+    def test_processor_killed_while_draining(self):
+        from pyramid_txmail.processor import QueueProcessor
+        from pyramid_txmail.queue import MailQueue
+
+        # Some recipients refuse once: defer under fire too.
+        flaky = {f'flaky{n}@example.com': ['451 4.2.0 busy'] for n in range(0, 400, 9)}
+        server = self.make_server(rcpt_reply=flaky)
+        queue = MailQueue(self.queue.path)  # real clock: children share it
+        ids = []
+        for n in range(400):
+            rcpt = f'flaky{n}@example.com' if n % 9 == 0 else 'to@example.com'
+            ids.append(queue.stage(make_mail(n, (rcpt,))))
+        queue.sync_staged()
+        queue.publish(ids)
+        rng = random.Random(1234)
+        in_flight = set()
+        kills = 0
+        for _ in range(20):
+            proc, out = self._child('drain', queue.path, str(server.port))
+            time.sleep(rng.uniform(0.0, 0.15))
+            self._kill(proc)
+            out.close()
+            kills += 1
+            for mail_id in os.listdir(os.path.join(queue.path, 'cur')):
+                in_flight.add(_meta(queue, 'cur', mail_id)['message_id'])
+        assert len(server.messages) < 400, 'drained before the last kill'
+        processor = QueueProcessor(
+            queue, settings_for(server.port, retry_min=0.0), stale_after=0.0
+        )
+        for _ in range(50):
+            if queue.counts() == EMPTY:
+                break
+            processor.run_once()
+        assert queue.counts() == EMPTY
+        delivered = Counter(_ids(server))
+        assert set(delivered) == {f'<{n}@test>' for n in range(400)}
+        duplicated = {mid for mid, count in delivered.items() if count > 1}
+        assert sum(delivered.values()) - len(delivered) <= kills
+        assert duplicated <= in_flight
+
+    def test_committer_killed_loses_nothing_committed(self):
+        from pyramid_txmail.queue import MailQueue
+
+        queue = MailQueue(self.queue.path)
+        rng = random.Random(4321)
+        committed = []
+        for _ in range(10):
+            proc, out = self._child('commit', queue.path)
+            time.sleep(rng.uniform(0.0, 0.05))
+            self._kill(proc)
+            out.seek(0)
+            lines = out.read().split('\n')
+            out.close()
+            # The last line may be cut short by the kill.
+            committed.extend(line for line in lines[1:-1])
+        assert len(committed) > 10
+        pending = set(queue.pending())
+        assert set(committed) <= pending
+        for mail_id in committed:
+            claim = queue.claim(mail_id)
+            assert claim.data.startswith(b'From: from@example.com')
+            claim.done()
+        assert len(os.listdir(os.path.join(queue.path, 'tmp'))) <= 10
