@@ -749,7 +749,8 @@ class TestCrashes(_Base):
             kills += 1
             for mail_id in os.listdir(os.path.join(queue.path, 'cur')):
                 in_flight.add(_meta(queue, 'cur', mail_id)['message_id'])
-        assert len(server.messages) < 400, 'drained before the last kill'
+        # Most kills fall during a pass: in a claim, a send or an outcome.
+        assert in_flight, 'no kill fell while a message was being sent'
         processor = QueueProcessor(
             queue, settings_for(server.port, retry_min=0.0), stale_after=0.0
         )
