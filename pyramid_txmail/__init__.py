@@ -1,1 +1,98 @@
-"""pyramid_txmail (being assembled)."""
+"""pyramid_txmail: transactional email for Pyramid.
+
+``config.include('pyramid_txmail')`` reads the ``mail.*`` settings, includes
+pyramid_tm, and gives every request a ``request.mailer`` whose ``send()``
+joins the request's transaction. This module only wires; the behaviour lives
+in plain classes (see :doc:`internals`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import transaction
+from pyramid.config import Configurator
+from pyramid.events import ApplicationCreated
+from pyramid.interfaces import IRequest
+
+from .delivery import QueuedDelivery
+from .events import Notifier
+from .interfaces import IMailer, IMailSettings
+from .mailer import Mailer
+from .message import Attachment, MailError, Message
+from .processor import ensure_processor
+from .settings import parse_settings
+
+__all__ = ['Attachment', 'MailError', 'Message', 'get_mailer', 'includeme']
+
+
+def includeme(config: Configurator) -> None:
+    """Configure mail from the ``mail.*`` settings.
+
+    Raises :class:`pyramid.exceptions.ConfigurationError` naming the key for
+    a bad setting. The queue processor (queued delivery) starts when the
+    application is created, never here.
+    """
+    settings = parse_settings(config.registry.settings or {})
+    config.registry.registerUtility(settings, IMailSettings)
+    config.include('pyramid_tm')
+    mailer = Mailer.from_settings(settings, Notifier(config.registry.notify))
+    config.action(
+        ('pyramid_txmail', 'mailer'),
+        lambda: config.registry.registerUtility(mailer, IMailer),
+    )
+    config.add_request_method(_request_mailer, 'mailer', reify=True)
+    config.add_subscriber(_start_processor, ApplicationCreated)
+
+
+def get_mailer(request_or_registry: Any) -> Mailer:
+    """The mailer for a request, or for a registry outside any request.
+
+    Given a request, it is ``request.mailer`` (bound to ``request.tm``); given
+    a registry, a mailer bound to the thread's default
+    :data:`transaction.manager`, for scripts and workers.
+    """
+    if IRequest.providedBy(request_or_registry):
+        return request_or_registry.mailer
+    mailer: Mailer = request_or_registry.getUtility(IMailer)
+    return mailer.bind(transaction.manager)
+
+
+_autostart: ContextVar[bool] = ContextVar('pyramid_txmail_autostart', default=True)
+
+
+@contextmanager
+def suppress_processor() -> Iterator[None]:
+    """Within this block, creating an app starts no queue processor thread.
+
+    ``pyramid-txmail process`` loads the application for its event
+    subscribers and runs the processor itself, in the foreground.
+    """
+    token = _autostart.set(False)
+    try:
+        yield
+    finally:
+        _autostart.reset(token)
+
+
+def _request_mailer(request: Any) -> Mailer:
+    mailer: Mailer = request.registry.getUtility(IMailer)
+    return mailer.bind(request.tm)
+
+
+def _start_processor(event: ApplicationCreated) -> None:
+    registry = event.app.registry
+    mailer: Mailer = registry.getUtility(IMailer)
+    queued = mailer.queue_delivery
+    if (
+        _autostart.get()
+        and mailer.settings.queue_processor
+        and isinstance(queued, QueuedDelivery)
+    ):
+        thread = ensure_processor(
+            queued.queue, mailer.settings, Notifier(registry.notify)
+        )
+        queued.wake = thread.wake

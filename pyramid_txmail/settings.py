@@ -1,11 +1,23 @@
 """Settings: the ``mail.*`` keys of an .ini file, parsed once.
 
-(stub: the dataclass fields are fixed; parse_settings is being written)
+:func:`parse_settings` turns them into a frozen :class:`MailSettings`; nothing
+else reads raw ``mail.*`` strings. ``KEYS`` is the one table of keys.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from pyramid.exceptions import ConfigurationError
+
+from .message import MailError, parse_address
+
+log = logging.getLogger('pyramid_txmail')
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +47,206 @@ class MailSettings:
     retry_max: float = 4000.0
     max_age: float = 432000.0
     file_path: str | None = None
+
+
+class SettingsError(ConfigurationError):
+    """A bad ``mail.*`` setting; ``key`` and ``value`` name it."""
+
+    def __init__(self, key: str, value: object, problem: str):
+        shown = '<hidden>' if key.endswith('password') else repr(value)
+        super().__init__(
+            f'{key}: {problem}, got {shown}'
+            if value is not None
+            else f'{key}: {problem}'
+        )
+        self.key = key
+        self.value = None if key.endswith('password') else value
+
+
+_TRUE = {'true', 'yes', 'on', '1'}
+_FALSE = {'false', 'no', 'off', '0'}
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError('expected true/false, yes/no, on/off or 1/0')
+
+
+def _str(value: object) -> str:
+    return str(value)
+
+
+def _delivery(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in ('direct', 'queued', 'file'):
+        raise ValueError("expected 'direct', 'queued' or 'file'")
+    return text
+
+
+def _port(value: object) -> int:
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ValueError('expected an integer from 1 to 65535')
+    return port
+
+
+def _positive_int(value: object) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError('expected a positive integer')
+    return number
+
+
+def _positive_float(value: object) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number != number or number == float('inf'):
+        raise ValueError('expected a positive number of seconds')
+    return number
+
+
+def _non_negative_float(value: object) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < float('inf'):
+        raise ValueError('expected a number, 0 or more')
+    return number
+
+
+# One entry per key: (name, converter). Defaults live on MailSettings.
+KEYS: tuple[tuple[str, Callable[[object], object]], ...] = (
+    ('delivery', _delivery),
+    ('host', _str),
+    ('port', _port),
+    ('username', _str),
+    ('password', _str),
+    ('tls', _bool),
+    ('ssl', _bool),
+    ('keyfile', _str),
+    ('certfile', _str),
+    ('tls_verify', _bool),
+    ('cafile', _str),
+    ('timeout', _positive_float),
+    ('default_sender', _str),
+    ('message_id_domain', _str),
+    ('queue_path', _str),
+    ('queue_processor', _bool),
+    ('queue_interval', _positive_float),
+    ('queue_batch', _positive_int),
+    ('queue_rate', _non_negative_float),
+    ('retry_min', _positive_float),
+    ('retry_max', _positive_float),
+    ('max_age', _positive_float),
+    ('file_path', _str),
+)
+PYRAMID_MAILER_ONLY = ('debug', 'sendmail_app', 'sendmail_template')
+_LOOPBACK = ('localhost', '::1')
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_settings(
+    settings: Mapping[str, object], prefix: str = 'mail.'
+) -> MailSettings:
+    """The ``mail.*`` keys of ``settings`` as a checked :class:`MailSettings`.
+
+    Raises :class:`SettingsError` (a ``ConfigurationError``) naming the key
+    and the value; warns about keys it does not know.
+    """
+    values: dict[str, Any] = {}
+    known = {name for name, _ in KEYS}
+    for name, convert in KEYS:
+        raw = settings.get(prefix + name)
+        if isinstance(raw, str):
+            raw = raw.strip()
+        if raw is None or raw == '':
+            continue
+        try:
+            values[name] = convert(raw)
+        except ValueError as exc:
+            raise SettingsError(prefix + name, raw, str(exc)) from None
+    for key in sorted(k for k in settings if k.startswith(prefix)):
+        name = key[len(prefix) :]
+        if name in PYRAMID_MAILER_ONLY:
+            log.warning(
+                '%s is a pyramid_mailer setting; pyramid_txmail ignores it', key
+            )
+        elif name not in known:
+            log.warning('unknown setting %s is ignored', key)
+    values.setdefault('delivery', 'queued' if values.get('queue_path') else 'direct')
+    if 'message_id_domain' not in values:
+        values['message_id_domain'] = _fqdn()
+    result = MailSettings(**values)
+    _check(result, prefix)
+    return result
+
+
+def _check(s: MailSettings, prefix: str) -> None:
+    if s.tls and s.ssl:
+        raise SettingsError(
+            f'{prefix}tls', None, f'{prefix}tls and {prefix}ssl are both on; choose one'
+        )
+    if s.delivery == 'queued' and not s.queue_path:
+        raise SettingsError(
+            f'{prefix}delivery', s.delivery, f'needs {prefix}queue_path'
+        )
+    if s.delivery == 'file' and not s.file_path:
+        raise SettingsError(f'{prefix}delivery', s.delivery, f'needs {prefix}file_path')
+    if s.keyfile and not s.certfile:
+        raise SettingsError(
+            f'{prefix}keyfile', s.keyfile, f'needs {prefix}certfile too'
+        )
+    if bool(s.username) != bool(s.password):
+        raise SettingsError(
+            f'{prefix}username',
+            None,
+            f'{prefix}username and {prefix}password go together; set both or neither',
+        )
+    if s.retry_min > s.retry_max:
+        raise SettingsError(
+            f'{prefix}retry_min',
+            s.retry_min,
+            f'must not exceed {prefix}retry_max ({s.retry_max:g})',
+        )
+    if s.username and not (s.tls or s.ssl) and not _is_loopback(s.host):
+        raise SettingsError(
+            f'{prefix}username',
+            None,
+            f'is set but neither {prefix}tls nor {prefix}ssl is on: '
+            f'the password would be sent in clear to {s.host}',
+        )
+    if s.default_sender:
+        try:
+            parse_address(s.default_sender, prefix + 'default_sender')
+        except MailError as exc:
+            raise SettingsError(
+                prefix + 'default_sender',
+                s.default_sender,
+                'expected one email address',
+            ) from exc
+
+
+_fqdn = socket.getfqdn

@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from pyramid_txmail.events import MailFailed, MailSent
+from pyramid_txmail.settings import MailSettings
+from tests import make_mail
+
+
+def settings_for(server, **kw) -> MailSettings:
+    return MailSettings(host=server.host, port=server.port, timeout=5, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class TestDirectDelivery:
+    def _makeOne(self, settings, events, **kw):
+        from pyramid_txmail.delivery import DirectDelivery
+
+        return DirectDelivery(settings, events.extend, **kw)
+
+    def test_transaction_mail_over_one_connection_after_commit(self, smtp_server):
+        events = []
+        delivery = self._makeOne(settings_for(smtp_server), events)
+        pending = delivery.vote([make_mail(1), make_mail(2), make_mail(3)])
+        pending.finish()
+        assert smtp_server.messages == []  # nothing inside the commit
+        pending.after_commit()
+        received = smtp_server.wait_for(3)
+        assert [r.message['Message-ID'] for r in received] == [
+            '<1@test>',
+            '<2@test>',
+            '<3@test>',
+        ]
+        assert smtp_server.connections == 1
+        assert [type(e) for e in events] == [MailSent] * 3
+
+    def test_abort_sends_nothing(self, smtp_server):
+        events = []
+        pending = self._makeOne(settings_for(smtp_server), events).vote([make_mail(1)])
+        pending.abort()
+        assert smtp_server.messages == [] and events == []
+
+    def test_unreachable_relay_fails_every_message_with_one_attempt(self):
+        events = []
+        attempts = []
+        settings = MailSettings(host='127.0.0.1', port=free_port(), timeout=2)
+
+        def connect():
+            from pyramid_txmail.smtp import SMTPConnection
+
+            attempts.append(1)
+            return SMTPConnection(settings)
+
+        delivery = self._makeOne(settings, events, connect=connect)
+        delivery.deliver([make_mail(1), make_mail(2)])
+        assert len(attempts) == 1
+        assert [type(e) for e in events] == [MailFailed, MailFailed]
+        assert all(e.permanent for e in events)
+
+    def test_refused_message_does_not_stop_the_others(self, make_smtp_server):
+        server = make_smtp_server(rcpt_reply={'bad@example.com': '550 5.1.1 unknown'})
+        events = []
+        delivery = self._makeOne(settings_for(server), events)
+        delivery.deliver(
+            [make_mail(1), make_mail(2, ('bad@example.com',)), make_mail(3)]
+        )
+        assert [r.message['Message-ID'] for r in server.wait_for(2)] == [
+            '<1@test>',
+            '<3@test>',
+        ]
+        assert [type(e) for e in events] == [MailSent, MailFailed, MailSent]
+        assert events[1].error.code == 550
+
+    def test_partial_refusal_reported_on_mail_sent(self, make_smtp_server, caplog):
+        server = make_smtp_server(rcpt_reply={'bad@example.com': '550 5.1.1 unknown'})
+        events = []
+        delivery = self._makeOne(settings_for(server), events)
+        with caplog.at_level('WARNING', 'pyramid_txmail.delivery'):
+            delivery.deliver([make_mail(1, ('ok@example.com', 'bad@example.com'))])
+        assert server.wait_for(1)[0].rcpt_tos == ['ok@example.com']
+        assert list(events[0].refused) == ['bad@example.com']
+        assert 'bad@example.com' in caplog.text
+
+    def test_send_now_returns_and_notifies(self, smtp_server):
+        events = []
+        delivery = self._makeOne(settings_for(smtp_server), events)
+        assert delivery.send_now(make_mail(1)) == {}
+        assert smtp_server.wait_for(1)[0].message['Message-ID'] == '<1@test>'
+        assert [type(e) for e in events] == [MailSent]
+
+    def test_send_now_raises_and_notifies_failure(self, make_smtp_server):
+        from pyramid_txmail.smtp import PermanentDeliveryError
+
+        server = make_smtp_server(reply={'DATA': '554 5.7.1 no'})
+        events = []
+        delivery = self._makeOne(settings_for(server), events)
+        with pytest.raises(PermanentDeliveryError):
+            delivery.send_now(make_mail(1))
+        assert [type(e) for e in events] == [MailFailed]
+
+
+class TestQueuedDelivery:
+    def _makeOne(self, path, **kw):
+        from pyramid_txmail.delivery import QueuedDelivery
+
+        return QueuedDelivery(str(path), **kw)
+
+    def test_vote_makes_durable_but_invisible_finish_publishes(self, tmp_path):
+        delivery = self._makeOne(tmp_path / 'q')
+        pending = delivery.vote([make_mail(1), make_mail(2)])
+        assert len(os.listdir(tmp_path / 'q' / 'tmp')) == 2
+        assert delivery.queue.pending() == []
+        pending.finish()
+        assert len(delivery.queue.pending()) == 2
+        assert os.listdir(tmp_path / 'q' / 'tmp') == []
+
+    def test_abort_leaves_nothing(self, tmp_path):
+        delivery = self._makeOne(tmp_path / 'q')
+        delivery.vote([make_mail(1)]).abort()
+        assert os.listdir(tmp_path / 'q' / 'tmp') == []
+        assert delivery.queue.pending() == []
+
+    def test_failed_vote_leaves_nothing_and_raises(self, tmp_path):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class FullAfterOne(MailQueue):
+            # A full disk can't be produced here; fail the second write.
+            def stage(self, mail):
+                if mail.message_id == '<2@test>':
+                    raise QueueError('cannot write mail queue: disk full')
+                return super().stage(mail)
+
+        delivery = self._makeOne(tmp_path / 'q', queue_factory=FullAfterOne)
+        with pytest.raises(QueueError, match='disk full'):
+            delivery.vote([make_mail(1), make_mail(2)])
+        assert os.listdir(tmp_path / 'q' / 'tmp') == []
+
+    def test_unusable_queue_path_fails_vote_with_clear_error(self, tmp_path):
+        from pyramid_txmail.queue import QueueError
+
+        blocker = tmp_path / 'file'
+        blocker.write_text('not a directory')
+        delivery = self._makeOne(blocker / 'q')
+        with pytest.raises(QueueError, match=str(blocker)):
+            delivery.vote([make_mail(1)])
+
+    def test_after_commit_wakes_the_processor(self, tmp_path):
+        delivery = self._makeOne(tmp_path / 'q')
+        woken = []
+        pending = delivery.vote([make_mail(1)])
+        pending.finish()
+        pending.after_commit()  # no processor: nothing to wake
+        delivery.wake = lambda: woken.append(True)
+        pending.after_commit()
+        assert woken == [True]
+
+    def test_send_now_is_not_possible(self, tmp_path):
+        with pytest.raises(TypeError):
+            self._makeOne(tmp_path / 'q').send_now(make_mail(1))
+
+
+class TestFileDelivery:
+    def _makeOne(self, path, events):
+        from pyramid_txmail.delivery import FileDelivery
+
+        return FileDelivery(str(path), events.extend)
+
+    def test_one_eml_per_message_after_finish(self, tmp_path):
+        events = []
+        delivery = self._makeOne(tmp_path / 'out', events)
+        pending = delivery.vote([make_mail(1), make_mail(2)])
+        assert [n for n in os.listdir(tmp_path / 'out') if n.endswith('.eml')] == []
+        pending.finish()
+        pending.after_commit()
+        names = sorted(os.listdir(tmp_path / 'out'))
+        assert len(names) == 2 and all(n.endswith('.eml') for n in names)
+        assert (tmp_path / 'out' / names[0]).read_bytes() == make_mail(1).data
+        assert [e.message_id for e in events] == ['<1@test>', '<2@test>']
+
+    def test_abort_leaves_nothing(self, tmp_path):
+        delivery = self._makeOne(tmp_path / 'out', [])
+        delivery.vote([make_mail(1)]).abort()
+        assert os.listdir(tmp_path / 'out') == []
+
+    def test_failed_vote_leaves_nothing(self, tmp_path):
+        out = tmp_path / 'out'
+        delivery = self._makeOne(out, [])
+        bad = make_mail(2)
+        object.__setattr__(bad, 'data', None)  # writing it fails half way
+        with pytest.raises(TypeError):
+            delivery.vote([make_mail(1), bad])
+        assert os.listdir(out) == []
+
+    def test_send_now_writes_at_once(self, tmp_path):
+        events = []
+        assert self._makeOne(tmp_path / 'out', events).send_now(make_mail(1)) == {}
+        assert len(os.listdir(tmp_path / 'out')) == 1
+        assert [type(e) for e in events] == [MailSent]
