@@ -79,6 +79,15 @@ class TestDirectDelivery:
         assert [type(e) for e in events] == [MailSent, MailFailed, MailSent]
         assert events[1].error.code == 550
 
+    def test_closed_connection_reopened_for_the_next_message(self, make_smtp_server):
+        server = make_smtp_server(reply={'MAIL': ['421 4.3.2 closing']})
+        events = []
+        delivery = self._makeOne(settings_for(server), events)
+        delivery.deliver([make_mail(1), make_mail(2)])
+        assert [r.message['Message-ID'] for r in server.wait_for(1)] == ['<2@test>']
+        assert [type(e) for e in events] == [MailFailed, MailSent]
+        assert server.connections == 2
+
     def test_partial_refusal_reported_on_mail_sent(self, make_smtp_server, caplog):
         server = make_smtp_server(rcpt_reply={'bad@example.com': '550 5.1.1 unknown'})
         events = []

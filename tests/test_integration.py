@@ -187,6 +187,37 @@ class TestTestingInclude:
         assert [m.subject for m in mailer.outbox] == ['s']
 
 
+class TestGetMailer:
+    def test_request_gets_its_own_mailer_bound_to_request_tm(self, smtp_server):
+        seen = {}
+
+        def view(request):
+            seen['same'] = get_mailer(request) is request.mailer
+            seen['tm'] = request.mailer.transaction_manager is request.tm
+            return {}
+
+        with Configurator(settings=smtp_settings(smtp_server)) as config:
+            config.include('pyramid_txmail')
+            config.add_route('v', '/v')
+            config.add_view(view, route_name='v', renderer='json')
+            app = webtest.TestApp(config.make_wsgi_app())
+        app.get('/v')
+        assert seen == {'same': True, 'tm': True}
+
+
+class TestSuppressProcessor:
+    def test_app_created_inside_block_starts_no_processor(self, tmp_path):
+        import threading
+
+        from pyramid_txmail import suppress_processor
+
+        settings = {'mail.queue_path': str(tmp_path / 'q')}
+        with suppress_processor():
+            make_app(settings)
+        names = [t.name for t in threading.enumerate()]
+        assert 'pyramid_txmail-processor' not in names
+
+
 class TestScripts:
     def test_get_mailer_from_registry_uses_default_manager(self, smtp_server):
         _, registry = make_app(smtp_settings(smtp_server))
