@@ -1,0 +1,216 @@
+"""``pyramid-txmail``: run and inspect the mail queue of an application.
+
+Reads the application's .ini file through plaster (``CONFIG`` may name a
+section, ``development.ini#main``). ``process`` loads the application, so its
+``MailSent``/``MailFailed`` subscribers receive the processor's events; the
+inspection commands need only the settings. Exit status: 0 success, 2 bad
+usage, 1 any other error, with a one-line message naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from pyramid import paster
+
+from . import suppress_processor
+from .events import Notifier
+from .processor import QueueProcessor
+from .queue import MailQueue, QueueError
+from .settings import MailSettings, parse_settings
+
+__all__ = ['main']
+
+
+class CommandError(Exception):
+    """A failure to report in one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f'{self.prog}: {message}')
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (('d', 86400), ('h', 3600), ('m', 60)):
+        if seconds >= size:
+            return f'{seconds // size}{unit}'
+    return f'{seconds}s'
+
+
+class Command:
+    """The command line; collaborators are class attributes so tests can
+    pass a dict of settings instead of an .ini file (the pyramid seam)."""
+
+    get_settings = staticmethod(paster.get_appsettings)
+    bootstrap = staticmethod(paster.bootstrap)
+    setup_logging = staticmethod(paster.setup_logging)
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def parser(self) -> argparse.ArgumentParser:
+        parser = _Parser(prog='pyramid-txmail', description=__doc__.split('\n')[0])
+        commands = parser.add_subparsers(dest='command', required=True)
+
+        def command(name: str, help: str) -> argparse.ArgumentParser:
+            sub = commands.add_parser(name, help=help)
+            sub.add_argument('config', metavar='CONFIG', help='the .ini file')
+            return sub
+
+        command('process', 'run the queue processor').add_argument(
+            '--once', action='store_true', help='drain what is due, then exit'
+        )
+        command('status', 'count messages by state').add_argument(
+            '--json', action='store_true'
+        )
+        listing = command('list', 'one line per message')
+        listing.add_argument('--failed', action='store_true')
+        listing.add_argument('--json', action='store_true')
+        retry = command('retry', 'put failed messages back, due now')
+        retry.add_argument('ids', nargs='*', metavar='ID')
+        retry.add_argument('--all', action='store_true')
+        purge = command('purge', 'delete messages')
+        purge.add_argument('ids', nargs='*', metavar='ID')
+        purge.add_argument('--failed', action='store_true')
+        return parser
+
+    def run(self, argv: Sequence[str]) -> int:
+        try:
+            args = self.parser().parse_args(argv)
+            flag = {'retry': 'all', 'purge': 'failed'}.get(args.command)
+            if flag and bool(args.ids) == bool(getattr(args, flag)):
+                raise _UsageError(
+                    f'pyramid-txmail {args.command}: give IDs or --{flag}'
+                )
+            return getattr(self, 'cmd_' + args.command)(args) or 0
+        except _UsageError as exc:
+            print(exc, file=self.err)
+            return 2
+        except (CommandError, QueueError) as exc:
+            print(f'pyramid-txmail: {exc}', file=self.err)
+            return 1
+        except Exception as exc:  # a bad .ini, a bad setting, ...
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f'pyramid-txmail: {message}', file=self.err)
+            return 1
+
+    # -- helpers
+    def _check_file(self, config_uri: str) -> None:
+        path = config_uri.split('#', 1)[0]
+        if not os.path.isfile(path):
+            raise CommandError(f'config file not found: {path}')
+
+    def _mail_settings(self, config_uri: str, raw: Mapping[str, Any]) -> MailSettings:
+        settings = parse_settings(raw)
+        if not settings.queue_path:
+            name = os.path.basename(config_uri.split('#', 1)[0])
+            raise CommandError(f'mail.queue_path is not set in {name}')
+        return settings
+
+    def _queue(self, config_uri: str) -> MailQueue:
+        self._check_file(config_uri)
+        settings = self._mail_settings(config_uri, self.get_settings(config_uri))
+        return MailQueue(settings.queue_path)  # type: ignore[arg-type]
+
+    # -- commands
+    def cmd_process(self, args: argparse.Namespace) -> int:
+        self._check_file(args.config)
+        # The .ini's logging sections, or a basic stderr handler without them.
+        self.setup_logging(args.config)
+        with suppress_processor():
+            env = self.bootstrap(args.config)
+        try:
+            registry = env['registry']
+            settings = self._mail_settings(args.config, registry.settings)
+            processor = QueueProcessor(
+                MailQueue(settings.queue_path),  # type: ignore[arg-type]
+                settings,
+                notify=Notifier(registry.notify),
+            )
+            if args.once:
+                result = processor.run_once()
+                print(
+                    f'sent {result.sent}, deferred {result.deferred}, '
+                    f'failed {result.failed}, kept {result.released}',
+                    file=self.out,
+                )
+                return 0
+            previous = {
+                sig: signal.signal(sig, lambda *_: processor.stop())
+                for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                processor.run()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            return 0
+        finally:
+            env['closer']()
+
+    def cmd_status(self, args: argparse.Namespace) -> int:
+        counts = self._queue(args.config).counts()
+        if args.json:
+            print(json.dumps(counts), file=self.out)
+        else:
+            for state in ('queued', 'deferred', 'sending', 'failed'):
+                print(f'{state:<9} {counts[state]}', file=self.out)
+        return 0
+
+    def cmd_list(self, args: argparse.Namespace) -> int:
+        infos = list(self._queue(args.config).list(failed=args.failed))
+        if args.json:
+            rows = [
+                {
+                    'id': i.id,
+                    'state': i.state,
+                    'age': i.age,
+                    'attempts': i.attempts,
+                    'recipients': list(i.recipients),
+                    'last_error': i.last_error,
+                    'due': i.due,
+                }
+                for i in infos
+            ]
+            print(json.dumps(rows), file=self.out)
+            return 0
+        for i in infos:
+            print(
+                f'{i.id}  {i.state:<8} {_age(i.age):>4} {i.attempts:>3}  '
+                f'{", ".join(i.recipients)}  {i.last_error or ""}'.rstrip(),
+                file=self.out,
+            )
+        return 0
+
+    def cmd_retry(self, args: argparse.Namespace) -> int:
+        count = self._queue(args.config).retry(None if args.all else args.ids)
+        print(f'{count} message(s) queued again', file=self.out)
+        return 0
+
+    def cmd_purge(self, args: argparse.Namespace) -> int:
+        queue = self._queue(args.config)
+        count = queue.purge(failed=True) if args.failed else queue.purge(args.ids)
+        print(f'{count} message(s) deleted', file=self.out)
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``pyramid-txmail`` console script."""
+    return Command().run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(main())

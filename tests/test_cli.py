@@ -1,0 +1,250 @@
+"""The pyramid-txmail command line, on real .ini files and a real queue."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from pyramid.config import Configurator
+
+from pyramid_txmail.events import MailSent
+from pyramid_txmail.queue import MailQueue
+from tests import make_mail
+
+EVENTS: list = []
+LOGGING = """
+[loggers]
+keys = root
+[handlers]
+keys = console
+[formatters]
+keys = generic
+[logger_root]
+level = WARNING
+handlers = console
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = generic
+[formatter_generic]
+format = %(message)s
+"""
+
+
+def make_app(global_config, **settings):
+    """The application an .ini file's [app:main] names."""
+    with Configurator(settings=settings) as config:
+        config.include('pyramid_txmail')
+        config.add_subscriber(on_sent, MailSent)
+    return config.make_wsgi_app()
+
+
+def on_sent(event):
+    EVENTS.append(event)
+    if event.message_id == '<stop@test>':
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def write_ini(tmp_path, logging=False, **mail):
+    lines = ['[app:main]', 'use = call:tests.test_cli:make_app']
+    lines += [f'mail.{k} = {v}' for k, v in mail.items()]
+    path = tmp_path / 'app.ini'
+    path.write_text('\n'.join(lines) + '\n' + (LOGGING if logging else ''))
+    return str(path)
+
+
+def queue_with(path, *ns):
+    queue = MailQueue(str(path))
+    queue.publish([queue.stage(make_mail(n)) for n in ns])
+    return queue
+
+
+class TestMain:
+    def _callFUT(self, *argv):
+        from pyramid_txmail.cli import Command
+
+        out, err = io.StringIO(), io.StringIO()
+        code = Command(out, err).run(list(argv))
+        self.out, self.err = out.getvalue(), err.getvalue()
+        return code
+
+    @pytest.fixture
+    def ini(self, tmp_path):
+        self.queue = queue_with(tmp_path / 'q', 1, 2)
+        return write_ini(tmp_path, queue_path=tmp_path / 'q', queue_processor='false')
+
+    def test_status(self, ini):
+        assert self._callFUT('status', ini) == 0
+        assert self.out.split() == [
+            'queued',
+            '2',
+            'deferred',
+            '0',
+            'sending',
+            '0',
+            'failed',
+            '0',
+        ]
+
+    def test_status_json(self, ini):
+        assert self._callFUT('status', ini, '--json') == 0
+        assert json.loads(self.out)['queued'] == 2
+
+    def test_list(self, ini):
+        assert self._callFUT('list', ini) == 0
+        lines = self.out.splitlines()
+        assert len(lines) == 2 and 'to@example.com' in lines[0]
+
+    def test_list_failed_json_with_error(self, ini):
+        claim = self.queue.claim(self.queue.pending()[0])
+        claim.fail('550 5.1.1 no such user')
+        assert self._callFUT('list', ini, '--failed', '--json') == 0
+        (row,) = json.loads(self.out)
+        assert row['id'] == claim.id and row['last_error'] == '550 5.1.1 no such user'
+        assert self._callFUT('list', ini, '--failed') == 0
+        assert '550 5.1.1 no such user' in self.out
+
+    def test_retry_all_and_by_id(self, ini):
+        for id in self.queue.pending():
+            self.queue.claim(id).fail('554 no')
+        first = next(self.queue.list(failed=True)).id
+        assert self._callFUT('retry', ini, first) == 0
+        assert self.out.startswith('1 ')
+        assert self._callFUT('retry', ini, '--all') == 0
+        assert self.out.startswith('1 ')
+        assert self.queue.counts()['queued'] == 2
+
+    def test_retry_unknown_id(self, ini):
+        assert self._callFUT('retry', ini, '0000000000000000.1.ab') == 1
+        assert self.err.startswith('pyramid-txmail: ')
+        assert '0000000000000000.1.ab' in self.err
+
+    def test_purge_by_id_and_failed(self, ini):
+        ids = self.queue.pending()
+        self.queue.claim(ids[1]).fail('554 no')
+        assert self._callFUT('purge', ini, ids[0]) == 0
+        assert self.out.startswith('1 ')
+        assert self._callFUT('purge', ini, '--failed') == 0
+        assert self.out.startswith('1 ')
+        assert self.queue.counts() == dict.fromkeys(
+            ('queued', 'sending', 'deferred', 'failed'), 0
+        )
+
+    @pytest.mark.parametrize(
+        'argv',
+        [
+            (),
+            ('status',),
+            ('nonsense', 'x.ini'),
+            ('retry', 'x.ini'),
+            ('retry', 'x.ini', 'ID', '--all'),
+            ('purge', 'x.ini'),
+        ],
+    )
+    def test_bad_usage_exits_2(self, argv):
+        assert self._callFUT(*argv) == 2
+        assert self.err.startswith('pyramid-txmail')
+
+    def test_missing_config_file(self, tmp_path):
+        assert self._callFUT('status', str(tmp_path / 'nope.ini')) == 1
+        assert 'config file not found' in self.err
+
+    def test_missing_queue_path(self, tmp_path):
+        assert self._callFUT('status', write_ini(tmp_path)) == 1
+        assert self.err == 'pyramid-txmail: mail.queue_path is not set in app.ini\n'
+
+    def test_bad_setting_names_key(self, tmp_path):
+        ini = write_ini(tmp_path, queue_path=tmp_path / 'q', port='smtp')
+        assert self._callFUT('status', ini) == 1
+        assert 'mail.port' in self.err and len(self.err.splitlines()) == 1
+
+    def test_get_settings_seam_takes_a_dict(self, tmp_path):
+        from pyramid_txmail.cli import Command
+
+        queue_with(tmp_path / 'q', 1)
+        command = Command(io.StringIO(), io.StringIO())
+        command.get_settings = lambda uri: {'mail.queue_path': str(tmp_path / 'q')}
+        ini = tmp_path / 'any.ini'
+        ini.write_text('')
+        assert command.run(['status', '--json', str(ini)]) == 0
+        assert json.loads(command.out.getvalue())['queued'] == 1
+
+    def test_process_once_delivers_and_notifies_app(self, tmp_path, smtp_server):
+        queue_with(tmp_path / 'q', 1, 2)
+        ini = write_ini(
+            tmp_path,
+            logging=True,
+            queue_path=tmp_path / 'q',
+            host=smtp_server.host,
+            port=smtp_server.port,
+        )
+        EVENTS.clear()
+        assert self._callFUT('process', ini, '--once') == 0
+        assert self.out.startswith('sent 2,')
+        assert len(smtp_server.wait_for(2)) == 2
+        assert sorted(e.message_id for e in EVENTS) == ['<1@test>', '<2@test>']
+
+    def test_process_runs_until_sigterm(self, tmp_path, smtp_server):
+        queue = MailQueue(str(tmp_path / 'q'))
+        stop = make_mail(0)
+        object.__setattr__(stop, 'message_id', '<stop@test>')
+        queue.publish([queue.stage(stop)])
+        ini = write_ini(
+            tmp_path,
+            queue_path=tmp_path / 'q',
+            host=smtp_server.host,
+            port=smtp_server.port,
+            queue_interval=0.1,
+        )
+        EVENTS.clear()
+        before = signal.getsignal(signal.SIGTERM)
+        assert self._callFUT('process', ini) == 0
+        assert [e.message_id for e in EVENTS] == ['<stop@test>']
+        assert signal.getsignal(signal.SIGTERM) is before
+
+
+class TestConsoleScript:
+    def test_installed_script_reports_status(self, tmp_path):
+        queue_with(tmp_path / 'q', 1)
+        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+        script = os.path.join(os.path.dirname(sys.executable), 'pyramid-txmail')
+        result = subprocess.run(
+            [script, 'status', ini, '--json'],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **os.environ,
+                'PYTHONPATH': os.path.dirname(os.path.dirname(__file__)),
+            },
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)['queued'] == 1
+
+    def test_main_uses_sys_argv(self, monkeypatch, capsys):
+        from pyramid_txmail.cli import main
+
+        monkeypatch.setattr(sys, 'argv', ['pyramid-txmail'])
+        assert main() == 2
+        assert main(['status']) == 2
+
+
+class Test_age:
+    def _callFUT(self, seconds):
+        from pyramid_txmail.cli import _age
+
+        return _age(seconds)
+
+    def test_units(self):
+        assert [self._callFUT(s) for s in (-1, 59, 60, 7200, 86400 * 3)] == [
+            '0s',
+            '59s',
+            '1m',
+            '2h',
+            '3d',
+        ]
