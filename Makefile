@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: test lint format docs demo bench clean
+CHROMIUM := /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +16,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[testing,docs]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The demo's browser test drives Debian's chromium (never a downloaded one).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest --cov=pyramid_txmail --cov-report=term-missing
 
 lint: $(STAMP)
@@ -28,5 +35,8 @@ format: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
+demo: $(STAMP)
+	$(PY) demo/run.py
+
 clean:
-	rm -rf $(VENV) docs/_build .coverage .coverage.* .pytest_cache
+	rm -rf $(VENV) docs/_build demo/var .coverage .coverage.* .pytest_cache

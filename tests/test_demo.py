@@ -1,0 +1,188 @@
+"""The demo, started as a user would (demo/run.py), over real HTTP and Chromium."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = '/usr/bin/chromium'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        assert time.monotonic() < deadline, 'timed out'
+        time.sleep(0.1)
+
+
+class Demo:
+    def __init__(self, var_dir):
+        self.port = free_port()
+        self.var_dir = str(var_dir)
+        self.url = f'http://127.0.0.1:{self.port}'
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, 'demo', 'run.py'),
+                f'--http-port={self.port}',
+                f'--smtp-port={free_port()}',
+                f'--var-dir={self.var_dir}',
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.banner = self.proc.stdout.readline() + self.proc.stdout.readline()
+        wait_until(self._up)
+
+    def _up(self):
+        try:
+            return self.get('/')[0] == 200
+        except OSError:
+            return False
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as res:
+                return res.status, res.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def post(self, path, **fields):
+        return self._open(path, urllib.parse.urlencode(fields).encode())
+
+    def _open(self, path, data):
+        try:
+            with urllib.request.urlopen(self.url + path, data, timeout=10) as res:
+                return res.status, res.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def caught(self):
+        folder = os.path.join(self.var_dir, 'caught')
+        names = sorted(n for n in os.listdir(folder) if n.endswith('.eml'))
+        return [
+            email.message_from_binary_file(
+                open(os.path.join(folder, n), 'rb'), policy=email.policy.default
+            )
+            for n in names
+        ]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:  # pragma: no cover - only if stuck
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def demo(tmp_path):
+    running = Demo(tmp_path / 'var')
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+class TestDemo:
+    def test_prints_the_url(self, demo):
+        assert demo.url + '/' in demo.banner
+
+    def test_signup_sends_welcome_and_failed_signup_sends_nothing(self, demo):
+        status, body = demo.post(
+            '/signup', name='Ann', email='ann@example.com', fail='on'
+        )
+        assert status == 500 and 'no mail was sent' in body
+        status, _ = demo.post('/signup', name='Bob', email='bob@example.com')
+        assert status == 200  # after the redirect
+        (msg,) = wait_until(demo.caught)
+        # Ann's message, had it been committed, would be caught or still queued.
+        _, queue = demo.get('/queue')
+        assert '<td id="queued">0</td>' in queue and '<td id="sending">0</td>' in queue
+        assert len(demo.caught()) == 1
+        assert msg['Subject'] == 'Welcome, Bob!' and msg['To'] == 'bob@example.com'
+        assert 'Hello Bob' in msg.get_body(('plain',)).get_content()
+        assert '<h2>Hello Bob</h2>' in msg.get_body(('html',)).get_content()
+        (attachment,) = msg.iter_attachments()
+        assert attachment.get_filename() == 'welcome.txt'
+        status, listing = demo.get('/messages')
+        assert 'Welcome, Bob!' in listing and 'Ann' not in listing
+
+    def test_queue_page_shows_counts(self, demo):
+        status, body = demo.get('/queue')
+        assert status == 200
+        for state in ('queued', 'deferred', 'sending', 'failed'):
+            assert f'<td id="{state}">0</td>' in body
+        status, _ = demo.post('/queue/retry')
+        assert status == 200
+
+
+def _chromium_or_skip():
+    if os.path.exists(CHROMIUM) and shutil.which('chromium'):
+        return
+    if os.environ.get('CI'):
+        pytest.fail(f'{CHROMIUM} is missing: `make test` installs Debian chromium')
+    pytest.skip(f'{CHROMIUM} not installed (make test installs it)')
+
+
+class TestDemoInBrowser:
+    def test_sign_up_then_read_the_caught_message(self, demo):
+        _chromium_or_skip()
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    '--headless',
+                    '--no-sandbox',
+                    '--disable-gpu',
+                    '--disable-quic',
+                    '--no-first-run',
+                    '--disable-background-networking',
+                    '--disable-component-update',
+                    '--disable-sync',
+                ],
+            )
+            try:
+                page = browser.new_page()
+                page.goto(demo.url + '/')
+                page.fill('input[name=name]', 'Zoë')
+                page.fill('input[name=email]', 'zoe@example.com')
+                page.click('button[type=submit]')
+                assert 'Welcome mail sent' in page.inner_text('#note')
+                wait_until(demo.caught)
+                page.goto(demo.url + '/messages')
+                page.click('text=Welcome, Zoë!')
+                frame = page.frame_locator('#html')
+                assert frame.locator('h2').inner_text() == 'Hello Zoë'
+                assert 'thanks for signing up' in page.inner_text('#text')
+                assert page.inner_text('#attachments') == 'welcome.txt'
+            finally:
+                browser.close()
