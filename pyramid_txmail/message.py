@@ -13,6 +13,7 @@ import io
 import mimetypes
 import re
 from dataclasses import dataclass
+from email.errors import NonASCIILocalPartDefect
 from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -77,7 +78,10 @@ def _parse_address(field: str, value: object) -> Address:
     try:
         header = _HEADER_FACTORY('To', value)
         addresses = header.addresses
-        defects = header.defects
+        # A non-ASCII local part is legal with SMTPUTF8, which we use for it.
+        defects = [
+            d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)
+        ]
     except Exception:  # the parser raises assorted errors on garbage
         addresses, defects = (), ('unparsable',)
     if (
@@ -255,11 +259,7 @@ def _from_email(
 
 
 def _header_addresses(field: str, value: str) -> list[Address]:
-    try:
-        header = _HEADER_FACTORY(field, value)
-        addresses = list(header.addresses)
-    except Exception:
-        addresses = []
+    addresses = list(_HEADER_FACTORY(field, value).addresses)
     if not addresses or any(not a.domain for a in addresses):
         raise MailError(
             f'{field}: unparsable address list {value!r}', field=field, value=value
