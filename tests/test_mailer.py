@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 
 import pytest
@@ -94,6 +96,32 @@ class TestMailer:
         (received,) = smtp_server.wait_for(1)
         assert received.message['Message-ID'] == message_id
         assert received.message['Date']
+
+    def test_non_ascii_round_trips_through_the_relay(self, make_smtp_server):
+        from pyramid_txmail.message import Attachment
+
+        server = make_smtp_server(strict_crlf=True)
+        settings = MailSettings(host=server.host, port=server.port)
+        self._makeOne(settings=settings).send_immediately(
+            message(
+                subject='Grüße ☕',
+                sender='Zoë <zoe@example.com>',
+                recipients=['"Doe, John" <j@example.com>'],
+                body='héllo\nwörld',
+                html='<p>héllo</p>',
+                attachments=[Attachment('résumé.txt', data='ü')],
+            )
+        )
+        (received,) = server.wait_for(1)
+        parsed = email.message_from_bytes(
+            received.data.replace(b'\r\n', b'\n'), policy=email.policy.default
+        )
+        assert received.rcpt_tos == ['j@example.com']
+        assert parsed['Subject'] == 'Grüße ☕'
+        assert parsed['From'].addresses[0].display_name == 'Zoë'
+        assert parsed.get_body(('plain',)).get_content() == 'héllo\nwörld\n'
+        assert parsed.get_body(('html',)).get_content_charset() == 'utf-8'
+        assert [a.get_filename() for a in parsed.iter_attachments()] == ['résumé.txt']
 
     def test_send_immediately_raises_delivery_error(self, make_smtp_server):
         from pyramid_txmail.smtp import DeliveryError
