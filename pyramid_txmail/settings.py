@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -89,44 +90,31 @@ def _delivery(value: object) -> str:
     return text
 
 
-def _port(value: object) -> int:
-    try:
-        port = int(str(value).strip())
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise ValueError('expected an integer from 1 to 65535')
-    return port
+def _number(
+    kind: Callable[[str], float], ok: Callable[[float], bool], problem: str
+) -> Callable[[object], float]:
+    """A converter to ``kind`` that accepts only values where ``ok`` holds."""
+
+    def convert(value: object) -> float:
+        try:
+            number = kind(str(value).strip())
+        except ValueError:
+            raise ValueError(problem) from None
+        if not ok(number):  # NaN fails every comparison, so it lands here
+            raise ValueError(problem)
+        return number
+
+    return convert
 
 
-def _positive_int(value: object) -> int:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ValueError('expected a positive integer')
-    return number
-
-
-def _positive_float(value: object) -> float:
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        number = 0.0
-    if not number > 0 or number != number or number == float('inf'):
-        raise ValueError('expected a positive number of seconds')
-    return number
-
-
-def _non_negative_float(value: object) -> float:
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        number = -1.0
-    if not 0 <= number < float('inf'):
-        raise ValueError('expected a number, 0 or more')
-    return number
+_port = _number(int, lambda n: 1 <= n <= 65535, 'expected an integer from 1 to 65535')
+_positive_int = _number(int, lambda n: n >= 1, 'expected a positive integer')
+_positive_float = _number(
+    float, lambda n: 0 < n < math.inf, 'expected a positive number of seconds'
+)
+_non_negative_float = _number(
+    float, lambda n: 0 <= n < math.inf, 'expected a number, 0 or more'
+)
 
 
 # One entry per key: (name, converter). Defaults live on MailSettings.
