@@ -35,6 +35,19 @@ format: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
+# Not part of `make test`: figures, not assertions. Installs Postfix for
+# smtp-sink/smtp-source and the peers (pyramid_mailer, repoze.sendmail) in
+# their own environment. `make bench BENCH_ARGS=--quick` for a short run.
+PEERS := tests/benchmarks/.peers-venv/bin/python
+$(PEERS):
+	$(PYTHON) -m venv tests/benchmarks/.peers-venv
+	$(PEERS) -m pip install --quiet pyramid_mailer==0.15.1 repoze.sendmail==4.5
+
+bench: $(STAMP) $(PEERS)
+	[ -x /usr/sbin/smtp-sink ] || ($(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix)
+	$(PY) tests/benchmarks/bench.py $(BENCH_ARGS)
+
 demo: $(STAMP)
 	$(PY) demo/run.py
 

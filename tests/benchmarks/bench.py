@@ -1,0 +1,384 @@
+"""Throughput of pyramid_txmail beside its peers and the ceilings.
+
+``make bench`` (``--quick`` for a short run, ``--json PATH`` for the figures)
+runs every figure in one process tree on this machine, into one SMTP sink on
+127.0.0.1 (Postfix's ``smtp-sink``), so the ratios hold on a noisy machine.
+Each figure is repeated three times; the table shows messages per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import transaction
+import webtest
+from pyramid.config import Configurator
+
+from pyramid_txmail import Message
+from pyramid_txmail.mailer import Mailer
+from pyramid_txmail.message import prepare
+from pyramid_txmail.processor import QueueProcessor
+from pyramid_txmail.queue import MailQueue
+from pyramid_txmail.settings import MailSettings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEERS_PY = os.path.join(HERE, '.peers-venv', 'bin', 'python')
+SINK = shutil.which('smtp-sink') or '/usr/sbin/smtp-sink'
+SOURCE = shutil.which('smtp-source') or '/usr/sbin/smtp-source'
+
+
+def message() -> Message:
+    """A realistic ~2 KB multipart text+HTML message, one recipient."""
+    return Message(
+        subject='Your order has shipped',
+        sender='shop@example.com',
+        recipients=['customer@example.com'],
+        body='Hello,\n\n' + 'Your order is on its way. ' * 30,
+        html='<p>Hello,</p><p>' + 'Your order is on its way. ' * 30 + '</p>',
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class Sink:
+    """Postfix's smtp-sink on 127.0.0.1: accepts and discards everything."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                SINK,
+                *(['-u', 'nobody'] if os.getuid() == 0 else []),
+                f'127.0.0.1:{self.port}',
+                '256',
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', self.port), 1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def settings(port: int, **kw: object) -> MailSettings:
+    return MailSettings(host='127.0.0.1', port=port, message_id_domain='bench', **kw)
+
+
+# -- figures: each returns seconds for n messages ------------------------
+def smtp_source(n: int, port: int, work: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            SOURCE,
+            '-s',
+            '1',
+            '-m',
+            str(n),
+            '-l',
+            '2048',
+            '-f',
+            'shop@example.com',
+            '-t',
+            'customer@example.com',
+            f'127.0.0.1:{port}',
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=300,
+    )
+    return time.perf_counter() - start
+
+
+def bare_smtplib(n: int, port: int, work: str) -> float:
+    mail = prepare(message(), message_id_domain='bench')
+    start = time.perf_counter()
+    with smtplib.SMTP('127.0.0.1', port) as smtp:
+        for _ in range(n):
+            smtp.sendmail(
+                mail.envelope.sender, list(mail.envelope.recipients), mail.data
+            )
+    return time.perf_counter() - start
+
+
+def txmail_enqueue(n: int, port: int, work: str) -> float:
+    tm = transaction.TransactionManager(explicit=True)
+    mailer = Mailer.from_settings(
+        settings(port, delivery='queued', queue_path=os.path.join(work, 'q'))
+    ).bind(tm)
+    start = time.perf_counter()
+    for _ in range(n):
+        with tm:
+            mailer.send(message())
+    return time.perf_counter() - start
+
+
+def txmail_drain(n: int, port: int, work: str) -> float:
+    txmail_enqueue(n, port, work)
+    queue = MailQueue(os.path.join(work, 'q'))
+    processor = QueueProcessor(
+        queue, settings(port, delivery='queued', queue_path=queue.path)
+    )
+    start = time.perf_counter()
+    result = processor.run_once()
+    elapsed = time.perf_counter() - start
+    assert result.sent == n, result
+    return elapsed
+
+
+def txmail_direct(n: int, port: int, work: str) -> float:
+    tm = transaction.TransactionManager(explicit=True)
+    mailer = Mailer.from_settings(settings(port)).bind(tm)
+    start = time.perf_counter()
+    for _ in range(n):
+        with tm:
+            mailer.send(message())
+    return time.perf_counter() - start
+
+
+def _app(port: int, work: str, with_mail: bool) -> webtest.TestApp:
+    def view(request):
+        if with_mail:
+            request.mailer.send(message())
+        return {}
+
+    config = Configurator(
+        settings={
+            'mail.queue_path': os.path.join(work, f'web-{with_mail}'),
+            'mail.queue_processor': 'false',
+            'mail.port': str(port),
+        }
+    )
+    config.include('pyramid_txmail')
+    config.add_route('v', '/')
+    config.add_view(view, route_name='v', renderer='json')
+    return webtest.TestApp(config.make_wsgi_app())
+
+
+def request_with_mail(n: int, port: int, work: str) -> float:
+    app = _app(port, work, True)
+    start = time.perf_counter()
+    for _ in range(n):
+        app.get('/')
+    return time.perf_counter() - start
+
+
+def request_without_mail(n: int, port: int, work: str) -> float:
+    app = _app(port, work, False)
+    start = time.perf_counter()
+    for _ in range(n):
+        app.get('/')
+    return time.perf_counter() - start
+
+
+def peer(figure: str):
+    def run(n: int, port: int, work: str) -> float:
+        out = subprocess.run(
+            [PEERS_PY, os.path.join(HERE, 'peers.py'), figure, str(n), str(port), work],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        return json.loads(out.stdout)['seconds']
+
+    return run
+
+
+# (name, function, peer name for the ratio, ceiling name for the ratio)
+FIGURES = [
+    ('ceiling: smtp-source, one session', smtp_source, None, None),
+    ('ceiling: bare smtplib, one connection', bare_smtplib, None, None),
+    ('pyramid_mailer: send_to_queue + commit', peer('pm_queue'), None, None),
+    ('repoze.sendmail: QueueProcessor drain', peer('rs_drain'), None, None),
+    ('pyramid_mailer: direct send + commit', peer('pm_direct'), None, None),
+    (
+        'pyramid_txmail: enqueue + commit (fsync)',
+        txmail_enqueue,
+        'pyramid_mailer: send_to_queue + commit',
+        None,
+    ),
+    (
+        'pyramid_txmail: processor drain',
+        txmail_drain,
+        'repoze.sendmail: QueueProcessor drain',
+        'ceiling: bare smtplib, one connection',
+    ),
+    (
+        'pyramid_txmail: direct send + commit',
+        txmail_direct,
+        'pyramid_mailer: direct send + commit',
+        None,
+    ),
+    ('request without mail (WebTest)', request_without_mail, None, None),
+    (
+        'request with send() + commit (WebTest)',
+        request_with_mail,
+        'request without mail (WebTest)',
+        None,
+    ),
+]
+
+
+def scale_one_transaction(n: int, port: int, work: str) -> dict:
+    """n messages in one queued transaction: most open fds and peak RSS."""
+    tm = transaction.TransactionManager(explicit=True)
+    mailer = Mailer.from_settings(
+        settings(port, delivery='queued', queue_path=os.path.join(work, 'scale'))
+    ).bind(tm)
+    most = [len(os.listdir('/proc/self/fd'))]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.001):
+            most.append(len(os.listdir('/proc/self/fd')))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    before = most[0]
+    start = time.perf_counter()
+    with tm:
+        for _ in range(n):
+            mailer.send(message())
+    seconds = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    return {
+        'messages': n,
+        'seconds': round(seconds, 2),
+        'open_fds_before': before,
+        'open_fds_most': max(most),
+        'peak_rss_mb': round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        ),
+    }
+
+
+def scale_big_queue(n: int, port: int, work: str) -> dict:
+    """A queue of n messages: time to the first delivery, drain rate."""
+    path = os.path.join(work, 'big')
+    queue = MailQueue(path)
+    mail = prepare(message(), message_id_domain='bench')
+    ids = [queue.stage(mail) for _ in range(n)]
+    queue.publish(ids)
+    first = []
+
+    def notify(events):
+        if not first:
+            first.append(time.perf_counter())
+
+    processor = QueueProcessor(
+        queue, settings(port, delivery='queued', queue_path=path), notify=notify
+    )
+    start = time.perf_counter()
+    result = processor.run_once()
+    seconds = time.perf_counter() - start
+    return {
+        'messages': n,
+        'sent': result.sent,
+        'first_delivery_s': round(first[0] - start, 3) if first else None,
+        'drain_msgs_per_s': round(result.sent / seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_true', help='a short run (< 2 min)')
+    parser.add_argument('--json', metavar='PATH', help='write the figures here')
+    args = parser.parse_args(argv)
+    n = 200 if args.quick else 2000
+    repeats = 3
+    have_peers = os.path.exists(PEERS_PY)
+    sink = Sink()
+    results: dict[str, dict] = {}
+    try:
+        for name, func, _, _ in FIGURES:
+            if func.__name__ == 'run' and not have_peers:
+                continue
+            rates = []
+            for _ in range(repeats):
+                work = tempfile.mkdtemp(prefix='txmail-bench-')
+                try:
+                    rates.append(n / func(n, sink.port, work))
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+            results[name] = {
+                'median': statistics.median(rates),
+                'min': min(rates),
+                'max': max(rates),
+            }
+            print(f'  {name}: {results[name]["median"]:.0f} msgs/s', file=sys.stderr)
+        work = tempfile.mkdtemp(prefix='txmail-bench-')
+        try:
+            scale = {
+                'one_transaction': scale_one_transaction(
+                    1000 if args.quick else 10000, sink.port, work
+                )
+            }
+            if not args.quick:
+                scale['big_queue'] = scale_big_queue(100000, sink.port, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        sink.stop()
+
+    columns = ('msgs/s', 'min', 'max', 'vs peer')
+    print(
+        '\n' + f'{"figure":<45}' + ''.join(f'{c:>9}' for c in columns) + ' vs ceiling'
+    )
+    for name, _, peer_name, ceiling in FIGURES:
+        if name not in results:
+            continue
+        r = results[name]
+        vs_peer = (
+            f'{r["median"] / results[peer_name]["median"]:.2f}x'
+            if peer_name in results
+            else ''
+        )
+        vs_ceiling = (
+            f'{r["median"] / results[ceiling]["median"]:.2f}x'
+            if ceiling in results
+            else ''
+        )
+        r.update(vs_peer=vs_peer, vs_ceiling=vs_ceiling)
+        print(
+            f'{name:<45} {r["median"]:>8.0f} {r["min"]:>8.0f} {r["max"]:>8.0f} '
+            f'{vs_peer:>8} {vs_ceiling:>10}'
+        )
+    print('\nscale:', json.dumps(scale))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(
+                {'messages_per_figure': n, 'figures': results, 'scale': scale},
+                f,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
