@@ -306,3 +306,80 @@ class TestEnvelope(unittest.TestCase):
 
         self.assertFalse(Envelope('a@b.c', ('d@e.f',)).smtputf8)
         self.assertTrue(Envelope('a@b.c', ('ü@e.f',)).smtputf8)
+
+
+class TestWirePolicy(unittest.TestCase):
+    """The faster policy writes exactly what ``email.policy.SMTP`` writes."""
+
+    HEADERS = [
+        ('Subject', 'Hello'),
+        ('Subject', 'Your order ' * 12),  # longer than a line: folded
+        ('Subject', 'Grüße aus Köln'),  # encoded
+        ('Subject', 'a\ttab'),  # not printable: the stdlib's path
+        ('To', 'Jörg <jorg@example.com>, plain@example.com'),
+        ('To', '"Doe, John" <john@example.com>'),
+        ('From', 'Shop <shop@example.com>'),
+        ('Content-Type', 'text/plain; charset="utf-8"'),
+        ('Message-ID', '<1.2@example.com>'),
+    ]
+
+    def _policy(self):
+        from pyramid_txmail.message import _SMTP
+
+        return _SMTP
+
+    def test_folds_like_the_stdlib(self):
+        stdlib, ours = email.policy.SMTP, self._policy()
+        for name, value in self.HEADERS:
+            with self.subTest(name=name, value=value):
+                expected = stdlib.fold(name, stdlib.header_store_parse(name, value)[1])
+                stored = ours.header_store_parse(name, value)[1]
+                self.assertEqual(ours.fold(name, stored), expected)
+
+    def test_reads_like_the_stdlib(self):
+        stdlib, ours = email.policy.SMTP, self._policy()
+        for name, value in self.HEADERS:
+            with self.subTest(name=name, value=value):
+                expected = stdlib.header_fetch_parse(name, value)
+                got = ours.header_fetch_parse(name, value)
+                self.assertEqual(str(got), str(expected))
+                self.assertEqual(type(got).__mro__[1:], type(expected).__mro__[1:])
+
+    def test_keeps_printable_ascii_unparsed_until_read(self):
+        ours = self._policy()
+        self.assertEqual(ours.header_store_parse('Subject', 'Hi'), ('Subject', 'Hi'))
+        _, parsed = ours.header_store_parse('Subject', 'Grüße')
+        self.assertEqual(parsed.name, 'Subject')  # a header object
+        with self.assertRaises(ValueError):
+            ours.header_store_parse('Subject', 'two\nlines')
+
+    def test_a_header_class_per_name_is_built_once(self):
+        from pyramid_txmail.message import _HEADER_FACTORY
+
+        self.assertIs(_HEADER_FACTORY['X-Custom'], _HEADER_FACTORY['x-custom'])
+
+
+class Test_parse_address(unittest.TestCase):
+    def test_common_forms_read_as_the_full_parser_reads_them(self):
+        from pyramid_txmail.message import _HEADER_FACTORY, parse_address
+
+        for value in (
+            'a@example.com',
+            'first.last+tag@mail.example.co.uk',
+            "o'hara@example.com",
+            'Shop <shop@example.com>',
+            'Some Shop 2 <shop@example.com>',
+            'Shop  Two <shop@example.com>',  # two spaces: the full parser
+            '"Doe, John" <john@example.com>',  # quoted: the full parser
+            'Jörg <jorg@example.com>',
+        ):
+            with self.subTest(value=value):
+                [expected] = _HEADER_FACTORY('To', value).addresses
+                self.assertEqual(parse_address(value), expected)
+
+    def test_near_misses_are_still_refused(self):
+        from pyramid_txmail.message import parse_address
+
+        for value in ('Shop shop@example.com', 'a@', '@example.com', 'a@b@c'):
+            with self.subTest(value=value), self.assertRaises(MailError):
+                parse_address(value)
