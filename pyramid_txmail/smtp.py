@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 
 Refusals = dict[str, tuple[int, str]]
 
-_BARE_CR_OR_LF = re.compile(rb'\r(?!\n)|(?<!\r)\n')
 _ANY_EOL = re.compile(rb'\r\n|\r|\n')
+# RFC 5321, 4.5.2: a line of the content that starts with a dot gets another.
+_LEADING_DOT = re.compile(rb'^\.', re.MULTILINE)
 
 
 class DeliveryError(Exception):
@@ -142,6 +143,7 @@ class SMTPConnection:
         self.smtp_class = smtp_class
         self.smtp_ssl_class = smtp_ssl_class
         self._smtp: smtplib.SMTP | None = None
+        self._stage = 'MAIL FROM'  # of send(), named in its errors
         host = f'[{settings.host}]' if ':' in settings.host else settings.host
         #: ``host:port``, to name the relay in messages.
         self.where = f'{host}:{settings.port}'
@@ -232,6 +234,10 @@ class SMTPConnection:
         made a CRLF, as strict relays refuse them). Returns the recipients
         refused while others were accepted, as ``{address: (code, reply)}``;
         raises a :class:`DeliveryError` when the message was not accepted.
+
+        With a relay that offers PIPELINING (RFC 2920; every major MTA does)
+        MAIL, the RCPTs and DATA go in one write and their replies are read
+        together: two round trips per message instead of three or more.
         """
         smtp = self._smtp
         if smtp is None or smtp.sock is None:
@@ -249,36 +255,28 @@ class SMTPConnection:
                     f'needed for {needed}'
                 )
             options.append('SMTPUTF8')
-        if _BARE_CR_OR_LF.search(data):
+        for address in (envelope.sender, *envelope.recipients):
+            if '\r' in address or '\n' in address:
+                raise PermanentDeliveryError(
+                    f'the envelope address {address!r} holds a line break'
+                )
+        if _has_bare_cr_or_lf(data):
             data = _ANY_EOL.sub(b'\r\n', data)
         if not data.isascii() and smtp.has_extn('8bitmime'):
             options.append('BODY=8BITMIME')
         if smtp.has_extn('size'):
             options.append(f'SIZE={len(data)}')
-        stage = 'MAIL FROM'
+        self._stage = 'MAIL FROM'
         try:
-            code, reply = smtp.mail(envelope.sender, options)
-            if code != 250:
-                raise smtplib.SMTPResponseException(code, reply)
-            stage = 'RCPT TO'
-            refused: Refusals = {}
-            for recipient in envelope.recipients:
-                code, reply = smtp.rcpt(recipient)
-                if code not in (250, 251):
-                    refused[recipient] = (code, _text(reply))
-                if code == 421:
-                    break
-            if len(refused) == len(envelope.recipients) or code == 421:
-                raise self._refused(refused)
-            stage = 'DATA'
-            code, reply = smtp.data(data)
-            if code != 250:
-                raise smtplib.SMTPResponseException(code, reply)
+            if smtp.has_extn('pipelining'):
+                refused = self._pipelined(smtp, envelope, options, data)
+            else:
+                refused = self._lockstep(smtp, envelope, options, data)
         except DeliveryError as error:
             self._recover(smtp, error)
             raise
         except (smtplib.SMTPException, OSError) as exc:
-            error = self._error(exc, stage, setup=False)
+            error = self._error(exc, self._stage, setup=False)
             self._recover(smtp, error)
             raise error from exc
         log.info(
@@ -290,6 +288,81 @@ class SMTPConnection:
         )
         if refused:
             log.info('relay %s refused %s', self.where, _describe(refused))
+        return refused
+
+    def _lockstep(
+        self, smtp: smtplib.SMTP, envelope: Envelope, options: list[str], data: bytes
+    ) -> Refusals:
+        """One command, one reply, through smtplib's own methods."""
+        code, reply = smtp.mail(envelope.sender, options)
+        if code != 250:
+            raise smtplib.SMTPResponseException(code, reply)
+        self._stage = 'RCPT TO'
+        refused: Refusals = {}
+        for recipient in envelope.recipients:
+            code, reply = smtp.rcpt(recipient)
+            if code not in (250, 251):
+                refused[recipient] = (code, _text(reply))
+            if code == 421:
+                break
+        if len(refused) == len(envelope.recipients) or code == 421:
+            raise self._refused(refused)
+        self._stage = 'DATA'
+        code, reply = smtp.data(data)
+        if code != 250:
+            raise smtplib.SMTPResponseException(code, reply)
+        return refused
+
+    def _pipelined(
+        self, smtp: smtplib.SMTP, envelope: Envelope, options: list[str], data: bytes
+    ) -> Refusals:
+        """MAIL, RCPTs and DATA in one write; then the content (RFC 2920).
+
+        Every reply to the group is read, whatever the first ones were,
+        so that the session stays in step for the next message.
+        """
+        params = ''.join(f' {option}' for option in options)
+        lines = [
+            f'MAIL FROM:<{envelope.sender}>{params}',
+            *(f'RCPT TO:<{recipient}>' for recipient in envelope.recipients),
+            'DATA',
+        ]
+        encoding = 'utf-8' if envelope.smtputf8 else 'ascii'
+        smtp.send(''.join(f'{line}\r\n' for line in lines).encode(encoding))
+        mail_code, mail_reply = smtp.getreply()
+        if mail_code == 421:  # closing: nothing more will come
+            raise smtplib.SMTPResponseException(mail_code, mail_reply)
+        self._stage = 'RCPT TO'
+        refused: Refusals = {}
+        for recipient in envelope.recipients:
+            code, reply = smtp.getreply()
+            if code not in (250, 251):
+                refused[recipient] = (code, _text(reply))
+            if code == 421:
+                raise self._refused(refused)
+        self._stage = 'DATA'
+        code, reply = smtp.getreply()
+        if mail_code != 250 or len(refused) == len(envelope.recipients):
+            if code == 354:
+                # A relay that took DATA regardless gets an empty message,
+                # which it refuses for want of a sender or a recipient.
+                smtp.send(b'.\r\n')
+                smtp.getreply()
+            self._stage = 'MAIL FROM'
+            if mail_code != 250:
+                raise smtplib.SMTPResponseException(mail_code, mail_reply)
+            raise self._refused(refused)
+        if code != 354:
+            raise smtplib.SMTPResponseException(code, reply)
+        content = data
+        if content.startswith(b'.') or b'\n.' in content:
+            content = _LEADING_DOT.sub(b'..', content)
+        if not content.endswith(b'\r\n'):
+            content += b'\r\n'
+        smtp.send(content + b'.\r\n')
+        code, reply = smtp.getreply()
+        if code != 250:
+            raise smtplib.SMTPResponseException(code, reply)
         return refused
 
     def close(self) -> None:
@@ -375,6 +448,12 @@ class SMTPConnection:
                 f'{where} did not answer {stage} within {self.settings.timeout}s'
             )
         return TemporaryDeliveryError(f'cannot reach {where} ({stage}): {exc}')
+
+
+def _has_bare_cr_or_lf(data: bytes) -> bool:
+    # Three counts beat a look-behind search by an order of magnitude.
+    pairs = data.count(b'\r\n')
+    return data.count(b'\r') != pairs or data.count(b'\n') != pairs
 
 
 def _text(reply: bytes) -> str:

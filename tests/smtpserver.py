@@ -40,6 +40,9 @@ Options of :class:`SMTPTestServer` (all keyword-only):
     answer EHLO with 502, so clients must fall back to HELO (no extensions).
 ``smtputf8``
     advertise SMTPUTF8 (default ``True``).
+``pipelining``
+    advertise PIPELINING (default ``True``, as real relays do; aiosmtpd
+    reads pipelined commands in order either way).
 ``strict_crlf``
     refuse message data holding a bare CR or LF with ``554 5.6.11``.
 
@@ -150,6 +153,7 @@ class SMTPTestServer:
         auth_require_tls: bool = True,
         helo_only: bool = False,
         smtputf8: bool = True,
+        pipelining: bool = True,
         strict_crlf: bool = False,
         reply: dict[str, Any] | None = None,
         rcpt_reply: dict[str, Any] | None = None,
@@ -166,6 +170,7 @@ class SMTPTestServer:
         self.auth_require_tls = auth_require_tls
         self.helo_only = helo_only
         self.smtputf8 = smtputf8
+        self.pipelining = pipelining
         self.strict_crlf = strict_crlf
         self.reply: dict[str, Any] = dict(reply or {})
         self.rcpt_reply: dict[str, Any] = dict(rcpt_reply or {})
@@ -191,7 +196,10 @@ class SMTPTestServer:
         """Bind 127.0.0.1 on a free port and serve in a thread."""
         assert self._controller is None, 'already started'
         self._tmpdir = tempfile.mkdtemp(prefix='smtptest-')
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named, or asyncio leaves Nagle on for the accepted
+        # sockets: replies to pipelined commands would then wait 40 ms each
+        # for the client's delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.bind((HOST, 0))
             sock.listen(64)
@@ -425,6 +433,8 @@ class _Handler:
         session.host_name = hostname
         if not self.server.auth:
             responses = [r for r in responses if not r[4:].startswith('AUTH')]
+        if self.server.pipelining:
+            responses.insert(1, '250-PIPELINING')
         return responses
 
     async def handle_RCPT(self, smtp, session, envelope, address, rcpt_options):

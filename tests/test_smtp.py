@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from pathlib import Path
@@ -36,9 +37,14 @@ def _envelope(*recipients: str, sender: str = 'from@example.com') -> Envelope:
 
 
 class _Base:
+    #: Whether the servers made by ``self.make_server`` offer PIPELINING.
+    pipelining = True
+
     @pytest.fixture(autouse=True)
     def _fixtures(self, make_smtp_server, caplog, tmp_path):
-        self.make_server = make_smtp_server
+        self.make_server = functools.partial(
+            make_smtp_server, pipelining=self.pipelining
+        )
         self.caplog = caplog
         self.tmp_path = tmp_path
         caplog.set_level(logging.DEBUG)
@@ -86,6 +92,14 @@ class TestSMTPConnection(_Base):
         conn.send(_envelope(), b'Subject: x\n\nline one\rline two\r\n')
         [received] = server.wait_for(1)
         assert received.data == b'Subject: x\r\n\r\nline one\r\nline two\r\n'
+
+    def test_data_without_a_final_line_break_gets_one(self):
+        server = self.make_server(strict_crlf=True)
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn.send(_envelope(), DATA + b'no line break')
+        [received] = server.wait_for(1)
+        assert received.data == DATA + b'no line break\r\n'
 
     def test_strict_server_refuses_bare_lf(self):
         # The server's own check, which the test above relies on.
@@ -629,7 +643,37 @@ class TestSMTPConnection(_Base):
         assert info.value.code == 421
         assert info.value.recipients == {'a@example.com': (421, '4.3.2 shutting down')}
         assert not conn.alive
-        assert 'RCPT' not in [v for _, v, _ in server.commands[3:]]  # b not tried
+        verbs = [v for _, v, _ in server.commands if v not in ('EHLO', 'QUIT')]
+        assert verbs[:2] == ['MAIL', 'RCPT']
+        if self.pipelining:  # b and DATA went in the same write as a
+            assert set(verbs[2:]) <= {'RCPT', 'DATA'}
+        else:  # b not tried
+            assert verbs == ['MAIL', 'RCPT']
+
+    def test_421_on_mail_closes(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(reply={'MAIL': '421 4.3.2 closing'})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert info.value.code == 421
+        assert 'answered MAIL FROM with 421 4.3.2 closing' in str(info.value)
+        assert not conn.alive
+        assert server.messages == []
+
+    def test_line_break_in_an_envelope_address_is_permanent(self):
+        # Queue files are plain JSON: a hand-edited one must not inject commands.
+        from pyramid_txmail.smtp import PermanentDeliveryError
+
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(PermanentDeliveryError, match='holds a line break'):
+            conn.send(_envelope('a@example.com\r\nRSET'), DATA)
+        assert conn.alive
+        assert 'MAIL' not in [v for _, v, _ in server.commands]
 
     def test_5xx_after_data_is_permanent(self):
         from pyramid_txmail.smtp import PermanentDeliveryError
@@ -718,6 +762,49 @@ class TestSMTPConnection(_Base):
         )
         assert conn.alive
         assert 'MAIL' not in [v for _, v, _ in server.commands]
+
+
+class TestSMTPConnectionLockstep(TestSMTPConnection):
+    """Every case again with a relay that does not offer PIPELINING."""
+
+    pipelining = False
+
+
+class TestPipelining(_Base):
+    """What only a relay offering PIPELINING can do."""
+
+    def test_one_write_for_mail_rcpt_and_data(self):
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        writes = []
+        send = conn._smtp.send
+        conn._smtp.send = lambda data: (writes.append(data), send(data))[1]
+        conn.send(_envelope('a@example.com', 'b@example.com'), DATA)
+        assert writes[0] == (
+            b'MAIL FROM:<from@example.com> SIZE=153\r\n'
+            b'RCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n'
+        )
+        assert len(writes) == 2  # and the content
+        [received] = server.wait_for(1)
+        assert received.data == DATA
+
+    def test_data_accepted_after_a_refused_mail_stays_in_step(self):
+        # A relay answering DATA with 354 though MAIL failed gets a lone dot.
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(
+            reply={'MAIL': ['451 4.3.0 later'], 'DATA-COMMAND': ['354 go on']}
+        )
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError, match='MAIL FROM with 451'):
+            conn.send(_envelope(), DATA)
+        assert conn.alive
+        conn.send(_envelope('next@example.com'), DATA)
+        [received] = server.wait_for(1)
+        assert received.rcpt_tos == ['next@example.com']
+        assert server.connections == 1
 
 
 class TestSMTPTestServer(_Base):
