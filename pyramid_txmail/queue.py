@@ -26,8 +26,10 @@ import fcntl
 import json
 import logging
 import os
+import queue as _queue
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -100,11 +102,47 @@ def _unlock(fd: int) -> None:
     os.close(fd)
 
 
+class _Closer:
+    """Closes the descriptors of removed messages in a thread of its own.
+
+    Closing the last descriptor of a removed file is when the file system
+    frees it (about 70 µs on ext4, a quarter of a message's time in a
+    drain); the processor need not wait for that. The file has no name by
+    then, so nothing can find it and the moment its lock ends is moot.
+    """
+
+    def __init__(self) -> None:
+        # Bounded: a closer falling behind slows the caller down rather
+        # than letting descriptors pile up.
+        self._fds: _queue.Queue[int] = _queue.Queue(maxsize=256)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def close(self, fd: int) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name='pyramid_txmail-closer', daemon=True
+                )
+                self._thread.start()
+        self._fds.put(fd)
+
+    def _run(self) -> None:
+        while True:
+            _unlock(self._fds.get())
+
+
+_CLOSER = _Closer()
+
+
 def _close_inherited_locks() -> None:
+    global _CLOSER
     for fd in list(_LOCK_FDS):
         with contextlib.suppress(OSError):
             os.close(fd)
     _LOCK_FDS.clear()
+    # The parent's closer thread is not here; what it had queued is closed.
+    _CLOSER = _Closer()
 
 
 os.register_at_fork(after_in_child=_close_inherited_locks)
@@ -296,7 +334,7 @@ class MailQueue:
         locked = self._lock(path)
         if locked is None:
             return None
-        fd, _ = locked
+        fd, st = locked
         try:
             # Claimed mtime is what recovery compares with stale_after.
             now = self.clock()
@@ -308,7 +346,7 @@ class MailQueue:
                 return None  # removed by hand since we locked it
             raise
         try:
-            meta, data = _read(fd)
+            meta, data = _read(fd, st.st_size)
         except ValueError as exc:
             # Not a message we wrote, or damaged: keep it for a human.
             self._quarantine(mail_id, fd, exc)
@@ -480,10 +518,10 @@ class MailQueue:
             locked = self._lock(path)
             if locked is None:
                 continue  # another retry or purge took it
-            fd, _ = locked
+            fd, st = locked
             try:
                 try:
-                    meta, data = _read(fd)
+                    meta, data = _read(fd, st.st_size)
                 except ValueError:
                     # Unreadable: back unchanged; a claim will fail it again.
                     os.rename(path, self._p('new', mail_id))
@@ -561,12 +599,18 @@ def _parse(line: bytes) -> dict[str, Any]:
     return meta
 
 
-def _read(fd: int) -> tuple[dict[str, Any], bytes]:
-    """Metadata and message bytes of the open queue file ``fd``."""
-    with os.fdopen(os.dup(fd), 'rb') as f:
-        f.seek(0)
-        meta = _parse(f.readline())
-        return meta, f.read()
+def _read(fd: int, size: int) -> tuple[dict[str, Any], bytes]:
+    """Metadata and message bytes of the open queue file ``fd``.
+
+    ``size`` is what ``fstat`` said: one ``pread`` usually reads it all.
+    """
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, max(size - offset, 1 << 16), offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    line, _, data = b''.join(chunks).partition(b'\n')
+    return _parse(line), data
 
 
 class Claim:
@@ -633,9 +677,9 @@ class Claim:
         try:
             os.unlink(self._path)
         except OSError as exc:
-            raise QueueError(f'cannot remove {self._path}: {_cause(exc)}') from exc
-        finally:
             _unlock(fd)
+            raise QueueError(f'cannot remove {self._path}: {_cause(exc)}') from exc
+        _CLOSER.close(fd)
 
     def defer(
         self, error: str, due: float, recipients: Iterable[str] | None = None
