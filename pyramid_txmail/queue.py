@@ -129,7 +129,10 @@ class _Closer:
 
     def _run(self) -> None:
         while True:
-            _unlock(self._fds.get())
+            fd = self._fds.get()
+            # Never die: a dead closer would block every later done().
+            with contextlib.suppress(OSError):
+                _unlock(fd)
 
 
 _CLOSER = _Closer()

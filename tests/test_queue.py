@@ -14,6 +14,14 @@ from tests import make_mail
 from tests.crashkit import fill
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
@@ -490,6 +498,31 @@ class TestOutcomes(_Base):
             'failed': 0,
         }
         assert self._files('tmp') == []
+
+    def test_done_closes_the_descriptor_soon(self):
+        # Closed by the background closer: wait for it, within a bound.
+        import time
+
+        claim = self._claimed()
+        fd = claim._fd
+        claim.done()
+        deadline = time.monotonic() + 5
+        while _is_open(fd) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _is_open(fd)
+
+    def test_closer_survives_a_bad_descriptor(self):
+        import time
+
+        from pyramid_txmail import queue
+
+        fd = os.open(self.tmp_path, os.O_RDONLY)
+        queue._CLOSER.close(10_000)  # not open: EBADF, ignored
+        queue._CLOSER.close(fd)
+        deadline = time.monotonic() + 5
+        while _is_open(fd) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _is_open(fd)
 
     def test_defer(self):
         claim = self._claimed(('a@example.com', 'b@example.com'))
