@@ -36,12 +36,14 @@ docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 # Not part of `make test`: figures, not assertions. Installs Postfix for
-# smtp-sink/smtp-source and the peers (pyramid_mailer, repoze.sendmail) in
-# their own environment. `make bench BENCH_ARGS=--quick` for a short run.
+# smtp-sink/smtp-source, and the peers (pyramid_mailer, repoze.sendmail,
+# zope.sendmail) in their own environment.
+# `make bench BENCH_ARGS=--quick` for a short run.
 PEERS := tests/benchmarks/.peers-venv/bin/python
 $(PEERS):
 	$(PYTHON) -m venv tests/benchmarks/.peers-venv
-	$(PEERS) -m pip install --quiet pyramid_mailer==0.15.1 repoze.sendmail==4.5
+	$(PEERS) -m pip install --quiet pyramid_mailer==0.15.1 repoze.sendmail==4.5 \
+	  zope.sendmail==7.3
 
 bench: $(STAMP) $(PEERS)
 	[ -x /usr/sbin/smtp-sink ] || ($(SUDO) apt-get update -qq && \

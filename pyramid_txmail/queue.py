@@ -605,11 +605,12 @@ def _parse(line: bytes) -> dict[str, Any]:
 def _read(fd: int, size: int) -> tuple[dict[str, Any], bytes]:
     """Metadata and message bytes of the open queue file ``fd``.
 
-    ``size`` is what ``fstat`` said: one ``pread`` usually reads it all.
+    ``size`` is what ``fstat`` said (a queue file never changes once
+    written): one ``pread`` usually reads it all.
     """
     chunks = []
     offset = 0
-    while chunk := os.pread(fd, max(size - offset, 1 << 16), offset):
+    while offset < size and (chunk := os.pread(fd, size - offset, offset)):
         chunks.append(chunk)
         offset += len(chunk)
     line, _, data = b''.join(chunks).partition(b'\n')

@@ -137,6 +137,16 @@ def txmail_enqueue(n: int, port: int, work: str) -> float:
     return time.perf_counter() - start
 
 
+def txmail_enqueue_no_fsync(n: int, port: int, work: str) -> float:
+    """The same with fsync made a no-op: what durability costs here."""
+    saved = MailQueue._fsync
+    MailQueue._fsync = staticmethod(lambda fd: None)
+    try:
+        return txmail_enqueue(n, port, work)
+    finally:
+        MailQueue._fsync = saved
+
+
 def txmail_drain(n: int, port: int, work: str) -> float:
     txmail_enqueue(n, port, work)
     queue = MailQueue(os.path.join(work, 'q'))
@@ -216,9 +226,17 @@ FIGURES = [
     ('pyramid_mailer: send_to_queue + commit', peer('pm_queue'), None, None),
     ('repoze.sendmail: QueueProcessor drain', peer('rs_drain'), None, None),
     ('pyramid_mailer: direct send + commit', peer('pm_direct'), None, None),
+    ('zope.sendmail: enqueue + commit', peer('zs_queue'), None, None),
+    ('zope.sendmail: QueueProcessorThread drain', peer('zs_drain'), None, None),
     (
         'pyramid_txmail: enqueue + commit (fsync)',
         txmail_enqueue,
+        'pyramid_mailer: send_to_queue + commit',
+        None,
+    ),
+    (
+        'pyramid_txmail: enqueue + commit (fsync off)',
+        txmail_enqueue_no_fsync,
         'pyramid_mailer: send_to_queue + commit',
         None,
     ),
@@ -279,12 +297,27 @@ def scale_one_transaction(n: int, port: int, work: str) -> dict:
 
 
 def scale_big_queue(n: int, port: int, work: str) -> dict:
-    """A queue of n messages: time to the first delivery, drain rate."""
+    """A queue of n messages drained by a processor in a process of its own:
+    time to the first delivery, drain rate, the processor's peak RSS."""
     path = os.path.join(work, 'big')
     queue = MailQueue(path)
     mail = prepare(message(), message_id_domain='bench')
     ids = [queue.stage(mail) for _ in range(n)]
     queue.publish(ids)
+    out = subprocess.run(
+        [sys.executable, __file__, '--drain', path, str(port)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    return {'messages': n, **json.loads(out.stdout)}
+
+
+def drain(path: str, port: int) -> dict:
+    """One processor pass over the queue at ``path`` (the child's side)."""
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue = MailQueue(path)
     first = []
 
     def notify(events):
@@ -298,10 +331,13 @@ def scale_big_queue(n: int, port: int, work: str) -> dict:
     result = processor.run_once()
     seconds = time.perf_counter() - start
     return {
-        'messages': n,
         'sent': result.sent,
         'first_delivery_s': round(first[0] - start, 3) if first else None,
         'drain_msgs_per_s': round(result.sent / seconds, 1),
+        'processor_rss_mb_before': round(rss_before / 1024, 1),
+        'processor_peak_rss_mb': round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        ),
     }
 
 
@@ -309,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='a short run (< 2 min)')
     parser.add_argument('--json', metavar='PATH', help='write the figures here')
+    parser.add_argument('--drain', nargs=2, metavar=('QUEUE', 'PORT'), help='internal')
     args = parser.parse_args(argv)
+    if args.drain:
+        print(json.dumps(drain(args.drain[0], int(args.drain[1]))))
+        return 0
     n = 200 if args.quick else 2000
     repeats = 3
     have_peers = os.path.exists(PEERS_PY)

@@ -2,7 +2,10 @@
 
 ``python peers.py FIGURE N PORT WORKDIR`` prints the seconds taken as JSON.
 Figures: pm_queue (pyramid_mailer send_to_queue + commit), rs_drain
-(repoze.sendmail's QueueProcessor), pm_direct (pyramid_mailer send + commit).
+(repoze.sendmail's QueueProcessor), pm_direct (pyramid_mailer send + commit),
+zs_queue (zope.sendmail's QueuedMailDelivery, send + commit) and zs_drain
+(zope.sendmail's QueueProcessorThread, one pass). zope.sendmail is given the
+bytes pyramid_mailer builds for the same message.
 """
 
 import json
@@ -52,6 +55,30 @@ def main():
             transaction.commit()
         start = time.perf_counter()
         QueueProcessor(SMTPMailer('127.0.0.1', port), queue).send_messages()
+    elif figure in ('zs_queue', 'zs_drain'):
+        from zope.sendmail.delivery import QueuedMailDelivery
+
+        delivery = QueuedMailDelivery(os.path.join(workdir, 'zs-queue'))
+        for _ in range(n):
+            msg = message()
+            delivery.send(
+                msg.sender, msg.recipients, msg.to_message().as_string().encode()
+            )
+            transaction.commit()
+        if figure == 'zs_drain':
+            from zope.sendmail.mailer import SMTPMailer
+            from zope.sendmail.queue import QueueProcessorThread
+
+            processor = QueueProcessorThread()
+            processor.setQueuePath(delivery.queuePath)
+            processor.setMailer(SMTPMailer('127.0.0.1', port))
+            start = time.perf_counter()
+            processor.run(forever=False)  # one pass, in this thread
+            left = os.listdir(os.path.join(delivery.queuePath, 'new'))
+            if left:
+                raise SystemExit(f'zope.sendmail left {len(left)} messages')
+    else:
+        raise SystemExit(f'unknown figure {figure!r}')
     print(json.dumps({'seconds': time.perf_counter() - start}))
 
 
