@@ -21,16 +21,18 @@ Logger: ``pyramid_txmail.processor``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import random as _random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .events import MailEvent, MailFailed, MailSent
+from .message import Envelope
 from .queue import Claim, MailQueue
 from .settings import MailSettings
 from .smtp import (
@@ -122,6 +124,7 @@ class QueueProcessor:
         self._woken = False
         self._next_send = float('-inf')  # rate limit: earliest next message
         self._paused_until = float('-inf')  # after a configuration fault
+        self._halted = False
 
     def __repr__(self) -> str:
         return f'<QueueProcessor {self.queue.path}>'
@@ -189,41 +192,96 @@ class QueueProcessor:
             return result
         self.queue.recover(self.stale_after)
         self.queue.promote_due()
-        conn: SMTPConnection | None = None
-        on_conn = 0
+        ids = iter(self.queue.pending())
+        self._halted = False  # stopped during this pass: claim no more
+        # Claimed and offered to the relay, outcome not recorded yet. Leaving
+        # this method (a bug, an interrupt) releases them: back to new/,
+        # unchanged.
+        offered: dict[str, Claim] = {}
         try:
-            for mail_id in self.queue.pending():
-                if self._stopped or not self._throttle():
-                    break
-                claim = self.queue.claim(mail_id)
-                if claim is None:
-                    continue  # another processor has it, or it is gone
-                # Leaving this block without an outcome (a bug, an interrupt)
-                # releases the claim: back to new/, unchanged.
-                with claim:
-                    if conn is not None and (
-                        not conn.alive or on_conn >= self.settings.queue_batch
-                    ):
-                        conn.close()
-                        conn = None
+            while claim := self._next(ids):
+                offered[claim.id] = claim
+                conn = self._connect()
+                try:
                     try:
-                        if conn is None:
-                            conn, on_conn = self._connect(), 0
-                            conn.open()
-                        on_conn += 1
-                        refused = conn.send(claim.envelope, claim.data)
+                        conn.open()
                     except DeliveryError as exc:
-                        alive = conn is not None and conn.alive
-                        if not self._failed(claim, exc, alive, result):
-                            break
-                    else:
-                        self._sent(claim, refused, result)
+                        # Nothing was offered: the relay cannot be reached or
+                        # used now, and the pass ends.
+                        del offered[claim.id]
+                        self._failed(claim, exc, False, result)
+                        break
+                    if not self._send(conn, claim, ids, offered, result):
+                        break
+                finally:
+                    # A failing QUIT is ignored by close(): what was accepted
+                    # stays sent and is not sent again.
+                    conn.close()
+                self._release(offered)
         finally:
-            if conn is not None:
-                # A failing QUIT is ignored by close(): what was accepted
-                # stays sent and is not sent again.
-                conn.close()
+            self._release(offered)
         return result
+
+    def _release(self, offered: dict[str, Claim]) -> None:
+        """Messages read ahead whose session ended before they were answered:
+        not accepted, so back to new/ unchanged for the next pass."""
+        for claim in offered.values():
+            claim.release()
+        offered.clear()
+
+    def _next(self, ids: Iterator[str]) -> Claim | None:
+        """The next message to send, claimed now; None when none is left or
+        the processor is stopping."""
+        if self._halted:
+            return None
+        for mail_id in ids:
+            if self._stopped or not self._throttle():
+                self._halted = True
+                return None
+            claim = self.queue.claim(mail_id)
+            if claim is not None:  # else another processor has it, or it is gone
+                return claim
+        return None
+
+    def _send(
+        self,
+        conn: SMTPConnection,
+        first: Claim,
+        ids: Iterator[str],
+        offered: dict[str, Claim],
+        result: PassResult,
+    ) -> bool:
+        """Up to ``mail.queue_batch`` messages over ``conn``, each claimed just
+        before it goes; record each outcome. False ends the pass."""
+
+        def batch() -> Iterator[tuple[str, Envelope, bytes]]:
+            claim: Claim | None = first
+            count = 0
+            while claim is not None:
+                offered[claim.id] = claim
+                yield claim.id, claim.envelope, claim.data
+                count += 1
+                # Claim no more than this connection will take.
+                claim = self._next(ids) if count < batch_size else None
+
+        batch_size = self.settings.queue_batch
+
+        # Reading one message ahead would hold a message's content back
+        # while the rate limit waits for the next.
+        ahead = self.settings.queue_rate <= 0
+        with contextlib.closing(conn.send_many(batch(), ahead=ahead)) as outcomes:
+            for mail_id, outcome in outcomes:
+                claim = offered.pop(mail_id)
+                if isinstance(outcome, DeliveryError):
+                    if not self._failed(claim, outcome, conn.alive, result):
+                        return False
+                else:
+                    self._sent(claim, outcome, result)
+                if self._stopped:
+                    # The message read ahead, if any, is not finished: the
+                    # session is cut short and it goes back to new/.
+                    return False
+        return True
 
     def _throttle(self) -> bool:
         """Wait for ``mail.queue_rate``; False if stopped meanwhile."""

@@ -24,8 +24,9 @@ import logging
 import re
 import smtplib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
+from typing import TypeVar
 
 from pyramid_txmail.message import Envelope
 from pyramid_txmail.settings import MailSettings
@@ -42,6 +43,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Refusals = dict[str, tuple[int, str]]
+K = TypeVar('K')
 
 _ANY_EOL = re.compile(rb'\r\n|\r|\n')
 # RFC 5321, 4.5.2: a line of the content that starts with a dot gets another.
@@ -242,6 +244,55 @@ class SMTPConnection:
         smtp = self._smtp
         if smtp is None or smtp.sock is None:
             raise TemporaryDeliveryError(f'not connected to {self.where}')
+        if smtp.has_extn('pipelining'):
+            [(_, outcome)] = self._pipeline(smtp, [(None, envelope, data)], True)
+            if isinstance(outcome, DeliveryError):
+                raise outcome
+            return outcome
+        options, data = self._ready(smtp, envelope, data)
+        self._stage = 'MAIL FROM'
+        try:
+            refused = self._lockstep(smtp, envelope, options, data)
+        except DeliveryError as error:
+            self._recover(smtp, error)
+            raise
+        except (smtplib.SMTPException, OSError) as exc:
+            error = self._error(exc, self._stage, setup=False)
+            self._recover(smtp, error)
+            raise error from exc
+        self._accepted(envelope, refused)
+        return refused
+
+    def send_many(
+        self, messages: Iterable[tuple[K, Envelope, bytes]], *, ahead: bool = True
+    ) -> Iterator[tuple[K, Refusals | DeliveryError]]:
+        """Hand several messages to the relay, one after the other.
+
+        ``messages`` yields ``(key, envelope, data)``; this yields ``(key,
+        outcome)`` for each, the outcome being what :meth:`send` would return
+        or raise. With PIPELINING and ``ahead``, ``messages`` is read one
+        message ahead, so that the content of one message and the commands
+        of the next go in one write: one round trip per message. After a
+        failure that ends the session (``alive`` turns False) this stops; a
+        message read from ``messages`` but not yielded was never offered.
+        """
+        smtp = self._smtp
+        if smtp is not None and smtp.sock is not None and smtp.has_extn('pipelining'):
+            yield from self._pipeline(smtp, messages, ahead)
+            return
+        for key, envelope, data in messages:
+            try:
+                outcome: Refusals | DeliveryError = self.send(envelope, data)
+            except DeliveryError as error:
+                outcome = error
+            yield key, outcome
+            if not self.alive:
+                return
+
+    def _ready(
+        self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes
+    ) -> tuple[list[str], bytes]:
+        """MAIL FROM parameters and the data to send, or why it cannot go."""
         options = []
         if envelope.smtputf8:
             if not smtp.has_extn('smtputf8'):
@@ -266,19 +317,9 @@ class SMTPConnection:
             options.append('BODY=8BITMIME')
         if smtp.has_extn('size'):
             options.append(f'SIZE={len(data)}')
-        self._stage = 'MAIL FROM'
-        try:
-            if smtp.has_extn('pipelining'):
-                refused = self._pipelined(smtp, envelope, options, data)
-            else:
-                refused = self._lockstep(smtp, envelope, options, data)
-        except DeliveryError as error:
-            self._recover(smtp, error)
-            raise
-        except (smtplib.SMTPException, OSError) as exc:
-            error = self._error(exc, self._stage, setup=False)
-            self._recover(smtp, error)
-            raise error from exc
+        return options, data
+
+    def _accepted(self, envelope: Envelope, refused: Refusals) -> None:
         log.info(
             'relay %s accepted a message from %s for %d of %d recipient(s)',
             self.where,
@@ -288,7 +329,6 @@ class SMTPConnection:
         )
         if refused:
             log.info('relay %s refused %s', self.where, _describe(refused))
-        return refused
 
     def _lockstep(
         self, smtp: smtplib.SMTP, envelope: Envelope, options: list[str], data: bytes
@@ -313,22 +353,80 @@ class SMTPConnection:
             raise smtplib.SMTPResponseException(code, reply)
         return refused
 
-    def _pipelined(
-        self, smtp: smtplib.SMTP, envelope: Envelope, options: list[str], data: bytes
-    ) -> Refusals:
-        """MAIL, RCPTs and DATA in one write; then the content (RFC 2920).
+    def _pipeline(
+        self,
+        smtp: smtplib.SMTP,
+        messages: Iterable[tuple[K, Envelope, bytes]],
+        ahead: bool,
+    ) -> Iterator[tuple[K, Refusals | DeliveryError]]:
+        """RFC 2920: a message's MAIL, RCPTs and DATA in one write, its
+        content in the next, together with the next message's commands.
 
-        Every reply to the group is read, whatever the first ones were,
-        so that the session stays in step for the next message.
+        Every reply is read, whatever the earlier ones were, so that the
+        session stays in step for the next message.
         """
-        params = ''.join(f' {option}' for option in options)
-        lines = [
-            f'MAIL FROM:<{envelope.sender}>{params}',
-            *(f'RCPT TO:<{recipient}>' for recipient in envelope.recipients),
-            'DATA',
-        ]
-        encoding = 'utf-8' if envelope.smtputf8 else 'ascii'
-        smtp.send(''.join(f'{line}\r\n' for line in lines).encode(encoding))
+        try:
+            yield from self._pipeline_loop(smtp, iter(messages), ahead)
+        except GeneratorExit:
+            # The caller stopped listening, maybe with a message's commands
+            # on their way: cut the session (no QUIT, which the relay could
+            # take for content), so that the relay accepts nothing more.
+            smtp.close()
+            raise
+
+    def _pipeline_loop(
+        self,
+        smtp: smtplib.SMTP,
+        items: Iterator[tuple[K, Envelope, bytes]],
+        ahead: bool,
+    ) -> Iterator[tuple[K, Refusals | DeliveryError]]:
+        # A message whose DATA got 354: (key, envelope, refused, content).
+        open_data: tuple[K, Envelope, Refusals, bytes] | None = None
+        while True:
+            if open_data is not None and not ahead:
+                if not (yield from self._end_data(smtp, open_data, b'')):
+                    return
+                open_data = None
+            following = None
+            for key, envelope, data in items:
+                try:
+                    options, data = self._ready(smtp, envelope, data)
+                except DeliveryError as error:
+                    yield key, error  # nothing was written for it
+                    continue
+                following = (key, envelope, _commands(envelope, options), data)
+                break
+            commands = following[2] if following else b''
+            if open_data is not None:
+                if not (yield from self._end_data(smtp, open_data, commands)):
+                    return
+                open_data = None
+            elif following is not None:
+                try:
+                    self._stage = 'MAIL FROM'
+                    smtp.send(commands)
+                except (smtplib.SMTPException, OSError) as exc:
+                    yield following[0], self._failed(smtp, exc)
+                    return
+            if following is None:
+                return
+            key, envelope, _, data = following
+            try:
+                refused = self._start_data(smtp, envelope)
+            except DeliveryError as error:
+                self._recover(smtp, error)
+                yield key, error
+            except (smtplib.SMTPException, OSError) as exc:
+                yield key, self._failed(smtp, exc)
+            else:
+                open_data = (key, envelope, refused, _content(data))
+                continue
+            if not self.alive:
+                return
+
+    def _start_data(self, smtp: smtplib.SMTP, envelope: Envelope) -> Refusals:
+        """Read the replies to MAIL, the RCPTs and DATA; 354 or raise."""
+        self._stage = 'MAIL FROM'
         mail_code, mail_reply = smtp.getreply()
         if mail_code == 421:  # closing: nothing more will come
             raise smtplib.SMTPResponseException(mail_code, mail_reply)
@@ -354,16 +452,43 @@ class SMTPConnection:
             raise self._refused(refused)
         if code != 354:
             raise smtplib.SMTPResponseException(code, reply)
-        content = data
-        if content.startswith(b'.') or b'\n.' in content:
-            content = _LEADING_DOT.sub(b'..', content)
-        if not content.endswith(b'\r\n'):
-            content += b'\r\n'
-        smtp.send(content + b'.\r\n')
-        code, reply = smtp.getreply()
-        if code != 250:
-            raise smtplib.SMTPResponseException(code, reply)
         return refused
+
+    def _end_data(
+        self,
+        smtp: smtplib.SMTP,
+        open_data: tuple[K, Envelope, Refusals, bytes],
+        commands: bytes,
+    ) -> Generator[tuple[K, Refusals | DeliveryError], None, bool]:
+        """Write the content (and the next message's ``commands``), read the
+        reply to the content, yield the outcome; False if the session ended.
+        """
+        key, envelope, refused, content = open_data
+        self._stage = 'DATA'
+        try:
+            smtp.send(content + commands)
+            code, reply = smtp.getreply()
+            if code != 250:
+                raise smtplib.SMTPResponseException(code, reply)
+        except (smtplib.SMTPException, OSError) as exc:
+            # No RSET: the end of the content ended the mail transaction,
+            # and the next message's commands may already be on their way.
+            error = self._error(exc, 'DATA', setup=False)
+            error.__cause__ = exc
+            if error.code == 421:
+                smtp.close()
+            log.debug('%s', error)
+            yield key, error
+            return self.alive
+        self._accepted(envelope, refused)
+        yield key, refused
+        return True
+
+    def _failed(self, smtp: smtplib.SMTP, exc: Exception) -> DeliveryError:
+        error = self._error(exc, self._stage, setup=False)
+        error.__cause__ = exc
+        self._recover(smtp, error)
+        return error
 
     def close(self) -> None:
         """Say QUIT and close. Errors are ignored: what was sent was sent."""
@@ -448,6 +573,27 @@ class SMTPConnection:
                 f'{where} did not answer {stage} within {self.settings.timeout}s'
             )
         return TemporaryDeliveryError(f'cannot reach {where} ({stage}): {exc}')
+
+
+def _commands(envelope: Envelope, options: list[str]) -> bytes:
+    """MAIL, RCPT for each recipient and DATA, as one pipelined group."""
+    params = ''.join(f' {option}' for option in options)
+    lines = [
+        f'MAIL FROM:<{envelope.sender}>{params}',
+        *(f'RCPT TO:<{recipient}>' for recipient in envelope.recipients),
+        'DATA',
+    ]
+    encoding = 'utf-8' if envelope.smtputf8 else 'ascii'
+    return ''.join(f'{line}\r\n' for line in lines).encode(encoding)
+
+
+def _content(data: bytes) -> bytes:
+    """The message as sent after DATA: dot-stuffed, ended by a lone dot."""
+    if data.startswith(b'.') or b'\n.' in data:
+        data = _LEADING_DOT.sub(b'..', data)
+    if not data.endswith(b'\r\n'):
+        data += b'\r\n'
+    return data + b'.\r\n'
 
 
 def _has_bare_cr_or_lf(data: bytes) -> bool:

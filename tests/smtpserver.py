@@ -65,6 +65,9 @@ first MAIL only.
     close the connection without a reply at that stage: any key of
     ``reply``. At ``'DATA'`` the content has been received but is not
     recorded; at ``'QUIT'`` the message was already accepted.
+``close_after='DATA'``
+    close the connection after a ``reply`` fault for that key was sent (a
+    relay that refuses and hangs up).
 ``delay={'DATA': 2.0}``
     wait that many seconds before handling the stage (same keys as
     ``reply``; ``'DATA'`` delays the final reply) to provoke client
@@ -158,6 +161,7 @@ class SMTPTestServer:
         reply: dict[str, Any] | None = None,
         rcpt_reply: dict[str, Any] | None = None,
         drop_at: str | None = None,
+        close_after: str | None = None,
         delay: dict[str, Any] | None = None,
     ):
         if tls not in (None, 'starttls', 'implicit'):
@@ -175,6 +179,7 @@ class SMTPTestServer:
         self.reply: dict[str, Any] = dict(reply or {})
         self.rcpt_reply: dict[str, Any] = dict(rcpt_reply or {})
         self.drop_at = drop_at
+        self.close_after = close_after
         self.delay: dict[str, Any] = dict(delay or {})
 
         self.host = HOST
@@ -505,7 +510,11 @@ class _Session(SMTP):
                 await method(arg)
                 return
             await self.push(reply)
-            if verb == 'QUIT' or reply.startswith('421'):
+            if (
+                verb == 'QUIT'
+                or reply.startswith('421')
+                or key == self.server.close_after
+            ):
                 self.transport.close()
 
         return command
@@ -525,6 +534,9 @@ class _Session(SMTP):
         """The reply to the end of the message content."""
         reply = await self._fault('DATA')
         if reply is not None:
+            if self.server.close_after == 'DATA':
+                # After aiosmtpd has written the reply we return.
+                self.loop.call_soon(self.transport.close)
             return reply
         data = envelope.original_content
         if self.server.strict_crlf and _BARE_CR_OR_LF.search(data):

@@ -297,13 +297,32 @@ class TestQueueProcessor(_Base):
         assert (result.deferred, result.sent) == (1, 0)
         assert self.queue.pending() == others
 
-    def test_permanent_failure_w_dead_connection_goes_on(self):
-        # The relay refuses the first message, then drops the session.
-        server = self.make_server(reply={'DATA': ['554 5.7.1 no']}, drop_at='RSET')
+    def test_permanent_failure_w_dead_connection(self):
+        # The relay refuses the first message and hangs up. The second one's
+        # commands went with the first one's content: its session died in
+        # its exchange, which defers it, as a dropped MAIL does.
+        server = self.make_server(reply={'DATA': ['554 5.7.1 no']}, close_after='DATA')
+        fill(self.queue, 2)
+        result = self._makeOne(server).run_once()
+        assert (result.failed, result.sent, result.deferred) == (1, 0, 1)
+        assert server.connections == 1
+
+    def test_permanent_failure_w_dead_connection_goes_on_in_lock_step(self):
+        server = self.make_server(
+            reply={'DATA': ['554 5.7.1 no']}, drop_at='RSET', pipelining=False
+        )
         fill(self.queue, 2)
         result = self._makeOne(server).run_once()
         assert (result.failed, result.sent) == (1, 1)
         assert server.connections == 2
+
+    def test_message_read_ahead_is_released_when_the_pass_stops(self):
+        server = self.make_server(reply={'DATA': ['421 4.3.2 bye']})
+        _, second = fill(self.queue, 2)
+        result = self._makeOne(server).run_once()
+        assert (result.deferred, result.sent) == (1, 0)
+        assert self.queue.pending() == [second]
+        assert _meta(self.queue, 'new', second)['attempts'] == 0
 
     def test_too_old_fails_for_good(self):
         server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})

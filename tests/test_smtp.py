@@ -764,6 +764,108 @@ class TestSMTPConnection(_Base):
         assert 'MAIL' not in [v for _, v, _ in server.commands]
 
 
+class TestSendMany(_Base):
+    """Several messages over one session, one round trip each."""
+
+    def _spy(self, conn):
+        writes = []
+        send = conn._smtp.send
+        conn._smtp.send = lambda data: (writes.append(data), send(data))[1]
+        return writes
+
+    def _messages(self, *recipients):
+        return [(r, _envelope(r), DATA) for r in recipients]
+
+    def test_content_goes_with_the_next_commands(self):
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        writes = self._spy(conn)
+        outcomes = list(
+            conn.send_many(self._messages('a@example.com', 'b@example.com'))
+        )
+        assert outcomes == [('a@example.com', {}), ('b@example.com', {})]
+        assert len(writes) == 3
+        assert writes[1].startswith(DATA.replace(b'\r\n.', b'\r\n..'))
+        assert writes[1].endswith(b'RCPT TO:<b@example.com>\r\nDATA\r\n')
+        assert [m.rcpt_tos for m in server.wait_for(2)] == [
+            ['a@example.com'],
+            ['b@example.com'],
+        ]
+
+    def test_without_reading_ahead(self):
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        writes = self._spy(conn)
+        messages = self._messages('a@example.com', 'b@example.com')
+        assert len(list(conn.send_many(messages, ahead=False))) == 2
+        assert len(writes) == 4
+        assert len(server.wait_for(2)) == 2
+
+    def test_a_message_that_cannot_go_does_not_stop_the_others(self):
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        outcomes = list(
+            conn.send_many(self._messages('bad\n@example.com', 'b@example.com'))
+        )
+        assert 'line break' in str(outcomes[0][1])
+        assert outcomes[1] == ('b@example.com', {})
+
+    def test_stops_when_the_session_dies(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(drop_at='DATA')
+        conn = self._makeOne(server.settings())
+        conn.open()
+        messages = self._messages('a@example.com', 'b@example.com')
+        [(key, error)] = conn.send_many(messages, ahead=False)
+        assert key == 'a@example.com'
+        assert isinstance(error, TemporaryDeliveryError)
+        assert not conn.alive
+
+    def test_a_failed_write_ends_the_session(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        conn._smtp.sock.shutdown(socket.SHUT_WR)  # our side can write no more
+        [(_, error)] = conn.send_many(self._messages('a@example.com'))
+        assert isinstance(error, TemporaryDeliveryError)
+        assert not conn.alive
+
+    def test_leaving_early_cuts_the_session(self):
+        # The second message's commands went with the first's content; the
+        # relay must not be left able to accept it.
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        outcomes = conn.send_many(self._messages('a@example.com', 'b@example.com'))
+        assert next(outcomes) == ('a@example.com', {})
+        outcomes.close()
+        assert not conn.alive
+        assert [m.rcpt_tos for m in server.wait_for(1)] == [['a@example.com']]
+
+    def test_lock_step_relay(self):
+        server = self.make_server(pipelining=False)
+        conn = self._makeOne(server.settings())
+        conn.open()
+        messages = self._messages('a@example.com', 'b@example.com')
+        assert list(conn.send_many(messages)) == [
+            ('a@example.com', {}),
+            ('b@example.com', {}),
+        ]
+
+    def test_lock_step_relay_that_dies(self):
+        server = self.make_server(pipelining=False, drop_at='DATA')
+        conn = self._makeOne(server.settings())
+        conn.open()
+        messages = self._messages('a@example.com', 'b@example.com')
+        assert [key for key, _ in conn.send_many(messages)] == ['a@example.com']
+
+
 class TestSMTPConnectionLockstep(TestSMTPConnection):
     """Every case again with a relay that does not offer PIPELINING."""
 
