@@ -13,6 +13,7 @@ whose ``finish``/``abort``/``after_commit`` the data manager calls (see
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -76,43 +77,57 @@ class DirectDelivery:
         return PendingMail(after_commit=lambda: self.deliver(mails))
 
     def deliver(self, mails: Sequence[PreparedMail]) -> None:
-        """Send ``mails`` over as few connections as failures allow."""
+        """Send ``mails`` over as few connections as failures allow.
+
+        Over one connection they are pipelined (see
+        :meth:`SMTPConnection.send_many`): one round trip per message while
+        the request waits. A session that dies takes only the message it was
+        sending; the rest go over a new one.
+        """
         events: list[MailEvent] = []
-        conn: SMTPConnection | None = None
-        unreachable: DeliveryError | None = None
-        try:
-            for mail in mails:
-                try:
-                    if unreachable is not None:
-                        raise unreachable
-                    if conn is None or not conn.alive:
-                        if conn is not None:
-                            conn.close()
-                        conn = self.connect()
-                        try:
-                            conn.open()
-                        except DeliveryError as exc:
-                            # The relay is down or refuses us: trying again for
-                            # every message would only multiply the timeouts.
-                            conn = None
-                            unreachable = exc
-                            raise
-                    refused = conn.send(mail.envelope, mail.data)
-                except DeliveryError as exc:
-                    log.error('mail %s not sent: %s', mail.message_id, exc)
-                    events.append(MailFailed(mail.message_id, mail.data, exc, True))
-                else:
-                    if refused:
-                        log.warning(
-                            'mail %s refused for %s',
-                            mail.message_id,
-                            ', '.join(sorted(refused)),
-                        )
-                    events.append(MailSent(mail.message_id, mail.data, refused))
-        finally:
-            if conn is not None:
+        unsent = collections.deque(mails)
+        while unsent:
+            conn = self.connect()
+            try:
+                conn.open()
+            except DeliveryError as exc:
+                # The relay is down or refuses us: trying again for every
+                # message would only multiply the timeouts.
+                for mail in unsent:
+                    self._failed(mail, exc, events)
+                break
+            try:
+                # In order, and never more outcomes than messages: each one
+                # is the leftmost unsent message's.
+                outcomes = conn.send_many([(m, m.envelope, m.data) for m in unsent])
+                for mail, outcome in outcomes:
+                    unsent.popleft()
+                    if isinstance(outcome, DeliveryError):
+                        self._failed(mail, outcome, events)
+                    else:
+                        self._sent(mail, outcome, events)
+            finally:
                 conn.close()
         self.notify(events)
+
+    @staticmethod
+    def _failed(
+        mail: PreparedMail, exc: DeliveryError, events: list[MailEvent]
+    ) -> None:
+        log.error('mail %s not sent: %s', mail.message_id, exc)
+        events.append(MailFailed(mail.message_id, mail.data, exc, True))
+
+    @staticmethod
+    def _sent(
+        mail: PreparedMail,
+        refused: dict[str, tuple[int, str]],
+        events: list[MailEvent],
+    ) -> None:
+        if refused:
+            log.warning(
+                'mail %s refused for %s', mail.message_id, ', '.join(sorted(refused))
+            )
+        events.append(MailSent(mail.message_id, mail.data, refused))
 
     def send_now(self, mail: PreparedMail) -> dict[str, tuple[int, str]]:
         conn = self.connect()

@@ -88,6 +88,23 @@ class TestDirectDelivery:
         assert [type(e) for e in events] == [MailFailed, MailSent]
         assert server.connections == 2
 
+    def test_session_closed_midway_sends_the_rest_over_a_new_one(
+        self, make_smtp_server
+    ):
+        # The third message's commands went with the second one's content;
+        # the relay closing after that content must not lose the third.
+        server = make_smtp_server(reply={'DATA': [None, '421 4.3.2 closing']})
+        events = []
+        delivery = self._makeOne(settings_for(server), events)
+        delivery.deliver([make_mail(1), make_mail(2), make_mail(3)])
+        assert [r.message['Message-ID'] for r in server.wait_for(2)] == [
+            '<1@test>',
+            '<3@test>',
+        ]
+        assert [type(e) for e in events] == [MailSent, MailFailed, MailSent]
+        assert events[1].error.code == 421
+        assert server.connections == 2
+
     def test_partial_refusal_reported_on_mail_sent(self, make_smtp_server, caplog):
         server = make_smtp_server(rcpt_reply={'bad@example.com': '550 5.1.1 unknown'})
         events = []

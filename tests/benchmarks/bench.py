@@ -9,9 +9,9 @@ Each figure is repeated three times; the table shows messages per second.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import resource
 import shutil
 import smtplib
 import socket
@@ -83,6 +83,25 @@ class Sink:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def memory_mb() -> tuple[float, float]:
+    """This process's resident memory now and at its peak, in MB (Linux).
+
+    ``VmHWM`` rather than ``getrusage``'s ``ru_maxrss``: the latter is
+    carried over a fork and exec (a child would report its parent's peak)
+    and cannot be reset.
+    """
+    with open('/proc/self/status') as f:
+        status = dict(line.split(':', 1) for line in f)
+    rss, peak = (int(status[key].split()[0]) / 1024 for key in ('VmRSS', 'VmHWM'))
+    return round(rss, 1), round(peak, 1)
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak (``VmHWM``) from the current resident size."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
 
 
 def settings(port: int, **kw: object) -> MailSettings:
@@ -263,7 +282,8 @@ FIGURES = [
 
 
 def scale_one_transaction(n: int, port: int, work: str) -> dict:
-    """n messages in one queued transaction: most open fds and peak RSS."""
+    """n messages in one queued transaction: most open fds; resident memory
+    before, at the peak, and its growth per message held."""
     tm = transaction.TransactionManager(explicit=True)
     mailer = Mailer.from_settings(
         settings(port, delivery='queued', queue_path=os.path.join(work, 'scale'))
@@ -278,6 +298,9 @@ def scale_one_transaction(n: int, port: int, work: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     before = most[0]
+    gc.collect()
+    reset_peak_memory()
+    rss_before, _ = memory_mb()
     start = time.perf_counter()
     with tm:
         for _ in range(n):
@@ -285,14 +308,15 @@ def scale_one_transaction(n: int, port: int, work: str) -> dict:
     seconds = time.perf_counter() - start
     stop.set()
     sampler.join()
+    _, peak = memory_mb()
     return {
         'messages': n,
         'seconds': round(seconds, 2),
         'open_fds_before': before,
         'open_fds_most': max(most),
-        'peak_rss_mb': round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-        ),
+        'rss_mb_before': rss_before,
+        'peak_rss_mb': peak,
+        'kb_per_message': round((peak - rss_before) * 1024 / n, 1),
     }
 
 
@@ -316,7 +340,7 @@ def scale_big_queue(n: int, port: int, work: str) -> dict:
 
 def drain(path: str, port: int) -> dict:
     """One processor pass over the queue at ``path`` (the child's side)."""
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before, _ = memory_mb()
     queue = MailQueue(path)
     first = []
 
@@ -334,10 +358,8 @@ def drain(path: str, port: int) -> dict:
         'sent': result.sent,
         'first_delivery_s': round(first[0] - start, 3) if first else None,
         'drain_msgs_per_s': round(result.sent / seconds, 1),
-        'processor_rss_mb_before': round(rss_before / 1024, 1),
-        'processor_peak_rss_mb': round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-        ),
+        'processor_rss_mb_before': rss_before,
+        'processor_peak_rss_mb': memory_mb()[1],
     }
 
 
