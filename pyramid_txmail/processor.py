@@ -181,9 +181,10 @@ class QueueProcessor:
         """Send what is due now; return what happened.
 
         Recovers claims of dead processors, promotes deferred messages whose
-        time has come, then claims and sends queued messages one at a time, at
-        most ``mail.queue_batch`` per SMTP connection and ``mail.queue_rate``
-        per second. Stops early when :meth:`stop` is called (after the current
+        time has come, then claims and sends queued messages, each claimed
+        just before it goes (one ahead while pipelining), at most
+        ``mail.queue_batch`` per SMTP connection and ``mail.queue_rate`` per
+        second. Stops early when :meth:`stop` is called (after the current
         message), when the relay cannot be reached, or on a configuration
         fault.
         """
