@@ -270,11 +270,12 @@ class SMTPConnection:
 
         ``messages`` yields ``(key, envelope, data)``; this yields ``(key,
         outcome)`` for each, the outcome being what :meth:`send` would return
-        or raise. With PIPELINING and ``ahead``, ``messages`` is read one
-        message ahead, so that the content of one message and the commands
-        of the next go in one write: one round trip per message. After a
-        failure that ends the session (``alive`` turns False) this stops; a
-        message read from ``messages`` but not yielded was never offered.
+        or raise, in the order of ``messages``. With PIPELINING and
+        ``ahead``, ``messages`` is read one message ahead, so that the
+        content of one message and the commands of the next go in one write:
+        one round trip per message. After a failure that ends the session
+        (``alive`` turns False) this stops; a message read from ``messages``
+        but not yielded was never given to the relay.
         """
         smtp = self._smtp
         if smtp is not None and smtp.sock is not None and smtp.has_extn('pipelining'):
@@ -380,35 +381,31 @@ class SMTPConnection:
         items: Iterator[tuple[K, Envelope, bytes]],
         ahead: bool,
     ) -> Iterator[tuple[K, Refusals | DeliveryError]]:
-        # A message whose DATA got 354: (key, envelope, refused, content).
+        # The message whose DATA got 354, its content not written yet:
+        # (key, envelope, refused, content).
         open_data: tuple[K, Envelope, Refusals, bytes] | None = None
         while True:
             if open_data is not None and not ahead:
                 if not (yield from self._end_data(smtp, open_data, b'')):
                     return
                 open_data = None
-            following = None
-            for key, envelope, data in items:
-                try:
-                    options, data = self._ready(smtp, envelope, data)
-                except DeliveryError as error:
-                    yield key, error  # nothing was written for it
-                    continue
-                following = (key, envelope, _commands(envelope, options), data)
-                break
+            following, cannot_go = self._read_next(smtp, items)
             commands = following[2] if following else b''
+            alive = True
             if open_data is not None:
-                if not (yield from self._end_data(smtp, open_data, commands)):
-                    return
+                alive = yield from self._end_data(smtp, open_data, commands)
                 open_data = None
             elif following is not None:
                 try:
                     self._stage = 'MAIL FROM'
                     smtp.send(commands)
                 except (smtplib.SMTPException, OSError) as exc:
+                    yield from cannot_go
                     yield following[0], self._failed(smtp, exc)
                     return
-            if following is None:
+            # In their turn: after the message read before them.
+            yield from cannot_go
+            if following is None or not alive:
                 return
             key, envelope, _, data = following
             try:
@@ -423,6 +420,22 @@ class SMTPConnection:
                 continue
             if not self.alive:
                 return
+
+    def _read_next(
+        self, smtp: smtplib.SMTP, items: Iterator[tuple[K, Envelope, bytes]]
+    ) -> tuple[tuple[K, Envelope, bytes, bytes] | None, list[tuple[K, DeliveryError]]]:
+        """The next message that can go, as ``(key, envelope, commands,
+        data)``, and those read before it that cannot go at all (nothing is
+        written for them)."""
+        cannot_go: list[tuple[K, DeliveryError]] = []
+        for key, envelope, data in items:
+            try:
+                options, data = self._ready(smtp, envelope, data)
+            except DeliveryError as error:
+                cannot_go.append((key, error))
+                continue
+            return (key, envelope, _commands(envelope, options), data), cannot_go
+        return None, cannot_go
 
     def _start_data(self, smtp: smtplib.SMTP, envelope: Envelope) -> Refusals:
         """Read the replies to MAIL, the RCPTs and DATA; 354 or raise."""

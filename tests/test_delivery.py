@@ -88,6 +88,26 @@ class TestDirectDelivery:
         assert [type(e) for e in events] == [MailFailed, MailSent]
         assert server.connections == 2
 
+    def test_events_name_their_own_message(self, make_smtp_server):
+        # The second message cannot go at all (SMTPUTF8 is not offered); it
+        # is refused before the first message's content is written.
+        server = make_smtp_server(smtputf8=False)
+        events = []
+        delivery = self._makeOne(settings_for(server), events)
+        delivery.deliver(
+            [make_mail(1), make_mail(2, ('jörg@example.com',)), make_mail(3)]
+        )
+        assert [r.message['Message-ID'] for r in server.wait_for(2)] == [
+            '<1@test>',
+            '<3@test>',
+        ]
+        assert [(type(e), e.message_id) for e in events] == [
+            (MailSent, '<1@test>'),
+            (MailFailed, '<2@test>'),
+            (MailSent, '<3@test>'),
+        ]
+        assert 'SMTPUTF8' in str(events[1].error)
+
     def test_session_closed_midway_sends_the_rest_over_a_new_one(
         self, make_smtp_server
     ):

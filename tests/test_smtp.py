@@ -813,6 +813,20 @@ class TestSendMany(_Base):
         assert 'line break' in str(outcomes[0][1])
         assert outcomes[1] == ('b@example.com', {})
 
+    def test_outcomes_come_in_order(self):
+        # The middle message cannot go at all; it is answered after the one
+        # before it, whose content was still to be written.
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        messages = self._messages('a@example.com', 'bad\n@example.com', 'c@example.com')
+        outcomes = list(conn.send_many(messages))
+        assert [key for key, _ in outcomes] == [key for key, _, _ in messages]
+        assert [m.rcpt_tos for m in server.wait_for(2)] == [
+            ['a@example.com'],
+            ['c@example.com'],
+        ]
+
     def test_stops_when_the_session_dies(self):
         from pyramid_txmail.smtp import TemporaryDeliveryError
 
