@@ -12,6 +12,7 @@ import argparse
 import gc
 import json
 import os
+import platform
 import shutil
 import smtplib
 import socket
@@ -281,6 +282,68 @@ FIGURES = [
 ]
 
 
+# (target, figure, compared with, least ratio): issue #5's targets, as ratios
+# within one run.
+TARGETS = [
+    (
+        'drain >= 5x repoze.sendmail QueueProcessor',
+        'pyramid_txmail: processor drain',
+        'repoze.sendmail: QueueProcessor drain',
+        5.0,
+    ),
+    (
+        'drain >= 0.7x bare smtplib loop',
+        'pyramid_txmail: processor drain',
+        'ceiling: bare smtplib, one connection',
+        0.7,
+    ),
+    (
+        'enqueue + commit (fsync) >= 1x pyramid_mailer',
+        'pyramid_txmail: enqueue + commit (fsync)',
+        'pyramid_mailer: send_to_queue + commit',
+        1.0,
+    ),
+    (
+        'direct send + commit >= 1x pyramid_mailer',
+        'pyramid_txmail: direct send + commit',
+        'pyramid_mailer: direct send + commit',
+        1.0,
+    ),
+]
+
+
+def ratio(results: dict[str, dict], name: str, versus: str | None) -> float | None:
+    """``name``'s median over ``versus``'s, when both were measured."""
+    if name not in results or versus not in results:
+        return None
+    return round(results[name]['median'] / results[versus]['median'], 2)
+
+
+def times(value: float | None) -> str:
+    return '' if value is None else f'{value:.2f}x'
+
+
+def check_targets(results: dict[str, dict], scale: dict) -> list[dict]:
+    """Each target with its ratio in this run and whether it is met (None:
+    not measured, e.g. without the peers)."""
+    checked = []
+    for target, name, versus, least in TARGETS:
+        value = ratio(results, name, versus)
+        met = None if value is None else value >= least
+        checked.append({'target': target, 'ratio': value, 'met': met})
+    one = scale['one_transaction']
+    # Flat: the descriptor of the message being written, nothing per message.
+    flat = one['open_fds_most'] - one['open_fds_before'] <= 1
+    checked.append(
+        {
+            'target': f'{one["messages"]:,} messages in one transaction: fds flat',
+            'ratio': None,
+            'met': flat,
+        }
+    )
+    return checked
+
+
 def scale_one_transaction(n: int, port: int, work: str) -> dict:
     """n messages in one queued transaction: most open fds; resident memory
     before, at the peak, and its growth per message held."""
@@ -416,26 +479,32 @@ def main(argv: list[str] | None = None) -> int:
         if name not in results:
             continue
         r = results[name]
-        vs_peer = (
-            f'{r["median"] / results[peer_name]["median"]:.2f}x'
-            if peer_name in results
-            else ''
+        r.update(
+            vs_peer=ratio(results, name, peer_name),
+            vs_ceiling=ratio(results, name, ceiling),
         )
-        vs_ceiling = (
-            f'{r["median"] / results[ceiling]["median"]:.2f}x'
-            if ceiling in results
-            else ''
-        )
-        r.update(vs_peer=vs_peer, vs_ceiling=vs_ceiling)
         print(
             f'{name:<45} {r["median"]:>8.0f} {r["min"]:>8.0f} {r["max"]:>8.0f} '
-            f'{vs_peer:>8} {vs_ceiling:>10}'
+            f'{times(r["vs_peer"]):>8} {times(r["vs_ceiling"]):>10}'
         )
     print('\nscale:', json.dumps(scale))
+    targets = check_targets(results, scale)
+    print('\ntargets:')
+    for target in targets:
+        verdict = {True: 'met', False: 'NOT MET', None: 'not measured'}[target['met']]
+        print(f'  {target["target"]:<55} {times(target["ratio"]):>8}  {verdict}')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(
-                {'messages_per_figure': n, 'figures': results, 'scale': scale},
+                {
+                    'date': time.strftime('%Y-%m-%d'),
+                    'python': platform.python_version(),
+                    'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
+                    'messages_per_figure': n,
+                    'figures': results,
+                    'scale': scale,
+                    'targets': targets,
+                },
                 f,
                 indent=2,
             )
