@@ -86,6 +86,7 @@ class DirectDelivery:
         """
         events: list[MailEvent] = []
         unsent = collections.deque(mails)
+        # Ends: every session answers at least its first message.
         while unsent:
             conn = self.connect()
             try:
