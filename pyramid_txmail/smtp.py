@@ -275,7 +275,8 @@ class SMTPConnection:
         content of one message and the commands of the next go in one write:
         one round trip per message. After a failure that ends the session
         (``alive`` turns False) this stops; a message read from ``messages``
-        but not yielded was never given to the relay.
+        but not yielded cannot have been accepted: its content was never
+        sent, and the session that had its commands is gone.
         """
         smtp = self._smtp
         if smtp is not None and smtp.sock is not None and smtp.has_extn('pipelining'):
