@@ -195,9 +195,10 @@ class QueueProcessor:
         self.queue.promote_due()
         ids = iter(self.queue.pending())
         self._halted = False  # stopped during this pass: claim no more
-        # Claimed and offered to the relay, outcome not recorded yet. Leaving
-        # this method (a bug, an interrupt) releases them: back to new/,
-        # unchanged.
+        # Claimed, outcome not recorded yet: a message read ahead by a session
+        # that ended first, or any message when a bug or an interrupt leaves
+        # this method. At the end of the pass they go back to new/,
+        # unchanged (this pass's listing has moved past them).
         offered: dict[str, Claim] = {}
         try:
             while claim := self._next(ids):
@@ -218,14 +219,12 @@ class QueueProcessor:
                     # A failing QUIT is ignored by close(): what was accepted
                     # stays sent and is not sent again.
                     conn.close()
-                self._release(offered)
         finally:
             self._release(offered)
         return result
 
     def _release(self, offered: dict[str, Claim]) -> None:
-        """Messages read ahead whose session ended before they were answered:
-        not accepted, so back to new/ unchanged for the next pass."""
+        """Claims without an outcome: never accepted, so back to new/."""
         for claim in offered.values():
             claim.release()
         offered.clear()
@@ -259,11 +258,12 @@ class QueueProcessor:
             claim: Claim | None = first
             count = 0
             while claim is not None:
-                offered[claim.id] = claim
                 yield claim.id, claim.envelope, claim.data
                 count += 1
                 # Claim no more than this connection will take.
                 claim = self._next(ids) if count < batch_size else None
+                if claim is not None:
+                    offered[claim.id] = claim
 
         batch_size = self.settings.queue_batch
 

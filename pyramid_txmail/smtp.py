@@ -257,9 +257,7 @@ class SMTPConnection:
             self._recover(smtp, error)
             raise
         except (smtplib.SMTPException, OSError) as exc:
-            error = self._error(exc, self._stage, setup=False)
-            self._recover(smtp, error)
-            raise error from exc
+            raise self._failed(smtp, exc) from exc
         self._accepted(envelope, refused)
         return refused
 
@@ -499,6 +497,7 @@ class SMTPConnection:
         return True
 
     def _failed(self, smtp: smtplib.SMTP, exc: Exception) -> DeliveryError:
+        """The DeliveryError for ``exc``, the session recovered or closed."""
         error = self._error(exc, self._stage, setup=False)
         error.__cause__ = exc
         self._recover(smtp, error)
