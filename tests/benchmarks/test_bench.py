@@ -110,3 +110,23 @@ def test_descriptors_growing_per_message_are_not_flat():
     }
     [*_, flat] = bench.check_targets({}, scale)
     assert flat['met'] is False
+
+
+def test_targets_name_figures_the_benchmark_measures():
+    # A misspelt name would leave its target "not measured" in every run.
+    names = {name for name, *_ in bench.FIGURES}
+    for _, figure, versus, _ in bench.TARGETS:
+        assert {figure, versus} <= names
+
+
+def test_a_ratio_just_under_the_target_is_not_met():
+    results = {
+        'pyramid_txmail: direct send + commit': {'median': 996.0},
+        'pyramid_mailer: direct send + commit': {'median': 1000.0},
+    }
+    scale = {
+        'one_transaction': {'messages': 10, 'open_fds_before': 6, 'open_fds_most': 6}
+    }
+    targets = {t['target']: t for t in bench.check_targets(results, scale)}
+    direct = targets['direct send + commit >= 1x pyramid_mailer']
+    assert (direct['ratio'], direct['met']) == (1.0, False)
