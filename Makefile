@@ -54,4 +54,4 @@ demo: $(STAMP)
 	$(PY) demo/run.py
 
 clean:
-	rm -rf $(VENV) docs/_build demo/var .coverage .coverage.* .pytest_cache
+	rm -rf $(VENV) docs/_build demo/var .coverage .coverage.* .pytest_cache tests/benchmarks/.work

@@ -99,6 +99,19 @@ def memory_mb() -> tuple[float, float]:
     return round(rss, 1), round(peak, 1)
 
 
+def filesystem(path: str) -> str:
+    """The type of the file system holding ``path`` (Linux), e.g. ``ext4``."""
+    path = os.path.realpath(path)
+    best, kind = '', 'unknown'
+    with open('/proc/self/mounts') as f:
+        for line in f:
+            _, mount, fstype, *_ = line.split()
+            inside = path == mount or path.startswith(mount.rstrip('/') + '/')
+            if inside and len(mount) > len(best):
+                best, kind = mount, fstype
+    return kind
+
+
 def reset_peak_memory() -> None:
     """Start a new peak (``VmHWM``) from the current resident size."""
     with open('/proc/self/clear_refs', 'w') as f:
@@ -435,12 +448,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='a short run (< 2 min)')
     parser.add_argument('--json', metavar='PATH', help='write the figures here')
+    parser.add_argument(
+        '--workdir',
+        default=os.path.join(HERE, '.work'),
+        help='where the queues go (default: %(default)s); a real disk, as a '
+        "queue's would be: on tmpfs fsync costs nothing",
+    )
     parser.add_argument('--drain', nargs=2, metavar=('QUEUE', 'PORT'), help='internal')
     args = parser.parse_args(argv)
     if args.drain:
         print(json.dumps(drain(args.drain[0], int(args.drain[1]))))
         return 0
     n = 200 if args.quick else 2000
+    os.makedirs(args.workdir, exist_ok=True)
+    print(f'queues in {args.workdir} ({filesystem(args.workdir)})', file=sys.stderr)
     repeats = 3
     have_peers = os.path.exists(PEERS_PY)
     sink = Sink()
@@ -451,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rates = []
             for _ in range(repeats):
-                work = tempfile.mkdtemp(prefix='txmail-bench-')
+                work = tempfile.mkdtemp(prefix='txmail-bench-', dir=args.workdir)
                 try:
                     rates.append(n / func(n, sink.port, work))
                 finally:
@@ -462,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                 'max': max(rates),
             }
             print(f'  {name}: {results[name]["median"]:.0f} msgs/s', file=sys.stderr)
-        work = tempfile.mkdtemp(prefix='txmail-bench-')
+        work = tempfile.mkdtemp(prefix='txmail-bench-', dir=args.workdir)
         try:
             scale = {
                 'one_transaction': scale_one_transaction(
@@ -505,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
                     'date': time.strftime('%Y-%m-%d'),
                     'python': platform.python_version(),
                     'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
+                    'queue_filesystem': filesystem(args.workdir),
                     'messages_per_figure': n,
                     'figures': results,
                     'scale': scale,
