@@ -20,13 +20,21 @@ from pyramid.interfaces import IRequest
 
 from .delivery import QueuedDelivery
 from .events import Notifier
+from .exceptions import DeliveryError, MailError
 from .interfaces import IMailer, IMailSettings
 from .mailer import Mailer
-from .message import Attachment, MailError, Message
+from .message import Attachment, Message
 from .processor import ensure_processor
 from .settings import parse_settings
 
-__all__ = ['Attachment', 'MailError', 'Message', 'get_mailer', 'includeme']
+__all__ = [
+    'Attachment',
+    'DeliveryError',
+    'MailError',
+    'Message',
+    'get_mailer',
+    'includeme',
+]
 
 
 def includeme(config: Configurator) -> None:

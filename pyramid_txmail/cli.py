@@ -21,8 +21,9 @@ from pyramid import paster
 
 from . import suppress_processor
 from .events import Notifier
+from .exceptions import QueueError
 from .processor import QueueProcessor
-from .queue import MailQueue, QueueError
+from .queue import MailQueue
 from .settings import MailSettings, parse_settings
 
 __all__ = ['main']

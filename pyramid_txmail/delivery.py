@@ -25,11 +25,12 @@ from collections.abc import Callable, Iterable, Sequence
 from zope.interface import implementer
 
 from .events import MailEvent, MailFailed, MailSent
+from .exceptions import DeliveryError
 from .interfaces import IMailDelivery, IPendingMail, IQueueDelivery
 from .message import PreparedMail
 from .queue import MailQueue
 from .settings import MailSettings
-from .smtp import DeliveryError, SMTPConnection
+from .smtp import SMTPConnection
 
 log = logging.getLogger('pyramid_txmail.delivery')
 

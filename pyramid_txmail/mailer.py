@@ -22,10 +22,10 @@ from .delivery import (
     QueuedDelivery,
     ignore_events,
 )
+from .exceptions import DeliveryError
 from .interfaces import IMailDelivery, IMailer
 from .message import Message, PreparedMail, prepare
 from .settings import MailSettings
-from .smtp import DeliveryError
 
 log = logging.getLogger('pyramid_txmail')
 

@@ -22,6 +22,8 @@ from email.policy import EmailPolicy
 from email.utils import formatdate, make_msgid
 from typing import Any
 
+from .exceptions import MailError
+
 
 class _HeaderClasses(HeaderRegistry):
     """The stdlib's header registry, remembering the classes it builds.
@@ -85,20 +87,6 @@ _HEADERS = _HeaderClasses()
 _SMTP = _WirePolicy(linesep='\r\n', header_factory=_HEADERS)
 _SMTPUTF8 = _SMTP.clone(utf8=True)
 _HEADER_FACTORY = _HEADERS
-
-
-class MailError(ValueError):
-    """A message that cannot be sent as given.
-
-    Raised by ``send()`` before anything is queued. ``field`` names the part
-    of the message at fault (``'recipients'``, ``'sender'``, a header name)
-    and ``value`` the offending value.
-    """
-
-    def __init__(self, msg: str, *, field: str | None = None, value: object = None):
-        super().__init__(msg)
-        self.field = field
-        self.value = value
 
 
 @dataclass(frozen=True, slots=True)

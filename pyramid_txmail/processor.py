@@ -32,16 +32,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .events import MailEvent, MailFailed, MailSent
-from .message import Envelope
-from .queue import Claim, MailQueue
-from .settings import MailSettings
-from .smtp import (
+from .exceptions import (
     ConfigurationFault,
     DeliveryError,
     PermanentDeliveryError,
-    SMTPConnection,
     TemporaryDeliveryError,
 )
+from .message import Envelope
+from .queue import Claim, MailQueue
+from .settings import MailSettings
+from .smtp import SMTPConnection
 
 __all__ = ['PassResult', 'ProcessorThread', 'QueueProcessor', 'ensure_processor']
 

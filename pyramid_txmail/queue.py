@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from .exceptions import QueueError, UnknownMessage
 from .message import Envelope, PreparedMail
 
 __all__ = ['Claim', 'Info', 'MailQueue', 'QueueError', 'UnknownMessage']
@@ -51,17 +52,6 @@ FORMAT_VERSION = 1
 # <µs, 16 digits>.<pid>.<random hex>; anything else in a directory is ignored,
 # so a stray file (an editor's backup, a rewrite in tmp/) is never a message.
 _ID = re.compile(r'\d{16}\.\d+\.[0-9a-f]+')
-
-
-class QueueError(Exception):
-    """The queue directory cannot be used: the message names path and cause."""
-
-
-class UnknownMessage(QueueError, KeyError):
-    """No message with this id is in the part of the queue asked about."""
-
-    def __str__(self) -> str:  # KeyError would show the repr
-        return str(self.args[0]) if self.args else ''
 
 
 @dataclass(frozen=True, slots=True)

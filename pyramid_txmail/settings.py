@@ -16,7 +16,8 @@ from typing import Any
 
 from pyramid.exceptions import ConfigurationError
 
-from .message import MailError, parse_address
+from .exceptions import MailError
+from .message import parse_address
 
 log = logging.getLogger('pyramid_txmail')
 

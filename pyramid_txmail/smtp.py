@@ -24,10 +24,17 @@ import logging
 import re
 import smtplib
 import ssl
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
 from typing import TypeVar
 
+from pyramid_txmail.exceptions import (
+    ConfigurationFault,
+    DeliveryError,
+    PermanentDeliveryError,
+    Refusals,
+    TemporaryDeliveryError,
+)
 from pyramid_txmail.message import Envelope
 from pyramid_txmail.settings import MailSettings
 
@@ -42,58 +49,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Refusals = dict[str, tuple[int, str]]
 K = TypeVar('K')
 
 _ANY_EOL = re.compile(rb'\r\n|\r|\n')
 # RFC 5321, 4.5.2: a line of the content that starts with a dot gets another.
 _LEADING_DOT = re.compile(rb'^\.', re.MULTILINE)
-
-
-class DeliveryError(Exception):
-    """A message could not be handed to the relay.
-
-    ``code`` is the SMTP reply code, when there was one; ``recipients``
-    maps each refused recipient to its ``(code, reply)``; ``permanent``
-    says whether trying again can help.
-    """
-
-    permanent: bool = False
-
-    def __init__(
-        self,
-        msg: str,
-        *,
-        code: int | None = None,
-        recipients: Mapping[str, tuple[int, str]] | None = None,
-    ):
-        super().__init__(msg)
-        self.code = code
-        self.recipients: Refusals = dict(recipients or {})
-
-
-class TemporaryDeliveryError(DeliveryError):
-    """4xx, refused or dropped connection, timeout: retry later."""
-
-    permanent = False
-
-
-class PermanentDeliveryError(DeliveryError):
-    """5xx for this message, or SMTPUTF8 needed but not offered: give up."""
-
-    permanent = True
-
-
-class ConfigurationFault(DeliveryError):
-    """The connection cannot work as configured; the message is not at fault.
-
-    Login refused (530/534/535/538), STARTTLS not offered while
-    ``mail.tls`` is on, a certificate that fails verification, an unreadable
-    client certificate or CA file, a relay refusing us at the greeting or
-    EHLO.
-    """
-
-    permanent = False
 
 
 def make_ssl_context(settings: MailSettings) -> ssl.SSLContext:
