@@ -158,15 +158,15 @@ class TestTestingInclude:
             ('pyramid_txmail.testing',),
         ],
     )
-    def test_outbox_holds_committed_messages_only(self, includes, explicit):
+    def test_sent_holds_committed_messages_only(self, includes, explicit):
         app, registry = make_app({}, includes=includes, explicit=explicit)
         app.get('/send')
         with pytest.raises(RuntimeError):
             app.get('/fail')
         app.get('/queue')
         mailer = get_mailer(registry)
-        assert [m.subject for m in mailer.outbox] == ['Welcome']
-        assert [m.subject for m in mailer.queue] == ['Welcome']
+        assert [m.subject for m in mailer.sent] == ['Welcome']
+        assert [m.subject for m in mailer.sent_to_queue] == ['Welcome']
 
     @pytest.mark.parametrize(
         'includes',
@@ -184,7 +184,7 @@ class TestTestingInclude:
         mailer = get_mailer(config.registry)
         with transaction.manager:
             mailer.send(Message(subject='s', recipients=['b@example.com'], body='x'))
-        assert [m.subject for m in mailer.outbox] == ['s']
+        assert [m.subject for m in mailer.sent] == ['s']
 
 
 class TestGetMailer:

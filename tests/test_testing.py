@@ -1,77 +1,174 @@
+"""pyramid_txmail.testing: pyramid_mailer's DummyMailer and the committed record."""
+
 from __future__ import annotations
 
+import threading
+
+import pytest
 import transaction
+from pyramid import testing
 from pyramid.config import Configurator
 
-from pyramid_txmail import Message, get_mailer
+from pyramid_txmail import MailError, Message, get_mailer
 from pyramid_txmail.events import MailSent
+from pyramid_txmail.testing import DummyMailer
 
 
-def message(subject='Hi'):
-    return Message(
-        subject=subject, sender='a@example.com', recipients=['b@example.com'], body='x'
-    )
+def message(subject='Hi', sender='a@example.com'):
+    return Message(subject=subject, sender=sender, recipients=['b@example.com'], body='x')
 
 
-class TestDummyMailer:
-    def _makeConfig(self, **settings):
-        config = Configurator(settings=settings, autocommit=True)
-        config.include('pyramid_txmail.testing')
-        return config
+@pytest.fixture
+def config():
+    """pyramid_mailer's documented set-up: testing.setUp() and the include."""
+    config = testing.setUp()
+    config.include('pyramid_txmail.testing')
+    yield config
+    transaction.abort()
+    testing.tearDown()
 
-    def test_outbox_filled_on_commit_in_order(self):
-        mailer = get_mailer(self._makeConfig().registry)
-        with transaction.manager:
-            mailer.send(message('one'))
-            assert mailer.outbox == []
-            mailer.send(message('two'))
-        assert [m.subject for m in mailer.outbox] == ['one', 'two']
 
-    def test_abort_leaves_outbox_and_queue_empty(self):
-        mailer = get_mailer(self._makeConfig().registry)
-        transaction.begin()
+def send_welcome(request):
+    """A view written the pyramid_mailer way."""
+    get_mailer(request).send(message('Welcome'))
+    return {}
+
+
+def test_documented_unit_test_pattern_sees_outbox_without_commit(config):
+    request = testing.DummyRequest()
+    mailer = get_mailer(request)
+    send_welcome(request)
+    assert [m.subject for m in mailer.outbox] == ['Welcome']
+    assert mailer.sent == []
+
+
+def test_get_mailer_for_dummy_request_is_the_registry_dummy(config):
+    mailer = get_mailer(testing.DummyRequest())
+    assert isinstance(mailer, DummyMailer)
+    assert mailer.transaction_manager is transaction.manager
+    get_mailer(testing.DummyRequest()).send(message())
+    assert len(get_mailer(config.registry).outbox) == 1
+
+
+def test_get_mailer_for_dummy_request_with_tm_joins_that_manager(config):
+    tm = transaction.TransactionManager(explicit=True)
+    mailer = get_mailer(testing.DummyRequest(tm=tm))
+    with tm:
         mailer.send(message())
+    assert len(mailer.sent) == 1
+
+
+def test_dummy_mailer_takes_no_arguments():
+    mailer = DummyMailer()
+    with transaction.manager:
+        mailer.send(message('one'))
+        mailer.send_to_queue(message('two'))
+        assert [m.subject for m in mailer.outbox] == ['one']
+        assert [m.subject for m in mailer.queue] == ['two']
+    assert [m.subject for m in mailer.sent] == ['one']
+    assert [m.subject for m in mailer.sent_to_queue] == ['two']
+
+
+def test_no_sender_demanded():
+    mailer = DummyMailer()
+    with transaction.manager:
+        mailer.send(message(sender=None))
+    assert [m.subject for m in mailer.outbox] == ['Hi']
+    assert [m.subject for m in mailer.sent] == ['Hi']
+
+
+def test_default_sender_used_when_set():
+    events = []
+    mailer = DummyMailer(notify=events.extend).bind(default_sender='app@example.com')
+    with transaction.manager:
+        mailer.send(message(sender=None))
+    assert events[0].message['From'] == 'app@example.com'
+
+
+def test_sent_holds_committed_messages_in_commit_order():
+    mailer = DummyMailer()
+    with transaction.manager:
+        mailer.send(message('one'))
+        assert mailer.sent == []
+        mailer.send(message('two'))
+    with transaction.manager:
+        mailer.send(message('three'))
+    assert [m.subject for m in mailer.sent] == ['one', 'two', 'three']
+
+
+def test_abort_adds_nothing_to_the_committed_record():
+    mailer = DummyMailer()
+    transaction.begin()
+    mailer.send(message('s'))
+    mailer.send_to_queue(message('q'))
+    transaction.abort()
+    assert mailer.sent == [] and mailer.sent_to_queue == []
+    assert [m.subject for m in mailer.outbox] == ['s']
+    assert [m.subject for m in mailer.queue] == ['q']
+
+
+def test_send_to_queue_needs_no_queue_path():
+    mailer = DummyMailer()
+    with transaction.manager:
         mailer.send_to_queue(message())
-        transaction.abort()
-        assert mailer.outbox == [] and mailer.queue == []
+    assert [m.subject for m in mailer.queue] == ['Hi']
+    assert [m.subject for m in mailer.sent_to_queue] == ['Hi']
+    assert mailer.outbox == [] and mailer.sent == []
 
-    def test_send_to_queue_fills_queue(self):
-        mailer = get_mailer(self._makeConfig().registry)
-        with transaction.manager:
-            mailer.send_to_queue(message())
-        assert [m.subject for m in mailer.queue] == ['Hi']
-        assert mailer.outbox == []
 
-    def test_send_immediately_goes_to_outbox_at_once(self):
-        mailer = get_mailer(self._makeConfig().registry)
-        transaction.begin()
-        mailer.send_immediately(message())
-        transaction.abort()
-        assert len(mailer.outbox) == 1
+def test_send_immediately_goes_to_outbox_and_sent_at_once():
+    mailer = DummyMailer()
+    transaction.begin()
+    mailer.send_immediately(message())
+    transaction.abort()
+    assert len(mailer.outbox) == 1 and len(mailer.sent) == 1
 
-    def test_events_fire_as_in_production(self):
-        config = self._makeConfig()
-        events = []
-        config.add_subscriber(events.append, MailSent)
-        mailer = get_mailer(config.registry)
-        with transaction.manager:
-            message_id = mailer.send(message())
-        assert [e.message_id for e in events] == [message_id]
 
-    def test_messages_still_validated(self):
-        import pytest
+def test_bound_copies_share_the_lists():
+    mailer = DummyMailer()
+    tm = transaction.TransactionManager(explicit=True)
+    with tm:
+        mailer.bind(tm).send(message())
+        mailer.bind(transaction_manager=tm).send(message())
+    assert len(mailer.outbox) == 2 and len(mailer.sent) == 2
 
-        from pyramid_txmail import MailError
 
-        mailer = get_mailer(self._makeConfig().registry)
-        with pytest.raises(MailError):
-            mailer.send(Message(subject='x', recipients=['b@example.com'], body='x'))
+def test_events_fire_at_commit_as_in_production():
+    config = Configurator(autocommit=True)
+    config.include('pyramid_txmail.testing')
+    events = []
+    config.add_subscriber(events.append, MailSent)
+    mailer = get_mailer(config.registry)
+    with transaction.manager:
+        message_id = mailer.send(message())
+        assert events == []
+    assert [e.message_id for e in events] == [message_id]
 
-    def test_no_processor_thread_even_with_queue_path(self, tmp_path):
-        import threading
 
-        config = self._makeConfig(**{'mail.queue_path': str(tmp_path / 'q')})
-        config.make_wsgi_app()
-        names = [t.name for t in threading.enumerate()]
-        assert 'pyramid_txmail-processor' not in names
-        assert not (tmp_path / 'q').exists()
+def test_messages_still_validated():
+    mailer = DummyMailer()
+    with pytest.raises(MailError):
+        mailer.send(Message(subject='x', sender='a@example.com', body='x'))
+    with pytest.raises(MailError):
+        mailer.send_to_queue(message(sender='not an address'))
+    assert mailer.outbox == [] and mailer.queue == []
+    transaction.abort()
+
+
+def test_pyramid_mailer_import_path_gives_the_same_class():
+    from pyramid_txmail import mailer
+
+    assert mailer.DummyMailer is DummyMailer
+    with pytest.raises(AttributeError, match='NoSuchMailer'):
+        mailer.NoSuchMailer  # noqa: B018
+
+
+def test_no_processor_thread_even_with_queue_path(tmp_path):
+    config = Configurator(
+        settings={'mail.queue_path': str(tmp_path / 'q')}, autocommit=True
+    )
+    config.include('pyramid_txmail.testing')
+    config.make_wsgi_app()
+    names = [t.name for t in threading.enumerate()]
+    assert 'pyramid_txmail-processor' not in names
+    assert not (tmp_path / 'q').exists()
