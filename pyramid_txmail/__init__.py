@@ -8,7 +8,7 @@ in plain classes (see :doc:`internals`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -25,7 +25,7 @@ from .interfaces import IMailer, IMailSettings
 from .mailer import Mailer
 from .message import Attachment, Message
 from .processor import ensure_processor
-from .settings import parse_settings
+from .settings import parse_settings, settings_prefix
 
 __all__ = [
     'Attachment',
@@ -34,20 +34,24 @@ __all__ = [
     'Message',
     'get_mailer',
     'includeme',
+    'mailer_factory_from_settings',
 ]
 
 
 def includeme(config: Configurator) -> None:
     """Configure mail from the ``mail.*`` settings.
 
-    Raises :class:`pyramid.exceptions.ConfigurationError` naming the key for
-    a bad setting. The queue processor (queued delivery) starts when the
+    ``pyramid_txmail.prefix`` (or pyramid_mailer's ``pyramid_mailer.prefix``)
+    replaces the ``mail.`` prefix. Raises
+    :class:`pyramid.exceptions.ConfigurationError` naming the key for a bad
+    setting. The queue processor (queued delivery) starts when the
     application is created, never here.
     """
-    settings = parse_settings(config.registry.settings or {})
+    raw = config.registry.settings or {}
+    settings = parse_settings(raw, prefix=settings_prefix(raw))
     config.registry.registerUtility(settings, IMailSettings)
     config.include('pyramid_tm')
-    mailer = Mailer.from_settings(settings, Notifier(config.registry.notify))
+    mailer = Mailer.from_settings(settings, notify=Notifier(config.registry.notify))
     config.action(
         ('pyramid_txmail', 'mailer'),
         lambda: config.registry.registerUtility(mailer, IMailer),
@@ -61,12 +65,30 @@ def get_mailer(request_or_registry: Any) -> Mailer:
 
     Given a request, it is ``request.mailer`` (bound to ``request.tm``); given
     a registry, a mailer bound to the thread's default
-    :data:`transaction.manager`, for scripts and workers.
+    :data:`transaction.manager`, for scripts and workers. A
+    :class:`pyramid.testing.DummyRequest`, which has no ``request.mailer``,
+    gets its registry's mailer bound to its ``tm`` if it has one, else to
+    the thread's default manager, as with pyramid_mailer.
     """
     if IRequest.providedBy(request_or_registry):
-        return request_or_registry.mailer
-    mailer: Mailer = request_or_registry.getUtility(IMailer)
-    return mailer.bind(transaction.manager)
+        request = request_or_registry
+        bound: Mailer | None = getattr(request, 'mailer', None)
+        if bound is not None:
+            return bound
+        registry, tm = request.registry, getattr(request, 'tm', None)
+    else:
+        registry, tm = request_or_registry, None
+    mailer: Mailer = registry.getUtility(IMailer)
+    return mailer.bind(tm or transaction.manager)
+
+
+def mailer_factory_from_settings(
+    settings: Mapping[str, object] | None, prefix: str = 'mail.'
+) -> Mailer:
+    """pyramid_mailer's name for :meth:`Mailer.from_settings
+    <pyramid_txmail.mailer.Mailer.from_settings>`: a mailer from an
+    application's settings, outside ``config.include``."""
+    return Mailer.from_settings(settings, prefix)
 
 
 _autostart: ContextVar[bool] = ContextVar('pyramid_txmail_autostart', default=True)

@@ -3,13 +3,21 @@
 A :class:`Mailer` is bound to one transaction manager; ``bind()`` makes a
 copy for another (each request's ``request.tm``) that shares everything else,
 including the key under which a transaction keeps its one data manager.
+
+It also takes pyramid_mailer's ways of making one, so that code written for
+pyramid_mailer runs once the package name is changed: keyword options
+(``Mailer(host=..., port=...)``), :meth:`Mailer.from_settings` on an .ini's
+settings, and ``bind(default_sender=..., transaction_manager=...)``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+from collections.abc import Mapping
 from email.message import EmailMessage
+from typing import Any
 
 import transaction
 from zope.interface import implementer
@@ -24,15 +32,29 @@ from .delivery import (
 )
 from .exceptions import DeliveryError
 from .interfaces import IMailDelivery, IMailer
-from .message import Message, PreparedMail, prepare
-from .settings import MailSettings
+from .message import Message, PreparedMail, parse_address, prepare
+from .settings import KEYS, PYRAMID_MAILER_ONLY, MailSettings, parse_settings
 
 log = logging.getLogger('pyramid_txmail')
+
+# What Mailer(**options) takes: every setting, under its name without the
+# prefix, and the pyramid_mailer options that have no meaning here (warned
+# about, as in the settings).
+OPTIONS = frozenset(name for name, _ in KEYS) | frozenset(PYRAMID_MAILER_ONLY)
+BIND_OPTIONS = ('default_sender', 'transaction_manager')
+
+
+def _invalid(names: set[str]) -> ValueError:
+    return ValueError('invalid options: ' + ', '.join(sorted(names)))
 
 
 @implementer(IMailer)
 class Mailer:
     """Sends mail through a transaction.
+
+    Made by ``config.include('pyramid_txmail')`` from the settings, or by
+    hand as pyramid_mailer's is: ``Mailer(host=..., port=...)`` or
+    :meth:`from_settings`.
 
     ``delivery`` serves :meth:`send`; ``queue_delivery`` serves
     :meth:`send_to_queue` (None without ``mail.queue_path``); ``immediate``
@@ -42,15 +64,45 @@ class Mailer:
 
     def __init__(
         self,
-        settings: MailSettings,
-        delivery: IMailDelivery,
+        settings: MailSettings | None = None,
+        delivery: IMailDelivery | None = None,
         *,
         queue_delivery: IMailDelivery | None = None,
         immediate: IMailDelivery | None = None,
         transaction_manager: transaction.TransactionManager | None = None,
+        notify: Notify = ignore_events,
+        **options: Any,
     ):
+        """Either ``settings`` (and optionally the deliveries), or options.
+
+        ``Mailer(host='smtp.example.com', port=587, tls=True, ...)`` takes
+        pyramid_mailer's keywords (and every other setting's name), checked
+        like the ``mail.*`` settings: a bad value raises
+        :class:`~pyramid_txmail.settings.SettingsError` naming the keyword,
+        an unknown keyword :class:`ValueError`. Without ``delivery`` the
+        deliveries are the ones the settings describe, their events going
+        to ``notify``.
+        """
+        if settings is None:
+            unknown = set(options) - OPTIONS
+            if unknown:
+                raise _invalid(unknown)
+            settings = parse_settings(options, prefix='')
+        elif options:
+            raise TypeError('pass either settings or keyword options, not both')
+        if delivery is None:
+            direct = DirectDelivery(settings, notify)
+            if settings.queue_path:
+                queue_delivery = QueuedDelivery(settings.queue_path)
+            if settings.delivery == 'queued':
+                delivery = queue_delivery
+            elif settings.delivery == 'file':
+                delivery = FileDelivery(settings.file_path, notify)  # type: ignore[arg-type]
+            else:
+                delivery = direct
+            immediate = direct
         self.settings = settings
-        self.delivery = delivery
+        self.delivery: IMailDelivery = delivery  # type: ignore[assignment]
         self.queue_delivery = queue_delivery
         self.immediate = immediate or DirectDelivery(settings)
         self._transaction_manager = transaction_manager
@@ -58,27 +110,63 @@ class Mailer:
 
     @classmethod
     def from_settings(
-        cls, settings: MailSettings, notify: Notify = ignore_events
+        cls,
+        settings: Mapping[str, object] | MailSettings | None,
+        prefix: str = 'mail.',
+        *,
+        notify: Notify = ignore_events,
     ) -> Mailer:
-        """The mailer ``settings`` describe, its events going to ``notify``."""
-        direct = DirectDelivery(settings, notify)
-        queued = QueuedDelivery(settings.queue_path) if settings.queue_path else None
-        if settings.delivery == 'queued':
-            delivery: IMailDelivery = queued  # type: ignore[assignment]
-        elif settings.delivery == 'file':
-            delivery = FileDelivery(settings.file_path, notify)  # type: ignore[arg-type]
-        else:
-            delivery = direct
-        return cls(settings, delivery, queue_delivery=queued, immediate=direct)
+        """The mailer an application's settings describe.
+
+        ``settings`` is the settings dictionary (an .ini's ``[app:...]``
+        section: the keys starting with ``prefix`` are read, as
+        pyramid_mailer's ``from_settings`` does) or a parsed
+        :class:`~pyramid_txmail.settings.MailSettings`. A bad value raises
+        :class:`~pyramid_txmail.settings.SettingsError` naming the key.
+        Events go to ``notify``; ``config.include('pyramid_txmail')`` sends
+        them to the registry's subscribers.
+        """
+        if not isinstance(settings, MailSettings):
+            settings = parse_settings(settings or {}, prefix=prefix)
+        return cls(settings, notify=notify)
 
     @property
     def transaction_manager(self) -> transaction.TransactionManager:
         return self._transaction_manager or transaction.manager
 
-    def bind(self, transaction_manager: transaction.TransactionManager) -> Mailer:
-        """This mailer, sending through ``transaction_manager``."""
+    @property
+    def default_sender(self) -> str | None:
+        """The sender of messages that name none (``mail.default_sender``)."""
+        return self.settings.default_sender
+
+    @property
+    def queue_path(self) -> str | None:
+        """The queue directory (``mail.queue_path``), or None."""
+        return self.settings.queue_path
+
+    def bind(
+        self,
+        transaction_manager: transaction.TransactionManager | None = None,
+        **options: Any,
+    ) -> Mailer:
+        """A copy of this mailer with some options replaced.
+
+        As in pyramid_mailer, the options are ``transaction_manager`` (whose
+        transactions :meth:`send` joins) and ``default_sender``; any other
+        raises :class:`ValueError`. The copy shares the deliveries, and a
+        transaction's one data manager, with this mailer.
+        """
+        unknown = set(options) - set(BIND_OPTIONS)
+        if unknown:
+            raise _invalid(unknown)
         bound = copy.copy(self)
-        bound._transaction_manager = transaction_manager
+        if transaction_manager is not None:
+            bound._transaction_manager = transaction_manager
+        if 'default_sender' in options:
+            sender = options['default_sender'] or None
+            if sender is not None:
+                parse_address(sender, 'default_sender')
+            bound.settings = dataclasses.replace(self.settings, default_sender=sender)
         return bound
 
     def prepare(self, message: Message | EmailMessage) -> PreparedMail:
@@ -126,3 +214,13 @@ class Mailer:
         dm = MailDataManager.join(self.transaction_manager, self._key)
         dm.add(delivery, mail)
         return mail.message_id
+
+
+def __getattr__(name: str) -> Any:
+    # pyramid_mailer documents its DummyMailer in pyramid_mailer.mailer; ours
+    # lives in pyramid_txmail.testing (a layer above), imported on demand.
+    if name == 'DummyMailer':
+        from .testing import DummyMailer
+
+        return DummyMailer
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

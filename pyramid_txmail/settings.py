@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyramid.exceptions import ConfigurationError
+from pyramid.settings import falsey, truthy
 
 from .exceptions import MailError
 from .message import parse_address
@@ -65,19 +66,18 @@ class SettingsError(ConfigurationError):
         self.value = None if key.endswith('password') else value
 
 
-_TRUE = {'true', 'yes', 'on', '1'}
-_FALSE = {'false', 'no', 'off', '0'}
-
-
 def _bool(value: object) -> bool:
+    # The words pyramid.settings.asbool knows, so an .ini written for
+    # pyramid_mailer reads the same; asbool turns any other word (a typo such
+    # as 'ture') into False, which is refused here instead.
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in _TRUE:
+    if text in truthy:
         return True
-    if text in _FALSE:
+    if text in falsey:
         return False
-    raise ValueError('expected true/false, yes/no, on/off or 1/0')
+    raise ValueError('expected t/true, y/yes, on or 1, or f/false, n/no, off or 0')
 
 
 def _str(value: object) -> str:
@@ -155,6 +155,30 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+PREFIX_KEYS = ('pyramid_txmail.prefix', 'pyramid_mailer.prefix')
+
+
+def settings_prefix(settings: Mapping[str, object]) -> str:
+    """The prefix of the mail settings: ``mail.`` unless a prefix key says.
+
+    ``pyramid_txmail.prefix`` is read, and ``pyramid_mailer.prefix`` too, so
+    an .ini written for pyramid_mailer keeps its prefix. Both set to
+    different values is a :class:`SettingsError`.
+    """
+    given = {}
+    for key in PREFIX_KEYS:
+        value = str(settings.get(key) or '').strip()
+        if value:
+            given[key] = value
+    if len(set(given.values())) > 1:
+        raise SettingsError(
+            PREFIX_KEYS[1],
+            given[PREFIX_KEYS[1]],
+            f'differs from {PREFIX_KEYS[0]} ({given[PREFIX_KEYS[0]]!r}); set one',
+        )
+    return next(iter(given.values()), 'mail.')
 
 
 def parse_settings(
