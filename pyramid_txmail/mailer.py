@@ -87,7 +87,13 @@ class Mailer:
             unknown = set(options) - OPTIONS
             if unknown:
                 raise _invalid(unknown)
-            settings = parse_settings(options, prefix='')
+            # pyramid_mailer's defaults (None, debug=0) are not worth a warning.
+            given = {
+                name: value
+                for name, value in options.items()
+                if value is not None and (value or name not in PYRAMID_MAILER_ONLY)
+            }
+            settings = parse_settings(given, prefix='')
         elif options:
             raise TypeError('pass either settings or keyword options, not both')
         if delivery is None:

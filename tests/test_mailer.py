@@ -184,3 +184,143 @@ class TestManyMessagesInOneTransaction:
                 mailer.send(message())
             assert len(os.listdir('/proc/self/fd')) == before
         assert len(os.listdir(tmp_path / 'q' / 'new')) == 3001
+
+
+class TestPyramidMailerConstructor:
+    """``Mailer(**options)``, ``from_settings`` and ``bind`` as in pyramid_mailer."""
+
+    def test_keywords_of_pyramid_mailer_send_through_the_relay(self, smtp_server):
+        from pyramid_txmail.mailer import Mailer
+
+        mailer = Mailer(
+            host=smtp_server.host,
+            port=smtp_server.port,
+            username=None,
+            password=None,
+            tls=False,
+            ssl=False,
+            keyfile=None,
+            certfile=None,
+            queue_path=None,
+            default_sender='shop@example.com',
+            debug=0,
+            sendmail_app=None,
+            sendmail_template=None,
+            transaction_manager=None,
+        )
+        with transaction.manager:
+            mailer.send(message(sender=None))
+        (received,) = smtp_server.wait_for(1)
+        assert received.mail_from == 'shop@example.com'
+        assert mailer.default_sender == 'shop@example.com'
+        assert mailer.queue_path is None
+
+    def test_keyword_values_are_checked_naming_the_keyword(self):
+        from pyramid.exceptions import ConfigurationError
+
+        from pyramid_txmail.mailer import Mailer
+
+        with pytest.raises(ConfigurationError, match=r"^port: .*'smtp'"):
+            Mailer(port='smtp')
+        with pytest.raises(ConfigurationError, match=r"^tls: .*'ture'"):
+            Mailer(tls='ture')
+        with pytest.raises(ValueError, match='invalid options: hots, smtp_mailer'):
+            Mailer(hots='x', smtp_mailer=object())
+        with pytest.raises(TypeError, match='not both'):
+            Mailer(MailSettings(), host='x')
+
+    def test_pyramid_mailer_only_options_are_warned_about(self, caplog):
+        from pyramid_txmail.mailer import Mailer
+
+        Mailer(debug=1, sendmail_app='/usr/sbin/sendmail')
+        assert 'debug is a pyramid_mailer setting' in caplog.text
+        assert 'sendmail_app is a pyramid_mailer setting' in caplog.text
+
+    def test_queue_path_keyword_queues(self, tmp_path):
+        from pyramid_txmail.mailer import Mailer
+
+        mailer = Mailer(queue_path=str(tmp_path / 'q'), default_sender='a@example.com')
+        with transaction.manager:
+            mailer.send(message())
+            mailer.send_to_queue(message())
+        assert len(os.listdir(tmp_path / 'q' / 'new')) == 2
+        assert mailer.queue_path == str(tmp_path / 'q')
+
+    def test_from_settings_reads_a_raw_settings_dict(self, smtp_server):
+        from pyramid_txmail.mailer import Mailer
+
+        settings = {
+            'mail.host': smtp_server.host,
+            'mail.port': str(smtp_server.port),
+            'mail.tls': 'f',
+            'mail.default_sender': 'shop@example.com',
+            'sqlalchemy.url': 'sqlite://',
+        }
+        with transaction.manager:
+            Mailer.from_settings(settings).send(message(sender=None))
+        (received,) = smtp_server.wait_for(1)
+        assert received.mail_from == 'shop@example.com'
+
+    def test_from_settings_with_another_prefix(self, smtp_server):
+        from pyramid_txmail import mailer_factory_from_settings
+
+        settings = {
+            'shopmail.host': smtp_server.host,
+            'shopmail.port': str(smtp_server.port),
+            'mail.port': 'not used',
+        }
+        mailer = mailer_factory_from_settings(settings, prefix='shopmail.')
+        mailer.send_immediately(message())
+        assert len(smtp_server.wait_for(1)) == 1
+
+    def test_from_settings_refuses_bad_values_naming_the_key(self):
+        from pyramid.exceptions import ConfigurationError
+
+        from pyramid_txmail.mailer import Mailer
+
+        with pytest.raises(ConfigurationError, match=r"mail\.tls: .*'ture'"):
+            Mailer.from_settings({'mail.tls': 'ture'})
+        assert Mailer.from_settings(None).settings.host == 'localhost'
+
+    def test_bind_default_sender_replaces_it_in_the_copy_only(self):
+        calls = []
+        root = TestMailer()._makeOne(RecordingDelivery('d', calls))
+        bound = root.bind(default_sender='Shop <shop@example.com>')
+        assert bound.default_sender == 'Shop <shop@example.com>'
+        assert root.default_sender is None
+        assert bound.prepare(message(sender=None)).envelope.sender == (
+            'shop@example.com'
+        )
+        assert bound.bind(default_sender=None).default_sender is None
+
+    def test_bind_transaction_manager_keyword(self):
+        calls = []
+        tm = transaction.TransactionManager(explicit=True)
+        mailer = TestMailer()._makeOne(RecordingDelivery('d', calls))
+        bound = mailer.bind(transaction_manager=tm)
+        assert bound.transaction_manager is tm
+        assert bound.bind(default_sender='a@example.com').transaction_manager is tm
+
+    def test_bind_refuses_other_options(self):
+        mailer = TestMailer()._makeOne()
+        with pytest.raises(ValueError, match='invalid options: host'):
+            mailer.bind(host='smtp.example.com')
+        with pytest.raises(MailError, match='default_sender'):
+            mailer.bind(default_sender='nobody')
+
+
+def test_except_smtp_exception_catches_a_send_immediately_failure(make_smtp_server):
+    """pyramid_mailer code guards send_immediately with smtplib's errors."""
+    import smtplib
+
+    from pyramid_txmail.mailer import Mailer
+
+    server = make_smtp_server(reply={'MAIL': '554 5.7.1 no'})
+    mailer = Mailer(host=server.host, port=server.port)
+    caught = None
+    try:
+        mailer.send_immediately(message())
+    except smtplib.SMTPException as exc:
+        caught = exc
+    assert caught is not None and '554' in str(caught)
+    assert server.messages == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import unittest
 
+import pytest
+
 from pyramid.exceptions import ConfigurationError
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'docs', 'settings.rst')
@@ -80,6 +82,16 @@ class Test_parse_settings(unittest.TestCase):
 
     def test_strict_booleans(self):
         self.assertRefused('tls', "'ture'", tls='ture')
+        self.assertRefused('ssl', "'2'", ssl='2')
+
+    def test_booleans_accept_every_word_pyramid_asbool_knows(self):
+        from pyramid.settings import asbool
+
+        for word in ('t', 'true', 'y', 'yes', 'on', '1', 'T', ' Y '):
+            self.assertIs(self._callFUT(tls=word).tls, True, word)
+            self.assertIs(asbool(word), True)
+        for word in ('f', 'false', 'n', 'no', 'off', '0', 'F', 'N'):
+            self.assertIs(self._callFUT(tls=word).tls, False, word)
 
     def test_bad_values_name_key_and_value(self):
         self.assertRefused(
@@ -143,3 +155,63 @@ class Test_parse_settings(unittest.TestCase):
             docs = f.read()
         for name, _ in KEYS:
             self.assertIn(f'``mail.{name}``', docs)
+
+
+def test_prefix_defaults_to_mail():
+    from pyramid_txmail.settings import settings_prefix
+
+    assert settings_prefix({}) == 'mail.'
+    assert settings_prefix({'pyramid_mailer.prefix': ' '}) == 'mail.'
+
+
+def test_prefix_from_either_package_name():
+    from pyramid_txmail.settings import settings_prefix
+
+    assert settings_prefix({'pyramid_mailer.prefix': 'shopmail.'}) == 'shopmail.'
+    assert settings_prefix({'pyramid_txmail.prefix': ' shopmail. '}) == 'shopmail.'
+    both = {'pyramid_txmail.prefix': 'a.', 'pyramid_mailer.prefix': 'a.'}
+    assert settings_prefix(both) == 'a.'
+
+
+def test_prefixes_that_disagree_are_refused():
+    from pyramid_txmail.settings import SettingsError, settings_prefix
+
+    with pytest.raises(SettingsError, match=r"pyramid_mailer\.prefix: .*'b\.'") as info:
+        settings_prefix({'pyramid_txmail.prefix': 'a.', 'pyramid_mailer.prefix': 'b.'})
+    assert info.value.key == 'pyramid_mailer.prefix'
+
+
+@pytest.mark.parametrize('key', ['pyramid_mailer.prefix', 'pyramid_txmail.prefix'])
+def test_includeme_honours_the_prefix_setting(key, smtp_server):
+    import transaction
+    from pyramid.config import Configurator
+
+    from pyramid_txmail import Message, get_mailer
+
+    config = Configurator(
+        settings={
+            key: 'shopmail.',
+            'shopmail.host': smtp_server.host,
+            'shopmail.port': str(smtp_server.port),
+            'shopmail.default_sender': 'shop@example.com',
+            'mail.port': 'ignored: another prefix is in use',
+        },
+        autocommit=True,
+    )
+    config.include('pyramid_txmail')
+    with transaction.manager:
+        get_mailer(config.registry).send(
+            Message(subject='s', recipients=['b@example.com'], body='x')
+        )
+    (received,) = smtp_server.wait_for(1)
+    assert received.mail_from == 'shop@example.com'
+
+
+def test_includeme_names_the_prefixed_key_in_errors():
+    from pyramid.config import Configurator
+
+    config = Configurator(
+        settings={'pyramid_mailer.prefix': 'shopmail.', 'shopmail.tls': 'ture'}
+    )
+    with pytest.raises(ConfigurationError, match=r"shopmail\.tls: .*'ture'"):
+        config.include('pyramid_txmail')
