@@ -5,7 +5,10 @@ See ``tests/smtpserver.py`` for the server's options and what it records.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -49,3 +52,39 @@ def smtp_server(make_smtp_server) -> SMTPTestServer:
 def starttls_smtp_server(make_smtp_server) -> SMTPTestServer:
     """A started server offering STARTTLS (certificate for 127.0.0.1)."""
     return make_smtp_server(tls='starttls')
+
+
+COMPAT = Path(__file__).parent / 'compat'
+PYRAMID_MAILER_PACKAGES = (
+    'pyramid_mailer==0.15.1',
+    'repoze.sendmail==4.5',
+    'pytest',
+    'webtest',
+    # Beyond pyramid_mailer's own needs: the compat app's pyramid_tm and the
+    # real SMTP relay its tests send to.
+    'pyramid_tm',
+    'aiosmtpd==1.4.6',
+)
+
+
+@pytest.fixture(scope='session')
+def pyramid_mailer_python() -> str:
+    """The python of a virtualenv with pyramid_mailer 0.15.1 installed.
+
+    The virtualenv is ``tests/compat/.venv`` (ignored by git), created on
+    first use (about a minute, from PyPI) and reused afterwards; packages
+    missing from an existing one are installed.
+    """
+    venv = COMPAT / '.venv'
+    python = venv / 'bin' / 'python'
+    if not python.exists():
+        subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    modules = 'pyramid_mailer, repoze.sendmail, pytest, webtest, pyramid_tm, aiosmtpd'
+    if subprocess.run(
+        [python, '-c', f'import {modules}'], capture_output=True
+    ).returncode:
+        subprocess.run(
+            [python, '-m', 'pip', 'install', '-q', *PYRAMID_MAILER_PACKAGES],
+            check=True,
+        )
+    return str(python)

@@ -6,7 +6,6 @@ import os
 import unittest
 
 import pytest
-
 from pyramid.exceptions import ConfigurationError
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'docs', 'settings.rst')

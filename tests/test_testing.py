@@ -15,7 +15,9 @@ from pyramid_txmail.testing import DummyMailer
 
 
 def message(subject='Hi', sender='a@example.com'):
-    return Message(subject=subject, sender=sender, recipients=['b@example.com'], body='x')
+    return Message(
+        subject=subject, sender=sender, recipients=['b@example.com'], body='x'
+    )
 
 
 @pytest.fixture
