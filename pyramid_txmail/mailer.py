@@ -103,11 +103,13 @@ class Mailer:
             if settings.delivery == 'queued':
                 delivery = queue_delivery
             elif settings.delivery == 'file':
+                # parse_settings refuses 'file' without a file_path
                 delivery = FileDelivery(settings.file_path, notify)  # type: ignore[arg-type]
             else:
                 delivery = direct
             immediate = direct
         self.settings = settings
+        # Never None here: parse_settings refuses 'queued' without queue_path.
         self.delivery: IMailDelivery = delivery  # type: ignore[assignment]
         self.queue_delivery = queue_delivery
         self.immediate = immediate or DirectDelivery(settings)
