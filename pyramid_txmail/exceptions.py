@@ -18,8 +18,10 @@ import smtplib
 from collections.abc import Mapping
 
 __all__ = [
+    'BadHeaders',
     'ConfigurationFault',
     'DeliveryError',
+    'InvalidMessage',
     'MailError',
     'PermanentDeliveryError',
     'QueueError',
@@ -102,3 +104,30 @@ class UnknownMessage(QueueError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the repr
         return str(self.args[0]) if self.args else ''
+
+
+class InvalidMessage(MailError, RuntimeError):
+    """pyramid_mailer's name for a message that cannot be sent.
+
+    Raised by :meth:`Message.validate <pyramid_txmail.Message.validate>` and
+    ``to_message()``. A :class:`MailError` (a ``ValueError``) and, as in
+    pyramid_mailer, a ``RuntimeError``, so either ``except`` catches it.
+    """
+
+    def __init__(
+        self, msg: str = '', *, field: str | None = None, value: object = None
+    ):
+        super().__init__(msg, field=field, value=value)
+
+
+class BadHeaders(MailError, RuntimeError):
+    """pyramid_mailer's name for a CR or LF in a header value.
+
+    Raised by :meth:`Message.validate <pyramid_txmail.Message.validate>` and
+    ``to_message()``; a :class:`MailError` and a ``RuntimeError``.
+    """
+
+    def __init__(
+        self, msg: str = '', *, field: str | None = None, value: object = None
+    ):
+        super().__init__(msg, field=field, value=value)
