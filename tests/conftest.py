@@ -5,7 +5,10 @@ See ``tests/smtpserver.py`` for the server's options and what it records.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -49,3 +52,30 @@ def smtp_server(make_smtp_server) -> SMTPTestServer:
 def starttls_smtp_server(make_smtp_server) -> SMTPTestServer:
     """A started server offering STARTTLS (certificate for 127.0.0.1)."""
     return make_smtp_server(tls='starttls')
+
+
+COMPAT_VENV = Path(__file__).parent / 'compat' / '.venv'
+COMPAT_PACKAGES = (
+    'pyramid_mailer==0.15.1',
+    'repoze.sendmail==4.5',
+    'pytest',
+    'webtest',
+)
+
+
+@pytest.fixture(scope='session')
+def pyramid_mailer_python() -> str:
+    """The python of a virtualenv with the real pyramid_mailer and repoze.sendmail.
+
+    ``tests/compat/.venv`` (gitignored), made on first use (about a minute)
+    and reused while it imports both.
+    """
+    python = COMPAT_VENV / 'bin' / 'python'
+    check = [str(python), '-c', 'import pyramid_mailer, repoze.sendmail, webtest']
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return str(python)
+    subprocess.run([sys.executable, '-m', 'venv', str(COMPAT_VENV)], check=True)
+    subprocess.run(
+        [str(python), '-m', 'pip', 'install', '-q', *COMPAT_PACKAGES], check=True
+    )
+    return str(python)
