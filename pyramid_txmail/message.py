@@ -610,14 +610,11 @@ def _build(message: Message, sender: Address) -> tuple[EmailMessage, list[Addres
             _fill(part, spec)
             html_part.attach(part)
     if files:
-        if msg.get_content_type() != 'multipart/mixed':
-            msg.make_mixed()
+        msg.make_mixed()  # never mixed yet: an Attachment cannot be multipart
         for spec in files:
             part = MIMEPart(policy=_SMTP)
             _fill(part, spec)
             msg.attach(part)
-    if 'MIME-Version' not in msg:
-        msg['MIME-Version'] = '1.0'
     return msg, to + cc + bcc
 
 

@@ -111,7 +111,7 @@ def legacy_queue(repoze_queue, tmp_path):
 
 
 def legacy_files(path) -> list[str]:
-    return sorted(os.listdir(path / 'new'))
+    return sorted(n for n in os.listdir(path / 'new') if not n.startswith('.'))
 
 
 def processor(path, server, events=None, queue=None) -> QueueProcessor:
@@ -149,6 +149,7 @@ def assert_delivered_once(server, ids):
 
 def test_status_and_list_show_a_repoze_queue(legacy_queue, tmp_path):
     path, _ = legacy_queue
+    before = sorted(os.listdir(path / 'new'))
     ini = write_ini(tmp_path, queue_path=path, queue_processor='false')
     code, out = cli('status', ini)
     assert code == 0
@@ -171,7 +172,7 @@ def test_status_and_list_show_a_repoze_queue(legacy_queue, tmp_path):
     assert all(r['last_error'] is None for r in rows)
     code, out = cli('list', ini)
     assert 'hidden@example.com' in out and out.count('legacy') == 3
-    assert legacy_files(path) == sorted(os.listdir(path / 'new'))  # unchanged
+    assert sorted(os.listdir(path / 'new')) == before  # read-only
 
 
 def test_process_once_delivers_a_repoze_queue_exactly_once(
@@ -185,7 +186,7 @@ def test_process_once_delivers_a_repoze_queue_exactly_once(
     assert code == 0, out
     assert out.startswith('sent 3,')
     assert_delivered_once(smtp_server, ids)
-    assert legacy_files(path) == []
+    assert os.listdir(path / 'new') == []
     code, out = cli('status', ini, '--json')
     assert json.loads(out) == dict.fromkeys(
         ('queued', 'sending', 'deferred', 'failed', 'legacy'), 0
@@ -295,8 +296,9 @@ def test_a_file_another_processor_holds_is_left_to_it(legacy_queue, smtp_server)
     # Stopped after step 1 (a staged copy) while another processor holds the
     # original: neither is touched.
     with pytest.raises(Crash):
-        adopt(crashing_queue(path, 2, []))
-    first = path / 'new' / legacy_files(path)[-1]
+        adopt(crashing_queue(path, 3, []))
+    assert any(n.startswith('.txmail') for n in os.listdir(path / 'new'))
+    first = path / 'new' / legacy_files(path)[0]
     fd = os.open(first, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -352,6 +354,13 @@ def test_races_with_another_processor_are_settled_once(legacy_queue, smtp_server
 
         gone: list = []
 
+    # A listing that the other side overtakes shows what is left.
+    shutil.copytree(path, path.parent / 'listed')
+    assert [i.id for i in scan(Racing(str(path.parent / 'listed')))] == [
+        f'new/{names[1]}',
+        f'new/{names[2]}',
+    ]
+    Racing.gone.clear()
     assert adopt(Racing(str(path))) == 1  # only names[2]; names[1] next time
     assert Racing.gone == [names[0]]
     assert names[1] in legacy_files(path)
@@ -387,6 +396,7 @@ def test_unreadable_entries_are_reported_never_ignored(
     rejected = legacy_files(path)[0]
     os.rename(new / rejected, new / f'.rejected-{rejected}')  # repoze gave up
     (new / '.txmail-adopting-junk').write_bytes(b'not json\n')
+    (new / '.txmail-adopting-list').write_bytes(b'[1]\n')
     ini = write_ini(tmp_path, queue_path=path, queue_processor='false')
 
     code, out = cli('list', ini, '--json')
@@ -411,6 +421,7 @@ def test_unreadable_entries_are_reported_never_ignored(
     assert any('new/alink' in e for e in errors)
     assert any('garbage' in e and 'X-Actually-From' in e for e in errors)
     assert any('.txmail-adopting-junk' in e for e in errors)
+    assert any('.txmail-adopting-list' in e and 'not a copy' in e for e in errors)
     queue = MailQueue(str(path))
     failed = {i.last_error.split(':')[0]: i for i in queue.list(failed=True)}
     assert set(failed) == {
@@ -449,6 +460,13 @@ def test_an_unlistable_queue_directory_is_an_error(legacy_queue):
         scan(queue)
     with pytest.raises(QueueError, match='cannot read mail queue'):
         adopt(queue)
+
+
+def test_a_missing_maildir_subdirectory_is_no_error(legacy_queue):
+    path, _ = legacy_queue
+    queue = MailQueue(str(path))
+    os.rmdir(path / 'cur')
+    assert len(scan(queue)) == 3
 
 
 def crlf(text: str) -> bytes:
