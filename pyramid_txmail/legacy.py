@@ -131,13 +131,13 @@ def _names(path: str, sub: str) -> list[str]:
         raise QueueError(f'cannot read mail queue {where}: {exc}') from exc
 
 
-def _legacy_names(path: str, sub: str) -> list[str]:
-    """Names in ``sub`` that are repoze.sendmail's messages (rejected too)."""
+def _legacy_names(names: list[str]) -> list[str]:
+    """Those of ``names`` that are repoze.sendmail's messages (rejected too)."""
     # Maildir readers skip dot-names: repoze's own links and our staged
     # copies among them. Our messages have names of the _ID form.
     return [
         n
-        for n in _names(path, sub)
+        for n in names
         if (not n.startswith('.') or n.startswith(REJECTED)) and not _ID.fullmatch(n)
     ]
 
@@ -184,7 +184,7 @@ def scan(queue: MailQueue, *, failed: bool | None = False) -> list[Info]:
     infos = []
     now = queue.clock()
     for sub in _SUBS:
-        for name in _legacy_names(queue.path, sub):
+        for name in _legacy_names(_names(queue.path, sub)):
             rejected = name.startswith(REJECTED)
             if failed is not None and rejected != failed:
                 continue
@@ -224,14 +224,15 @@ def adopt(queue: MailQueue) -> int:
     Errors are logged per file; the pass goes on.
     """
     adopted = 0
+    listing = {sub: _names(queue.path, sub) for sub in _SUBS}
     for sub in _SUBS:
-        for name in _legacy_names(queue.path, sub):
+        for name in _legacy_names(listing[sub]):
             try:
                 adopted += _adopt(queue, sub, name)
             except (OSError, QueueError) as exc:
                 log.error('cannot adopt %s/%s from repoze.sendmail: %s', sub, name, exc)
-    staged = [n for n in _names(queue.path, 'new') if n.startswith(STAGED)]
-    for name in staged:
+    # Copies staged before this pass whose adoption stopped half-way.
+    for name in [n for n in listing['new'] if n.startswith(STAGED)]:
         try:
             adopted += _publish_orphan(queue, name)
         except (OSError, QueueError, ValueError) as exc:
