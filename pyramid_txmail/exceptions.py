@@ -2,7 +2,9 @@
 
 ``MailError``
     a message that cannot be sent as given (a ``ValueError``), raised by
-    ``send()`` before anything is queued.
+    ``send()`` before anything is queued. ``Message.validate()`` raises its
+    kinds ``InvalidMessage`` and ``BadHeaders``, pyramid_mailer's names,
+    which are also a ``RuntimeError``, as there.
 ``DeliveryError`` and its kinds
     a message the relay did not take. They subclass
     :class:`smtplib.SMTPException` (itself an :class:`OSError`), so code

@@ -13,10 +13,10 @@ import fcntl
 import io
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
@@ -215,30 +215,44 @@ def test_adopted_mail_gets_our_events_and_backoff(legacy_queue, smtp_server):
     assert deferred.due > time.time() + 100  # mail.retry_min away
 
 
-def test_several_processors_at_once_send_each_message_once(
+def drain_legacy(path: str, port: int, barrier, out: str) -> None:
+    """One of several processor processes on one legacy queue (spawned)."""
+    from tests.crashkit import CHILD_DEADLINE, settings_for
+
+    processor = QueueProcessor(MailQueue(path), settings_for(port, queue_batch=5))
+    barrier.wait(CHILD_DEADLINE)
+    sent = sum(processor.run_once().sent for _ in range(3))
+    with open(out, 'w') as f:
+        f.write(str(sent))
+
+
+def test_several_processor_processes_send_each_message_once(
     pyramid_mailer_python, smtp_server, tmp_path
 ):
     path = tmp_path / 'q'
-    many = [dict(MESSAGES[2], subject=f'm{n}') for n in range(24)]
+    many = [dict(MESSAGES[2], subject=f'm{n}') for n in range(30)]
     ids = fill(pyramid_mailer_python, path, many)
-    barrier = threading.Barrier(3)
-    errors = []
-
-    def run():
-        try:
-            barrier.wait(10)
-            processor(path, smtp_server).run_once()
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not errors
-    smtp_server.wait_for(24)
-    time.sleep(0.2)  # bounded: any duplicate would have arrived by now
+    ctx = multiprocessing.get_context('spawn')
+    barrier = ctx.Barrier(3)
+    outs = [str(tmp_path / f'sent-{n}') for n in range(3)]
+    procs = [
+        ctx.Process(
+            target=drain_legacy, args=(str(path), smtp_server.port, barrier, out)
+        )
+        for out in outs
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    for proc in procs:
+        proc.kill()
+    assert [proc.exitcode for proc in procs] == [0, 0, 0]
+    counts = []
+    for out in outs:
+        with open(out) as f:
+            counts.append(int(f.read()))
+    assert sum(counts) == 30
     got = [str(r.message['Message-ID']).strip() for r in smtp_server.messages]
     assert sorted(got) == sorted(ids)
     assert os.listdir(path / 'new') == []
