@@ -22,6 +22,7 @@ from pyramid import paster
 from . import suppress_processor
 from .events import Notifier
 from .exceptions import QueueError
+from .legacy import scan as scan_legacy
 from .processor import QueueProcessor
 from .queue import MailQueue
 from .settings import MailSettings, parse_settings
@@ -163,16 +164,22 @@ class Command:
             env['closer']()
 
     def cmd_status(self, args: argparse.Namespace) -> int:
-        counts = self._queue(args.config).counts()
+        queue = self._queue(args.config)
+        counts = queue.counts()
+        # repoze.sendmail's files, waiting or rejected: the processor adopts them.
+        counts['legacy'] = len(scan_legacy(queue, failed=None))
         if args.json:
             print(json.dumps(counts), file=self.out)
         else:
-            for state in ('queued', 'deferred', 'sending', 'failed'):
-                print(f'{state:<9} {counts[state]}', file=self.out)
+            for state in ('queued', 'deferred', 'sending', 'failed', 'legacy'):
+                if state != 'legacy' or counts[state]:
+                    print(f'{state:<9} {counts[state]}', file=self.out)
         return 0
 
     def cmd_list(self, args: argparse.Namespace) -> int:
-        infos = list(self._queue(args.config).list(failed=args.failed))
+        queue = self._queue(args.config)
+        infos = scan_legacy(queue, failed=args.failed)
+        infos += queue.list(failed=args.failed)
         if args.json:
             rows = [
                 {

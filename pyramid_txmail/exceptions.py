@@ -2,7 +2,9 @@
 
 ``MailError``
     a message that cannot be sent as given (a ``ValueError``), raised by
-    ``send()`` before anything is queued.
+    ``send()`` before anything is queued. ``Message.validate()`` raises its
+    kinds ``InvalidMessage`` and ``BadHeaders``, pyramid_mailer's names,
+    which are also a ``RuntimeError``, as there.
 ``DeliveryError`` and its kinds
     a message the relay did not take. They subclass
     :class:`smtplib.SMTPException` (itself an :class:`OSError`), so code
@@ -18,8 +20,10 @@ import smtplib
 from collections.abc import Mapping
 
 __all__ = [
+    'BadHeaders',
     'ConfigurationFault',
     'DeliveryError',
+    'InvalidMessage',
     'MailError',
     'PermanentDeliveryError',
     'QueueError',
@@ -102,3 +106,30 @@ class UnknownMessage(QueueError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the repr
         return str(self.args[0]) if self.args else ''
+
+
+class InvalidMessage(MailError, RuntimeError):
+    """pyramid_mailer's name for a message that cannot be sent.
+
+    Raised by :meth:`Message.validate <pyramid_txmail.Message.validate>` and
+    ``to_message()``. A :class:`MailError` (a ``ValueError``) and, as in
+    pyramid_mailer, a ``RuntimeError``, so either ``except`` catches it.
+    """
+
+    def __init__(
+        self, msg: str = '', *, field: str | None = None, value: object = None
+    ):
+        super().__init__(msg, field=field, value=value)
+
+
+class BadHeaders(MailError, RuntimeError):
+    """pyramid_mailer's name for a CR or LF in a header value.
+
+    Raised by :meth:`Message.validate <pyramid_txmail.Message.validate>` and
+    ``to_message()``; a :class:`MailError` and a ``RuntimeError``.
+    """
+
+    def __init__(
+        self, msg: str = '', *, field: str | None = None, value: object = None
+    ):
+        super().__init__(msg, field=field, value=value)

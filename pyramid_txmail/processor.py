@@ -38,6 +38,7 @@ from .exceptions import (
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
+from .legacy import adopt as adopt_legacy
 from .message import Envelope
 from .queue import Claim, MailQueue
 from .settings import MailSettings
@@ -192,6 +193,7 @@ class QueueProcessor:
         if self._monotonic() < self._paused_until:
             return result
         self.queue.recover(self.stale_after)
+        adopt_legacy(self.queue)  # a repoze.sendmail queue left here
         self.queue.promote_due()
         ids = iter(self.queue.pending())
         self._halted = False  # stopped during this pass: claim no more

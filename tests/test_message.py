@@ -10,6 +10,8 @@ import unittest
 from email.headerregistry import Address
 from email.message import EmailMessage
 
+import pytest
+
 from pyramid_txmail.message import Attachment, MailError, Message
 
 
@@ -383,3 +385,449 @@ class Test_parse_address(unittest.TestCase):
         for value in ('Shop shop@example.com', 'a@', '@example.com', 'a@b@c'):
             with self.subTest(value=value), self.assertRaises(MailError):
                 parse_address(value)
+
+
+# -- pyramid_mailer parity (issue 10), checked at a real SMTP server
+
+
+def send(server, msg, **kw):
+    """Send ``msg`` to ``server`` as send_immediately() does; what arrived."""
+    from pyramid_txmail.delivery import DirectDelivery
+    from pyramid_txmail.message import prepare
+
+    kw.setdefault('message_id_domain', 'test.example')
+    DirectDelivery(server.settings()).send_now(prepare(msg, **kw))
+    [received] = server.wait_for(1)
+    return received
+
+
+def only_attachment(received):
+    (part,) = received.message.iter_attachments()
+    return part
+
+
+# A cp1252 CSV: CRLF lines, a bare LF line, non-UTF-8 bytes, and a last
+# line without a newline that ends in a byte (0x80, the euro sign) which is
+# not valid UTF-8 either.
+CSV = 'name;price\r\nCafé;3\r\nthé;2\nlast;10€'.encode('cp1252')
+
+
+def test_send_to_is_every_recipient_cc_and_bcc():
+    msg = message(
+        recipients=['a@example.com', 'b@example.com'],
+        cc=['c@example.com'],
+        bcc=['d@example.com', 'a@example.com'],
+    )
+    assert msg.send_to == {
+        'a@example.com',
+        'b@example.com',
+        'c@example.com',
+        'd@example.com',
+    }
+    assert message(recipients=None).send_to == set()
+    assert message(recipients='a@example.com').send_to == {'a@example.com'}
+
+
+def test_add_recipient_cc_and_bcc_reach_the_envelope_bcc_no_header(smtp_server):
+    given = ['to@example.com']
+    msg = Message(subject='Hi', sender='from@example.com', body='x', recipients=given)
+    msg.add_recipient('to2@example.com')
+    msg.add_cc('cc@example.com')
+    msg.add_bcc('hidden@example.com')
+    msg.add_bcc('hidden2@example.com')
+    assert given == ['to@example.com', 'to2@example.com']  # in place, as there
+    received = send(smtp_server, msg)
+    assert received.rcpt_tos == [
+        'to@example.com',
+        'to2@example.com',
+        'cc@example.com',
+        'hidden@example.com',
+        'hidden2@example.com',
+    ]
+    assert received.message['To'] == 'to@example.com, to2@example.com'
+    assert received.message['Cc'] == 'cc@example.com'
+    assert b'hidden' not in received.data
+
+
+def test_add_recipient_to_a_message_without_any():
+    msg = Message(subject='Hi', sender='from@example.com', body='x')
+    msg.add_recipient('to@example.com')
+    msg.attach(Attachment('a.txt', data=b'a'))
+    assert msg.send_to == {'to@example.com'}
+    msg.validate()
+
+
+def test_positional_arguments_in_pyramid_mailers_order():
+    msg = Message('Hi', ['to@example.com'], 'text', '<p>html</p>', 'from@example.com')
+    assert (msg.subject, msg.recipients, msg.body, msg.html, msg.sender) == (
+        'Hi',
+        ['to@example.com'],
+        'text',
+        '<p>html</p>',
+        'from@example.com',
+    )
+
+
+def test_to_message_is_what_send_sends_without_bcc(smtp_server):
+    msg = message(
+        cc=['cc@example.com'],
+        bcc=['hidden@example.com'],
+        html='<p>hi</p>',
+        extra_headers={'X-Tag': 'a'},
+        attachments=[Attachment('r.csv', 'text/csv', CSV, charset='cp1252')],
+    )
+    built = msg.to_message()
+    assert isinstance(built, EmailMessage)
+    assert 'Bcc' not in built
+    assert 'Message-ID' not in built  # send() adds it, a new one each time
+    received = send(smtp_server, msg).message
+    for name in ('From', 'To', 'Cc', 'Subject', 'X-Tag', 'MIME-Version'):
+        assert str(built[name]) == str(received[name])
+    assert [p.get_content_type() for p in built.walk()] == [
+        p.get_content_type() for p in received.walk()
+    ]
+    (part,) = built.iter_attachments()
+    assert part.get_payload(decode=True) == CSV
+
+
+def test_to_message_uses_default_sender_when_given():
+    built = message(sender=None).to_message(default_sender='App <app@example.com>')
+    assert built['From'] == 'App <app@example.com>'
+
+
+def test_validate_passes_a_message_send_would_send():
+    assert message().validate() is None
+    assert message(sender=None).validate(default_sender='app@example.com') is None
+    assert message(body=None).validate() is None  # send() sends it, too
+
+
+@pytest.mark.parametrize(
+    ('kw', 'field'),
+    [
+        ({'recipients': []}, 'recipients'),
+        ({'sender': None}, 'sender'),
+        ({'recipients': ['not an address']}, 'recipients'),
+        (
+            {'attachments': [Attachment('a.txt', data=b'x', charset='nope')]},
+            'attachments',
+        ),
+    ],
+)
+def test_validate_raises_invalid_message_caught_as_pyramid_mailer_did(kw, field):
+    from pyramid_txmail.exceptions import InvalidMessage
+
+    for call in (message(**kw).validate, message(**kw).to_message):
+        with pytest.raises(InvalidMessage) as info:
+            call()
+        assert info.value.field == field
+        # pyramid_mailer's InvalidMessage is a RuntimeError; ours also is
+        # our MailError, a ValueError.
+        assert isinstance(info.value, RuntimeError)
+        assert isinstance(info.value, MailError)
+        assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ('kw', 'field'),
+    [
+        ({'subject': 'Hi\r\nBcc: victim@example.com'}, 'subject'),
+        ({'sender': 'a@example.com\nX: y'}, 'sender'),
+        ({'bcc': ['a@example.com\r\nX: y']}, 'recipients'),
+        ({'extra_headers': {'X-A': 'v\nInjected: 1'}}, 'X-A'),
+    ],
+)
+def test_validate_raises_bad_headers_for_cr_or_lf(kw, field):
+    from pyramid_txmail.exceptions import BadHeaders
+
+    msg = message(**kw)
+    assert msg.is_bad_headers()
+    with pytest.raises(BadHeaders) as info:
+        msg.validate()
+    assert info.value.field == field
+    assert isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, MailError)
+    assert not message().is_bad_headers()
+
+
+def test_pyramid_mailer_exception_names_take_no_arguments():
+    from pyramid_txmail.exceptions import BadHeaders, InvalidMessage
+
+    assert str(BadHeaders()) == str(InvalidMessage()) == ''
+
+
+def test_body_and_html_given_as_attachments_are_sent_as_given(smtp_server):
+    text = 'Grüße\r\naus Köln\n'.encode('latin-1')
+    html = '<p>Grüße</p>'
+    msg = message(
+        body=Attachment(
+            data=text, charset='latin-1', transfer_encoding='quoted-printable'
+        ),
+        html=Attachment(data=html, charset='utf-8', transfer_encoding='base64'),
+    )
+    received = send(smtp_server, msg).message
+    assert received.get_content_type() == 'multipart/alternative'
+    plain, rich = received.iter_parts()
+    assert plain.get_content_type() == 'text/plain'
+    assert plain.get_content_charset() == 'latin-1'
+    assert plain['Content-Transfer-Encoding'] == 'quoted-printable'
+    assert plain.get_payload(decode=True) == text
+    assert 'Content-Disposition' not in plain  # a body, not a file
+    assert rich.get_content_type() == 'text/html'
+    assert rich['Content-Transfer-Encoding'] == 'base64'
+    assert rich.get_payload(decode=True) == html.encode()
+
+
+def test_body_attachment_alone_and_html_attachment_alone(smtp_server):
+    # 7bit as the whole message: it ends with a line end, as SMTP data must.
+    msg = message(
+        body=None, html=Attachment(data=b'<p>x</p>\r\n', transfer_encoding='7bit')
+    )
+    received = send(smtp_server, msg).message
+    assert received.get_content_type() == 'text/html'
+    assert received['Content-Transfer-Encoding'] == '7bit'
+    assert received.get_payload(decode=True) == b'<p>x</p>\r\n'
+    built = message(
+        body=Attachment(data='x', content_type='text/markdown')
+    ).to_message()
+    assert built.get_content_type() == 'text/markdown'
+
+
+def test_html_attachment_with_inline_images_in_related(smtp_server):
+    msg = message(
+        html=Attachment(data='<img src="cid:logo">', transfer_encoding='7bit'),
+        attachments=[
+            Attachment(
+                'logo.png', data=b'PNG\r\n\x00', disposition='inline', content_id='logo'
+            )
+        ],
+    )
+    received = send(smtp_server, msg).message
+    related = next(
+        p for p in received.walk() if p.get_content_type() == 'multipart/related'
+    )
+    html_part, logo = related.iter_parts()
+    assert html_part.get_payload(decode=True) == b'<img src="cid:logo">'
+    assert logo['Content-ID'] == '<logo>'
+    assert logo.get_payload(decode=True) == b'PNG\r\n\x00'
+
+
+def test_body_that_is_neither_text_nor_attachment_is_refused():
+    with pytest.raises(MailError) as info:
+        message(body=b'bytes').to_message()
+    assert info.value.field == 'body'
+
+
+@pytest.mark.parametrize('cte', [None, 'base64', 'quoted-printable', 'BASE64'])
+@pytest.mark.parametrize('charset', ['cp1252', None])
+def test_text_attachment_bytes_arrive_exactly(smtp_server, cte, charset):
+    msg = message(
+        attachments=[
+            Attachment(
+                'prices.csv',
+                'text/csv',
+                CSV,
+                transfer_encoding=cte,
+                charset=charset,
+            )
+        ]
+    )
+    part = only_attachment(send(smtp_server, msg))
+    assert part.get_payload(decode=True) == CSV
+    assert part['Content-Transfer-Encoding'] == (cte or 'base64').lower()
+    assert part.get_content_type() == 'text/csv'
+    # Labelled as given; unknown bytes get no label rather than a wrong one.
+    assert part.get_param('charset') == charset
+    assert part.get_filename() == 'prices.csv'
+
+
+def test_charset_in_content_type_is_honoured(smtp_server):
+    msg = message(
+        attachments=[
+            Attachment(
+                'a.txt', "text/plain; charset='cp1252'", CSV
+            ),  # pyramid_mailer's form
+            Attachment('b.txt', 'text/plain; charset=latin-1; format=flowed', CSV),
+        ]
+    )
+    a, b = send(smtp_server, msg).message.iter_attachments()
+    assert a.get_param('charset') == 'cp1252'
+    assert b.get_param('charset') == 'latin-1'
+    assert b.get_param('format') == 'flowed'
+    assert a.get_payload(decode=True) == b.get_payload(decode=True) == CSV
+
+
+def test_text_given_as_str_is_encoded_with_the_charset(smtp_server):
+    msg = message(
+        attachments=[
+            Attachment('a.txt', data='Café\n', charset='cp1252'),
+            Attachment('b.txt', data='Café\r\n'),
+            Attachment('c.json', 'application/json', data='{"a": "é"}'),
+        ]
+    )
+    a, b, c = send(smtp_server, msg).message.iter_attachments()
+    assert a.get_payload(decode=True) == 'Café\n'.encode('cp1252')
+    assert a.get_param('charset') == 'cp1252'
+    assert b.get_payload(decode=True) == 'Café\r\n'.encode()
+    assert b.get_param('charset') == 'utf-8'
+    assert c.get_payload(decode=True) == '{"a": "é"}'.encode()
+    assert c.get_param('charset') == 'utf-8'  # encoded so: labelled so
+
+
+def test_utf8_bytes_in_text_attachment_are_labelled_utf8(smtp_server):
+    data = 'é\n'.encode()
+    part = only_attachment(
+        send(smtp_server, message(attachments=[Attachment('a.txt', data=data)]))
+    )
+    assert part.get_param('charset') == 'utf-8'
+    assert part.get_payload(decode=True) == data
+
+
+def test_7bit_and_8bit_send_the_bytes_themselves(smtp_server):
+    ascii_data = b'a,b\r\n' + b'x' * 990 + b'\r\nlast'
+    latin = 'é,ü\r\nlast'.encode('latin-1')
+    msg = message(
+        attachments=[
+            Attachment('a.csv', 'text/csv', ascii_data, transfer_encoding='7bit'),
+            Attachment(
+                'b.csv', 'text/csv', latin, transfer_encoding='8bit', charset='latin-1'
+            ),
+        ]
+    )
+    received = send(smtp_server, msg)
+    a, b = received.message.iter_attachments()
+    assert a['Content-Transfer-Encoding'] == '7bit'
+    assert a.get_payload(decode=True) == ascii_data
+    assert b['Content-Transfer-Encoding'] == '8bit'
+    assert b.get_payload(decode=True) == latin
+    assert 'BODY=8BITMIME' in received.mail_options
+    assert ascii_data in received.data  # not encoded on the way
+
+
+def test_7bit_turns_bare_line_ends_into_crlf_as_smtp_requires(smtp_server):
+    msg = message(
+        attachments=[Attachment('a.txt', data=b'a\nb\rc', transfer_encoding='7bit')]
+    )
+    part = only_attachment(send(smtp_server, msg))
+    assert part.get_payload(decode=True) == b'a\r\nb\r\nc'
+
+
+def test_file_object_is_read_once_and_its_bytes_arrive(smtp_server, tmp_path):
+    # One line of 2,000 bytes: read twice, the second (empty) read used to
+    # choose the encoding, and the line went out as 7bit.
+    data = b'x' * 2000 + b'\n\xe9'
+    path = tmp_path / 'big.txt'
+    path.write_bytes(data)
+    with open(path, 'rb') as f:
+        att = Attachment('big.txt', 'text/plain', f, charset='latin-1')
+        msg = message(attachments=[att])
+        msg.to_message()  # reads it
+        received = send(smtp_server, msg)  # and the bytes are still there
+    assert att.data == data
+    assert only_attachment(received).get_payload(decode=True) == data
+    assert all(len(line) <= 998 for line in received.data.split(b'\r\n'))
+
+
+def test_disposition_content_id_and_filename_are_honoured(smtp_server):
+    msg = message(
+        attachments=[
+            Attachment(
+                content_type='application/pdf',
+                data=b'%PDF',
+                disposition='attachment; filename="fred.pdf"; size=4',
+                content_id='<r1@example.com>',
+            ),
+            Attachment(
+                '/srv/private/plan.pdf',
+                data=b'%PDF',
+                disposition='inline',
+                content_id='p',
+            ),
+            Attachment('x.bin', data=b'\x00', disposition='INLINE'),
+        ]
+    )
+    fred, plan, x = send(smtp_server, msg).message.iter_attachments()
+    assert fred.get_filename() == 'fred.pdf'
+    assert fred.get_content_disposition() == 'attachment'
+    assert fred.get_param('size', header='Content-Disposition') == '4'
+    assert fred['Content-ID'] == '<r1@example.com>'
+    assert plan.get_filename() == 'plan.pdf'  # the directories stay private
+    assert plan.get_content_disposition() == 'inline'  # no html: no related
+    assert plan['Content-ID'] == '<p>'
+    assert x.get_content_disposition() == 'inline'
+    assert x.get_content_type() == 'application/octet-stream'
+
+
+def test_attachment_helpers():
+    att = Attachment('a.pdf', data=io.BytesIO(b'%PDF'))
+    assert att.mime_type() == ('application', 'pdf')
+    assert att.payload() == b'%PDF'
+    assert att.payload() == b'%PDF'
+    assert Attachment(data=bytearray(b'ab')).payload() == b'ab'
+    assert Attachment(data=memoryview(b'ab')).mime_type() == (
+        'application',
+        'octet-stream',
+    )
+
+
+class Unreadable(io.RawIOBase):
+    def read(self, size=-1):
+        raise OSError(5, 'Input/output error')
+
+
+@pytest.mark.parametrize(
+    ('att', 'says'),
+    [
+        (
+            Attachment('a.csv', 'text/csv', CSV, charset='no-such-charset'),
+            "unknown charset 'no-such-charset'",
+        ),
+        (
+            Attachment('a.txt', data='€', charset='latin-1'),
+            'cannot be encoded as latin-1',
+        ),
+        (Attachment('a.txt', data=b'x', transfer_encoding='binary'), "got 'binary'"),
+        (Attachment('a.txt', data=CSV, transfer_encoding='7bit'), 'non-ASCII'),
+        (
+            Attachment('a.txt', data=b'x' * 999, transfer_encoding='8bit'),
+            'longer than 998',
+        ),
+        (Attachment('a.bin', data=b'\x00', transfer_encoding='8bit'), 'NUL'),
+        (Attachment('a.txt', data=42), 'got int'),
+        (Attachment('a.txt', data=Unreadable()), 'cannot read its data'),
+        (Attachment('a.pdf', 'pdf', b'x'), "got 'pdf'"),
+        (Attachment('a.eml', 'multipart/mixed', b'x'), 'multipart'),
+        (Attachment('a.txt', data=b'x', disposition='at tachment'), 'disposition'),
+        (
+            Attachment('a.txt', data=b'x', content_id='a\r\nBcc: x@example.com'),
+            'CR or LF',
+        ),
+        (Attachment('a.txt', data=b'x', charset='utf-8\nX: y'), 'CR or LF'),
+    ],
+)
+def test_unusable_attachment_is_a_mail_error_naming_it(att, says):
+    from pyramid_txmail.message import prepare
+
+    with pytest.raises(MailError) as info:
+        prepare(message(attachments=[Attachment('ok.txt', data=b'ok'), att]))
+    assert says in str(info.value)
+    if 'CR or LF' not in says:
+        assert str(info.value).startswith("attachment 'a.")
+        assert info.value.field == 'attachments'
+
+
+def test_unnamed_attachment_is_named_by_its_position():
+    from pyramid_txmail.message import prepare
+
+    with pytest.raises(MailError, match=r'^attachment 2: unknown charset'):
+        prepare(
+            message(
+                attachments=[Attachment(data=b'x'), Attachment(data=b'x', charset='?')]
+            )
+        )
+
+
+def test_closed_file_is_a_mail_error():
+    f = io.BytesIO(b'x')
+    f.close()
+    with pytest.raises(MailError, match=r"attachment 'a\.txt': cannot read its data"):
+        message(attachments=[Attachment('a.txt', data=f)]).to_message()
