@@ -214,7 +214,7 @@ def _parse_address(field: str, value: object) -> Address:
         )
     _header_value(field, value)
     simple = _SIMPLE_ADDRESS.fullmatch(value)
-    if simple and len(simple['domain']) <= 255:
+    if simple and len(simple['username']) <= 64 and len(simple['domain']) <= 255:
         name, username, domain = simple.group('name', 'username', 'domain')
         return Address(name or '', username, domain)
     try:
@@ -679,9 +679,14 @@ def _header_addresses(field: str, value: str) -> list[Address]:
     return [_checked(field, a, repr(value)) for a in addresses]
 
 
-def _message_id(value: str) -> str:
-    value = value.strip()
-    if not (value.isascii() and _MSG_ID.fullmatch(value)):
+def _message_id(stored: object) -> str:
+    # ``stored`` as the message holds it: the text given, or for an
+    # EmailMessage maybe a parsed header, whose str() drops what it could
+    # not parse.
+    value = str(stored).strip()
+    if getattr(stored, 'defects', None) or not (
+        value.isascii() and _MSG_ID.fullmatch(value)
+    ):
         raise MailError(
             f'Message-ID: expected <left@right> in printable ASCII, got {value!r}',
             field='Message-ID',
@@ -742,13 +747,14 @@ def prepare(
         )
     if not recipients:
         raise MailError('no recipients', field='recipients')
-    if 'Message-ID' in msg:
-        message_id = _message_id(str(msg['Message-ID']))
+    stored = {name.lower(): value for name, value in reversed(list(msg.raw_items()))}
+    if 'message-id' in stored:
+        message_id = _message_id(stored['message-id'])
     else:
         message_id = make_msgid(domain=message_id_domain)
         msg['Message-ID'] = message_id
-    if 'Date' in msg:
-        _check_date(str(msg['Date']))
+    if 'date' in stored:
+        _check_date(str(stored['date']))
     else:
         msg['Date'] = formatdate(localtime=True)
     seen: dict[str, None] = {}
