@@ -119,10 +119,6 @@ class _AddressList(str):
         self.items = items
         return self
 
-    def __getnewargs__(self) -> tuple[tuple[str, ...]]:  # type: ignore[override]
-        # str's own would rebuild ``items`` from the joined text's characters.
-        return (self.items,)
-
 
 @functools.lru_cache(maxsize=512)
 def _parsed(name: str, value: str) -> BaseHeader:

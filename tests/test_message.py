@@ -383,3 +383,47 @@ class Test_parse_address(unittest.TestCase):
         for value in ('Shop shop@example.com', 'a@', '@example.com', 'a@b@c'):
             with self.subTest(value=value), self.assertRaises(MailError):
                 parse_address(value)
+
+
+# -- many recipients
+
+
+def test_twenty_thousand_recipients_in_envelope_and_header():
+    from pyramid_txmail.message import prepare
+
+    addresses = [f'user{i}@example.com' for i in range(20_000)]
+    mail = prepare(message(recipients=addresses, cc=['Ann <ann@example.com>']))
+    assert mail.envelope.recipients == (*addresses, 'ann@example.com')
+    head = mail.data.split(b'\r\n\r\n')[0]
+    assert max(len(line) for line in head.split(b'\r\n')) <= 78
+    # Unfolded by hand: the stdlib's parser takes quadratic time for this.
+    [to] = re.findall(rb'^To: (.*?)\r\n(?! )', head, re.MULTILINE | re.DOTALL)
+    assert to.replace(b'\r\n', b'').decode().split(', ') == addresses
+
+
+def test_address_list_with_a_display_name_longer_than_a_line():
+    from pyramid_txmail.message import prepare
+
+    name = ' '.join(['word'] * 300)
+    mail = prepare(message(recipients=[Address(name, 'a', 'example.com'), 'b@ex.com']))
+    lines = mail.data.split(b'\r\n\r\n')[0].split(b'\r\n')
+    assert max(len(line) for line in lines) <= 998
+    [first, second] = parse(mail.data)['To'].addresses
+    assert (first.display_name, first.addr_spec) == (name, 'a@example.com')
+    assert second.addr_spec == 'b@ex.com'
+
+
+def test_message_id_and_date_of_an_email_message_are_checked():
+    from pyramid_txmail.message import prepare
+
+    for name, value in (('Message-ID', '<a@b@c>'), ('Date', 'soon')):
+        msg = email.message_from_bytes(
+            f'From: a@example.com\nTo: b@example.com\n{name}: {value}\n\nhi\n'.encode(),
+            policy=email.policy.default,
+        )
+        try:
+            prepare(msg)
+        except MailError as error:
+            assert error.field == name
+        else:
+            raise AssertionError(f'{name}: {value!r} accepted')
