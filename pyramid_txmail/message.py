@@ -658,14 +658,13 @@ def _from_email(
 
 def _header_addresses(field: str, value: str) -> list[Address]:
     """The checked addresses of an address list header value."""
+    _header_value(field, value)
     try:
-        header = _HEADER_FACTORY(field, _header_value(field, value))
+        header = _HEADER_FACTORY(field, value)
         addresses = list(header.addresses)
         defects = [
             d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)
         ]
-    except MailError:
-        raise
     except Exception:  # the parser raises assorted errors on garbage
         addresses, defects = [], ['unparsable']
     if not addresses or defects:

@@ -191,6 +191,7 @@ def test_local_part_that_is_not_a_dot_string_is_quoted(mailer, server):
         'a@[IPv6:nonsense]',
         'a@[127.0.0.1',
         'a@' + 'x' * 64 + '.example',
+        'a@' + 'ü' * 64 + '.example',
         'a@' + 'abc.' * 64 + 'com',
         'x' * 65 + '@example.com',
     ],
@@ -204,6 +205,7 @@ def test_address_that_cannot_be_an_rfc5321_mailbox_is_refused(mailer, server, va
     ('field', 'address'),
     [
         ('recipients', Address(username='a b', domain='exa mple.com')),
+        ('recipients', Address(username='', domain='example.com')),
         ('cc', Address(username='a\tb', domain='example.com')),
         ('bcc', Address(username='a', domain='example.com>')),
         ('sender', Address('Eve\x00Bcc: x@example.com', 'a', 'example.com')),
@@ -481,6 +483,9 @@ def test_mime_fields_in_extra_headers_are_refused(mailer, server, name):
         ('Sender', 'a@example.com, b@example.com'),
         ('Bcc', 'not an address'),
         ('To', '"victim@attacker.example>"'),
+        ('Cc', '"unterminated <a@b.c'),
+        ('Cc', 'a@['),  # the stdlib's parser raises
+        ('Reply-To', 'a@example.com\x00'),
     ],
 )
 def test_special_extra_headers_are_checked(mailer, server, name, value):
