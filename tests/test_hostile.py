@@ -235,6 +235,7 @@ def test_header_and_envelope_agree_for_every_accepted_local_part(mailer, server)
         max_examples=150,
         deadline=None,
         derandomize=True,
+        database=None,  # nothing written into the work tree
         suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
     @given(
