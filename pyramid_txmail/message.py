@@ -13,16 +13,19 @@ import email.message
 import email.utils
 import functools
 import io
+import ipaddress
 import mimetypes
 import re
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from email.charset import Charset
 from email.errors import NonASCIILocalPartDefect
 from email.generator import BytesGenerator
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, MIMEPart
 from email.policy import EmailPolicy
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate, make_msgid, parsedate_to_datetime
 from typing import Any
 
 from .exceptions import BadHeaders, InvalidMessage, MailError
@@ -60,7 +63,9 @@ class _WirePolicy(EmailPolicy):
     """
 
     def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
-        if isinstance(value, str) and value.isascii() and value.isprintable():
+        if isinstance(value, _AddressList) or (
+            isinstance(value, str) and value.isascii() and value.isprintable()
+        ):
             return (name, value)
         return super().header_store_parse(name, value)
 
@@ -70,6 +75,8 @@ class _WirePolicy(EmailPolicy):
         return super().header_fetch_parse(name, value)
 
     def _fold(self, name: str, value: Any, refold_binary: bool = False) -> str:
+        if isinstance(value, _AddressList):
+            return self._fold_list(name, value)
         text = str(value)
         if (
             text.isascii()
@@ -78,6 +85,41 @@ class _WirePolicy(EmailPolicy):
         ):
             return f'{name}: {text}{self.linesep}'
         return super()._fold(name, value, refold_binary)
+
+    def _fold_list(self, name: str, value: _AddressList) -> str:
+        # The stdlib parses a header to fold it, in time quadratic in its
+        # length (minutes for 60,000 recipients). Our own lists are made of
+        # checked items, so a line may break after any comma.
+        limit = self.max_line_length or 998
+        lines, line = [], f'{name}:'
+        last = len(value.items) - 1
+        for i, item in enumerate(value.items):
+            piece = item if i == last else item + ','
+            if len(line) + 1 + len(piece) > limit and line != f'{name}:':
+                lines.append(line)
+                line = ''
+            line = f'{line} {piece}'
+        lines.append(line)
+        if max(len(line) for line in lines) > 998:
+            # A display name too long for one line: the stdlib folds inside it.
+            return super()._fold(name, str.__str__(value))
+        return self.linesep.join(lines) + self.linesep
+
+
+class _AddressList(str):
+    """An address header value built here from checked addresses.
+
+    ``items`` are the addresses as the header shows them; the policy
+    stores the value unparsed and folds it between items.
+    """
+
+    items: tuple[str, ...]
+
+    def __new__(cls, items: Iterable[str]) -> _AddressList:
+        items = tuple(items)
+        self = super().__new__(cls, ', '.join(items))
+        self.items = items
+        return self
 
 
 @functools.lru_cache(maxsize=512)
@@ -94,7 +136,11 @@ _HEADER_FACTORY = _HEADERS
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """The SMTP envelope: ``MAIL FROM`` and ``RCPT TO`` addr-specs."""
+    """The SMTP envelope: ``MAIL FROM`` and ``RCPT TO`` mailboxes.
+
+    Each is written as it goes between the angle brackets (RFC 5321,
+    4.1.2): a local part that is not a Dot-string is a quoted-string.
+    """
 
     sender: str
     recipients: tuple[str, ...]
@@ -115,25 +161,63 @@ class PreparedMail:
     original: object = None
 
 
-def _one_line(name: str, value: str) -> str:
-    if '\r' in value or '\n' in value:
+# Line breaks for str.splitlines() or for some receiver (NUL, VT, FF, FS,
+# GS, RS, NEL, LS, PS), every other C0 and C1 control except TAB, DEL, and
+# lone surrogates (which cannot be encoded): never in a header value.
+_CONTROL = re.compile('[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]')
+# RFC 5322, 2.2: printable US-ASCII except the colon.
+_FIELD_NAME = re.compile('[!-9;-~]+')
+
+
+def _header_value(field: str, value: object, *, what: str | None = None) -> str:
+    """``value`` if it is a string that stays one header line, else MailError.
+
+    ``what`` names the thing at fault in the message when ``field`` alone
+    would not (an attachment among several).
+    """
+    named = what or field
+    if not isinstance(value, str):
         raise MailError(
-            f'{name}: a header value may not contain CR or LF', field=name, value=value
+            f'{named}: expected a string, got {type(value).__name__} {value!r}',
+            field=field,
+            value=value,
+        )
+    bad = _CONTROL.search(value)
+    if bad:
+        raise MailError(
+            f'{named}: a header value may not contain line breaks or control '
+            f'characters, found {bad.group()!r} in {value!r}',
+            field=field,
+            value=value,
         )
     return value
 
 
+def _field_name(name: object) -> str:
+    """``name`` if it is an RFC 5322 field name, else MailError."""
+    if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+        field = name if isinstance(name, str) else repr(name)
+        raise MailError(
+            f'{field!r} is not a header name: printable ASCII without spaces '
+            'or colons (RFC 5322)',
+            field=field,
+            value=name,
+        )
+    return name
+
+
 def _parse_address(field: str, value: object) -> Address:
-    """One address from a string or an :class:`Address`; never split on commas."""
+    """One checked address from a string or an :class:`Address`; never split
+    on commas."""
     if isinstance(value, Address):
-        return value
+        return _checked(field, value, repr(value))
     if not isinstance(value, str):
         raise MailError(
             f'{field}: expected an address, got {value!r}', field=field, value=value
         )
-    _one_line(field, value)
+    _header_value(field, value)
     simple = _SIMPLE_ADDRESS.fullmatch(value)
-    if simple:
+    if simple and len(simple['username']) <= 64 and len(simple['domain']) <= 255:
         name, username, domain = simple.group('name', 'username', 'domain')
         return Address(name or '', username, domain)
     try:
@@ -145,27 +229,70 @@ def _parse_address(field: str, value: object) -> Address:
         ]
     except Exception:  # the parser raises assorted errors on garbage
         addresses, defects = (), ('unparsable',)
-    if (
-        len(addresses) != 1
-        or defects
-        or not addresses[0].domain
-        or not addresses[0].username
-    ):
+    if len(addresses) != 1 or defects:
         raise MailError(
             f'{field}: not one valid address: {value!r}', field=field, value=value
         )
-    return addresses[0]
+    return _checked(field, addresses[0], repr(value))
+
+
+def _checked(field: str, address: Address, shown: str) -> Address:
+    """``address`` if it can be written into the envelope and a header
+    exactly as it reads; else MailError naming ``field``."""
+    username, domain, name = address.username, address.domain, address.display_name
+    problem = None
+    if not username or not domain:
+        problem = 'not one valid address'
+    elif not username.isprintable():
+        # RFC 5321 has no way to send a control character or a line break.
+        problem = 'the local part holds a control character or line break'
+    elif not _valid_domain(domain):
+        problem = 'not a valid domain'
+    elif len(_local(username).encode()) > 64:
+        problem = 'the local part is longer than 64 octets (RFC 5321)'
+    elif _CONTROL.search(name) or '\t' in name:
+        problem = 'the display name holds a control character or line break'
+    if problem:
+        raise MailError(f'{field}: {problem}: {shown}', field=field, value=address)
+    return address
+
+
+def _valid_domain(domain: str) -> bool:
+    if domain.startswith('['):
+        # RFC 5321, 4.1.3: an IPv4 or IPv6 address literal.
+        literal = domain[1:-1] if domain.endswith(']') else ''
+        try:
+            if literal[:5].lower() == 'ipv6:':
+                ipaddress.IPv6Address(literal[5:])
+            else:
+                ipaddress.IPv4Address(literal)
+        except ValueError:
+            return False
+        return True
+    if not domain.isascii():
+        try:
+            domain = domain.encode('idna').decode('ascii')
+        except UnicodeError:
+            return False
+    return len(domain) <= 255 and _DOMAIN.fullmatch(domain) is not None
 
 
 # The common forms, ``local@example.com`` and ``Some Name <local@example.com>``
 # (dot-atom local part, host name, plain words), need no full RFC 5322 parse.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r'[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?'
+_LABEL = r'[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+_DOMAIN = re.compile(rf'{_LABEL}(?:\.{_LABEL})*')
 _SIMPLE_ADDRESS = re.compile(
     r'(?:(?P<name>[A-Za-z0-9]+(?: [A-Za-z0-9]+)*) <)?'
     rf'(?P<username>{_ATEXT}(?:\.{_ATEXT})*)@(?P<domain>{_LABEL}(?:\.{_LABEL})*)'
     r'(?(name)>)'
 )
+# RFC 5321 Dot-string, with RFC 6531's non-ASCII characters.
+_UTEXT = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"
+_DOT_STRING = re.compile(rf'{_UTEXT}(?:\.{_UTEXT})*')
+_PHRASE = re.compile(rf'{_ATEXT}(?: {_ATEXT})*')
+_QUOTED_PAIR = re.compile(r'(["\\])')
+_UTF8 = Charset('utf-8')
 
 
 def parse_address(value: object, field: str = 'address') -> Address:
@@ -178,14 +305,59 @@ def _addresses(field: str, values: object) -> list[Address]:
         return []
     if isinstance(values, (str, Address)):
         values = [values]  # a lone string is one address, not its characters
-    return [_parse_address(field, v) for v in values]  # type: ignore[union-attr]
+    elif isinstance(values, (bytes, bytearray)) or not isinstance(values, Iterable):
+        raise MailError(
+            f'{field}: expected an address or a list of addresses, '
+            f'got {type(values).__name__} {values!r}',
+            field=field,
+            value=values,
+        )
+    return [_parse_address(field, v) for v in values]
+
+
+def _local(username: str) -> str:
+    """The local part as RFC 5321 writes it: a Dot-string, else quoted."""
+    if _DOT_STRING.fullmatch(username):
+        return username
+    return '"' + _QUOTED_PAIR.sub(r'\\\1', username) + '"'
 
 
 def _addr_spec(address: Address) -> str:
+    """The mailbox for ``MAIL FROM``/``RCPT TO``, and for the headers too,
+    so that what a header shows is where the relay delivers."""
     domain = address.domain
     if not domain.isascii() and address.username.isascii():
         domain = domain.encode('idna').decode('ascii')
-    return f'{address.username}@{domain}'
+    return f'{_local(address.username)}@{domain}'
+
+
+def _shown(address: Address) -> str:
+    """``address`` as an address header shows it."""
+    spec = _addr_spec(address)
+    name = address.display_name
+    if not name:
+        return spec
+    if name.isascii() and '=?' not in name:
+        if not _PHRASE.fullmatch(name):
+            name = '"' + _QUOTED_PAIR.sub(r'\\\1', name) + '"'
+    else:
+        # One encoded word: Python's parser puts a space between two.
+        name = _UTF8.header_encode(name)
+    return f'{name} <{spec}>'
+
+
+def is_mailbox(value: str) -> bool:
+    """True if ``value`` is an RFC 5321 Mailbox (RFC 6531 with non-ASCII),
+    safe between the angle brackets of ``MAIL FROM`` or ``RCPT TO``."""
+    return _MAILBOX.fullmatch(value) is not None and value.isprintable()
+
+
+_MAILBOX = re.compile(
+    rf'(?:{_UTEXT}(?:\.{_UTEXT})*|"(?:[ !#-\[\]-~]|[^\x00-\x7f]|\\[ -~])*")'
+    r'@(?:(?:[A-Za-z0-9]|[^\x00-\x7f])(?:[A-Za-z0-9-]|[^\x00-\x7f])*'
+    r'(?:\.(?:[A-Za-z0-9]|[^\x00-\x7f])(?:[A-Za-z0-9-]|[^\x00-\x7f])*)*'
+    r'|\[[0-9A-Za-z:.]+\])'
+)
 
 
 @dataclass
@@ -336,7 +508,9 @@ class Message:
             parse_address(default_sender, 'default_sender') if default_sender else None
         )
         try:
-            msg, _, _ = _checked(self, default)
+            msg, _, recipients = _build(self, default)
+            if not recipients:
+                raise MailError('no recipients', field='recipients')
         except MailError as exc:
             raise InvalidMessage(str(exc), field=exc.field, value=exc.value) from exc
         return msg
@@ -403,7 +577,7 @@ def _content_type(
         ctype = mimetypes.guess_type(att.filename)[0]
     if ctype is None:
         return 'application/octet-stream', {}
-    _one_line(field, ctype)
+    _header_value(field, ctype, what=what)
     main, params = _params('Content-Type', ctype)
     maintype, _, subtype = main.partition('/')
     if not _TOKEN.fullmatch(maintype) or not _TOKEN.fullmatch(subtype):
@@ -441,7 +615,7 @@ def _data(att: Attachment, what: str, field: str) -> bytes | str:
 
 
 def _charset(name: str, what: str, field: str) -> str:
-    _one_line(field, name)
+    _header_value(field, name, what=what)
     try:
         codecs.lookup(name)
     except LookupError:
@@ -461,6 +635,8 @@ def _resolve(
 ) -> _Part:
     """Check ``att`` and work out its part, raising :class:`MailError`
     (naming the attachment) for anything that cannot be sent as given."""
+    if att.filename is not None:
+        _header_value('attachment filename', att.filename, what=what)
     ctype, params = _content_type(att, what, field, default_type)
     maintype, _, subtype = ctype.partition('/')
     if maintype == 'multipart':
@@ -471,7 +647,7 @@ def _resolve(
         )
     disposition, dparams = default_disposition, {}
     if att.disposition:
-        _one_line(field, att.disposition)
+        _header_value(field, att.disposition, what=what)
         disposition, dparams = _params('Content-Disposition', att.disposition)
         if not _TOKEN.fullmatch(disposition):
             raise MailError(
@@ -483,7 +659,7 @@ def _resolve(
     filename = att.filename or dparams.pop('filename', None) or params.get('name')
     dparams.pop('filename', None)
     if filename:
-        _one_line('attachment filename', filename)
+        _header_value('attachment filename', filename, what=what)
         filename = filename.rsplit('/', 1)[-1]  # a path's directories are private
         params['name'] = filename  # for mail readers that ignore filename=
     charset = att.charset or params.pop('charset', None)
@@ -536,7 +712,7 @@ def _resolve(
             )
     cid = att.content_id
     if cid is not None:
-        _one_line(field, cid)
+        _header_value(field, cid, what=what)
         cid = cid if cid.startswith('<') else f'<{cid}>'
     return _Part(
         maintype, subtype, payload, cte, params, disposition, dparams, filename, cid
@@ -565,27 +741,15 @@ def _normalize(text: str) -> str:
     return text.replace('\r\n', '\n').replace('\r', '\n')
 
 
-def _build(message: Message, sender: Address) -> tuple[EmailMessage, list[Address]]:
-    to = _addresses('recipients', message.recipients)
-    cc = _addresses('cc', message.cc)
-    bcc = _addresses('bcc', message.bcc)
-    msg = EmailMessage(policy=_SMTP)
-    msg['From'] = _header([sender])
-    if to:
-        msg['To'] = _header(to)
-    if cc:
-        msg['Cc'] = _header(cc)
-    if message.reply_to:
-        msg['Reply-To'] = _header(_addresses('reply_to', message.reply_to))
-    msg['Subject'] = _one_line('subject', message.subject or '')
-    for name, value in (message.extra_headers or {}).items():
-        _one_line(name, name)
-        msg[name] = _one_line(name, str(value))
+def _build(
+    message: Message, default: Address | None
+) -> tuple[EmailMessage, Address, list[Address]]:
+    msg, sender, recipients = _headers(message, default)
     # Resolved first: every attachment is checked (and its file read, once)
     # before any part is built.
     related: list[_Part] = []
     files: list[_Part] = []
-    for number, att in enumerate(message.attachments or [], 1):
+    for number, att in enumerate(_checked_attachments(message.attachments), 1):
         spec = _resolve(att, _describe(att, number), 'attachments')
         if spec.disposition == 'inline' and message.html:
             related.append(spec if spec.cid else replace(spec, cid=make_msgid()))
@@ -615,7 +779,7 @@ def _build(message: Message, sender: Address) -> tuple[EmailMessage, list[Addres
             part = MIMEPart(policy=_SMTP)
             _fill(part, spec)
             msg.attach(part)
-    return msg, to + cc + bcc
+    return msg, sender, recipients
 
 
 def _describe(att: Attachment, number: int) -> str:
@@ -647,9 +811,125 @@ def _set_body(part: MIMEPart, value: object, field: str, subtype: str) -> None:
     part.set_content(text, subtype=subtype, cte=_cte(text))
 
 
-def _header(addresses: list[Address]) -> str:
-    # A string, not the objects, so that _WirePolicy can keep it unparsed.
-    return ', '.join(str(a) for a in addresses)
+# Fields a Message has a keyword for: in extra_headers instead of the keyword.
+_KEYWORDS = {
+    'from': 'sender',
+    'to': 'recipients',
+    'cc': 'cc',
+    'bcc': 'bcc',
+    'reply-to': 'reply_to',
+    'subject': 'subject',
+}
+
+
+def _headers(
+    message: Message, default: Address | None
+) -> tuple[EmailMessage, Address, list[Address]]:
+    """The message's header fields, its envelope sender and recipients."""
+    extra = _extra_headers(message.extra_headers)
+
+    def given(key: str) -> tuple[str, Any, bool]:
+        # (field, value, whether it is a header string) from the keyword or
+        # extra_headers; both would leave the reader guessing which counts.
+        keyword = _KEYWORDS[key]
+        value = getattr(message, keyword)
+        if key not in extra:
+            return keyword, value, False
+        name, header = extra.pop(key)
+        if value:
+            raise MailError(
+                f'{name}: given both as {keyword}= and in extra_headers; give one',
+                field=name,
+                value=header,
+            )
+        return name, header, True
+
+    def address_list(key: str) -> list[Address]:
+        field, value, header = given(key)
+        return _header_addresses(field, value) if header else _addresses(field, value)
+
+    field, value, _ = given('from')
+    sender = _parse_address(field, value) if value else default
+    if sender is None:
+        raise MailError(
+            'no sender: pass sender= or set mail.default_sender', field='sender'
+        )
+    to, cc, bcc = address_list('to'), address_list('cc'), address_list('bcc')
+    reply_to = address_list('reply-to')
+    field, subject, _ = given('subject')
+    msg = EmailMessage(policy=_SMTP)
+    msg['From'] = _AddressList([_shown(sender)])
+    if 'sender' in extra:
+        # As for an EmailMessage: Sender names the envelope sender.
+        name, value = extra.pop('sender')
+        sender = _parse_address(name, value)
+        msg['Sender'] = _AddressList([_shown(sender)])
+    if to:
+        msg['To'] = _AddressList(map(_shown, to))
+    if cc:
+        msg['Cc'] = _AddressList(map(_shown, cc))
+    if reply_to:
+        msg['Reply-To'] = _AddressList(map(_shown, reply_to))
+    msg['Subject'] = '' if subject is None else _header_value(field, subject)
+    for name, value in extra.values():
+        msg[name] = value
+    return msg, sender, to + cc + bcc
+
+
+def _extra_headers(extra: object) -> dict[str, tuple[str, str]]:
+    """``extra_headers`` checked, as ``{lower-case name: (name, value)}``.
+
+    A value of None leaves the field out, as a keyword left at None does.
+    """
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise MailError(
+            f'extra_headers: expected a dict of header names and values, '
+            f'got {type(extra).__name__}',
+            field='extra_headers',
+            value=extra,
+        )
+    checked: dict[str, tuple[str, str]] = {}
+    seen: set[str] = set()
+    for name, value in extra.items():
+        key = _field_name(name).lower()
+        if key in seen:
+            raise MailError(
+                f'{name}: given twice in extra_headers', field=name, value=value
+            )
+        seen.add(key)
+        if key == 'mime-version' or key.startswith('content-'):
+            raise MailError(
+                f'{name}: set from body, html and attachments, not extra_headers',
+                field=name,
+                value=value,
+            )
+        if value is not None:
+            checked[key] = (name, _header_value(name, value))
+    return checked
+
+
+def _checked_attachments(attachments: object) -> list[Attachment]:
+    """``attachments`` as a list of :class:`Attachment`; each one's content is
+    checked when it is resolved (:func:`_resolve`)."""
+    if attachments is None:
+        return []
+    if not isinstance(attachments, Iterable):
+        raise MailError(
+            f'attachments: expected a list of Attachment, got {attachments!r}',
+            field='attachments',
+            value=attachments,
+        )
+    checked = list(attachments)
+    for i, att in enumerate(checked):
+        if not isinstance(att, Attachment):
+            raise MailError(
+                f'attachments[{i}]: expected an Attachment, got {att!r}',
+                field='attachments',
+                value=att,
+            )
+    return checked
 
 
 def _cte(text: str) -> str:
@@ -659,44 +939,102 @@ def _cte(text: str) -> str:
     return 'quoted-printable'
 
 
+# RFC 5322, 3.6: at most one of each.
+_ONCE = (
+    'From',
+    'Sender',
+    'To',
+    'Cc',
+    'Bcc',
+    'Reply-To',
+    'Subject',
+    'Message-ID',
+    'Date',
+)
+
+
 def _from_email(
-    message: EmailMessage,
-) -> tuple[EmailMessage, list[Address], Address | None]:
+    message: EmailMessage, default: Address | None
+) -> tuple[EmailMessage, Address, list[Address]]:
     msg = copy.deepcopy(message)
+    msg.policy = _SMTP  # so that the address fields below stay as written
     for name, value in msg.items():
-        _one_line(name, str(value))
-    sender_value = msg['Sender'] or msg['From']
-    sender = _parse_address('sender', str(sender_value)) if sender_value else None
-    recipients: list[Address] = []
-    for name in ('To', 'Cc', 'Bcc'):
-        for value in msg.get_all(name) or []:
-            recipients.extend(_header_addresses(name, str(value)))
+        _header_value(_field_name(name), str(value))
+    for name in _ONCE:
+        count = len(msg.get_all(name) or ())
+        if count > 1:
+            raise MailError(
+                f'{name}: {count} {name} fields; a message has at most one',
+                field=name,
+            )
+    found: dict[str, list[Address]] = {}
+    for name in ('From', 'Sender', 'To', 'Cc', 'Bcc', 'Reply-To'):
+        if name in msg:
+            found[name] = addresses = _header_addresses(name, str(msg[name]))
+            # Rewritten as the envelope names them, in place.
+            msg.replace_header(name, _AddressList(map(_shown, addresses)))
+    field = 'Sender' if 'Sender' in found else 'From'
+    senders = found.get(field)
+    if senders is not None and len(senders) != 1:
+        raise MailError(
+            f'{field}: the envelope sender must be one address, got {len(senders)}'
+            + ('' if field == 'Sender' else '; add a Sender field'),
+            field=field,
+        )
+    sender = senders[0] if senders else default
+    if sender is None:
+        raise MailError('no sender: set From or mail.default_sender', field='sender')
+    if 'From' not in msg:
+        msg['From'] = _AddressList([_shown(sender)])
+    recipients = [a for name in ('To', 'Cc', 'Bcc') for a in found.get(name, ())]
     del msg['Bcc']
-    return msg, recipients, sender
+    return msg, sender, recipients
 
 
 def _header_addresses(field: str, value: str) -> list[Address]:
-    addresses = list(_HEADER_FACTORY(field, value).addresses)
-    if not addresses or any(not a.domain for a in addresses):
+    """The checked addresses of an address list header value."""
+    _header_value(field, value)
+    try:
+        header = _HEADER_FACTORY(field, value)
+        addresses = list(header.addresses)
+        defects = [
+            d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)
+        ]
+    except Exception:  # the parser raises assorted errors on garbage
+        addresses, defects = [], ['unparsable']
+    if not addresses or defects:
         raise MailError(
             f'{field}: unparsable address list {value!r}', field=field, value=value
         )
-    return addresses
+    return [_checked(field, a, repr(value)) for a in addresses]
 
 
-def _checked(
-    message: Message, default: Address | None
-) -> tuple[EmailMessage, list[Address], Address]:
-    """Build ``message``, checking that it has a sender and recipients."""
-    sender = _parse_address('sender', message.sender) if message.sender else default
-    if sender is None:
+def _message_id(stored: object) -> str:
+    # ``stored`` as the message holds it: the text given, or for an
+    # EmailMessage maybe a parsed header, whose str() drops what it could
+    # not parse.
+    value = str(stored).strip()
+    if getattr(stored, 'defects', None) or not (
+        value.isascii() and _MSG_ID.fullmatch(value)
+    ):
         raise MailError(
-            'no sender: pass sender= or set mail.default_sender', field='sender'
+            f'Message-ID: expected <left@right> in printable ASCII, got {value!r}',
+            field='Message-ID',
+            value=value,
         )
-    msg, recipients = _build(message, sender)
-    if not recipients:
-        raise MailError('no recipients', field='recipients')
-    return msg, recipients, sender
+    return value
+
+
+_MSG_ID = re.compile(r'<[^\s<>@"\\]+@[^\s<>@"\\]+>')
+
+
+def _check_date(value: str) -> None:
+    try:
+        parsedate_to_datetime(value)
+    except (ValueError, TypeError, IndexError):
+        raise MailError(
+            f'Date: not an RFC 5322 date: {value!r}', field='Date', value=value
+        ) from None
 
 
 def prepare(
@@ -707,38 +1045,62 @@ def prepare(
 ) -> PreparedMail:
     """Validate ``message`` and serialize it once, as it will be sent.
 
-    Raises :class:`MailError` for no recipients, no sender, an address that
-    does not parse, or a CR/LF in a header. Adds Message-ID and Date when
-    absent; the Bcc recipients go into the envelope only.
+    Raises :class:`MailError`, naming the field, for anything that would not
+    go out exactly as given: no recipients or sender, an address that does
+    not parse or cannot be written into the envelope as the header shows
+    it, a header name that is not an RFC 5322 field name, a line break or
+    control character in a header value, a value of the wrong type. Adds
+    Message-ID and Date when absent; the Bcc recipients go into the
+    envelope only.
     """
     default = (
         parse_address(default_sender, 'mail.default_sender') if default_sender else None
     )
     if isinstance(message, EmailMessage):
-        msg, recipients, sender = _from_email(message)
-        sender = sender or default
-        if sender is None:
-            raise MailError(
-                'no sender: set From or mail.default_sender', field='sender'
-            )
-        if 'From' not in msg:
-            msg['From'] = sender
+        msg, sender, recipients = _from_email(message, default)
+    elif isinstance(message, email.message.Message):
+        raise MailError(
+            'a legacy email.message.Message cannot be sent: build an '
+            'email.message.EmailMessage (policy email.policy.default) or a '
+            'pyramid_txmail.Message',
+            field='message',
+            value=message,
+        )
+    elif isinstance(message, Message):
+        msg, sender, recipients = _build(message, default)
     else:
-        msg, recipients, sender = _checked(message, default)
+        raise MailError(
+            'expected a pyramid_txmail.Message or an email.message.EmailMessage, '
+            f'got {type(message).__name__}',
+            field='message',
+            value=message,
+        )
     if not recipients:
         raise MailError('no recipients', field='recipients')
-    if 'Message-ID' in msg:
-        message_id = str(msg['Message-ID']).strip()
+    stored = {name.lower(): value for name, value in reversed(list(msg.raw_items()))}
+    if 'message-id' in stored:
+        message_id = _message_id(stored['message-id'])
     else:
         message_id = make_msgid(domain=message_id_domain)
         msg['Message-ID'] = message_id
-    if 'Date' not in msg:
+    if 'date' in stored:
+        _check_date(str(stored['date']))
+    else:
         msg['Date'] = formatdate(localtime=True)
     seen: dict[str, None] = {}
     for address in recipients:
         seen.setdefault(_addr_spec(address), None)
     envelope = Envelope(_addr_spec(sender), tuple(seen))
     policy = _SMTPUTF8 if envelope.smtputf8 else _SMTP
+    if not envelope.smtputf8:
+        for name, value in msg.raw_items():
+            if isinstance(value, _AddressList) and not value.isascii():
+                raise MailError(
+                    f'{name}: an address with a non-ASCII local part needs '
+                    'SMTPUTF8, used only when the sender or a recipient needs it',
+                    field=name,
+                    value=str(value),
+                )
     for part in msg.walk():
         if part.is_multipart() and part.get_boundary() is None:
             # Chosen here rather than by the generator, which compiles a

@@ -35,7 +35,7 @@ from pyramid_txmail.exceptions import (
     Refusals,
     TemporaryDeliveryError,
 )
-from pyramid_txmail.message import Envelope
+from pyramid_txmail.message import Envelope, is_mailbox
 from pyramid_txmail.settings import MailSettings
 
 __all__ = [
@@ -266,10 +266,17 @@ class SMTPConnection:
                     f'needed for {needed}'
                 )
             options.append('SMTPUTF8')
-        for address in (envelope.sender, *envelope.recipients):
-            if '\r' in address or '\n' in address:
+        # prepare() writes only valid mailboxes; a queue file written by an
+        # older version or by hand may hold anything, and an address must
+        # not break the command line or add a parameter to it.
+        # The null reverse-path, <>, is a valid sender.
+        senders = (envelope.sender,) if envelope.sender else ()
+        for address in (*senders, *envelope.recipients):
+            if not is_mailbox(address):
+                broken = '\r' in address or '\n' in address
                 raise PermanentDeliveryError(
-                    f'the envelope address {address!r} holds a line break'
+                    f'the envelope address {address!r} '
+                    + ('holds a line break' if broken else 'is not an RFC 5321 mailbox')
                 )
         if _has_bare_cr_or_lf(data):
             data = _ANY_EOL.sub(b'\r\n', data)
@@ -294,13 +301,20 @@ class SMTPConnection:
         self, smtp: smtplib.SMTP, envelope: Envelope, options: list[str], data: bytes
     ) -> Refusals:
         """One command, one reply, through smtplib's own methods."""
-        code, reply = smtp.mail(envelope.sender, options)
+        # Not smtp.mail()/rcpt(): they pass the address through
+        # email.utils.parseaddr, a second reading that could differ from the
+        # one _ready() checked; the envelope is in RFC 5321 form already.
+        smtp.command_encoding = 'utf-8' if 'SMTPUTF8' in options else 'ascii'
+        params = ''.join(f' {option}' for option in options)
+        smtp.putcmd('mail', f'FROM:<{envelope.sender}>{params}')
+        code, reply = smtp.getreply()
         if code != 250:
             raise smtplib.SMTPResponseException(code, reply)
         self._stage = 'RCPT TO'
         refused: Refusals = {}
         for recipient in envelope.recipients:
-            code, reply = smtp.rcpt(recipient)
+            smtp.putcmd('rcpt', f'TO:<{recipient}>')
+            code, reply = smtp.getreply()
             if code not in (250, 251):
                 refused[recipient] = (code, _text(reply))
             if code == 421:

@@ -799,9 +799,9 @@ class Unreadable(io.RawIOBase):
         (Attachment('a.txt', data=b'x', disposition='at tachment'), 'disposition'),
         (
             Attachment('a.txt', data=b'x', content_id='a\r\nBcc: x@example.com'),
-            'CR or LF',
+            'line breaks',
         ),
-        (Attachment('a.txt', data=b'x', charset='utf-8\nX: y'), 'CR or LF'),
+        (Attachment('a.txt', data=b'x', charset='utf-8\nX: y'), 'line breaks'),
     ],
 )
 def test_unusable_attachment_is_a_mail_error_naming_it(att, says):
@@ -810,9 +810,8 @@ def test_unusable_attachment_is_a_mail_error_naming_it(att, says):
     with pytest.raises(MailError) as info:
         prepare(message(attachments=[Attachment('ok.txt', data=b'ok'), att]))
     assert says in str(info.value)
-    if 'CR or LF' not in says:
-        assert str(info.value).startswith("attachment 'a.")
-        assert info.value.field == 'attachments'
+    assert str(info.value).startswith("attachment 'a.")
+    assert info.value.field == 'attachments'
 
 
 def test_unnamed_attachment_is_named_by_its_position():
@@ -831,3 +830,47 @@ def test_closed_file_is_a_mail_error():
     f.close()
     with pytest.raises(MailError, match=r"attachment 'a\.txt': cannot read its data"):
         message(attachments=[Attachment('a.txt', data=f)]).to_message()
+
+
+# -- many recipients
+
+
+def test_twenty_thousand_recipients_in_envelope_and_header():
+    from pyramid_txmail.message import prepare
+
+    addresses = [f'user{i}@example.com' for i in range(20_000)]
+    mail = prepare(message(recipients=addresses, cc=['Ann <ann@example.com>']))
+    assert mail.envelope.recipients == (*addresses, 'ann@example.com')
+    head = mail.data.split(b'\r\n\r\n')[0]
+    assert max(len(line) for line in head.split(b'\r\n')) <= 78
+    # Unfolded by hand: the stdlib's parser takes quadratic time for this.
+    [to] = re.findall(rb'^To: (.*?)\r\n(?! )', head, re.MULTILINE | re.DOTALL)
+    assert to.replace(b'\r\n', b'').decode().split(', ') == addresses
+
+
+def test_address_list_with_a_display_name_longer_than_a_line():
+    from pyramid_txmail.message import prepare
+
+    name = ' '.join(['word'] * 300)
+    mail = prepare(message(recipients=[Address(name, 'a', 'example.com'), 'b@ex.com']))
+    lines = mail.data.split(b'\r\n\r\n')[0].split(b'\r\n')
+    assert max(len(line) for line in lines) <= 998
+    [first, second] = parse(mail.data)['To'].addresses
+    assert (first.display_name, first.addr_spec) == (name, 'a@example.com')
+    assert second.addr_spec == 'b@ex.com'
+
+
+def test_message_id_and_date_of_an_email_message_are_checked():
+    from pyramid_txmail.message import prepare
+
+    for name, value in (('Message-ID', '<a@b@c>'), ('Date', 'soon')):
+        msg = email.message_from_bytes(
+            f'From: a@example.com\nTo: b@example.com\n{name}: {value}\n\nhi\n'.encode(),
+            policy=email.policy.default,
+        )
+        try:
+            prepare(msg)
+        except MailError as error:
+            assert error.field == name
+        else:
+            raise AssertionError(f'{name}: {value!r} accepted')

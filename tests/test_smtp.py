@@ -1020,3 +1020,65 @@ class Test_is_loopback:
     )
     def test_not_loopback(self, host):
         assert not self._callFUT(host)
+
+
+# -- the envelope as the command line carries it (second line of defence)
+
+
+@pytest.mark.parametrize('pipelining', [True, False])
+@pytest.mark.parametrize(
+    'envelope',
+    [
+        # As versions before the fix wrote them into queue files.
+        Envelope(
+            'from@example.com',
+            ('victim@attacker.example> ORCPT=rfc822;x@example.com',),
+        ),
+        Envelope('from@example.com', ('john doe@example.com',)),
+        Envelope('from@example.com> NOTIFY=NEVER', ('to@example.com',)),
+        Envelope('from@example.com', ('to@example.com', '<to@example.com>')),
+        Envelope('from@example.com', ('"unterminated@example.com',)),
+        Envelope('from@example.com', ('to@example.com\x00',)),
+        Envelope('from@example.com', ('to@',)),
+    ],
+)
+def test_envelope_address_that_would_break_the_command_line_is_permanent(
+    make_smtp_server, pipelining, envelope
+):
+    from pyramid_txmail.smtp import PermanentDeliveryError, SMTPConnection
+
+    server = make_smtp_server(pipelining=pipelining)
+    with SMTPConnection(server.settings()) as conn:
+        with pytest.raises(PermanentDeliveryError, match='RFC 5321 mailbox'):
+            conn.send(envelope, DATA)
+        assert conn.alive
+        conn.send(_envelope(), DATA)  # the session is still usable
+    [received] = server.wait_for(1)
+    assert received.rcpt_tos == ['to@example.com']
+    assert [v for _, v, _ in server.commands].count('MAIL') == 1
+
+
+@pytest.mark.parametrize('pipelining', [True, False])
+def test_quoted_mailboxes_go_out_as_given(make_smtp_server, pipelining):
+    from pyramid_txmail.smtp import SMTPConnection
+
+    server = make_smtp_server(pipelining=pipelining)
+    envelope = Envelope(
+        '"bounce me"@example.com',
+        ('"victim@attacker.example> ORCPT=rfc822;x"@example.com', '"a\\"b"@ex.com'),
+    )
+    with SMTPConnection(server.settings()) as conn:
+        conn.send(envelope, DATA)
+    [received] = server.wait_for(1)
+    assert received.mail_from == '"bounce me"@example.com'
+    assert received.rcpt_tos == list(envelope.recipients)
+
+
+def test_null_reverse_path_is_a_valid_sender(make_smtp_server):
+    from pyramid_txmail.smtp import SMTPConnection
+
+    server = make_smtp_server(pipelining=False)
+    with SMTPConnection(server.settings()) as conn:
+        conn.send(_envelope(sender=''), DATA)
+    [received] = server.wait_for(1)
+    assert received.mail_from == '<>'  # as aiosmtpd records the null path
