@@ -22,7 +22,7 @@ from pyramid import paster
 from . import suppress_processor
 from .events import Notifier
 from .exceptions import QueueError
-from .processor import QueueProcessor
+from .processor import STOP_TIMEOUT, QueueProcessor
 from .queue import MailQueue
 from .settings import MailSettings, parse_settings
 
@@ -57,6 +57,9 @@ class Command:
     get_settings = staticmethod(paster.get_appsettings)
     bootstrap = staticmethod(paster.bootstrap)
     setup_logging = staticmethod(paster.setup_logging)
+    #: Seconds ``process`` lets the message being sent finish after SIGTERM
+    #: or SIGINT; a session still waiting for the relay then is cut.
+    stop_timeout = STOP_TIMEOUT
 
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None):
         self.out = out or sys.stdout
@@ -150,7 +153,7 @@ class Command:
                 )
                 return 0
             previous = {
-                sig: signal.signal(sig, lambda *_: processor.stop())
+                sig: signal.signal(sig, lambda *_: processor.stop(self.stop_timeout))
                 for sig in (signal.SIGINT, signal.SIGTERM)
             }
             try:
