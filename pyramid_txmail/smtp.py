@@ -272,7 +272,10 @@ class SMTPConnection:
                 f'not sending the password for {s.username!r} to {self.where} '
                 'in plain text: turn on mail.tls or mail.ssl'
             )
-        credentials = _credentials(s) if s.username else None
+        if s.username:
+            # Before connecting: no session is needed to know. The bytes are
+            # not kept, so that no frame of an error holds them.
+            _credentials(s)
         context = make_ssl_context(s) if (s.tls or s.ssl) else None
         stage = 'connect'
         refused: DeliveryError | None = None
@@ -291,9 +294,9 @@ class SMTPConnection:
                     smtp.starttls(context=context)  # raises unless 220
                     stage = 'EHLO'
                     smtp.ehlo_or_helo_if_needed()
-                if credentials is not None:
+                if s.username:
                     stage = 'AUTH'
-                    refused = self._login(smtp, *credentials)
+                    refused = self._login(smtp)
         except DeliveryError:
             self.close()
             raise
@@ -339,9 +342,7 @@ class SMTPConnection:
             raise smtplib.SMTPConnectError(code, reply)
         return smtp
 
-    def _login(
-        self, smtp: smtplib.SMTP, user: bytes, password: bytes
-    ) -> DeliveryError | None:
+    def _login(self, smtp: smtplib.SMTP) -> DeliveryError | None:
         """AUTH; None when logged in, else why not. Never raises.
 
         Whatever goes wrong becomes a new error made from the exception's
@@ -362,7 +363,9 @@ class SMTPConnection:
             )
         try:
             for mechanism in known:
-                code, enhanced = _authenticate(smtp, mechanism, user, password)
+                code, enhanced = _authenticate(
+                    smtp, mechanism, *_credentials(self.settings)
+                )
                 # 504: the relay does not take this mechanism after all.
                 if code != 504:
                     break
@@ -815,25 +818,31 @@ def _describe(refused: Refusals) -> str:
 def _credentials(settings: MailSettings) -> tuple[bytes, bytes]:
     """Username and password as sent in AUTH: UTF-8 (RFC 4616 for PLAIN).
 
-    Raises :class:`ConfigurationFault` naming the key, never the value.
+    Raises :class:`ConfigurationFault` naming the key, never the value; the
+    frame it is raised from holds neither.
     """
-    values = {'mail.username': settings.username, 'mail.password': settings.password}
-    encoded: list[bytes] = []
-    for key, value in values.items():
-        problem = None
+    problem = _credentials_problem(settings)
+    if problem is not None:
+        raise ConfigurationFault(f'{problem}; not logging in')
+    return (
+        (settings.username or '').encode('utf-8'),
+        (settings.password or '').encode('utf-8'),
+    )
+
+
+def _credentials_problem(settings: MailSettings) -> str | None:
+    for key, value in (
+        ('mail.username', settings.username),
+        ('mail.password', settings.password),
+    ):
         try:
             data = (value or '').encode('utf-8')
         except UnicodeEncodeError:
-            problem = 'cannot be encoded as UTF-8 (it holds a lone surrogate)'
-        else:
-            if b'\0' in data:
-                problem = 'holds a NUL character, which AUTH cannot carry'
-        if problem is not None:
-            # Raised outside the except clause: the UnicodeEncodeError holds
-            # the whole value and must not become this error's context.
-            raise ConfigurationFault(f'{key} {problem}; not logging in')
-        encoded.append(data)
-    return encoded[0], encoded[1]
+            # Not raised from here: the UnicodeEncodeError holds the value.
+            return f'{key} cannot be encoded as UTF-8 (it holds a lone surrogate)'
+        if b'\0' in data:
+            return f'{key} holds a NUL character, which AUTH cannot carry'
+    return None
 
 
 def _authenticate(
