@@ -700,4 +700,5 @@ class TricklingRelay:
                 client.sendall(bytes([byte]))
                 if self._stop.wait(self.delay):
                     return
-        client.close()
+        # Hanging up, visibly: a client still waiting sees the connection close.
+        client.shutdown(socket.SHUT_RDWR)
