@@ -140,19 +140,18 @@ class QueueProcessor:
             self._woken = True
             self._cond.notify_all()
 
-    def stop(self, grace: float | None = STOP_TIMEOUT) -> None:
+    def stop(self, grace: float = STOP_TIMEOUT) -> None:
         """Finish the message being sent, then return from :meth:`run`.
 
         A session still waiting for the relay ``grace`` seconds from now is
-        cut (its message is deferred), whatever the relay does; None waits
-        as long as ``mail.timeout`` per phase allows. Safe in a signal
-        handler.
+        cut (its message is deferred), whatever the relay does;
+        ``math.inf`` waits as long as ``mail.timeout`` per phase allows.
+        Safe in a signal handler.
         """
         with self._cond:
             self._stopped = True
-            if grace is not None:
-                self._cut_at = min(self._cut_at, time.monotonic() + grace)
-                self._cut(self._conn)
+            self._cut_at = min(self._cut_at, time.monotonic() + grace)
+            self._cut(self._conn)
             self._cond.notify_all()
 
     def _cut(self, conn: SMTPConnection | None) -> None:
@@ -475,7 +474,7 @@ class ProcessorThread:
         if self.processor is not None:
             # A session waiting for the relay is cut a little before the
             # timeout, leaving time to record its message.
-            self.processor.stop(None if timeout is None else timeout * 0.8)
+            self.processor.stop(math.inf if timeout is None else timeout * 0.8)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

@@ -724,7 +724,13 @@ class SMTPConnection:
         message's.
         """
         where = self.where
-        if self._deadline.fired == 'timeout':
+        # The deadline, or a single read's timeout (smtplib turns that into
+        # SMTPServerDisconnected, the TimeoutError its context).
+        if (
+            self._deadline.fired == 'timeout'
+            or isinstance(exc, TimeoutError)
+            or isinstance(exc.__context__, TimeoutError)
+        ):
             return TemporaryDeliveryError(
                 f'{where} did not answer {stage} within {self.settings.timeout}s'
             )
@@ -749,16 +755,9 @@ class SMTPConnection:
                 return PermanentDeliveryError(msg, code=code)
             return TemporaryDeliveryError(msg, code=code)
         if isinstance(exc, smtplib.SMTPServerDisconnected):
-            if isinstance(exc.__context__, TimeoutError):
-                return TemporaryDeliveryError(
-                    f'{where} did not answer {stage} within {self.settings.timeout}s'
-                )
             return TemporaryDeliveryError(
                 f'{where} closed the connection during {stage} ({exc})'
             )
-        if isinstance(exc, smtplib.SMTPException):
-            # e.g. AUTH not offered, or no mechanism smtplib knows.
-            return ConfigurationFault(f'{where} during {stage}: {exc}')
         if isinstance(exc, ssl.SSLCertVerificationError):
             return ConfigurationFault(
                 f'the certificate of {where} failed verification: '
@@ -766,10 +765,6 @@ class SMTPConnection:
             )
         if isinstance(exc, ssl.SSLError):
             return ConfigurationFault(f'TLS with {where} failed: {exc}')
-        if isinstance(exc, TimeoutError):
-            return TemporaryDeliveryError(
-                f'{where} did not answer {stage} within {self.settings.timeout}s'
-            )
         return TemporaryDeliveryError(f'cannot reach {where} ({stage}): {exc}')
 
 

@@ -394,6 +394,27 @@ class TestDirectDeliveryLimits:
         assert [(type(e), e.message_id) for e in events] == [(MailFailed, '<3@test>')]
 
 
+def test_unexpected_error_after_some_messages_fails_only_the_rest(make_smtp_server):
+    # Without pipelining the first message is answered before the second is
+    # read; data that is not bytes (a bug upstream) breaks in the SMTP layer.
+    from pyramid_txmail.delivery import DirectDelivery
+
+    server = make_smtp_server(pipelining=False)
+    bad = make_mail(2)
+    object.__setattr__(bad, 'data', None)
+    events = []
+    DirectDelivery(settings_for(server), events.extend).deliver(
+        [make_mail(1), bad, make_mail(3)]
+    )
+    assert [r.message['Message-ID'] for r in server.wait_for(1)] == ['<1@test>']
+    assert [(type(e), e.message_id) for e in events] == [
+        (MailSent, '<1@test>'),
+        (MailFailed, '<2@test>'),
+        (MailFailed, '<3@test>'),
+    ]
+    assert isinstance(events[1].error, AttributeError)
+
+
 class TestCredentials:
     """A password smtplib could not send (issue 9, case 5)."""
 

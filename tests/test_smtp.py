@@ -1322,6 +1322,33 @@ class TestAuth(_Base):
             objects=[event, conn],
         )
 
+    @pytest.mark.parametrize('mechanism', ['PLAIN', 'LOGIN', 'CRAM-MD5'])
+    def test_auth_refused_at_once_with_each_mechanism(self, mechanism):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(
+            tls='starttls',
+            auth={'user': PASSWORD},
+            auth_mechanisms=(mechanism,),
+            reply={'AUTH': '535 5.7.8 no'},
+        )
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        with pytest.raises(ConfigurationFault, match=r'answered AUTH with 535 5\.7\.8'):
+            conn.open()
+
+    def test_no_mechanism_taken(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(
+            tls='starttls',
+            auth={'user': PASSWORD},
+            reply={'AUTH': '504 5.5.4 unrecognized authentication type'},
+        )
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        with pytest.raises(ConfigurationFault, match=r'answered AUTH with 504 5\.5\.4'):
+            conn.open()
+        assert [v for _, v, _ in server.commands].count('AUTH') == 2
+
     def test_first_mechanism_not_taken_tries_the_next(self):
         server = self.make_server(
             tls='starttls',
