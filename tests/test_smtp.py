@@ -1154,10 +1154,10 @@ class TestDeadlines(_Base):
         import time
 
         trickling = relay()
-        conn = self._makeOne(self._settings(trickling, timeout=0.5))
+        conn = self._makeOne(self._settings(trickling, timeout=1.0))
         conn.open()
-        for _ in range(3):
-            time.sleep(0.3)  # between phases, nothing is waited for
+        for _ in range(2):
+            time.sleep(0.7)  # between phases, nothing is waited for
             assert conn.send(_envelope(), DATA) == {}
         assert conn.alive
 
