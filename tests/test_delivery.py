@@ -367,9 +367,11 @@ class TestDirectDeliveryLimits:
         events = []
         with TricklingRelay(('DATA',)) as relay:
             settings = MailSettings(host=relay.host, port=relay.port, timeout=1.0)
-            self._makeOne(settings, events).deliver(
+            pending = self._makeOne(settings, events).vote(
                 [make_mail(1), make_mail(2), make_mail(3)]
             )
+            pending.finish()
+            pending.after_commit()  # returns: the commit is not held
             assert relay.connections == 1
         assert [type(e) for e in events] == [MailFailed] * 3
         assert [e.message_id for e in events] == ['<1@test>', '<2@test>', '<3@test>']
