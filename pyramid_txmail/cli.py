@@ -23,7 +23,7 @@ from . import suppress_processor
 from .events import Notifier
 from .exceptions import QueueError
 from .legacy import scan as scan_legacy
-from .processor import QueueProcessor
+from .processor import STOP_TIMEOUT, QueueProcessor
 from .queue import MailQueue
 from .settings import MailSettings, parse_settings
 
@@ -58,6 +58,9 @@ class Command:
     get_settings = staticmethod(paster.get_appsettings)
     bootstrap = staticmethod(paster.bootstrap)
     setup_logging = staticmethod(paster.setup_logging)
+    #: Seconds ``process`` lets the message being sent finish after SIGTERM
+    #: or SIGINT; a session still waiting for the relay then is cut.
+    stop_timeout = STOP_TIMEOUT
 
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None):
         self.out = out or sys.stdout
@@ -151,7 +154,7 @@ class Command:
                 )
                 return 0
             previous = {
-                sig: signal.signal(sig, lambda *_: processor.stop())
+                sig: signal.signal(sig, lambda *_: processor.stop(self.stop_timeout))
                 for sig in (signal.SIGINT, signal.SIGTERM)
             }
             try:

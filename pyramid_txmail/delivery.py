@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -25,14 +26,18 @@ from collections.abc import Callable, Iterable, Sequence
 from zope.interface import implementer
 
 from .events import MailEvent, MailFailed, MailSent
-from .exceptions import DeliveryError
+from .exceptions import DeliveryError, Refusals, TemporaryDeliveryError
 from .interfaces import IMailDelivery, IPendingMail, IQueueDelivery
 from .message import PreparedMail
 from .queue import MailQueue
 from .settings import MailSettings
-from .smtp import SMTPConnection
+from .smtp import SHOWN_REFUSALS, SMTPConnection
 
 log = logging.getLogger('pyramid_txmail.delivery')
+
+#: Most transactions one message takes when the relay limits the recipients
+#: of each (``452`` to the rest, RFC 5321, 4.5.3.1.10).
+MAX_ROUNDS = 100
 
 Notify = Callable[[Iterable[MailEvent]], None]
 
@@ -60,8 +65,11 @@ class PendingMail:
 class DirectDelivery:
     """SMTP after the commit, all of a transaction's mail on one connection.
 
-    There is no retry: a failure is logged and notified as a permanent
-    ``MailFailed``; it never reaches the request.
+    There is no retry: a failure of any kind is logged and notified as a
+    permanent ``MailFailed`` for each message it cost; it never reaches the
+    request. Recipients beyond the relay's limit per transaction (refused
+    with ``452`` while others were accepted) get the message in another
+    transaction over the same session, up to :data:`MAX_ROUNDS` in all.
     """
 
     def __init__(
@@ -83,66 +91,167 @@ class DirectDelivery:
         Over one connection they are pipelined (see
         :meth:`SMTPConnection.send_many`): one round trip per message while
         the request waits. A session that dies takes only the message it was
-        sending; the rest go over a new one.
+        sending; the rest go over a new one, unless the relay stopped
+        answering in time (each phase is bounded by ``mail.timeout``; trying
+        again would only multiply the wait). Events go out in the order of
+        ``mails``, one per message, whatever happened.
         """
-        events: list[MailEvent] = []
-        unsent = collections.deque(mails)
-        # Ends: every session answers at least its first message.
-        while unsent:
-            conn = self.connect()
-            try:
-                conn.open()
-            except DeliveryError as exc:
-                # The relay is down or refuses us: trying again for every
-                # message would only multiply the timeouts.
-                for mail in unsent:
-                    self._failed(mail, exc, events)
-                break
-            try:
-                # In order, and never more outcomes than messages: each one
-                # is the leftmost unsent message's.
-                outcomes = conn.send_many([(m, m.envelope, m.data) for m in unsent])
-                for mail, outcome in outcomes:
-                    unsent.popleft()
-                    if isinstance(outcome, DeliveryError):
-                        self._failed(mail, outcome, events)
-                    else:
-                        self._sent(mail, outcome, events)
-            finally:
-                conn.close()
-        self.notify(events)
+        events: dict[int, MailEvent] = {}
+        unsent = collections.deque(enumerate(mails))
+        try:
+            # Ends: every session answers at least its first message, or
+            # fails them all.
+            while unsent:
+                conn = self.connect()
+                try:
+                    self._session(conn, unsent, events)
+                finally:
+                    conn.close()
+                if conn.timed_out:
+                    for i, mail in unsent:
+                        events[i] = self._failed(mail, _timed_out(conn))
+                    unsent.clear()
+        except Exception as exc:
+            # A bug, or an error nobody foresaw: the messages without an
+            # outcome are still owed one.
+            log.exception('direct delivery failed')
+            for i, mail in enumerate(mails):
+                if i not in events:
+                    events[i] = self._failed(mail, exc)
+        finally:
+            self.notify([events[i] for i in sorted(events)])
+
+    def _session(
+        self,
+        conn: SMTPConnection,
+        unsent: collections.deque[tuple[int, PreparedMail]],
+        events: dict[int, MailEvent],
+    ) -> None:
+        try:
+            conn.open()
+        except DeliveryError as exc:
+            # The relay is down or refuses us: trying again for every
+            # message would only multiply the timeouts.
+            for i, mail in unsent:
+                events[i] = self._failed(mail, exc)
+            unsent.clear()
+            return
+        more: list[tuple[int, PreparedMail, Refusals]] = []
+        # In order, and never more outcomes than messages: each one is the
+        # leftmost unsent message's.
+        outcomes = conn.send_many([((i, m), m.envelope, m.data) for i, m in unsent])
+        for (i, mail), outcome in outcomes:
+            unsent.popleft()
+            if isinstance(outcome, DeliveryError):
+                events[i] = self._failed(mail, outcome)
+            elif _over_limit(outcome):
+                more.append((i, mail, outcome))
+            else:
+                events[i] = self._sent(mail, outcome)
+        for i, mail, refused in self._rounds(conn, more):
+            events[i] = self._sent(mail, refused)
 
     @staticmethod
-    def _failed(
-        mail: PreparedMail, exc: DeliveryError, events: list[MailEvent]
-    ) -> None:
+    def _rounds(
+        conn: SMTPConnection, more: list[tuple[int, PreparedMail, Refusals]]
+    ) -> Iterable[tuple[int, PreparedMail, Refusals]]:
+        """Send each message again to the recipients refused for being over
+        the relay's limit, until none is left; yield the final refusals.
+
+        Bounded: each round delivers to at least one recipient (else it
+        fails, and the refusals stand), and there are at most
+        :data:`MAX_ROUNDS`.
+        """
+        final: dict[int, tuple[PreparedMail, Refusals]] = {
+            i: (mail, refused) for i, mail, refused in more
+        }
+        rounds = 1
+        while more and conn.alive and rounds < MAX_ROUNDS:
+            rounds += 1
+            jobs = [
+                (
+                    (i, mail, refused),
+                    dataclasses.replace(mail.envelope, recipients=_over_limit(refused)),
+                    mail.data,
+                )
+                for i, mail, refused in more
+            ]
+            more = []
+            for (i, mail, refused), outcome in conn.send_many(jobs):
+                if isinstance(outcome, DeliveryError):
+                    # This round failed: the earlier refusals stand.
+                    log.warning(
+                        'mail %s: sending to the rest of its recipients failed: %s',
+                        mail.message_id,
+                        outcome,
+                    )
+                    continue
+                rest = _over_limit(refused)
+                refused = {r: v for r, v in refused.items() if r not in rest}
+                refused.update(outcome)
+                final[i] = (mail, refused)
+                if _over_limit(outcome):
+                    more.append((i, mail, refused))
+        for i, (mail, refused) in final.items():
+            yield i, mail, refused
+
+    @staticmethod
+    def _failed(mail: PreparedMail, exc: BaseException) -> MailEvent:
         log.error('mail %s not sent: %s', mail.message_id, exc)
-        events.append(MailFailed(mail.message_id, mail.data, exc, True))
+        return MailFailed(mail.message_id, mail.data, exc, True)
 
     @staticmethod
-    def _sent(
-        mail: PreparedMail,
-        refused: dict[str, tuple[int, str]],
-        events: list[MailEvent],
-    ) -> None:
+    def _sent(mail: PreparedMail, refused: Refusals) -> MailEvent:
         if refused:
             log.warning(
-                'mail %s refused for %s', mail.message_id, ', '.join(sorted(refused))
+                'mail %s refused for %d of %d recipient(s): %s',
+                mail.message_id,
+                len(refused),
+                len(mail.envelope.recipients),
+                _summary(refused),
             )
-        events.append(MailSent(mail.message_id, mail.data, refused))
+        return MailSent(mail.message_id, mail.data, refused)
 
-    def send_now(self, mail: PreparedMail) -> dict[str, tuple[int, str]]:
+    def send_now(self, mail: PreparedMail) -> Refusals:
         conn = self.connect()
         try:
             conn.open()
             refused = conn.send(mail.envelope, mail.data)
-        except DeliveryError as exc:
+            if _over_limit(refused):
+                [(_, _, refused)] = self._rounds(conn, [(0, mail, refused)])
+        except Exception as exc:
+            # MailFailed drops the traceback (see events): the caller gets
+            # the error raised from here.
             self.notify([MailFailed(mail.message_id, mail.data, exc, True)])
             raise
         finally:
             conn.close()
         self.notify([MailSent(mail.message_id, mail.data, refused)])
         return refused
+
+
+def _over_limit(refused: Refusals) -> tuple[str, ...]:
+    """Recipients refused with 452, "too many recipients" once others were
+    accepted (RFC 5321, 4.5.3.1.10): for another transaction."""
+    return tuple(r for r, (code, _) in refused.items() if code == 452)
+
+
+def _summary(refused: Refusals) -> str:
+    """The first few refusals in full, then how many more: one log line
+    stays readable when a relay refuses thousands."""
+    shown = ', '.join(
+        f'{r} ({code} {reply})'
+        for r, (code, reply) in sorted(refused.items())[:SHOWN_REFUSALS]
+    )
+    more = len(refused) - SHOWN_REFUSALS
+    return f'{shown} and {more} more' if more > 0 else shown
+
+
+def _timed_out(conn: SMTPConnection) -> DeliveryError:
+    return TemporaryDeliveryError(
+        f'not tried: {conn.where} did not answer in time '
+        f'(mail.timeout = {conn.settings.timeout:g}s) for an earlier message'
+    )
 
 
 @implementer(IQueueDelivery)

@@ -73,14 +73,34 @@ class MailFailed(MailEvent):
     ``error`` is the exception; ``permanent`` is true when the message will
     not be tried again (a 5xx reply, or ``mail.max_age`` passed), false
     when it stays queued for a retry.
+
+    ``error`` and every exception in its ``__cause__``/``__context__`` chain
+    have their ``__traceback__`` cleared: a traceback keeps every frame it
+    passed through alive with all their local variables (a processor's
+    listing of the whole queue, say), for as long as a subscriber keeps the
+    event. The log record of the failure is where to look for the where.
     """
 
     def __init__(
         self, message_id: str, data: bytes, error: BaseException, permanent: bool
     ):
         super().__init__(message_id, data)
-        self.error = error
+        self.error = _without_tracebacks(error)
         self.permanent = permanent
+
+
+def _without_tracebacks(error: BaseException) -> BaseException:
+    """``error`` with no traceback on it or on any exception it links to."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        todo += [exc.__cause__, exc.__context__]
+    return error
 
 
 class Notifier:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 import random as _random
 import threading
@@ -126,6 +127,8 @@ class QueueProcessor:
         self._next_send = float('-inf')  # rate limit: earliest next message
         self._paused_until = float('-inf')  # after a configuration fault
         self._halted = False
+        self._conn: SMTPConnection | None = None  # the latest session
+        self._cut_at = math.inf  # stop(): sessions end then (time.monotonic)
 
     def __repr__(self) -> str:
         return f'<QueueProcessor {self.queue.path}>'
@@ -138,11 +141,25 @@ class QueueProcessor:
             self._woken = True
             self._cond.notify_all()
 
-    def stop(self) -> None:
-        """Finish the message being sent, then return from :meth:`run`."""
+    def stop(self, grace: float = STOP_TIMEOUT) -> None:
+        """Finish the message being sent, then return from :meth:`run`.
+
+        A session still waiting for the relay ``grace`` seconds from now is
+        cut (its message is deferred), whatever the relay does;
+        ``math.inf`` waits as long as ``mail.timeout`` per phase allows.
+        Safe in a signal handler.
+        """
         with self._cond:
             self._stopped = True
+            self._cut_at = min(self._cut_at, time.monotonic() + grace)
+            self._cut(self._conn)
             self._cond.notify_all()
+
+    def _cut(self, conn: SMTPConnection | None) -> None:
+        # Under self._cond, so that a session opened while stop() runs is
+        # cut too.
+        if conn is not None and self._cut_at < math.inf:
+            conn.cut(max(0.0, self._cut_at - time.monotonic()))
 
     def _wait(self, seconds: float) -> bool:
         if self._custom_wait is not None:
@@ -206,6 +223,9 @@ class QueueProcessor:
             while claim := self._next(ids):
                 offered[claim.id] = claim
                 conn = self._connect()
+                with self._cond:
+                    self._conn = conn
+                    self._cut(conn)
                 try:
                     try:
                         conn.open()
@@ -454,7 +474,9 @@ class ProcessorThread:
         """Stop after the current message; return True if the thread ended."""
         self._wanted = False
         if self.processor is not None:
-            self.processor.stop()
+            # A session waiting for the relay is cut a little before the
+            # timeout, leaving time to record its message.
+            self.processor.stop(math.inf if timeout is None else timeout * 0.8)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

@@ -13,17 +13,34 @@ to do with the message:
     offered, certificate not trusted, 5xx to the greeting or EHLO): keep the
     message, pause, and tell an operator.
 
-Nothing here ever puts the password into an exception or a log record.
+Each phase of a session has ``mail.timeout`` seconds as a whole, not only
+per socket read: setting up (connect, greeting, EHLO, STARTTLS, AUTH), each
+command or pipelined group of commands, and a message's content with its
+reply. A relay that trickles its replies a byte at a time cannot hold a
+session longer (see :class:`_Deadline`).
+
+Nothing here ever puts the password into an exception, a traceback or a log
+record: AUTH is done here rather than by :mod:`smtplib` (which keeps the
+password on its object and encodes it as ASCII), with UTF-8 credentials, and
+whatever goes wrong during it becomes a fresh error without cause, context
+or the relay's text, which may echo the credentials.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hmac
 import ipaddress
 import logging
+import math
 import re
 import smtplib
+import socket
 import ssl
+import threading
+import time
+import weakref
 from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
 from typing import TypeVar
@@ -54,6 +71,13 @@ K = TypeVar('K')
 _ANY_EOL = re.compile(rb'\r\n|\r|\n')
 # RFC 5321, 4.5.2: a line of the content that starts with a dot gets another.
 _LEADING_DOT = re.compile(rb'^\.', re.MULTILINE)
+# RFC 3463 enhanced status code, the only part of an AUTH reply we repeat.
+_ENHANCED_CODE = re.compile(r'[245]\.\d{1,3}\.\d{1,3}')
+#: AUTH mechanisms in the order tried (smtplib's order, so that a relay that
+#: worked with smtplib sees the same exchange).
+AUTH_MECHANISMS = ('CRAM-MD5', 'PLAIN', 'LOGIN')
+#: Refused recipients named in a log line or an error; the others are counted.
+SHOWN_REFUSALS = 5
 
 
 def make_ssl_context(settings: MailSettings) -> ssl.SSLContext:
@@ -80,6 +104,89 @@ def make_ssl_context(settings: MailSettings) -> ssl.SSLContext:
     return context
 
 
+class _Deadline:
+    """Shuts a session's socket down when a phase runs past its deadline.
+
+    smtplib's timeout bounds each socket read, so a relay answering a byte
+    at a time could hold a session for as long as it likes. Used as a
+    context manager, this gives the phase inside ``timeout`` seconds in all:
+    its thread (one per open session, started by :meth:`watch`) shuts the
+    socket down at the deadline, which ends any read, write or TLS handshake
+    waiting on it. :meth:`cut` sets a deadline for the whole session.
+
+    The thread shuts down a duplicate of the socket, which only
+    :meth:`release` closes: smtplib may close its own descriptor at any
+    moment, and a shutdown by number could then reach whatever file the
+    system gave that number next.
+    """
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        # Re-entrant: cut() may run in a signal handler that interrupted a
+        # phase of the same thread.
+        self._cond = threading.Condition(threading.RLock())
+        self._sock: socket.socket | None = None
+        self._due = math.inf  # end of the current phase
+        self._cutoff = math.inf  # end of the session (cut)
+        self._wake_at = math.inf  # when the thread looks again
+        #: Why the socket was shut down: ``'timeout'``, ``'cut'`` or None.
+        self.fired: str | None = None
+
+    def __enter__(self) -> None:
+        due = time.monotonic() + self.timeout
+        with self._cond:
+            self._due = due
+            # Most phases end long before the thread wakes; it then sees the
+            # new deadline. Waking it for each phase would cost a switch.
+            if due < self._wake_at:
+                self._cond.notify()
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._cond:
+            self._due = math.inf
+
+    def watch(self, sock: socket.socket) -> None:
+        """Guard ``sock`` until :meth:`release`."""
+        self.release()
+        with self._cond:
+            self.fired = None
+            self._sock = sock.dup()
+            thread = threading.Thread(
+                target=self._run,
+                args=(self._sock,),
+                name='pyramid_txmail-smtp-deadline',
+                daemon=True,
+            )
+            thread.start()
+
+    def cut(self, after: float) -> None:
+        with self._cond:
+            self._cutoff = min(self._cutoff, time.monotonic() + after)
+            self._cond.notify()
+
+    def release(self) -> None:
+        """Stop guarding; the thread ends."""
+        with self._cond:
+            sock, self._sock = self._sock, None
+            self._cond.notify()
+        if sock is not None:
+            sock.close()
+
+    def _run(self, sock: socket.socket) -> None:
+        with self._cond:
+            while self._sock is sock:
+                now = time.monotonic()
+                due = min(self._due, self._cutoff)
+                if now < due:
+                    self._wake_at = due
+                    self._cond.wait(None if due == math.inf else due - now)
+                    continue
+                self.fired = 'cut' if self._cutoff <= now else 'timeout'
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                return
+
+
 class SMTPConnection:
     """One SMTP session with the relay named by ``settings``.
 
@@ -90,8 +197,11 @@ class SMTPConnection:
     reset and stays usable; after a connection-level failure ``alive`` is
     False and the caller opens a new connection.
 
-    ``smtp_class`` and ``smtp_ssl_class`` are :mod:`smtplib`'s classes,
-    replaceable for tests.
+    Each phase has ``mail.timeout`` seconds in all; :meth:`cut` (from any
+    thread) ends the session sooner, e.g. when a processor stops.
+
+    ``smtp_class`` is :mod:`smtplib`'s class, replaceable for tests; it
+    serves implicit TLS too (the socket is made here, see :meth:`_connect`).
     """
 
     def __init__(
@@ -99,12 +209,13 @@ class SMTPConnection:
         settings: MailSettings,
         *,
         smtp_class: type[smtplib.SMTP] = smtplib.SMTP,
-        smtp_ssl_class: type[smtplib.SMTP_SSL] = smtplib.SMTP_SSL,
     ):
         self.settings = settings
         self.smtp_class = smtp_class
-        self.smtp_ssl_class = smtp_ssl_class
         self._smtp: smtplib.SMTP | None = None
+        self._deadline = _Deadline(settings.timeout)
+        # A connection dropped without close() must not leave its thread.
+        weakref.finalize(self, self._deadline.release)
         self._stage = 'MAIL FROM'  # of send(), named in its errors
         host = f'[{settings.host}]' if ':' in settings.host else settings.host
         #: ``host:port``, to name the relay in messages.
@@ -128,10 +239,31 @@ class SMTPConnection:
     @property
     def alive(self) -> bool:
         """True while the session can carry another message."""
-        return self._smtp is not None and self._smtp.sock is not None
+        return (
+            self._smtp is not None
+            and self._smtp.sock is not None
+            and self._deadline.fired is None
+        )
+
+    @property
+    def timed_out(self) -> bool:
+        """True when the last session ended because a phase ran out of time."""
+        return self._deadline.fired == 'timeout'
+
+    def cut(self, after: float = 0.0) -> None:
+        """End the session ``after`` seconds from now at the latest.
+
+        Safe from any thread and from a signal handler. Whatever the session
+        is waiting for then fails as a :class:`TemporaryDeliveryError`; a
+        session opened later on this connection is cut at the same time.
+        """
+        self._deadline.cut(after)
 
     def open(self) -> None:
-        """Connect, greet, secure and log in; raise a DeliveryError if not."""
+        """Connect, greet, secure and log in; raise a DeliveryError if not.
+
+        All of it is one phase: ``mail.timeout`` seconds in all.
+        """
         self.close()
         s = self.settings
         if s.username and not (s.tls or s.ssl) and not _is_loopback(s.host):
@@ -140,40 +272,31 @@ class SMTPConnection:
                 f'not sending the password for {s.username!r} to {self.where} '
                 'in plain text: turn on mail.tls or mail.ssl'
             )
+        if s.username:
+            # Before connecting: no session is needed to know. The bytes are
+            # not kept, so that no frame of an error holds them.
+            _credentials(s)
         context = make_ssl_context(s) if (s.tls or s.ssl) else None
         stage = 'connect'
+        refused: DeliveryError | None = None
         try:
-            if s.ssl:
-                self._smtp = self.smtp_ssl_class(
-                    s.host,
-                    s.port,
-                    local_hostname=s.message_id_domain,
-                    timeout=s.timeout,
-                    context=context,
-                )
-            else:
-                self._smtp = self.smtp_class(
-                    s.host,
-                    s.port,
-                    local_hostname=s.message_id_domain,
-                    timeout=s.timeout,
-                )
-            smtp = self._smtp
-            stage = 'EHLO'
-            smtp.ehlo_or_helo_if_needed()
-            if s.tls:
-                if not smtp.has_extn('starttls'):
-                    raise ConfigurationFault(
-                        f'{self.where} does not offer STARTTLS and mail.tls is on: '
-                        'not sending anything in plain text'
-                    )
-                stage = 'STARTTLS'
-                smtp.starttls(context=context)  # raises unless 220
+            with self._deadline:
+                smtp = self._connect(context)
                 stage = 'EHLO'
                 smtp.ehlo_or_helo_if_needed()
-            if s.username:
-                stage = 'AUTH'
-                smtp.login(s.username, s.password or '')
+                if s.tls:
+                    if not smtp.has_extn('starttls'):
+                        raise ConfigurationFault(
+                            f'{self.where} does not offer STARTTLS and mail.tls '
+                            'is on: not sending anything in plain text'
+                        )
+                    stage = 'STARTTLS'
+                    smtp.starttls(context=context)  # raises unless 220
+                    stage = 'EHLO'
+                    smtp.ehlo_or_helo_if_needed()
+                if s.username:
+                    stage = 'AUTH'
+                    refused = self._login(smtp)
         except DeliveryError:
             self.close()
             raise
@@ -182,12 +305,96 @@ class SMTPConnection:
             log.debug('%s', error)
             self.close()
             raise error from exc
+        if refused is not None:
+            log.debug('%s', refused)
+            self.close()
+            # Raised here, outside any except clause: nothing that saw the
+            # credentials is its cause, its context or in its traceback.
+            raise refused
         log.debug(
             'connected to %s (tls: %s, login: %s)',
             self.where,
             bool(context),
             s.username,
         )
+
+    def _connect(self, context: ssl.SSLContext | None) -> smtplib.SMTP:
+        """The socket made here and handed to smtplib, greeting read.
+
+        Not smtplib's ``connect()``: it reads the greeting before the socket
+        could be watched by the deadline, and its ``SMTP_SSL`` does the TLS
+        handshake there too.
+        """
+        s = self.settings
+        smtp = self._smtp = self.smtp_class(
+            local_hostname=s.message_id_domain, timeout=s.timeout
+        )
+        # The name smtplib's starttls() checks the certificate against; its
+        # constructor sets it only when it connects by itself.
+        smtp._host = s.host  # type: ignore[attr-defined]  # private in typeshed
+        smtp.sock = socket.create_connection((s.host, s.port), s.timeout)
+        self._deadline.watch(smtp.sock)
+        if s.ssl:
+            assert context is not None
+            smtp.sock = context.wrap_socket(smtp.sock, server_hostname=s.host)
+        code, reply = smtp.getreply()
+        if code != 220:
+            raise smtplib.SMTPConnectError(code, reply)
+        return smtp
+
+    def _login(self, smtp: smtplib.SMTP) -> DeliveryError | None:
+        """AUTH; None when logged in, else why not. Never raises.
+
+        Whatever goes wrong becomes a new error made from the exception's
+        kind and reply code only: the exception's traceback holds the
+        credentials in its frames, and a relay may echo them in its reply.
+        """
+        offered = smtp.esmtp_features.get('auth', '').upper().split()
+        known = [m for m in AUTH_MECHANISMS if m in offered]
+        if not smtp.has_extn('auth'):
+            return ConfigurationFault(
+                f'{self.where} during AUTH: SMTP AUTH extension not supported '
+                'by server, and mail.username is set'
+            )
+        if not known:
+            return ConfigurationFault(
+                f'{self.where} offers AUTH {" ".join(offered)}, none of which '
+                f'pyramid_txmail speaks ({", ".join(AUTH_MECHANISMS)})'
+            )
+        try:
+            for mechanism in known:
+                code, enhanced = _authenticate(
+                    smtp, mechanism, *_credentials(self.settings)
+                )
+                # 504: the relay does not take this mechanism after all.
+                if code != 504:
+                    break
+        except Exception as exc:  # whatever it is, it is rewritten
+            return self._auth_error(exc)
+        if code in (235, 503):  # 503: already authenticated
+            return None
+        msg = (
+            f'{self.where} answered AUTH with {code}{enhanced}: the login as '
+            f'{self.settings.username!r} was refused (the reply text is not '
+            'shown: a relay may echo the credentials)'
+        )
+        if code == 421:
+            smtp.close()
+        if 400 <= code < 500:
+            return TemporaryDeliveryError(msg, code=code)
+        return ConfigurationFault(msg, code=code)
+
+    def _auth_error(self, exc: Exception) -> DeliveryError:
+        """The error for an exception raised during AUTH, free of secrets."""
+        if isinstance(exc, smtplib.SMTPResponseException) or not isinstance(
+            exc, OSError
+        ):
+            # A reply, or something unforeseen (a garbled challenge): its
+            # text may hold what was sent, so only its kind is named.
+            return ConfigurationFault(
+                f'AUTH with {self.where} failed: {type(exc).__name__}'
+            )
+        return self._error(exc, 'AUTH', setup=True)
 
     def send(self, envelope: Envelope, data: bytes) -> Refusals:
         """Hand one message to the relay.
@@ -306,15 +513,17 @@ class SMTPConnection:
         # one _ready() checked; the envelope is in RFC 5321 form already.
         smtp.command_encoding = 'utf-8' if 'SMTPUTF8' in options else 'ascii'
         params = ''.join(f' {option}' for option in options)
-        smtp.putcmd('mail', f'FROM:<{envelope.sender}>{params}')
-        code, reply = smtp.getreply()
+        with self._deadline:
+            smtp.putcmd('mail', f'FROM:<{envelope.sender}>{params}')
+            code, reply = smtp.getreply()
         if code != 250:
             raise smtplib.SMTPResponseException(code, reply)
         self._stage = 'RCPT TO'
         refused: Refusals = {}
         for recipient in envelope.recipients:
-            smtp.putcmd('rcpt', f'TO:<{recipient}>')
-            code, reply = smtp.getreply()
+            with self._deadline:
+                smtp.putcmd('rcpt', f'TO:<{recipient}>')
+                code, reply = smtp.getreply()
             if code not in (250, 251):
                 refused[recipient] = (code, _text(reply))
             if code == 421:
@@ -322,7 +531,8 @@ class SMTPConnection:
         if len(refused) == len(envelope.recipients) or code == 421:
             raise self._refused(refused)
         self._stage = 'DATA'
-        code, reply = smtp.data(data)
+        with self._deadline:
+            code, reply = smtp.data(data)
         if code != 250:
             raise smtplib.SMTPResponseException(code, reply)
         return refused
@@ -371,7 +581,8 @@ class SMTPConnection:
             elif following is not None:
                 try:
                     self._stage = 'MAIL FROM'
-                    smtp.send(commands)
+                    with self._deadline:
+                        smtp.send(commands)
                 except (smtplib.SMTPException, OSError) as exc:
                     yield from cannot_go
                     yield following[0], self._failed(smtp, exc)
@@ -382,7 +593,8 @@ class SMTPConnection:
                 return
             key, envelope, _, data = following
             try:
-                refused = self._start_data(smtp, envelope)
+                with self._deadline:
+                    refused = self._start_data(smtp, envelope)
             except DeliveryError as error:
                 self._recover(smtp, error)
                 yield key, error
@@ -452,8 +664,9 @@ class SMTPConnection:
         key, envelope, refused, content = open_data
         self._stage = 'DATA'
         try:
-            smtp.send(content + commands)
-            code, reply = smtp.getreply()
+            with self._deadline:
+                smtp.send(content + commands)
+                code, reply = smtp.getreply()
             if code != 250:
                 raise smtplib.SMTPResponseException(code, reply)
         except (smtplib.SMTPException, OSError) as exc:
@@ -483,11 +696,14 @@ class SMTPConnection:
         if smtp is None:
             return
         try:
-            smtp.quit()
+            if self._deadline.fired is None:  # else the socket is shut down
+                with self._deadline:
+                    smtp.quit()
         except (smtplib.SMTPException, OSError) as exc:
             log.debug('QUIT to %s failed, ignored: %s', self.where, exc)
         finally:
             smtp.close()
+            self._deadline.release()
 
     # -- failures
 
@@ -499,7 +715,7 @@ class SMTPConnection:
         elif smtp.sock is not None:
             # smtplib resets after most refusals, not after DATA refused
             # before the content: a second RSET is harmless.
-            with contextlib.suppress(smtplib.SMTPException, OSError):
+            with contextlib.suppress(smtplib.SMTPException, OSError), self._deadline:
                 smtp.rset()
         log.debug('%s', error)
 
@@ -522,6 +738,21 @@ class SMTPConnection:
         message's.
         """
         where = self.where
+        # The deadline, or a single read's timeout (smtplib turns that into
+        # SMTPServerDisconnected, the TimeoutError its context).
+        if (
+            self._deadline.fired == 'timeout'
+            or isinstance(exc, TimeoutError)
+            or isinstance(exc.__context__, TimeoutError)
+        ):
+            return TemporaryDeliveryError(
+                f'{where} did not answer {stage} within {self.settings.timeout}s'
+            )
+        if self._deadline.fired == 'cut':
+            return TemporaryDeliveryError(
+                f'the session with {where} was cut short during {stage}: '
+                'delivery is stopping'
+            )
         if isinstance(exc, smtplib.SMTPResponseException):
             if isinstance(exc.smtp_error, str):
                 # smtplib's own words, not the relay's: its reply was garbled.
@@ -538,16 +769,9 @@ class SMTPConnection:
                 return PermanentDeliveryError(msg, code=code)
             return TemporaryDeliveryError(msg, code=code)
         if isinstance(exc, smtplib.SMTPServerDisconnected):
-            if isinstance(exc.__context__, TimeoutError):
-                return TemporaryDeliveryError(
-                    f'{where} did not answer {stage} within {self.settings.timeout}s'
-                )
             return TemporaryDeliveryError(
                 f'{where} closed the connection during {stage} ({exc})'
             )
-        if isinstance(exc, smtplib.SMTPException):
-            # e.g. AUTH not offered, or no mechanism smtplib knows.
-            return ConfigurationFault(f'{where} during {stage}: {exc}')
         if isinstance(exc, ssl.SSLCertVerificationError):
             return ConfigurationFault(
                 f'the certificate of {where} failed verification: '
@@ -555,10 +779,6 @@ class SMTPConnection:
             )
         if isinstance(exc, ssl.SSLError):
             return ConfigurationFault(f'TLS with {where} failed: {exc}')
-        if isinstance(exc, TimeoutError):
-            return TemporaryDeliveryError(
-                f'{where} did not answer {stage} within {self.settings.timeout}s'
-            )
         return TemporaryDeliveryError(f'cannot reach {where} ({stage}): {exc}')
 
 
@@ -594,7 +814,75 @@ def _text(reply: bytes) -> str:
 
 
 def _describe(refused: Refusals) -> str:
-    return ', '.join(f'{a} ({code} {reply})' for a, (code, reply) in refused.items())
+    """The first few refusals in full, then how many more: a relay's limit
+    can refuse thousands, and one log line must stay readable."""
+    shown = ', '.join(
+        f'{a} ({code} {reply})'
+        for a, (code, reply) in list(refused.items())[:SHOWN_REFUSALS]
+    )
+    more = len(refused) - SHOWN_REFUSALS
+    return f'{shown} and {more} more' if more > 0 else shown
+
+
+def _credentials(settings: MailSettings) -> tuple[bytes, bytes]:
+    """Username and password as sent in AUTH: UTF-8 (RFC 4616 for PLAIN).
+
+    Raises :class:`ConfigurationFault` naming the key, never the value; the
+    frame it is raised from holds neither.
+    """
+    problem = _credentials_problem(settings)
+    if problem is not None:
+        raise ConfigurationFault(f'{problem}; not logging in')
+    return (
+        (settings.username or '').encode('utf-8'),
+        (settings.password or '').encode('utf-8'),
+    )
+
+
+def _credentials_problem(settings: MailSettings) -> str | None:
+    for key, value in (
+        ('mail.username', settings.username),
+        ('mail.password', settings.password),
+    ):
+        try:
+            data = (value or '').encode('utf-8')
+        except UnicodeEncodeError:
+            # Not raised from here: the UnicodeEncodeError holds the value.
+            return f'{key} cannot be encoded as UTF-8 (it holds a lone surrogate)'
+        if b'\0' in data:
+            return f'{key} holds a NUL character, which AUTH cannot carry'
+    return None
+
+
+def _authenticate(
+    smtp: smtplib.SMTP, mechanism: str, user: bytes, password: bytes
+) -> tuple[int, str]:
+    """One AUTH exchange: the final reply code and its enhanced status code
+    (``' 5.7.8'`` or ``''``), never the reply's text."""
+    if mechanism == 'PLAIN':
+        # RFC 4954 initial response: one round trip.
+        code, reply = smtp.docmd(
+            'AUTH', 'PLAIN ' + _b64(b'\0' + user + b'\0' + password)
+        )
+    elif mechanism == 'LOGIN':
+        code, reply = smtp.docmd('AUTH', 'LOGIN ' + _b64(user))
+        if code == 334:
+            code, reply = smtp.docmd(_b64(password))
+    else:  # CRAM-MD5, RFC 2195
+        code, reply = smtp.docmd('AUTH', 'CRAM-MD5')
+        if code == 334:
+            challenge = base64.b64decode(reply, validate=True)
+            digest = hmac.new(password, challenge, 'md5').hexdigest().encode()
+            code, reply = smtp.docmd(_b64(user + b' ' + digest))
+    if code == 334:
+        # Still asking: cancel (RFC 4954, 4) and take the refusal.
+        code, reply = smtp.docmd('*')
+    match = _ENHANCED_CODE.match(reply.decode('ascii', 'replace'))
+    return code, f' {match.group()}' if match else ''
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode('ascii')
 
 
 def _is_loopback(host: str) -> bool:

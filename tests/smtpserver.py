@@ -35,7 +35,9 @@ Options of :class:`SMTPTestServer` (all keyword-only):
 ``auth``
     ``{'user': 'password'}``: AUTH PLAIN and LOGIN. AUTH is offered and
     accepted only under TLS unless ``auth_require_tls=False`` (a lax relay).
-    Without ``auth`` no AUTH is offered.
+    Without ``auth`` no AUTH is offered. ``auth_mechanisms`` limits the
+    mechanisms offered (default ``('PLAIN', 'LOGIN')``; ``'CRAM-MD5'`` is
+    available too).
 ``helo_only``
     answer EHLO with 502, so clients must fall back to HELO (no extensions).
 ``smtputf8``
@@ -45,6 +47,10 @@ Options of :class:`SMTPTestServer` (all keyword-only):
     reads pipelined commands in order either way).
 ``strict_crlf``
     refuse message data holding a bare CR or LF with ``554 5.6.11``.
+``max_recipients``
+    accept at most this many recipients per transaction, answering further
+    RCPTs with ``452 4.5.3 Too many recipients`` (Postfix's
+    ``smtpd_recipient_limit``).
 
 Fault injection. Each may be changed while the server runs (``server.reply
 = {}`` to recover). A value may be a list, used one item per occurrence and
@@ -92,6 +98,9 @@ What arrived:
 
 The server serves any number of clients at once, threads or processes: it
 runs aiosmtpd's ``Controller`` in its own thread and event loop.
+
+:class:`TricklingRelay` is a raw-socket relay for what aiosmtpd cannot do:
+answering a byte at a time, without end.
 """
 
 from __future__ import annotations
@@ -100,6 +109,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import hmac
 import re
 import shutil
 import socket
@@ -114,9 +124,9 @@ from typing import Any
 
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
 
-__all__ = ['Received', 'SMTPTestServer']
+__all__ = ['Received', 'SMTPTestServer', 'TricklingRelay']
 
 HOST = '127.0.0.1'
 _BARE_CR_OR_LF = re.compile(rb'\r(?!\n)|(?<!\r)\n')
@@ -154,10 +164,12 @@ class SMTPTestServer:
         client_certs: bool = False,
         auth: dict[str, str] | None = None,
         auth_require_tls: bool = True,
+        auth_mechanisms: tuple[str, ...] = ('PLAIN', 'LOGIN'),
         helo_only: bool = False,
         smtputf8: bool = True,
         pipelining: bool = True,
         strict_crlf: bool = False,
+        max_recipients: int | None = None,
         reply: dict[str, Any] | None = None,
         rcpt_reply: dict[str, Any] | None = None,
         drop_at: str | None = None,
@@ -172,10 +184,12 @@ class SMTPTestServer:
         self.client_certs = client_certs
         self.auth = dict(auth or {})
         self.auth_require_tls = auth_require_tls
+        self.auth_mechanisms = auth_mechanisms
         self.helo_only = helo_only
         self.smtputf8 = smtputf8
         self.pipelining = pipelining
         self.strict_crlf = strict_crlf
+        self.max_recipients = max_recipients
         self.reply: dict[str, Any] = dict(reply or {})
         self.rcpt_reply: dict[str, Any] = dict(rcpt_reply or {})
         self.drop_at = drop_at
@@ -217,6 +231,11 @@ class SMTPTestServer:
                 # Implicit TLS is invisible to aiosmtpd's own check.
                 'auth_require_tls': self.auth_require_tls and self.tls != 'implicit',
                 'authenticator': self._authenticate,
+                'auth_exclude_mechanism': [
+                    m
+                    for m in ('PLAIN', 'LOGIN', 'CRAM-MD5')
+                    if m not in self.auth_mechanisms
+                ],
             }
             if self.tls == 'starttls':
                 kwargs['tls_context'] = server_context
@@ -446,12 +465,33 @@ class _Handler:
         reply = self.server._take(self.server.rcpt_reply, address)
         if reply is not None:
             return reply
+        limit = self.server.max_recipients
+        if limit is not None and len(envelope.rcpt_tos) >= limit:
+            return '452 4.5.3 Too many recipients'
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return '250 OK'
 
     async def handle_DATA(self, smtp, session, envelope):
         return await smtp.end_of_data(envelope)
+
+    async def auth_CRAM__MD5(self, smtp, args):
+        """RFC 2195, which aiosmtpd does not offer by itself."""
+        challenge = b'<1896.697170952@smtp.test>'
+        response = await smtp.challenge_auth(challenge)
+        if response is MISSING:
+            return AuthResult(success=False)
+        login, _, digest = response.rpartition(b' ')
+        user = login.decode('utf-8', 'replace')
+        password = self.server.auth.get(user)
+        success = password is not None and hmac.compare_digest(
+            hmac.new(password.encode(), challenge, 'md5').hexdigest().encode(), digest
+        )
+        with self.server._lock:
+            self.server.auth_attempts.append((user, _tls_on(smtp), success))
+        return AuthResult(
+            success=success, handled=False, auth_data=LoginPassword(login, b'')
+        )
 
 
 class _QuietSession(Session):
@@ -543,3 +583,122 @@ class _Session(SMTP):
             return '554 5.6.11 bare CR or LF in message data (RFC 5321, 2.3.8)'
         self.server._record(self, envelope, data)
         return '250 2.0.0 OK: queued'
+
+
+class TricklingRelay:
+    """A relay on 127.0.0.1 that answers some stages a byte at a time.
+
+    ``trickle`` names the stages answered so: ``'CONNECT'`` (the greeting),
+    SMTP verbs (``'EHLO'``, ``'MAIL'``...) and ``'DATA'`` (the reply after
+    the content; the DATA verb itself gets 354 at once). Such a reply never
+    ends: its continuation lines (``220-please wait``) come one byte every
+    ``delay`` seconds, for at most ``give_up`` seconds, after which the
+    relay closes the connection. A client that only bounds each socket
+    read waits all that time; one that bounds the stage gives up sooner.
+    Other stages are answered at once, as a relay offering PIPELINING
+    (unless ``pipelining=False``), 8BITMIME and ``extensions``, or with
+    ``replies[VERB]``. ``tls_context`` makes it implicit TLS. ``trickling``
+    is set once a trickle has started; ``connections`` counts sessions.
+    """
+
+    def __init__(
+        self,
+        trickle: tuple[str, ...],
+        *,
+        delay: float = 0.2,
+        give_up: float = 20.0,
+        pipelining: bool = True,
+        extensions: tuple[str, ...] = (),
+        replies: dict[str, str] | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ):
+        self.trickle = trickle
+        self.extensions = extensions
+        self.replies = dict(replies or {})
+        self.connections = 0
+        self.delay = delay
+        self.give_up = give_up
+        self.pipelining = pipelining
+        self.tls_context = tls_context
+        self.host = HOST
+        self.trickling = threading.Event()
+        self._stop = threading.Event()
+        self._listener = socket.create_server((HOST, 0))
+        self.port = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._clients: list[socket.socket] = []
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> TricklingRelay:
+        self._accepting.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._listener.close()
+        for client in list(self._clients):
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+        for thread in [self._accepting, *self._threads]:
+            thread.join(10)
+        for client in self._clients:
+            client.close()
+
+    def _accept(self) -> None:
+        # Closing a listening socket does not wake an accept() blocked on it.
+        self._listener.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed by __exit__
+                return
+            self._clients.append(client)
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self.tls_context is not None:
+                client = self.tls_context.wrap_socket(client, server_side=True)
+                self._clients.append(client)
+            lines = client.makefile('rb')
+            self._answer(client, 'CONNECT', '220 relay.test ESMTP')
+            while not self._stop.is_set():
+                line = lines.readline()
+                if not line:
+                    return
+                verb = line.split(b' ', 1)[0].strip().upper().decode()
+                if verb == 'EHLO':
+                    extensions = ['PIPELINING'] if self.pipelining else []
+                    extensions += self.extensions
+                    text = '\r\n'.join(f'250-{e}' for e in ['relay.test', *extensions])
+                    self._answer(client, verb, f'{text}\r\n250 8BITMIME')
+                elif verb == 'DATA':
+                    self._answer(client, 'DATA-COMMAND', '354 go ahead')
+                    while lines.readline() not in (b'.\r\n', b''):
+                        pass
+                    self._answer(client, 'DATA', '250 2.0.0 queued')
+                elif verb == 'QUIT':
+                    self._answer(client, verb, '221 bye')
+                    return
+                else:
+                    self._answer(client, verb, self.replies.get(verb, '250 OK'))
+
+    def _answer(self, client: socket.socket, stage: str, reply: str) -> None:
+        if stage not in self.trickle:
+            client.sendall(reply.encode() + b'\r\n')
+            return
+        self.trickling.set()
+        code = reply[:3]
+        end = time.monotonic() + self.give_up
+        while time.monotonic() < end and not self._stop.is_set():
+            for byte in f'{code}-please wait\r\n'.encode():
+                client.sendall(bytes([byte]))
+                if self._stop.wait(self.delay):
+                    return
+        # Hanging up, visibly: a client still waiting sees the connection close.
+        client.shutdown(socket.SHUT_RDWR)

@@ -248,3 +248,41 @@ class Test_age:
             '2h',
             '3d',
         ]
+
+
+def test_process_ends_soon_after_sigterm_whatever_the_relay_does(tmp_path):
+    # The relay trickles its reply to the content for longer than the test
+    # waits, and mail.timeout is longer still: only stopping can end it.
+    from tests.smtpserver import TricklingRelay
+
+    queue = queue_with(tmp_path / 'q', 1)
+    script = (
+        'import sys\n'
+        'from pyramid_txmail import cli\n'
+        'cli.Command.stop_timeout = 1.0\n'
+        'sys.exit(cli.main(sys.argv[1:]))\n'
+    )
+    with TricklingRelay(('DATA',), give_up=60) as relay:
+        ini = write_ini(
+            tmp_path,
+            queue_path=tmp_path / 'q',
+            host=relay.host,
+            port=relay.port,
+            timeout=120,
+        )
+        proc = subprocess.Popen(
+            [sys.executable, '-c', script, 'process', ini],
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert relay.trickling.wait(30), 'the message never reached DATA'
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+        finally:
+            proc.kill()
+            stderr = proc.communicate()[1]
+    assert code == 0, stderr
+    assert 'cut short during DATA' in stderr
+    assert queue.counts()['deferred'] == 1  # kept, to be tried again

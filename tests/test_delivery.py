@@ -250,3 +250,236 @@ class TestFileDelivery:
         assert self._makeOne(tmp_path / 'out', events).send_now(make_mail(1)) == {}
         assert len(os.listdir(tmp_path / 'out')) == 1
         assert [type(e) for e in events] == [MailSent]
+
+
+class TestDirectDeliveryLimits:
+    """Recipient limits, relays that do not answer in time, the unforeseen."""
+
+    def _makeOne(self, settings, events, **kw):
+        from pyramid_txmail.delivery import DirectDelivery
+
+        return DirectDelivery(settings, events.extend, **kw)
+
+    @staticmethod
+    def _mail(count):
+        """Mail to ``count`` recipients, its To header short."""
+        from pyramid_txmail.message import Envelope, PreparedMail
+
+        mail = make_mail(1)
+        recipients = tuple(f'r{n}@example.com' for n in range(count))
+        return PreparedMail(
+            mail.message_id, Envelope('from@example.com', recipients), mail.data
+        )
+
+    def test_recipients_over_the_relay_limit_get_another_transaction(
+        self, make_smtp_server
+    ):
+        # Postfix's smtpd_recipient_limit: 452 4.5.3 past the 1,000th.
+        server = make_smtp_server(max_recipients=1000)
+        mail = self._mail(1500)
+        events = []
+        self._makeOne(settings_for(server), events).deliver([mail])
+        received = server.wait_for(2)
+        assert [len(r.rcpt_tos) for r in received] == [1000, 500]
+        assert [a for r in received for a in r.rcpt_tos] == list(
+            mail.envelope.recipients
+        )
+        assert [r.data for r in received] == [mail.data, mail.data]
+        assert server.connections == 1
+        assert [type(e) for e in events] == [MailSent]
+        assert events[0].refused == {}
+
+    def test_recipient_limit_without_pipelining(self, make_smtp_server):
+        server = make_smtp_server(max_recipients=3, pipelining=False)
+        events = []
+        self._makeOne(settings_for(server), events).deliver(
+            [make_mail(1), self._mail(7), make_mail(3)]
+        )
+        received = server.wait_for(5)
+        assert [len(r.rcpt_tos) for r in received] == [1, 3, 1, 3, 1]
+        assert [type(e) for e in events] == [MailSent] * 3
+        assert [e.message_id for e in events] == ['<1@test>', '<1@test>', '<3@test>']
+        assert all(e.refused == {} for e in events)
+
+    def test_rounds_are_bounded(self, make_smtp_server):
+        from pyramid_txmail.delivery import MAX_ROUNDS
+
+        server = make_smtp_server(max_recipients=1)
+        events = []
+        self._makeOne(settings_for(server), events).deliver(
+            [self._mail(MAX_ROUNDS + 2)]
+        )
+        assert len(server.wait_for(MAX_ROUNDS)) == MAX_ROUNDS
+        [event] = events
+        assert event.refused == {
+            f'r{n}@example.com': (452, '4.5.3 Too many recipients')
+            for n in (MAX_ROUNDS, MAX_ROUNDS + 1)
+        }
+
+    def test_a_failed_round_leaves_its_recipients_refused(
+        self, make_smtp_server, caplog
+    ):
+        server = make_smtp_server(
+            max_recipients=2, reply={'DATA': [None, '451 4.3.0 try later']}
+        )
+        events = []
+        with caplog.at_level('WARNING', 'pyramid_txmail.delivery'):
+            self._makeOne(settings_for(server), events).deliver([self._mail(3)])
+        assert [r.rcpt_tos for r in server.wait_for(1)] == [
+            ['r0@example.com', 'r1@example.com']
+        ]
+        assert events[0].refused == {
+            'r2@example.com': (452, '4.5.3 Too many recipients')
+        }
+        assert 'sending to the rest of its recipients failed' in caplog.text
+
+    def test_send_now_over_the_recipient_limit(self, make_smtp_server):
+        server = make_smtp_server(max_recipients=2)
+        events = []
+        delivery = self._makeOne(settings_for(server), events)
+        assert delivery.send_now(self._mail(5)) == {}
+        assert [len(r.rcpt_tos) for r in server.wait_for(3)] == [2, 2, 1]
+        assert [type(e) for e in events] == [MailSent]
+
+    def test_refusal_warning_stays_one_short_line(self, make_smtp_server, caplog):
+        # 35 KB in one WARNING line was seen with 500 refused recipients.
+        from pyramid_txmail.message import Envelope
+
+        bad = {f'bad{n}@example.com': '550 5.1.1 unknown' for n in range(700)}
+        server = make_smtp_server(rcpt_reply=bad)
+        mail = self._mail(0)
+        recipients = (*bad, *(f'ok{n}@example.com' for n in range(800)))
+        object.__setattr__(mail, 'envelope', Envelope('from@example.com', recipients))
+        events = []
+        with caplog.at_level('DEBUG', 'pyramid_txmail'):
+            self._makeOne(settings_for(server), events).deliver([mail])
+        assert len(events[0].refused) == 700
+        [warning] = [r for r in caplog.records if r.levelname == 'WARNING']
+        assert 'refused for 700 of 1500 recipient(s): bad0@example.com' in (
+            warning.getMessage()
+        )
+        assert warning.getMessage().endswith(' and 695 more')
+        assert max(len(r.getMessage()) for r in caplog.records) < 1000
+
+    def test_relay_not_answering_in_time_fails_every_message_once(self):
+        from tests.smtpserver import TricklingRelay
+
+        events = []
+        with TricklingRelay(('DATA',)) as relay:
+            settings = MailSettings(host=relay.host, port=relay.port, timeout=1.0)
+            pending = self._makeOne(settings, events).vote(
+                [make_mail(1), make_mail(2), make_mail(3)]
+            )
+            pending.finish()
+            pending.after_commit()  # returns: the commit is not held
+            assert relay.connections == 1
+        assert [type(e) for e in events] == [MailFailed] * 3
+        assert [e.message_id for e in events] == ['<1@test>', '<2@test>', '<3@test>']
+        assert 'did not answer DATA within 1.0s' in str(events[0].error)
+        assert 'not tried' in str(events[2].error)
+        assert all(e.permanent for e in events)
+
+    def test_unexpected_error_from_the_smtp_layer_fails_every_message(self, caplog):
+        # A host name the socket module cannot encode raises UnicodeError,
+        # not OSError.
+        events = []
+        delivery = self._makeOne(MailSettings(host='a' * 64 + '.example'), events)
+        with caplog.at_level('ERROR', 'pyramid_txmail.delivery'):
+            delivery.deliver([make_mail(1), make_mail(2)])
+        assert [type(e) for e in events] == [MailFailed, MailFailed]
+        assert all(isinstance(e.error, UnicodeError) for e in events)
+        assert all(e.permanent for e in events)
+        assert 'direct delivery failed' in caplog.text
+        events.clear()
+        with pytest.raises(UnicodeError):
+            delivery.send_now(make_mail(3))
+        assert [(type(e), e.message_id) for e in events] == [(MailFailed, '<3@test>')]
+
+
+def test_unexpected_error_after_some_messages_fails_only_the_rest(make_smtp_server):
+    # Without pipelining the first message is answered before the second is
+    # read; data that is not bytes (a bug upstream) breaks in the SMTP layer.
+    from pyramid_txmail.delivery import DirectDelivery
+
+    server = make_smtp_server(pipelining=False)
+    bad = make_mail(2)
+    object.__setattr__(bad, 'data', None)
+    events = []
+    DirectDelivery(settings_for(server), events.extend).deliver(
+        [make_mail(1), bad, make_mail(3)]
+    )
+    assert [r.message['Message-ID'] for r in server.wait_for(1)] == ['<1@test>']
+    assert [(type(e), e.message_id) for e in events] == [
+        (MailSent, '<1@test>'),
+        (MailFailed, '<2@test>'),
+        (MailFailed, '<3@test>'),
+    ]
+    assert isinstance(events[1].error, AttributeError)
+
+
+class TestCredentials:
+    """A password smtplib could not send (issue 9, case 5)."""
+
+    PASSWORD = 'pässwörd-ñ'
+    UNSENDABLE = 'pass\udcffword'  # a lone surrogate: from a bad environment
+
+    def _settings(self, server, password):
+        return server.settings(username='user', password=password)
+
+    def test_direct_non_ascii_password_sends(self, make_smtp_server):
+        from pyramid_txmail.delivery import DirectDelivery
+
+        server = make_smtp_server(tls='starttls', auth={'user': self.PASSWORD})
+        events = []
+        DirectDelivery(self._settings(server, self.PASSWORD), events.extend).deliver(
+            [make_mail(1)]
+        )
+        assert server.wait_for(1)[0].login == 'user'
+        assert [type(e) for e in events] == [MailSent]
+
+    def test_direct_unsendable_password_fails_every_message(self, make_smtp_server):
+        from pyramid_txmail.delivery import DirectDelivery
+        from pyramid_txmail.exceptions import ConfigurationFault
+
+        server = make_smtp_server(tls='starttls', auth={'user': self.PASSWORD})
+        events = []
+        DirectDelivery(self._settings(server, self.UNSENDABLE), events.extend).deliver(
+            [make_mail(1), make_mail(2)]
+        )
+        assert [type(e) for e in events] == [MailFailed, MailFailed]
+        assert all(isinstance(e.error, ConfigurationFault) for e in events)
+        assert 'mail.password cannot be encoded' in str(events[0].error)
+        assert self.UNSENDABLE not in repr(events[0].error.args)
+
+    def test_queued_non_ascii_password_sends(self, make_smtp_server, tmp_path):
+        from pyramid_txmail.processor import QueueProcessor
+        from pyramid_txmail.queue import MailQueue
+
+        server = make_smtp_server(tls='starttls', auth={'user': self.PASSWORD})
+        queue = MailQueue(str(tmp_path / 'q'))
+        queue.publish([queue.stage(make_mail(1))])
+        processor = QueueProcessor(queue, self._settings(server, self.PASSWORD))
+        assert processor.run_once().sent == 1
+        assert server.wait_for(1)[0].login == 'user'
+
+    def test_queued_unsendable_password_pauses_the_processor(
+        self, make_smtp_server, tmp_path
+    ):
+        from pyramid_txmail.exceptions import ConfigurationFault
+        from pyramid_txmail.processor import QueueProcessor
+        from pyramid_txmail.queue import MailQueue
+
+        server = make_smtp_server(tls='starttls', auth={'user': self.PASSWORD})
+        queue = MailQueue(str(tmp_path / 'q'))
+        queue.publish([queue.stage(make_mail(n)) for n in (1, 2)])
+        events = []
+        processor = QueueProcessor(
+            queue, self._settings(server, self.UNSENDABLE), notify=events.extend
+        )
+        result = processor.run_once()
+        assert (result.sent, result.released) == (0, 1)
+        assert [(type(e), e.permanent) for e in events] == [(MailFailed, False)]
+        assert isinstance(events[0].error, ConfigurationFault)
+        assert processor.run_once().released == 0  # paused
+        assert queue.counts()['queued'] == 2
+        assert server.connections == 0

@@ -111,3 +111,44 @@ class TestNotifier(unittest.TestCase):
             txn.addAfterCommitHook(lambda status: notifier(self._events('<1@test>')))
         self.assertEqual(subscriber.committed, ['<1@test>'])
         self.assertIsNot(managers[0], sending)
+
+
+class Big:
+    """Stands for what a frame may hold: a pass's listing of the queue."""
+
+
+def _failing_with(big):
+    try:
+        raise OSError('connection reset')
+    except OSError as exc:
+        raise RuntimeError('delivery failed') from exc
+
+
+def test_mail_failed_frees_what_the_error_tracebacks_held():
+    import gc
+    import weakref
+
+    from pyramid_txmail.events import MailFailed
+
+    big = Big()
+    ref = weakref.ref(big)
+    try:
+        _failing_with(big)
+    except RuntimeError as exc:
+        error = exc
+    del big
+    event = MailFailed('<1@test>', RAW, error, permanent=True)
+    gc.collect()
+    assert ref() is None
+    assert event.error is error
+    assert str(event.error.__cause__) == 'connection reset'
+    chain = [error, error.__cause__, error.__context__]
+    assert [e.__traceback__ for e in chain] == [None, None, None]
+
+
+def test_mail_failed_takes_an_error_that_links_to_itself():
+    from pyramid_txmail.events import MailFailed
+
+    error = ValueError('loop')
+    error.__context__ = error
+    assert MailFailed('<1@test>', RAW, error, permanent=False).error is error

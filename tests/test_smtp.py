@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -1082,3 +1083,383 @@ def test_null_reverse_path_is_a_valid_sender(make_smtp_server):
         conn.send(_envelope(sender=''), DATA)
     [received] = server.wait_for(1)
     assert received.mail_from == '<>'  # as aiosmtpd records the null path
+
+
+# -- a deadline for each phase, against a relay answering a byte at a time
+
+
+def assert_no_secret(secrets, *, errors=(), records=(), objects=()):
+    """None of ``secrets`` is in the errors (their text, args, the exceptions
+    they link to, their traceback frames' locals), the log records or the
+    objects' attributes."""
+    import traceback
+
+    def check(text, where):
+        for secret in secrets:
+            assert secret not in text, f'{secret!r} found in {where}'
+
+    todo, seen = list(errors), set()
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        check(f'{exc} {exc!r} {exc.args!r} {vars(exc)!r}', f'{type(exc).__name__}')
+        check(''.join(traceback.format_exception(exc)), 'a printed traceback')
+        tb = exc.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if f'{os.sep}pyramid_txmail{os.sep}' in code.co_filename:  # not a test's
+                for name, value in tb.tb_frame.f_locals.items():
+                    check(repr(value), f'local {name} of {code.co_name}')
+            tb = tb.tb_next
+        todo += [exc.__cause__, exc.__context__]
+    for record in records:
+        if not record.name.startswith('pyramid_txmail'):
+            continue  # the test server's own log shows what it received
+        check(
+            f'{record.getMessage()} {record.args!r} {record.exc_text}', 'a log record'
+        )
+    for obj in objects:
+        check(repr(vars(obj)), repr(obj))
+
+
+def _secrets(user: str, password: str) -> list[str]:
+    """The password and every base64 form AUTH sends it in."""
+    import base64
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    u, p = user.encode(), password.encode()
+    return [password, b64(p), b64(b'\0' + u + b'\0' + p), p.hex()]
+
+
+class TestDeadlines(_Base):
+    """mail.timeout bounds each phase as a whole, not each socket read."""
+
+    @pytest.fixture
+    def relay(self):
+        from tests.smtpserver import TricklingRelay
+
+        relays = []
+
+        def make(*trickle, **kw):
+            relay = TricklingRelay(trickle, **kw)
+            relays.append(relay)
+            return relay.__enter__()
+
+        yield make
+        for relay in relays:
+            relay.__exit__(None, None, None)
+
+    def _settings(self, relay, **kw):
+        from pyramid_txmail.settings import MailSettings
+
+        values = {'host': relay.host, 'port': relay.port, 'timeout': 1.0}
+        values.update(kw)
+        return MailSettings(**values)
+
+    @pytest.mark.parametrize(
+        ('stage', 'named'), [('CONNECT', 'connect'), ('EHLO', 'EHLO')]
+    )
+    def test_trickled_setup_fails_in_time(self, relay, stage, named):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        trickling = relay(stage)
+        conn = self._makeOne(self._settings(trickling))
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.open()
+        # The relay trickles for 20 s: failing otherwise than "did not
+        # answer" would mean the client waited for it.
+        assert str(info.value) == (
+            f'127.0.0.1:{trickling.port} did not answer {named} within 1.0s'
+        )
+        assert not conn.alive
+        assert conn.timed_out
+
+    @pytest.mark.parametrize('pipelining', [True, False])
+    @pytest.mark.parametrize(
+        ('stage', 'named'), [('MAIL', 'MAIL FROM'), ('DATA', 'DATA')]
+    )
+    def test_trickled_reply_fails_in_time(self, relay, pipelining, stage, named):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        trickling = relay(stage, pipelining=pipelining)
+        conn = self._makeOne(self._settings(trickling))
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope(), DATA)
+        assert str(info.value) == (
+            f'127.0.0.1:{trickling.port} did not answer {named} within 1.0s'
+        )
+        assert not info.value.permanent
+        assert not conn.alive
+
+    def test_trickled_reply_under_tls_fails_in_time(self, relay, smtp_ca):
+        import ssl
+
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        smtp_ca.issue_cert('127.0.0.1').configure_cert(context)
+        cafile = self.tmp_path / 'ca.pem'
+        smtp_ca.cert_pem.write_to_path(str(cafile))
+        trickling = relay('DATA', tls_context=context)
+        conn = self._makeOne(self._settings(trickling, ssl=True, cafile=str(cafile)))
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError, match='did not answer DATA within'):
+            conn.send(_envelope(), DATA)
+
+    def test_a_slow_session_of_quick_phases_is_not_cut(self, relay):
+        # Every phase gets its own time: many quick ones add up to more.
+        import time
+
+        trickling = relay()
+        conn = self._makeOne(self._settings(trickling, timeout=1.0))
+        conn.open()
+        for _ in range(2):
+            time.sleep(0.7)  # between phases, nothing is waited for
+            assert conn.send(_envelope(), DATA) == {}
+        assert conn.alive
+
+    def test_cut_ends_a_waiting_session_from_another_thread(self, relay):
+        import threading
+
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        trickling = relay('DATA')
+        conn = self._makeOne(self._settings(trickling, timeout=60))
+        conn.open()
+        cutter = threading.Thread(
+            target=lambda: trickling.trickling.wait(30) and conn.cut()
+        )
+        cutter.start()
+        try:
+            with pytest.raises(TemporaryDeliveryError) as info:
+                conn.send(_envelope(), DATA)
+        finally:
+            cutter.join(30)
+        assert str(info.value) == (
+            f'the session with 127.0.0.1:{trickling.port} was cut short during '
+            'DATA: delivery is stopping'
+        )
+        assert not conn.alive
+        assert not conn.timed_out
+
+    def test_a_cut_connection_cannot_open_again(self, relay):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        trickling = relay()
+        conn = self._makeOne(self._settings(trickling, timeout=60))
+        conn.cut()
+        with pytest.raises(TemporaryDeliveryError, match='was cut short during'):
+            conn.open()
+
+    # -- AUTH
+
+    def test_trickled_auth_fails_in_time_and_shows_no_secret(self, relay):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        password = 'pä55-wörd-ñ'
+        trickling = relay('AUTH', extensions=('AUTH PLAIN LOGIN',))
+        conn = self._makeOne(
+            self._settings(trickling, username='user', password=password)
+        )
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.open()
+        assert str(info.value) == (
+            f'127.0.0.1:{trickling.port} did not answer AUTH within 1.0s'
+        )
+        assert_no_secret(
+            _secrets('user', password),
+            errors=[info.value],
+            records=self.caplog.records,
+        )
+
+    def test_garbled_auth_challenge_is_a_configuration_fault(self, relay):
+        # CRAM-MD5's challenge must be base64.
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        trickling = relay(
+            extensions=('AUTH CRAM-MD5',), replies={'AUTH': '334 %%% not base64'}
+        )
+        conn = self._makeOne(
+            self._settings(trickling, username='user', password=PASSWORD)
+        )
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert str(info.value) == (
+            f'AUTH with 127.0.0.1:{trickling.port} failed: Error'
+        )
+        assert info.value.__cause__ is None and info.value.__context__ is None
+        assert_no_secret(_secrets('user', PASSWORD), errors=[info.value])
+
+    def test_endless_auth_challenges_are_cancelled(self, relay):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        trickling = relay(
+            extensions=('AUTH PLAIN',),
+            replies={'AUTH': '334 ', '*': '501 5.7.0 Auth aborted'},
+        )
+        conn = self._makeOne(
+            self._settings(trickling, username='user', password=PASSWORD)
+        )
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert info.value.code == 501
+        assert 'answered AUTH with 501 5.7.0: the login as' in str(info.value)
+
+    def test_no_known_auth_mechanism(self, relay):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        trickling = relay(extensions=('AUTH XOAUTH2 GSSAPI',))
+        conn = self._makeOne(
+            self._settings(trickling, username='user', password=PASSWORD)
+        )
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert str(info.value) == (
+            f'127.0.0.1:{trickling.port} offers AUTH XOAUTH2 GSSAPI, none of '
+            'which pyramid_txmail speaks (CRAM-MD5, PLAIN, LOGIN)'
+        )
+
+
+class TestAuth(_Base):
+    """AUTH with UTF-8 credentials, and nothing that holds them escapes."""
+
+    @pytest.mark.parametrize('mechanism', ['PLAIN', 'LOGIN', 'CRAM-MD5'])
+    def test_non_ascii_password_logs_in(self, mechanism):
+        # smtplib encodes AUTH as ASCII: its UnicodeEncodeError escaped,
+        # holding the password in its args.
+        password = 'pässwörd-ñ-密码'
+        server = self.make_server(
+            tls='starttls', auth={'jörg': password}, auth_mechanisms=(mechanism,)
+        )
+        conn = self._makeOne(server.settings(username='jörg', password=password))
+        conn.open()
+        conn.send(_envelope(), DATA)
+        assert server.wait_for(1)[0].login == 'jörg'
+        assert server.auth_attempts == [('jörg', True, True)]
+
+    @pytest.mark.parametrize('mechanism', ['PLAIN', 'LOGIN', 'CRAM-MD5'])
+    def test_wrong_password_with_each_mechanism(self, mechanism):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(
+            tls='starttls', auth={'user': 'right'}, auth_mechanisms=(mechanism,)
+        )
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert info.value.code == 535
+        assert server.auth_attempts == [('user', True, False)]
+
+    def test_relay_echoing_the_credentials_shows_none_of_them(self):
+        from pyramid_txmail.events import MailFailed
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        password = 'pässwörd-ñ'
+        secrets = _secrets('user', password)
+        server = self.make_server(
+            tls='starttls',
+            auth={'user': password},
+            reply={'AUTH': f'535 5.7.8 bad credentials: {" ".join(secrets)}'},
+        )
+        conn = self._makeOne(server.settings(username='user', password=password))
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        error = info.value
+        assert str(error) == (
+            f'127.0.0.1:{server.port} answered AUTH with 535 5.7.8: the login as '
+            "'user' was refused (the reply text is not shown: a relay may echo "
+            'the credentials)'
+        )
+        assert error.__cause__ is None and error.__context__ is None
+        event = MailFailed('<1@test>', DATA, error, False)
+        assert_no_secret(
+            secrets,
+            errors=[error],
+            records=self.caplog.records,
+            objects=[event, conn],
+        )
+
+    @pytest.mark.parametrize('mechanism', ['PLAIN', 'LOGIN', 'CRAM-MD5'])
+    def test_auth_refused_at_once_with_each_mechanism(self, mechanism):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(
+            tls='starttls',
+            auth={'user': PASSWORD},
+            auth_mechanisms=(mechanism,),
+            reply={'AUTH': '535 5.7.8 no'},
+        )
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        with pytest.raises(ConfigurationFault, match=r'answered AUTH with 535 5\.7\.8'):
+            conn.open()
+
+    def test_no_mechanism_taken(self):
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        server = self.make_server(
+            tls='starttls',
+            auth={'user': PASSWORD},
+            reply={'AUTH': '504 5.5.4 unrecognized authentication type'},
+        )
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        with pytest.raises(ConfigurationFault, match=r'answered AUTH with 504 5\.5\.4'):
+            conn.open()
+        assert [v for _, v, _ in server.commands].count('AUTH') == 2
+
+    def test_first_mechanism_not_taken_tries_the_next(self):
+        server = self.make_server(
+            tls='starttls',
+            auth={'user': PASSWORD},
+            reply={'AUTH': ['504 5.5.4 unrecognized authentication type']},
+        )
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        conn.open()
+        assert server.auth_attempts == [('user', True, True)]  # with LOGIN
+
+    def test_421_to_auth_is_temporary_and_closes(self):
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(
+            tls='starttls', auth={'user': PASSWORD}, reply={'AUTH': '421 4.3.2 bye'}
+        )
+        conn = self._makeOne(server.settings(username='user', password=PASSWORD))
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.open()
+        assert info.value.code == 421
+        assert 'answered AUTH with 421 4.3.2' in str(info.value)
+        assert not conn.alive
+
+    @pytest.mark.parametrize(
+        ('field', 'problem'),
+        [
+            ('password', 'cannot be encoded as UTF-8'),
+            ('username', 'cannot be encoded as UTF-8'),
+            ('password', 'holds a NUL character'),
+        ],
+    )
+    def test_credentials_that_cannot_be_sent(self, field, problem):
+        # A lone surrogate comes from an undecodable byte in the environment.
+        from pyramid_txmail.smtp import ConfigurationFault
+
+        bad = 'se\udcffcret-9' if 'UTF-8' in problem else 'se\x00cret-9'
+        credentials = {'username': 'user', 'password': PASSWORD, field: bad}
+        server = self.make_server(tls='starttls', auth={'user': PASSWORD})
+        conn = self._makeOne(server.settings(**credentials))
+        with pytest.raises(ConfigurationFault) as info:
+            conn.open()
+        assert str(info.value) == f'mail.{field} {problem}' + (
+            ' (it holds a lone surrogate); not logging in'
+            if 'UTF-8' in problem
+            else ', which AUTH cannot carry; not logging in'
+        )
+        assert info.value.__context__ is None
+        assert server.connections == 0
+        if field == 'password':  # a username may be shown, e.g. by MailSettings
+            assert_no_secret(
+                [bad, 'cret-9'], errors=[info.value], records=self.caplog.records
+            )
