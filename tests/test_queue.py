@@ -349,8 +349,8 @@ class TestClaim(_Base):
         [mail_id] = fill(queue, 1)
         assert self._makeOne(Racy).claim(mail_id) is None
 
-    def test_claim_w_unexpected_error_raises(self):
-        from pyramid_txmail.queue import MailQueue
+    def test_claim_w_broken_queue_directory_raises_queue_error(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
 
         class Broken(MailQueue):
             def _opener(self, path, flags, mode=0o777):
@@ -362,7 +362,7 @@ class TestClaim(_Base):
 
         queue = self._makeOne()
         [mail_id] = fill(queue, 1)
-        with pytest.raises(NotADirectoryError):
+        with pytest.raises(QueueError, match=r'Errno 20'):
             self._makeOne(Broken).claim(mail_id)
 
     def test_claim_of_message_removed_by_hand_before_rename(self):
@@ -398,11 +398,11 @@ class TestClaim(_Base):
         with open(os.path.join(self.path, 'new', bad), 'wb') as f:
             f.write(b'{"v": 1}\nnot ours')
         assert queue.claim(bad) is None
-        assert self._files('failed') == [bad]
+        assert self._files('failed') == [bad, bad + '.reason']
         assert 'unreadable queue file 0000000000000001.1.bad0' in caplog.text
         [info] = queue.list(failed=True)
         assert info.id == bad
-        assert info.last_error.startswith('unreadable: ')
+        assert info.last_error == "unreadable: bad or missing 'message_id'"
         # Retried unchanged; the next claim fails it again.
         assert queue.retry([bad]) == 1
         assert queue.pending() == [bad, good]
@@ -640,7 +640,9 @@ class TestOutcomes(_Base):
             claim.defer('451', self.clock.now)
         assert self._files('tmp') == []
         assert self._files('cur') == [self.mail_id]
-        assert self.queue.recover(0) == 1
+        # Still held: recovery cannot take it; another outcome can be recorded.
+        assert self.queue.recover(0) == 0
+        claim.release()
         meta, _ = self._meta('new', self.mail_id)
         assert meta['attempts'] == 0
 
@@ -663,7 +665,8 @@ class TestOutcomes(_Base):
         assert self._files('cur') == [self.mail_id]
 
         self.queue.broken = ''
-        self.queue.recover(0)
+        claim.abandon()  # unlocked in cur/: recovery takes it back
+        assert self.queue.recover(0) == 1
         claim = self.queue.claim(self.mail_id)
         self.queue.broken = '/failed/'  # moving it into failed/
         with pytest.raises(QueueError, match=r'cannot move .*/cur/\S+ to .*/failed/'):
@@ -671,6 +674,7 @@ class TestOutcomes(_Base):
         # The rewritten version waits in cur/ for recovery.
         meta, _ = self._meta('cur', self.mail_id)
         assert meta['last_error'] == '550'
+        claim.abandon()
 
 
 class TestProcessorSide(_Base):
