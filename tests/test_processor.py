@@ -57,6 +57,21 @@ def _meta(queue, sub, mail_id):
         return json.loads(f.readline())
 
 
+def _edit(queue, mail_id, sub='new', **changes):
+    """Change metadata fields of a queue file in place (a past history)."""
+    path = os.path.join(queue.path, sub, mail_id)
+    with open(path, 'rb') as f:
+        meta, data = json.loads(f.readline()), f.read()
+    meta.update(changes)
+    with open(path, 'wb') as f:
+        f.write(json.dumps(meta).encode() + b'\n' + data)
+
+
+#: Deferrals after which the default backoff (300 s doubling to 4000 s)
+#: spans the default max_age of 5 days.
+OLD_ENOUGH = 111
+
+
 class _Base:
     @pytest.fixture(autouse=True)
     def _setup(self, tmp_path, make_smtp_server):
@@ -196,12 +211,7 @@ class TestQueueProcessor(_Base):
     def test_backoff_after_very_many_attempts(self):
         server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
         [mail_id] = fill(self.queue, 1)
-        path = os.path.join(self.queue.path, 'new', mail_id)
-        with open(path, 'rb') as f:
-            meta, data = json.loads(f.readline()), f.read()
-        meta['attempts'] = 5000
-        with open(path, 'wb') as f:
-            f.write(json.dumps(meta).encode() + b'\n' + data)
+        _edit(self.queue, mail_id, attempts=5000)
         self._makeOne(server, retry_min=300.0, retry_max=4000.0).run_once()
         due = os.stat(os.path.join(self.queue.path, 'deferred', mail_id)).st_mtime
         assert due == self.clock.now + 4000
@@ -326,7 +336,8 @@ class TestQueueProcessor(_Base):
 
     def test_too_old_fails_for_good(self):
         server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
-        fill(self.queue, 1)
+        [mail_id] = fill(self.queue, 1)
+        _edit(self.queue, mail_id, attempts=OLD_ENOUGH)
         self.clock.now += 432001
         result = self._makeOne(server).run_once()
         assert result.failed == 1
@@ -335,7 +346,8 @@ class TestQueueProcessor(_Base):
         assert self._event_kinds() == [('MailFailed', True)]
 
     def test_too_old_w_refused_connection_stops_the_pass(self):
-        fill(self.queue, 2)
+        for mail_id in fill(self.queue, 2):
+            _edit(self.queue, mail_id, attempts=OLD_ENOUGH)
         self.clock.now += 432001
         result = self._makeOne(port=_free_port()).run_once()
         assert (result.failed, result.deferred) == (1, 0)
@@ -374,6 +386,7 @@ class TestQueueProcessor(_Base):
         server = self.make_server(rcpt_reply={'busy@example.com': '450 4.2.1 busy'})
         mail_id = self.queue.stage(make_mail(1, ('ok@example.com', 'busy@example.com')))
         self.queue.publish([mail_id])
+        _edit(self.queue, mail_id, attempts=OLD_ENOUGH)
         self.clock.now += 432001
         assert self._makeOne(server).run_once().sent == 1
         assert self.queue.counts() == EMPTY
