@@ -631,7 +631,7 @@ class MailQueue:
             path = self._p(sub, mail_id)
             noted = self._reason(mail_id) if sub == 'failed' else None
             try:
-                mtime, meta = _head(path)
+                mtime, meta = _head(path, self._opener)
             except FileNotFoundError:
                 continue  # moved on since the listing
             except OSError as exc:
@@ -811,13 +811,14 @@ def _parse(line: bytes) -> dict[str, Any]:
     return meta
 
 
-def _head(path: str) -> tuple[float, dict[str, Any]]:
+def _head(path: str, opener: Callable[..., int]) -> tuple[float, dict[str, Any]]:
     """The mtime and checked metadata line of the queue file at ``path``."""
-    fd = os.open(path, _OPEN_FLAGS)
+    fd = opener(path, _OPEN_FLAGS)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ValueError('not a regular file')
     with open(fd, 'rb') as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError('not a regular file')
         return st.st_mtime, _parse(f.readline())
 
 

@@ -89,6 +89,8 @@ class TestMain:
             '0',
             'failed',
             '0',
+            'unreadable',
+            '0',
         ]
 
     def test_status_json(self, ini):

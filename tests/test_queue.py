@@ -892,3 +892,310 @@ class TestAdministration(_Base):
             fcntl.flock(other, fcntl.LOCK_EX)  # a processor claiming it
             assert queue.purge([self.ids[0]]) == 0
         assert queue.pending() == [self.ids[0]]
+
+
+NOBODY = 65534
+
+
+def _nobody_opener(path, flags, mode=0o777):
+    """``os.open`` as uid 65534 would see it: the suite runs as root, which
+    may open any file, so the owner and mode checks are made here."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    else:
+        bit = stat.S_IRUSR if st.st_uid == NOBODY else stat.S_IROTH
+        if stat.S_ISREG(st.st_mode) and not st.st_mode & bit:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    return os.open(path, flags, mode)
+
+
+def queue_as_nobody(path, **kw):
+    """A MailQueue of uid 65534, whose opens are checked as for that user."""
+    from pyramid_txmail.queue import MailQueue
+
+    if not os.path.exists(path):
+        os.mkdir(path, 0o700)
+        os.chown(path, NOBODY, NOBODY)
+
+    class AsNobody(MailQueue):
+        _opener = staticmethod(_nobody_opener)
+
+    return AsNobody(path, **kw)
+
+
+def add_bad_entries(queue, sub='new'):
+    """One entry of every kind a processor cannot use, named to sort before
+    any real message. Returns {id: the reason it is set aside for}."""
+    meta = {
+        'v': 1,
+        'message_id': '<bad@test>',
+        'sender': 'from@example.com',
+        'recipients': ['to@example.com'],
+        'queued_at': 1_600_000_000.0,
+        'attempts': 0,
+        'last_error': None,
+    }
+    body = b'Subject: bad\r\n\r\nbad\r\n'
+
+    def line(**changes):
+        return json.dumps({**meta, **changes}).encode() + b'\n' + body
+
+    denied = 'cannot open: [Errno 13] Permission denied'
+    kinds = [
+        # Rewritten by `retry` run as root: root's, 0600.
+        (line(), 0, 0o600, denied),
+        (line(), NOBODY, 0o000, denied),
+        (line(recipients=[123]), NOBODY, 0o600, "bad or missing 'recipients'"),
+        (line(attempts=True), NOBODY, 0o600, "bad or missing 'attempts'"),
+        (line(queued_at=float('nan')), NOBODY, 0o600, "bad or missing 'queued_at'"),
+        (b'[' * 100_000 + b'\n', NOBODY, 0o600, 'metadata nested too deeply'),
+        (b'{\xff}\n', NOBODY, 0o600, "'utf-8' codec can't decode byte 0xff"),
+        ('directory', None, None, 'not a regular file'),
+        ('fifo', None, None, 'not a regular file'),
+        ('symlink', None, None, 'cannot open: [Errno 40] Too many levels'),
+    ]
+    reasons = {}
+    for n, (content, uid, mode, reason) in enumerate(kinds, start=1):
+        mail_id = f'{n:016d}.1.bad{n:x}'
+        path = os.path.join(queue.path, sub, mail_id)
+        if content == 'directory':
+            os.mkdir(path)
+        elif content == 'fifo':
+            os.mkfifo(path)
+        elif content == 'symlink':
+            os.symlink(os.path.join(queue.path, 'elsewhere'), path)
+        else:
+            with open(path, 'wb') as f:
+                f.write(content)
+            os.chown(path, uid, uid)
+            os.chmod(path, mode)
+        reasons[mail_id] = reason
+    return reasons
+
+
+class TestBadEntries(_Base):
+    """Entries a processor cannot use never hold up those behind them."""
+
+    def test_each_bad_entry_is_set_aside_with_its_reason(self, caplog):
+        queue = queue_as_nobody(self.path)
+        reasons = add_bad_entries(queue)
+        [good] = fill(queue, 1)
+        claims = [queue.claim(mail_id) for mail_id in queue.pending()]
+        assert claims[:-1] == [None] * len(reasons)
+        assert claims[-1].id == good
+        claims[-1].done()
+        assert queue.pending() == []
+        failed = {i.id: i for i in queue.list(failed=True)}
+        assert sorted(failed) == sorted(reasons)
+        for mail_id, reason in reasons.items():
+            assert failed[mail_id].last_error.startswith('unreadable: ' + reason)
+            assert f'unreadable queue file {mail_id} moved to failed/' in caplog.text
+        assert queue.unreadable() == len(reasons)
+        assert queue.counts()['failed'] == len(reasons)
+
+    def test_list_shows_every_entry_whatever_its_state(self):
+        clock = FakeClock()
+        queue = queue_as_nobody(self.path, clock=clock)
+        reasons = add_bad_entries(queue)
+        good = fill(queue, 2)
+        clock.now += 60
+        infos = list(queue.list())
+        assert [i.id for i in infos] == [*reasons, *good]
+        for info in infos[: len(reasons)]:
+            assert info.state == 'queued'
+            assert info.last_error.startswith('unreadable: ' + reasons[info.id])
+            assert info.recipients == ()
+            assert info.age > 10**8  # from the time in its id
+        assert [i.recipients for i in infos[-2:]] == [('to@example.com',)] * 2
+        assert infos[-1].age == 60
+
+    def test_list_prefers_the_reason_recorded_when_set_aside(self):
+        reasons = add_bad_entries(queue_as_nobody(self.path))
+        queue = queue_as_nobody(self.path)
+        for mail_id in queue.pending():
+            assert queue.claim(mail_id) is None
+        # Root reads the root-owned file fine; the reason is still shown.
+        first = next(iter(reasons))
+        as_root = {i.id: i for i in self._makeOne().list(failed=True)}
+        assert as_root[first].recipients == ('to@example.com',)
+        assert as_root[first].last_error == (
+            'unreadable: cannot open: [Errno 13] Permission denied'
+        )
+
+    def test_entry_that_cannot_be_moved_is_skipped_and_logged_once(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class NoFailedDir(MailQueue):
+            def _rename(self, src, dst):
+                if '/failed/' in dst:
+                    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+                os.rename(src, dst)
+
+        queue = self._makeOne(NoFailedDir)
+        bad = '0000000000000001.1.bad1'
+        os.mkdir(os.path.join(self.path, 'new', bad))
+        [good] = fill(queue, 1)
+        for _ in range(3):
+            assert queue.claim(bad) is None
+        assert caplog.text.count('cannot be moved to failed/') == 1
+        assert 'Read-only file system; skipping it' in caplog.text
+        assert queue.pending() == [bad, good]
+        queue.claim(good).done()
+
+    def test_entry_unreadable_after_claim_is_set_aside_from_cur(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class BadDisk(MailQueue):
+            def _rename(self, src, dst):
+                os.rename(src, dst)
+                if '/cur/' in dst:  # the sectors go bad as it is claimed
+                    os.chmod(dst, 0)
+                    os.truncate(dst, 0)
+
+        queue = self._makeOne(BadDisk)
+        [mail_id] = fill(queue, 1)
+        assert queue.claim(mail_id) is None
+        [info] = queue.list(failed=True)
+        assert info.last_error == (
+            'unreadable: Expecting value: line 1 column 1 (char 0)'
+        )
+        assert self._files('cur') == []
+
+    def test_read_error_of_the_process_ends_the_pass(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class NoDescriptors(MailQueue):
+            def _opener(self, path, flags, mode=0o777):
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        with pytest.raises(QueueError, match=r'cannot read .*Too many open files'):
+            self._makeOne(NoDescriptors).claim(mail_id)
+        assert queue.pending() == [mail_id]
+
+    def test_entry_removed_while_set_aside(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racy(MailQueue):
+            def _rename(self, src, dst):
+                os.rmdir(src)  # another processor set it aside first
+                os.rename(src, dst)
+
+        queue = self._makeOne(Racy)
+        bad = '0000000000000001.1.bad1'
+        os.mkdir(os.path.join(self.path, 'new', bad))
+        assert queue.claim(bad) is None
+        assert self._files('failed') == []
+
+    def test_reason_not_kept_on_a_full_disk_is_logged(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class FullDisk(MailQueue):
+            def _write(self, fd, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        queue = self._makeOne(FullDisk)
+        bad = '0000000000000001.1.bad1'
+        os.mkdir(os.path.join(self.path, 'new', bad))
+        assert queue.claim(bad) is None
+        assert self._files('failed') == [bad]
+        assert 'cannot record why 0000000000000001.1.bad1 failed' in caplog.text
+        [info] = queue.list(failed=True)
+        assert info.last_error == 'unreadable: not a regular file'
+
+    def test_retry_and_purge_of_bad_entries(self):
+        queue = queue_as_nobody(self.path)
+        reasons = add_bad_entries(queue)
+        for mail_id in queue.pending():
+            queue.claim(mail_id)
+        # Back unchanged, the reasons forgotten: a claim sets them aside again.
+        assert queue.retry() == len(reasons)
+        assert queue.pending() == list(reasons)
+        assert self._files('failed') == []
+        for mail_id in queue.pending():
+            queue.claim(mail_id)
+        assert queue.purge(failed=True) == len(reasons)
+        assert self._files('failed') == []
+
+    def test_purge_of_entry_gone_after_an_open_error(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racy(MailQueue):
+            def _opener(self, path, flags, mode=0o777):
+                os.unlink(path)  # purged by another operator meanwhile
+                raise PermissionError(errno.EACCES, 'denied')
+
+            def _rename(self, src, dst):
+                os.unlink(src)
+                raise FileNotFoundError(errno.ENOENT, 'gone')
+
+        queue = self._makeOne()
+        a, b = fill(queue, 2)
+        for mail_id in (a, b):
+            queue.claim(mail_id).fail('550')
+        assert self._makeOne(Racy).purge([a]) == 0
+        assert self._makeOne(Racy).retry([b]) == 0
+        assert self._files('failed') == []
+
+
+class TestReadOnly(_Base):
+    def test_missing_queue_is_not_created(self):
+        from pyramid_txmail.queue import QueueError
+
+        with pytest.raises(QueueError) as info:
+            self._makeOne(create=False)
+        assert str(info.value) == (
+            f'no mail queue at {self.path}: nothing has been queued there yet'
+        )
+        assert not os.path.exists(self.path)
+
+    def test_queue_that_is_no_directory_cannot_be_read(self):
+        from pyramid_txmail.queue import QueueError
+
+        with open(self.path, 'w') as f:
+            f.write('not a queue')
+        with pytest.raises(QueueError, match=r'^cannot read mail queue .*/q: not a d'):
+            self._makeOne(create=False)
+        self.path = os.path.join(self.path, 'q')
+        with pytest.raises(QueueError, match=r'^cannot read mail queue .*\[Errno 20\]'):
+            self._makeOne(create=False)
+
+    def test_existing_queue_is_read(self):
+        [mail_id] = fill(self._makeOne(), 1)
+        assert self._makeOne(create=False).pending() == [mail_id]
+
+
+class TestOwnership(_Base):
+    """Run as root on another user's queue, what is created is theirs."""
+
+    def _owners(self):
+        owners = {}
+        for top, dirs, files in os.walk(self.path):
+            for name in dirs + files:
+                path = os.path.join(top, name)
+                owners[os.path.relpath(path, self.path)] = os.stat(path)[4:6]
+        return owners
+
+    def test_files_and_directories_keep_the_queue_owner(self):
+        os.mkdir(self.path, 0o700)
+        os.chown(self.path, NOBODY, NOBODY)
+        queue = self._makeOne()  # the subdirectories, as root
+        a, b, c = fill(queue, 3)
+        queue.claim(a).fail('550 no')
+        queue.claim(b).defer('451 later', 0)
+        bad = '0000000000000001.1.bad1'
+        os.mkdir(os.path.join(self.path, 'new', bad))
+        os.chown(os.path.join(self.path, 'new', bad), NOBODY, NOBODY)
+        queue.claim(bad)
+        assert queue.retry([a]) == 1
+        owners = self._owners()
+        assert f'failed/{bad}.reason' in owners
+        assert set(owners.values()) == {(NOBODY, NOBODY)}
+
+    def test_root_owned_queue_stays_roots(self):
+        queue = self._makeOne()
+        fill(queue, 1)
+        assert set(self._owners().values()) == {(0, 0)}
