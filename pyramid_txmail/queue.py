@@ -175,13 +175,14 @@ class MailQueue:
     given to the queue directory's owner and group, so the application
     can still read and replace it.
 
-    The class attributes ``_opener``, ``_write``, ``_fsync`` and ``_rename``
-    are the system calls used for durable writes. They are seams for tests:
+    The class attributes ``_opener``, ``_pread``, ``_write``, ``_fsync`` and
+    ``_rename`` are the system calls used for reads and durable writes. They are seams for tests:
     the suite runs as root, which ignores directory permissions, and cannot
     fill a disk, so EACCES and ENOSPC are injected through a subclass.
     """
 
     _opener: Callable[..., int] = staticmethod(os.open)
+    _pread: Callable[[int, int, int], bytes] = staticmethod(os.pread)
     _write: Callable[[int, bytes], int] = staticmethod(os.write)
     _fsync: Callable[[int], None] = staticmethod(os.fsync)
     _rename: Callable[[str, str], None] = staticmethod(os.rename)
@@ -194,12 +195,16 @@ class MailQueue:
         self._last_micros = 0
         # Entries that could be neither read nor set aside: logged once.
         self._reported: set[str] = set()
-        if create:
+        made = []
+        for sub in ('', 'tmp', *STATES) if create else ():
+            where = self._p(sub) if sub else self.path
+            if not os.path.isdir(where):
+                made.append(where)
             try:
-                os.makedirs(self.path, mode=0o700, exist_ok=True)
+                os.makedirs(where, mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise QueueError(
-                    f'cannot create mail queue {self.path}: {_cause(exc)}'
+                    f'cannot create mail queue {where}: {_cause(exc)}'
                 ) from exc
         try:
             st = os.stat(self.path)
@@ -216,21 +221,8 @@ class MailQueue:
         self._owner: tuple[int, int] | None = None
         if os.geteuid() == 0 and st.st_uid != 0:
             self._owner = (st.st_uid, st.st_gid)
-        if create:
-            for sub in ('tmp', *STATES):
-                self._mkdir(self._p(sub))
-
-    def _mkdir(self, where: str) -> None:
-        try:
-            os.mkdir(where, 0o700)
-        except FileExistsError:
-            return
-        except OSError as exc:
-            raise QueueError(
-                f'cannot create mail queue {where}: {_cause(exc)}'
-            ) from exc
-        if self._owner is not None:
-            os.chown(where, *self._owner)
+            for where in made:
+                os.chown(where, *self._owner)
 
     def __repr__(self) -> str:
         return f'<MailQueue {self.path}>'
@@ -411,7 +403,7 @@ class MailQueue:
                 return None  # removed by hand since we locked it
             raise
         try:
-            meta, data = _read(fd, st.st_size)
+            meta, data = _read(fd, st.st_size, self._pread)
         except OSError as exc:
             self._unusable(exc, path, fd)
             self._set_aside('cur', mail_id, f'cannot read: {_cause(exc)}', fd)
@@ -693,7 +685,7 @@ class MailQueue:
                 try:
                     if not stat.S_ISREG(st.st_mode):
                         raise ValueError('not a regular file')
-                    meta, data = _read(fd, st.st_size)
+                    meta, data = _read(fd, st.st_size, self._pread)
                 except (OSError, ValueError):
                     # Unreadable: back unchanged; a claim will fail it again.
                     os.rename(path, self._p('new', mail_id))
@@ -822,7 +814,9 @@ def _head(path: str, opener: Callable[..., int]) -> tuple[float, dict[str, Any]]
         return st.st_mtime, _parse(f.readline())
 
 
-def _read(fd: int, size: int) -> tuple[dict[str, Any], bytes]:
+def _read(
+    fd: int, size: int, pread: Callable[[int, int, int], bytes] = os.pread
+) -> tuple[dict[str, Any], bytes]:
     """Metadata and message bytes of the open queue file ``fd``.
 
     ``size`` is what ``fstat`` said (a queue file never changes once
@@ -830,7 +824,7 @@ def _read(fd: int, size: int) -> tuple[dict[str, Any], bytes]:
     """
     chunks = []
     offset = 0
-    while offset < size and (chunk := os.pread(fd, size - offset, offset)):
+    while offset < size and (chunk := pread(fd, size - offset, offset)):
         chunks.append(chunk)
         offset += len(chunk)
     line, _, data = b''.join(chunks).partition(b'\n')

@@ -1063,6 +1063,29 @@ class TestBadEntries(_Base):
         )
         assert self._files('cur') == []
 
+    @pytest.mark.parametrize(
+        ('code', 'where'), [(errno.EIO, 'failed'), (errno.ENOMEM, 'cur')]
+    )
+    def test_read_error_after_claim(self, code, where):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class BadRead(MailQueue):
+            def _pread(self, fd, size, offset):
+                raise OSError(code, os.strerror(code))
+
+        queue = self._makeOne(BadRead)
+        [mail_id] = fill(queue, 1)
+        if code == errno.EIO:  # this entry's sectors: set aside
+            assert queue.claim(mail_id) is None
+            [info] = queue.list(failed=True)
+            assert info.last_error.startswith('unreadable: cannot read: [Errno 5] ')
+        else:  # this process's trouble: the pass ends, recovery takes it back
+            with pytest.raises(QueueError, match=r'Cannot allocate memory'):
+                queue.claim(mail_id)
+            assert queue.recover(0) == 1
+            where = 'new'
+        assert self._files(where)[0] == mail_id
+
     def test_read_error_of_the_process_ends_the_pass(self):
         from pyramid_txmail.queue import MailQueue, QueueError
 
