@@ -62,7 +62,14 @@ _REASON = '.reason'
 # queue, not the entry: they end the pass (the next one tries again) instead
 # of setting every entry aside.
 _PROCESS_ERRNOS = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EINTR, errno.ENOTDIR}
+    {
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.ENOBUFS,
+        errno.EINTR,
+        errno.ENOTDIR,
+    }
 )
 # O_NONBLOCK: a FIFO named like an entry must not block the open.
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -176,9 +183,10 @@ class MailQueue:
     can still read and replace it.
 
     The class attributes ``_opener``, ``_pread``, ``_write``, ``_fsync`` and
-    ``_rename`` are the system calls used for reads and durable writes. They are seams for tests:
-    the suite runs as root, which ignores directory permissions, and cannot
-    fill a disk, so EACCES and ENOSPC are injected through a subclass.
+    ``_rename`` are the system calls used for reads and durable writes. They
+    are seams for tests: the suite runs as root, which ignores permissions,
+    and cannot fill a disk, so EACCES, EIO and ENOSPC are injected through a
+    subclass.
     """
 
     _opener: Callable[..., int] = staticmethod(os.open)

@@ -581,7 +581,7 @@ class TestUnrecordedOutcomes(_Base):
     def test_partial_acceptance_w_failed_move_defers_only_the_rest(self):
         # The reduced copy replaced the claimed file, but cannot be moved
         # on into deferred/: set aside as it is, for later@ alone.
-        server, queue, mail_id = self._partial()
+        server, queue, _ = self._partial()
         queue.no_rename = ('deferred',)
         processor = self._makeOne(server)
         assert processor.run_once().sent == 2
@@ -611,7 +611,7 @@ class TestUnrecordedOutcomes(_Base):
     def test_unrecorded_deferral_is_tried_again_after_stale_after(self, caplog):
         server = self.make_server(reply={'MAIL': ['451 4.3.0 try later']})
         queue = self._full_disk_queue()
-        first, second = fill(queue, 2)
+        first, _ = fill(queue, 2)
         queue.full = True
         processor = self._makeOne(server, processor_kw={'stale_after': 600.0})
         result = processor.run_once()

@@ -1206,7 +1206,7 @@ class TestOwnership(_Base):
         os.mkdir(self.path, 0o700)
         os.chown(self.path, NOBODY, NOBODY)
         queue = self._makeOne()  # the subdirectories, as root
-        a, b, c = fill(queue, 3)
+        a, b, _ = fill(queue, 3)
         queue.claim(a).fail('550 no')
         queue.claim(b).defer('451 later', 0)
         bad = '0000000000000001.1.bad1'
