@@ -231,7 +231,10 @@ class QueueProcessor:
     def _release(self, offered: dict[str, Claim]) -> None:
         """Claims without an outcome: never accepted, so back to new/."""
         for claim in offered.values():
-            claim.release()
+            try:
+                claim.release()
+            except QueueError as exc:  # unlocked in cur/: recovery takes it
+                log.error('mail %s: %s', claim.message_id, exc)
         offered.clear()
 
     def _next(self, ids: Iterator[str]) -> Claim | None:

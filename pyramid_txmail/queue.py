@@ -963,8 +963,10 @@ class Claim:
     def abandon(self) -> None:
         """Unlock it where it is, in ``cur/``: recovery takes it back to
         ``new/`` once it is ``stale_after`` old (a backoff that needs no
-        disk space)."""
-        _unlock(self._take_fd())
+        disk space). Nothing if it is unlocked already (a failed
+        :meth:`release` leaves it so)."""
+        if self._fd is not None:
+            _unlock(self._take_fd())
 
     def release(self) -> None:
         """Put it back into ``new/`` unchanged (not its fault, or stopping)."""

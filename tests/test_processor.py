@@ -625,6 +625,44 @@ class TestUnrecordedOutcomes(_Base):
         assert sorted(_ids(server)) == ['<0@test>', '<1@test>']
         assert queue.counts() == EMPTY
 
+    def test_unrecorded_release_after_a_configuration_fault(self, caplog):
+        from pyramid_txmail.processor import PassResult
+        from pyramid_txmail.queue import MailQueue
+
+        class NoRelease(MailQueue):
+            def _rename(self, src, dst):
+                if '/cur/' in src and '/new/' in dst:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                os.rename(src, dst)
+
+        server = self.make_server(auth={'user': 'secret'}, auth_require_tls=False)
+        self.queue = NoRelease(self.queue.path, clock=self.clock)
+        [mail_id] = fill(self.queue, 1)
+        processor = self._makeOne(
+            server, username='user', password='wrong', processor_kw={'stale_after': 0}
+        )
+        assert processor.run_once() == PassResult()  # not even released
+        assert 'cannot record its failure' in caplog.text
+        assert os.listdir(os.path.join(self.queue.path, 'cur')) == [mail_id]
+        assert MailQueue(self.queue.path).recover(0) == 1
+
+    def test_unreleased_read_ahead_is_left_to_recovery(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class NoRelease(MailQueue):
+            def _rename(self, src, dst):
+                if '/cur/' in src and '/new/' in dst:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                os.rename(src, dst)
+
+        server = self.make_server(reply={'DATA': ['421 4.3.2 bye']})
+        self.queue = NoRelease(self.queue.path, clock=self.clock)
+        _, second = fill(self.queue, 2)
+        result = self._makeOne(server).run_once()
+        assert (result.deferred, result.sent) == (1, 0)
+        assert f'cannot release {self.queue.path}/cur/{second}' in caplog.text
+        assert MailQueue(self.queue.path).recover(0) == 1
+
 
 class TestClockJumps(_Base):
     def test_forward_jump_does_not_fail_a_first_attempt(self):

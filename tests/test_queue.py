@@ -608,6 +608,21 @@ class TestOutcomes(_Base):
         with pytest.raises(QueueError, match=r'cannot remove .*/cur/.*\[Errno 2\]'):
             claim.done()
 
+    def test_set_aside_keeps_the_reason_beside_it(self):
+        claim = self._claimed()
+        claim.set_aside('accepted for a@example.com; not sent again')
+        [info] = self.queue.list(failed=True)
+        assert (info.id, info.recipients) == (self.mail_id, ('to@example.com',))
+        assert info.last_error == 'accepted for a@example.com; not sent again'
+        assert self.queue.unreadable() == 0
+
+    def test_set_aside_of_file_removed_by_hand(self):
+        claim = self._claimed()
+        os.unlink(os.path.join(self.path, 'cur', self.mail_id))
+        claim.set_aside('whatever')
+        assert self._files('failed') == []
+        claim.abandon()  # nothing held any more: nothing to do
+
     def test_release_w_error(self):
         from pyramid_txmail.queue import MailQueue, QueueError
 
