@@ -352,7 +352,16 @@ class MailQueue:
         recovered = 0
         for mail_id in self._ids('cur'):
             path = self._p('cur', mail_id)
-            locked = self._lock(path)
+            try:
+                locked = self._lock(path)
+            except OSError as exc:
+                # Not ours to open (another user's claim): once stale by
+                # its mtime, it is set aside rather than failing every pass.
+                self._unusable(exc, path)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_mtime <= now - stale_after:
+                        self._set_aside('cur', mail_id, f'cannot open: {_cause(exc)}')
+                continue
             if locked is None:
                 continue  # gone, or a live processor holds it
             fd, st = locked
@@ -366,10 +375,14 @@ class MailQueue:
             recovered += 1
         for name in self._ids('tmp', every=True):
             path = self._p('tmp', name)
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 if os.stat(path).st_mtime < now - TMP_MAX_AGE:
                     os.unlink(path)
                     log.warning('removed %s, left by an unfinished commit', path)
+            except OSError as exc:  # not ours (a directory, say): left alone
+                if exc.errno != errno.ENOENT and path not in self._reported:
+                    self._reported.add(path)
+                    log.error('cannot remove %s: %s', path, _cause(exc))
         return recovered
 
     def pending(self) -> list[str]:

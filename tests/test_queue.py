@@ -1144,6 +1144,35 @@ class TestBadEntries(_Base):
         [info] = queue.list(failed=True)
         assert info.last_error == 'unreadable: not a regular file'
 
+    def test_recovery_sets_aside_a_stale_claim_it_cannot_open(self):
+        clock = FakeClock()
+        queue = queue_as_nobody(self.path, clock=clock)
+        stale, fresh = '0000000000000001.1.bad1', '0000000000000002.1.bad2'
+        for mail_id, age in ((stale, 601), (fresh, 10)):
+            path = os.path.join(self.path, 'cur', mail_id)
+            with open(path, 'wb') as f:
+                f.write(b'a root processor claimed me')
+            os.chmod(path, 0o600)  # root's
+            os.utime(path, (clock.now - age,) * 2)
+        assert queue.recover(600) == 0
+        assert self._files('cur') == [fresh]
+        [info] = queue.list(failed=True)
+        assert info.id == stale
+        assert info.last_error == (
+            'unreadable: cannot open: [Errno 13] Permission denied'
+        )
+
+    def test_recovery_leaves_a_directory_in_tmp_alone(self, caplog):
+        clock = FakeClock()
+        queue = self._makeOne(clock=clock)
+        odd = os.path.join(self.path, 'tmp', 'somebody-s-directory')
+        os.mkdir(odd)
+        os.utime(odd, (clock.now - 40 * 3600,) * 2)
+        assert queue.recover(600) == 0
+        assert queue.recover(600) == 0
+        assert os.path.isdir(odd)
+        assert caplog.text.count(f'cannot remove {odd}: [Errno 21]') == 1
+
     def test_retry_and_purge_of_bad_entries(self):
         queue = queue_as_nobody(self.path)
         reasons = add_bad_entries(queue)
