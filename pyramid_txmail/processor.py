@@ -343,10 +343,10 @@ class QueueProcessor:
         reason = (
             f'accepted by the relay for {", ".join(accepted)}, but the queue '
             f'could not record it ({exc}); set aside so that it is not sent '
-            f'to them again (retrying it would)'
+            f'to them again'
         )
         try:
-            claim.set_aside(reason)
+            claim.set_aside(reason, delivered=accepted)
         except QueueError as again:
             self._unrecorded.append(claim)
             log.critical(

@@ -203,6 +203,8 @@ class MailQueue:
         self._last_micros = 0
         # Entries that could be neither read nor set aside: logged once.
         self._reported: set[str] = set()
+        # Reasons not written yet for lack of space: {id: (reason, delivered)}.
+        self._unnoted: dict[str, tuple[str, list[str]]] = {}
         made = []
         for sub in ('', 'tmp', *STATES) if create else ():
             where = self._p(sub) if sub else self.path
@@ -350,6 +352,11 @@ class MailQueue:
         """
         now = self.clock()
         recovered = 0
+        for mail_id, (reason, delivered) in list(self._unnoted.items()):
+            if os.path.lexists(self._p('failed', mail_id)):
+                self._note(mail_id, reason, delivered)
+            else:
+                del self._unnoted[mail_id]  # retried or purged meanwhile
         for mail_id in self._ids('cur'):
             path = self._p('cur', mail_id)
             try:
@@ -475,15 +482,23 @@ class MailQueue:
         self._note(mail_id, f'unreadable: {reason}')
         return True
 
-    def _note(self, mail_id: str, reason: str) -> None:
-        """Keep ``reason`` beside ``failed/ID`` (best effort: it is logged too)."""
+    def _note(self, mail_id: str, reason: str, delivered: Iterable[str] = ()) -> None:
+        """Keep ``reason``, and the recipients who have the message already,
+        beside ``failed/ID`` (``ID.reason``, one JSON object).
+
+        Best effort, the reason being logged too: on a full disk it is
+        tried again by each :meth:`recover` (once a pass) while the entry
+        is in ``failed/``.
+        """
+        delivered = list(delivered)
         path = self._p('failed', mail_id + _REASON)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        record = json.dumps({'reason': reason, 'delivered': delivered})
         try:
             fd = self._create(path)
             try:
-                view = memoryview(reason.encode('utf-8', 'replace'))
+                view = memoryview(record.encode('ascii'))
                 while view:
                     view = view[self._write(fd, view) :]
             finally:
@@ -491,15 +506,28 @@ class MailQueue:
         except (OSError, QueueError) as exc:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-            log.warning('cannot record why %s failed: %s', mail_id, exc)
+            self._unnoted[mail_id] = (reason, delivered)
+            if 'note ' + mail_id not in self._reported:
+                self._reported.add('note ' + mail_id)
+                log.warning('cannot record why %s failed: %s', mail_id, exc)
+            return
+        self._unnoted.pop(mail_id, None)
 
-    def _reason(self, mail_id: str) -> str | None:
-        """What :meth:`_note` kept for ``failed/ID``, if anything."""
+    def _noted(self, mail_id: str) -> tuple[str, list[str]] | None:
+        """The reason and delivered recipients :meth:`_note` kept, if any."""
         try:
             with open(self._p('failed', mail_id + _REASON), 'rb') as f:
-                return f.read(4096).decode('utf-8', 'replace')
-        except OSError:
+                record = json.loads(f.read(65536))
+            reason, delivered = record['reason'], record['delivered']
+        except (OSError, ValueError, TypeError, KeyError):
             return None
+        if not isinstance(reason, str) or not isinstance(delivered, list):
+            return None
+        return reason, [r for r in delivered if isinstance(r, str)]
+
+    def _reason(self, mail_id: str) -> str | None:
+        noted = self._noted(mail_id)
+        return None if noted is None else noted[0]
 
     def _forget(self, mail_id: str) -> None:
         with contextlib.suppress(OSError):
@@ -712,7 +740,16 @@ class MailQueue:
                     os.rename(path, self._p('new', mail_id))
                 else:
                     meta.update(attempts=0, queued_at=now)
-                    self._rewrite(mail_id, path, meta, data, 'new', now)
+                    # Those who have it already (the processor noted them
+                    # when it could not record a partial acceptance).
+                    _, delivered = self._noted(mail_id) or ('', [])
+                    left = [r for r in meta['recipients'] if r not in delivered]
+                    if left:
+                        meta['recipients'] = left
+                        self._rewrite(mail_id, path, meta, data, 'new', now)
+                    else:
+                        os.unlink(path)
+                        log.info('%s: every recipient has it already', mail_id)
             finally:
                 _unlock(fd)
             self._forget(mail_id)
@@ -955,11 +992,13 @@ class Claim:
             raise
         _unlock(fd)
 
-    def set_aside(self, reason: str) -> None:
+    def set_aside(self, reason: str, *, delivered: Iterable[str] = ()) -> None:
         """Into the failed area unchanged, ``reason`` kept beside it.
 
         Only a rename: this works when the disk is too full for
-        :meth:`fail` to write the message again.
+        :meth:`fail` to write the message again. ``delivered`` names the
+        recipients who have the message already; :meth:`MailQueue.retry`
+        does not send it to them again.
         """
         fd = self._take_fd()
         try:
@@ -971,7 +1010,7 @@ class Claim:
             self._fd = fd
             raise QueueError(f'cannot set aside {self._path}: {_cause(exc)}') from exc
         _unlock(fd)
-        self.queue._note(self.id, reason)
+        self.queue._note(self.id, reason, delivered)
 
     def abandon(self) -> None:
         """Unlock it where it is, in ``cur/``: recovery takes it back to

@@ -577,6 +577,14 @@ class TestUnrecordedOutcomes(_Base):
         server.rcpt_reply = {}
         self._drain_later(processor)
         assert len(server.messages) == 2
+        # Once there is space, the reason is kept beside it, and a retry
+        # sends it to later@ alone.
+        [info] = queue.list(failed=True)
+        assert info.last_error.startswith('accepted by the relay for ok@example.com')
+        assert queue.retry() == 1
+        processor.run_once()
+        assert server.messages[2].rcpt_tos == ['later@example.com']
+        assert queue.counts() == EMPTY
 
     def test_partial_acceptance_w_failed_move_defers_only_the_rest(self):
         # The reduced copy replaced the claimed file, but cannot be moved

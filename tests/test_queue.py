@@ -616,6 +616,60 @@ class TestOutcomes(_Base):
         assert info.last_error == 'accepted for a@example.com; not sent again'
         assert self.queue.unreadable() == 0
 
+    def test_retry_skips_recipients_who_have_it(self):
+        claim = self._claimed(('a@example.com', 'b@example.com'))
+        claim.set_aside('partly sent', delivered=['a@example.com'])
+        assert self.queue.retry() == 1
+        claim = self.queue.claim(self.mail_id)
+        assert claim.envelope.recipients == ('b@example.com',)
+        claim.set_aside('sent', delivered=['b@example.com'])
+        assert self.queue.retry() == 1  # nothing left to send: removed
+        assert self.queue.counts() == dict.fromkeys(
+            ('queued', 'sending', 'deferred', 'failed'), 0
+        )
+        assert self._files('failed') == []
+
+    @pytest.mark.parametrize(
+        'record', [b'not json', b'{"reason": 1, "delivered": []}', b'[]']
+    )
+    def test_foreign_reason_file_is_ignored(self, record):
+        self._claimed().fail('550 no')
+        with open(
+            os.path.join(self.path, 'failed', self.mail_id + '.reason'), 'wb'
+        ) as f:
+            f.write(record)
+        [info] = self.queue.list(failed=True)
+        assert info.last_error == '550 no'
+        assert self.queue.retry() == 1
+        assert self.queue.pending() == [self.mail_id]
+
+    def test_reason_written_once_there_is_space(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class FullDisk(MailQueue):
+            full = False
+
+            def _write(self, fd, data):
+                if self.full:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return os.write(fd, data)
+
+        queue = self._makeOne(FullDisk)
+        kept, gone = fill(queue, 2)
+        queue.full = True
+        queue.claim(kept).set_aside('kept')
+        queue.claim(gone).set_aside('gone')
+        queue.recover(600)
+        assert caplog.text.count('cannot record why') == 2  # once each
+        queue.purge([gone])
+        queue.full = False
+        queue.recover(600)
+        assert self._files('failed') == [kept, kept + '.reason']
+        [info] = queue.list(failed=True)
+        assert info.last_error == 'kept'
+        queue.recover(600)
+        assert caplog.text.count('cannot record why') == 2
+
     def test_set_aside_of_file_removed_by_hand(self):
         claim = self._claimed()
         os.unlink(os.path.join(self.path, 'cur', self.mail_id))
