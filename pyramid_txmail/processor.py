@@ -377,17 +377,17 @@ class QueueProcessor:
                 error,
                 self.stale_after,
             )
-            return alive
+            return alive and not isinstance(exc, ConfigurationFault)
 
     def _record_failure(
         self, claim: Claim, exc: DeliveryError, alive: bool, result: PassResult
     ) -> bool:
         if isinstance(exc, ConfigurationFault):
             # Not this message's fault: keep it, and every other one.
-            claim.release()
-            result.released += 1
             pause = self.settings.retry_min
             self._paused_until = self._monotonic() + pause
+            claim.release()
+            result.released += 1
             log.error(
                 'mail queue %s: cannot send: %s. Messages stay queued; '
                 'trying again in %d s. Check the mail.* settings.',

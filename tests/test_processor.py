@@ -651,6 +651,8 @@ class TestUnrecordedOutcomes(_Base):
         )
         assert processor.run_once() == PassResult()  # not even released
         assert 'cannot record its failure' in caplog.text
+        assert processor.run_once() == PassResult()  # paused all the same
+        assert server.connections == 1
         assert os.listdir(os.path.join(self.queue.path, 'cur')) == [mail_id]
         assert MailQueue(self.queue.path).recover(0) == 1
 
