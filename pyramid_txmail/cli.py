@@ -3,13 +3,16 @@
 Reads the application's .ini file through plaster (``CONFIG`` may name a
 section, ``development.ini#main``). ``process`` loads the application, so its
 ``MailSent``/``MailFailed`` subscribers receive the processor's events; the
-inspection commands need only the settings. Exit status: 0 success, 2 bad
-usage, 1 any other error, with a one-line message naming the problem.
+inspection commands need only the settings and never create the queue.
+Exit status: 0 success, 2 bad usage, 1 any other error, with a one-line
+message naming the problem (never a setting's value, which may be a
+password).
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import signal
@@ -41,6 +44,30 @@ class _Parser(argparse.ArgumentParser):
 
 class _UsageError(Exception):
     pass
+
+
+def _explain(exc: Exception, config_uri: str | None) -> str:
+    """One line for an unexpected error, naming the .ini file when reading
+    it failed, and never quoting a value from it: configparser's own
+    messages quote the line or value at fault, which may be a password."""
+    path = (config_uri or '').split('#', 1)[0]
+    if isinstance(exc, configparser.InterpolationError):
+        return (
+            f'{path}: cannot read {exc.option} in [{exc.section}]: its value '
+            f'holds a "%" that is neither "%%" nor a "%(name)s" reference '
+            f'(write a literal % as %%)'
+        )
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f'{path}: line {exc.lineno}: no [section] header before it'
+    if isinstance(exc, configparser.ParsingError):
+        lineno = exc.errors[0][0]
+        return f'{path}: line {lineno}: not a "key = value" line'
+    if isinstance(exc, configparser.Error):
+        return f'{path}: not a valid .ini file ({type(exc).__name__})'
+    if isinstance(exc, UnicodeDecodeError) and path:
+        byte = exc.object[exc.start]
+        return f'{path}: not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})'
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _age(seconds: float) -> str:
@@ -93,6 +120,7 @@ class Command:
         return parser
 
     def run(self, argv: Sequence[str]) -> int:
+        args = None
         try:
             args = self.parser().parse_args(argv)
             flag = {'retry': 'all', 'purge': 'failed'}.get(args.command)
@@ -108,7 +136,7 @@ class Command:
             print(f'pyramid-txmail: {exc}', file=self.err)
             return 1
         except Exception as exc:  # a bad .ini, a bad setting, ...
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = _explain(exc, getattr(args, 'config', None))
             print(f'pyramid-txmail: {message}', file=self.err)
             return 1
 
@@ -126,9 +154,11 @@ class Command:
         return settings
 
     def _queue(self, config_uri: str) -> MailQueue:
+        """The application's queue, as it is: never created here (as root it
+        would be root's, and the application could not use it)."""
         self._check_file(config_uri)
         settings = self._mail_settings(config_uri, self.get_settings(config_uri))
-        return MailQueue(settings.queue_path)  # type: ignore[arg-type]
+        return MailQueue(settings.queue_path, create=False)  # type: ignore[arg-type]
 
     # -- commands
     def cmd_process(self, args: argparse.Namespace) -> int:
@@ -168,15 +198,16 @@ class Command:
 
     def cmd_status(self, args: argparse.Namespace) -> int:
         queue = self._queue(args.config)
-        counts = queue.counts()
+        counts = {**queue.counts(), 'unreadable': queue.unreadable()}
         # repoze.sendmail's files, waiting or rejected: the processor adopts them.
         counts['legacy'] = len(scan_legacy(queue, failed=None))
         if args.json:
             print(json.dumps(counts), file=self.out)
         else:
-            for state in ('queued', 'deferred', 'sending', 'failed', 'legacy'):
-                if state != 'legacy' or counts[state]:
-                    print(f'{state:<9} {counts[state]}', file=self.out)
+            for state in ('queued', 'deferred', 'sending', 'failed', 'unreadable'):
+                print(f'{state:<10} {counts[state]}', file=self.out)
+            if counts['legacy']:
+                print(f'{"legacy":<10} {counts["legacy"]}', file=self.out)
         return 0
 
     def cmd_list(self, args: argparse.Namespace) -> int:

@@ -342,6 +342,10 @@ def _publish(queue: MailQueue, staged: str, meta: dict[str, object]) -> None:
     except FileNotFoundError:
         return  # another processor published it
     queue._sync_dir(dest, raising=True)
+    if dest == 'failed':
+        # Kept beside it, so that the listing shows why even where the copy
+        # has no envelope to show (a file that could not be parsed).
+        queue._note(str(meta['id']), str(meta['last_error']))
     log.info(
         'adopted %s from repoze.sendmail as %s/%s', meta['legacy'], dest, meta['id']
     )

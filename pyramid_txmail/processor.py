@@ -37,6 +37,7 @@ from .exceptions import (
     ConfigurationFault,
     DeliveryError,
     PermanentDeliveryError,
+    QueueError,
     TemporaryDeliveryError,
 )
 from .legacy import adopt as adopt_legacy
@@ -129,6 +130,9 @@ class QueueProcessor:
         self._halted = False
         self._conn: SMTPConnection | None = None  # the latest session
         self._cut_at = math.inf  # stop(): sessions end then (time.monotonic)
+        # Accepted messages whose outcome could not be recorded at all: kept
+        # locked, so that no recovery in this process sends them again.
+        self._unrecorded: list[Claim] = []
 
     def __repr__(self) -> str:
         return f'<QueueProcessor {self.queue.path}>'
@@ -211,7 +215,8 @@ class QueueProcessor:
             return result
         self.queue.recover(self.stale_after)
         adopt_legacy(self.queue)  # a repoze.sendmail queue left here
-        self.queue.promote_due()
+        # A due time further ahead than any backoff: the clock went back.
+        self.queue.promote_due(horizon=self.settings.retry_max * 1.25)
         ids = iter(self.queue.pending())
         self._halted = False  # stopped during this pass: claim no more
         # Claimed, outcome not recorded yet: a message read ahead by a session
@@ -248,7 +253,10 @@ class QueueProcessor:
     def _release(self, offered: dict[str, Claim]) -> None:
         """Claims without an outcome: never accepted, so back to new/."""
         for claim in offered.values():
-            claim.release()
+            try:
+                claim.release()
+            except QueueError as exc:  # unlocked in cur/: recovery takes it
+                log.error('mail %s: %s', claim.message_id, exc)
         offered.clear()
 
     def _next(self, ids: Iterator[str]) -> Claim | None:
@@ -324,19 +332,25 @@ class QueueProcessor:
     ) -> None:
         """The relay took the message, for some or all of its recipients."""
         later = [r for r, (code, _) in refused.items() if 400 <= code < 500]
-        if later and not self._too_old(claim):
-            # The others have it: only those refused for now are tried again.
-            error = 'refused for now: ' + _describe(refused, later)
-            due = self._due(claim)
-            claim.defer(error, due, recipients=later)
-            log.warning(
-                'mail %s sent; %s deferred until %s',
-                claim.message_id,
-                _describe(refused, later),
-                _when(due),
-            )
-        else:
-            claim.done()
+        # First, before anything else can fail: the record that the relay
+        # has it, so that it is never sent again to those who accepted.
+        try:
+            if later and not self._too_old(claim):
+                # The others have it: only those refused for now are tried again.
+                error = 'refused for now: ' + _describe(refused, later)
+                due = self._due(claim)
+                claim.defer(error, due, recipients=later)
+                log.warning(
+                    'mail %s sent; %s deferred until %s',
+                    claim.message_id,
+                    _describe(refused, later),
+                    _when(due),
+                )
+            else:
+                claim.done()
+        except QueueError as exc:
+            accepted = [r for r in claim.envelope.recipients if r not in refused]
+            self._set_aside(claim, accepted, exc)
         if refused:
             log.warning(
                 'mail %s refused for %s', claim.message_id, _describe(refused, refused)
@@ -344,16 +358,58 @@ class QueueProcessor:
         result.sent += 1
         self._notify([MailSent(claim.message_id, claim.data, refused)])
 
+    def _set_aside(self, claim: Claim, accepted: list[str], exc: QueueError) -> None:
+        """The relay accepted ``claim`` (for ``accepted``) but the queue could
+        not record it: move it aside unchanged, never to be sent again by
+        itself; failing that, keep it locked for this processor's life."""
+        reason = (
+            f'accepted by the relay for {", ".join(accepted)}, but the queue '
+            f'could not record it ({exc}); set aside so that it is not sent '
+            f'to them again'
+        )
+        try:
+            claim.set_aside(reason, delivered=accepted)
+        except QueueError as again:
+            self._unrecorded.append(claim)
+            log.critical(
+                'mail %s: %s; it cannot be set aside either (%s): it stays '
+                'locked in cur/ while this processor runs',
+                claim.message_id,
+                reason,
+                again,
+            )
+            return
+        log.error('mail %s: %s', claim.message_id, reason)
+
     def _failed(
         self, claim: Claim, exc: DeliveryError, alive: bool, result: PassResult
     ) -> bool:
         """Record a failure; return whether the pass may go on."""
+        try:
+            return self._record_failure(claim, exc, alive, result)
+        except QueueError as error:
+            # Not accepted, so nothing is lost: the claim stays in cur/ and
+            # recovery offers it again after stale_after (no disk space needed).
+            claim.abandon()
+            log.error(
+                'mail %s: cannot record its failure (%s): %s; it is tried again '
+                'in %d s',
+                claim.message_id,
+                exc,
+                error,
+                self.stale_after,
+            )
+            return alive and not isinstance(exc, ConfigurationFault)
+
+    def _record_failure(
+        self, claim: Claim, exc: DeliveryError, alive: bool, result: PassResult
+    ) -> bool:
         if isinstance(exc, ConfigurationFault):
             # Not this message's fault: keep it, and every other one.
-            claim.release()
-            result.released += 1
             pause = self.settings.retry_min
             self._paused_until = self._monotonic() + pause
+            claim.release()
+            result.released += 1
             log.error(
                 'mail queue %s: cannot send: %s. Messages stay queued; '
                 'trying again in %d s. Check the mail.* settings.',
@@ -393,7 +449,19 @@ class QueueProcessor:
         return alive or exc.permanent
 
     def _too_old(self, claim: Claim) -> bool:
-        return self._clock() - claim.queued_at > self.settings.max_age
+        """Whether a temporary failure now fails ``claim`` for good.
+
+        It must be older than ``mail.max_age`` by the clock, and have been
+        tried (and deferred) often enough for the backoff schedule to span
+        ``mail.max_age``. The second rule caps what a forward jump of the
+        clock, or a processor that did not run, can do: such time is not
+        counted until the attempts catch up. So a first attempt never fails
+        a message for its age.
+        """
+        s = self.settings
+        if claim.attempts < 1 or self._clock() - claim.queued_at <= s.max_age:
+            return False
+        return _schedule(claim.attempts, s.retry_min, s.retry_max) >= s.max_age
 
     def _due(self, claim: Claim) -> float:
         """When to try again after the message's (attempts + 1)-th failure.
@@ -412,6 +480,18 @@ class QueueProcessor:
             self._notify_fn(events)
         except Exception:
             log.exception('notifying %r failed', events)
+
+
+def _schedule(attempts: int, retry_min: float, retry_max: float) -> float:
+    """Seconds the backoff spans over ``attempts`` deferrals (no jitter)."""
+    total = 0.0
+    delay = retry_min
+    done = 0
+    while done < attempts and delay < retry_max:  # bounded: delay doubles
+        total += delay
+        delay *= 2
+        done += 1
+    return total + (attempts - done) * retry_max
 
 
 def _describe(refused: Mapping[str, tuple[int, str]], which: Iterable[str]) -> str:

@@ -22,13 +22,17 @@ message twice:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import queue as _queue
 import re
 import secrets
+import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +56,23 @@ FORMAT_VERSION = 1
 # <µs, 16 digits>.<pid>.<random hex>; anything else in a directory is ignored,
 # so a stray file (an editor's backup, a rewrite in tmp/) is never a message.
 _ID = re.compile(r'\d{16}\.\d+\.[0-9a-f]+')
+# Beside failed/ID: why the processor set it aside without rewriting it.
+_REASON = '.reason'
+# Errors opening or reading an entry that concern this process or the whole
+# queue, not the entry: they end the pass (the next one tries again) instead
+# of setting every entry aside.
+_PROCESS_ERRNOS = frozenset(
+    {
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.ENOBUFS,
+        errno.EINTR,
+        errno.ENOTDIR,
+    }
+)
+# O_NONBLOCK: a FIFO named like an entry must not block the open.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,31 +173,67 @@ class MailQueue:
     """A queue directory; see the module docstring.
 
     ``clock`` gives the time stamped into file names, metadata and mtimes,
-    and the time compared with them.
+    and the time compared with them. With ``create=False`` (the read-only
+    commands) a missing queue is not created: :class:`QueueError` says
+    there is none, or that it cannot be read.
 
-    The class attributes ``_opener``, ``_write``, ``_fsync`` and ``_rename``
-    are the system calls used for durable writes. They are seams for tests:
-    the suite runs as root, which ignores directory permissions, and cannot
-    fill a disk, so EACCES and ENOSPC are injected through a subclass.
+    Run as root on a queue directory owned by another user (an operator's
+    ``sudo pyramid-txmail retry``), every file and directory it creates is
+    given to the queue directory's owner and group, so the application
+    can still read and replace it.
+
+    The class attributes ``_opener``, ``_pread``, ``_write``, ``_fsync`` and
+    ``_rename`` are the system calls used for reads and durable writes. They
+    are seams for tests: the suite runs as root, which ignores permissions,
+    and cannot fill a disk, so EACCES, EIO and ENOSPC are injected through a
+    subclass.
     """
 
     _opener: Callable[..., int] = staticmethod(os.open)
+    _pread: Callable[[int, int, int], bytes] = staticmethod(os.pread)
     _write: Callable[[int, bytes], int] = staticmethod(os.write)
     _fsync: Callable[[int], None] = staticmethod(os.fsync)
     _rename: Callable[[str, str], None] = staticmethod(os.rename)
 
-    def __init__(self, path: str | os.PathLike[str], *, clock=time.time):
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock=time.time, create: bool = True
+    ):
         self.path = os.path.abspath(os.fspath(path))
         self.clock: Callable[[], float] = clock
         self._last_micros = 0
-        for sub in ('', 'tmp', *STATES):
+        # Entries that could be neither read nor set aside: logged once.
+        self._reported: set[str] = set()
+        # Reasons not written yet for lack of space: {id: (reason, delivered)}.
+        self._unnoted: dict[str, tuple[str, list[str]]] = {}
+        self._created = create
+        made = []
+        for sub in ('', 'tmp', *STATES) if create else ():
             where = self._p(sub) if sub else self.path
+            if not os.path.isdir(where):
+                made.append(where)
             try:
                 os.makedirs(where, mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise QueueError(
                     f'cannot create mail queue {where}: {_cause(exc)}'
                 ) from exc
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise QueueError(
+                f'no mail queue at {self.path}: nothing has been queued there yet'
+            ) from None
+        except OSError as exc:
+            raise QueueError(
+                f'cannot read mail queue {self.path}: {_cause(exc)}'
+            ) from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise QueueError(f'cannot read mail queue {self.path}: not a directory')
+        self._owner: tuple[int, int] | None = None
+        if os.geteuid() == 0 and st.st_uid != 0:
+            self._owner = (st.st_uid, st.st_gid)
+            for where in made:
+                os.chown(where, *self._owner)
 
     def __repr__(self) -> str:
         return f'<MailQueue {self.path}>'
@@ -199,6 +256,12 @@ class MailQueue:
         try:
             with os.scandir(where) as entries:
                 names = [e.name for e in entries]
+        except FileNotFoundError:
+            if self._created:
+                raise QueueError(f'cannot read mail queue {where}: missing') from None
+            # Not made yet: a queue the read-only commands look at without
+            # creating it, e.g. one that only repoze.sendmail has written.
+            return []
         except OSError as exc:
             raise QueueError(f'cannot read mail queue {where}: {_cause(exc)}') from exc
         return sorted(n for n in names if every or _ID.fullmatch(n))
@@ -263,13 +326,19 @@ class MailQueue:
 
     # -- processor side
 
-    def promote_due(self) -> int:
-        """Move deferred messages whose due time (mtime) has come into ``new/``."""
+    def promote_due(self, horizon: float | None = None) -> int:
+        """Move deferred messages whose due time (mtime) has come into ``new/``.
+
+        A due time more than ``horizon`` seconds ahead cannot have been set
+        by the backoff: the clock went back since. Such a message is due now
+        rather than held for as long as the clock jumped.
+        """
         now = self.clock()
         moved = 0
         for mail_id in self._ids('deferred'):
             try:
-                if os.stat(self._p('deferred', mail_id)).st_mtime > now:
+                due = os.stat(self._p('deferred', mail_id)).st_mtime
+                if now < due <= now + (math.inf if horizon is None else horizon):
                     continue
                 # Two processors may both promote: the loser gets ENOENT. (A
                 # full send-and-defer cycle between our stat and rename could
@@ -290,9 +359,23 @@ class MailQueue:
         """
         now = self.clock()
         recovered = 0
+        for mail_id, (reason, delivered) in list(self._unnoted.items()):
+            if os.path.lexists(self._p('failed', mail_id)):
+                self._note(mail_id, reason, delivered)
+            else:
+                del self._unnoted[mail_id]  # retried or purged meanwhile
         for mail_id in self._ids('cur'):
             path = self._p('cur', mail_id)
-            locked = self._lock(path)
+            try:
+                locked = self._lock(path)
+            except OSError as exc:
+                # Not ours to open (another user's claim): once stale by
+                # its mtime, it is set aside rather than failing every pass.
+                self._unusable(exc, path)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_mtime <= now - stale_after:
+                        self._set_aside('cur', mail_id, f'cannot open: {_cause(exc)}')
+                continue
             if locked is None:
                 continue  # gone, or a live processor holds it
             fd, st = locked
@@ -306,10 +389,14 @@ class MailQueue:
             recovered += 1
         for name in self._ids('tmp', every=True):
             path = self._p('tmp', name)
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 if os.stat(path).st_mtime < now - TMP_MAX_AGE:
                     os.unlink(path)
                     log.warning('removed %s, left by an unfinished commit', path)
+            except OSError as exc:  # not ours (a directory, say): left alone
+                if exc.errno != errno.ENOENT and path not in self._reported:
+                    self._reported.add(path)
+                    log.error('cannot remove %s: %s', path, _cause(exc))
         return recovered
 
     def pending(self) -> list[str]:
@@ -320,14 +407,26 @@ class MailQueue:
         """Take ``new/ID`` for sending; ``None`` if another processor has it.
 
         Race-safe across threads and processes: only one caller gets a
-        :class:`Claim` for a given message.
+        :class:`Claim` for a given message. An entry that cannot be opened,
+        read, parsed or validated (its mode or owner, a directory, damaged
+        or foreign content) is moved to ``failed/`` with the reason and
+        ``None`` returned, so that it never holds up the entries behind it;
+        one that cannot even be moved is skipped (and logged once).
         """
         path = self._p('new', mail_id)
         # open + flock: a second claimant blocks here (LOCK_NB: it skips).
-        locked = self._lock(path)
+        try:
+            locked = self._lock(path)
+        except OSError as exc:
+            self._unusable(exc, path)
+            self._set_aside('new', mail_id, f'cannot open: {_cause(exc)}')
+            return None
         if locked is None:
             return None
         fd, st = locked
+        if not stat.S_ISREG(st.st_mode):
+            self._set_aside('new', mail_id, 'not a regular file', fd)
+            return None
         try:
             # Claimed mtime is what recovery compares with stale_after.
             now = self.clock()
@@ -339,24 +438,112 @@ class MailQueue:
                 return None  # removed by hand since we locked it
             raise
         try:
-            meta, data = _read(fd, st.st_size)
+            meta, data = _read(fd, st.st_size, self._pread)
+        except OSError as exc:
+            self._unusable(exc, path, fd)
+            self._set_aside('cur', mail_id, f'cannot read: {_cause(exc)}', fd)
+            return None
         except ValueError as exc:
             # Not a message we wrote, or damaged: keep it for a human.
-            self._quarantine(mail_id, fd, exc)
+            self._set_aside('cur', mail_id, str(exc), fd)
             return None
         return Claim(self, mail_id, fd, meta, data)
 
-    def _quarantine(self, mail_id: str, fd: int, exc: ValueError) -> None:
+    def _unusable(self, exc: OSError, path: str, fd: int | None = None) -> None:
+        """Raise QueueError when ``exc`` is this process's trouble, not the entry's."""
+        if exc.errno in _PROCESS_ERRNOS:
+            if fd is not None:
+                _unlock(fd)
+            raise QueueError(f'cannot read {path}: {_cause(exc)}') from exc
+
+    def _set_aside(
+        self, sub: str, mail_id: str, reason: str, fd: int | None = None
+    ) -> bool:
+        """Move an entry that cannot be sent into ``failed/``, unchanged,
+        with ``reason`` beside it; return whether it moved.
+
+        Nothing is rewritten, so this works on a full disk and on a file we
+        may not read. An entry that cannot be moved either stays where it
+        is; it is logged once per queue object, not on every pass.
+        """
+        source = self._p(sub, mail_id)
         try:
-            os.rename(self._p('cur', mail_id), self._p('failed', mail_id))
-            log.error('unreadable queue file %s moved to failed/: %s', mail_id, exc)
+            self._rename(source, self._p('failed', mail_id))
+        except FileNotFoundError:
+            return False  # moved or removed meanwhile
+        except OSError as exc:
+            if mail_id not in self._reported:
+                self._reported.add(mail_id)
+                log.error(
+                    'unreadable queue file %s (%s) cannot be moved to failed/: '
+                    '%s; skipping it',
+                    source,
+                    reason,
+                    _cause(exc),
+                )
+            return False
         finally:
-            _unlock(fd)
+            if fd is not None:
+                _unlock(fd)
+        log.error('unreadable queue file %s moved to failed/: %s', mail_id, reason)
+        self._note(mail_id, f'unreadable: {reason}')
+        return True
+
+    def _note(self, mail_id: str, reason: str, delivered: Iterable[str] = ()) -> None:
+        """Keep ``reason``, and the recipients who have the message already,
+        beside ``failed/ID`` (``ID.reason``, one JSON object).
+
+        Best effort, the reason being logged too: on a full disk it is
+        tried again by each :meth:`recover` (once a pass) while the entry
+        is in ``failed/``.
+        """
+        delivered = list(delivered)
+        path = self._p('failed', mail_id + _REASON)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        record = json.dumps({'reason': reason, 'delivered': delivered})
+        try:
+            fd = self._create(path)
+            try:
+                view = memoryview(record.encode('ascii'))
+                while view:
+                    view = view[self._write(fd, view) :]
+            finally:
+                os.close(fd)
+        except (OSError, QueueError) as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            self._unnoted[mail_id] = (reason, delivered)
+            if 'note ' + mail_id not in self._reported:
+                self._reported.add('note ' + mail_id)
+                log.warning('cannot record why %s failed: %s', mail_id, exc)
+            return
+        self._unnoted.pop(mail_id, None)
+
+    def _noted(self, mail_id: str) -> tuple[str, list[str]] | None:
+        """The reason and delivered recipients :meth:`_note` kept, if any."""
+        try:
+            with open(self._p('failed', mail_id + _REASON), 'rb') as f:
+                record = json.loads(f.read(65536))
+            reason, delivered = record['reason'], record['delivered']
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(reason, str) or not isinstance(delivered, list):
+            return None
+        return reason, [r for r in delivered if isinstance(r, str)]
+
+    def _reason(self, mail_id: str) -> str | None:
+        noted = self._noted(mail_id)
+        return None if noted is None else noted[0]
+
+    def _forget(self, mail_id: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._p('failed', mail_id + _REASON))
 
     def _lock(self, path: str) -> tuple[int, os.stat_result] | None:
         """Open and ``flock`` ``path``: (fd, stat), or None if gone or held."""
         try:
-            fd = _held(self._opener(path, os.O_RDONLY | os.O_CLOEXEC))
+            fd = _held(self._opener(path, _OPEN_FLAGS))
         except FileNotFoundError:
             return None  # another processor moved it since our listing
         try:
@@ -379,11 +566,22 @@ class MailQueue:
 
     def _create(self, path: str) -> int:
         try:
-            return self._opener(
+            fd = self._opener(
                 path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
         except OSError as exc:
             raise QueueError(f'cannot write mail queue {path}: {_cause(exc)}') from exc
+        if self._owner is not None:
+            # Root writing into another user's queue: the file is theirs.
+            try:
+                os.fchown(fd, *self._owner)
+            except OSError as exc:  # pragma: no cover - root can always chown
+                os.close(fd)
+                os.unlink(path)
+                raise QueueError(
+                    f'cannot write mail queue {path}: {_cause(exc)}'
+                ) from exc
+        return fd
 
     def _write_all(self, fd: int, path: str, meta: dict[str, Any], data: bytes) -> None:
         """Write the metadata line and ``data`` to ``fd`` and fsync it.
@@ -468,31 +666,49 @@ class MailQueue:
         """The active queue (queued, sending, deferred) in queue order.
 
         With ``failed=True``, the failed area instead. Only each file's
-        metadata line is read.
+        metadata line is read. An entry that cannot be read or is not a
+        valid queue file is listed with ``last_error`` ``'unreadable: '``
+        and the reason (its age from its id), never failing the listing.
+        For an entry the processor set aside, ``last_error`` is the reason
+        it recorded then.
         """
         subs = ('failed',) if failed else ('new', 'cur', 'deferred')
         listing = sorted((mail_id, sub) for sub in subs for mail_id in self._ids(sub))
         now = self.clock()
         for mail_id, sub in listing:
             path = self._p(sub, mail_id)
+            noted = self._reason(mail_id) if sub == 'failed' else None
             try:
-                with open(path, 'rb') as f:
-                    mtime = os.fstat(f.fileno()).st_mtime
-                    meta = _parse(f.readline())
+                mtime, meta = _head(path, self._opener)
             except FileNotFoundError:
                 continue  # moved on since the listing
+            except OSError as exc:
+                reason = f'unreadable: cannot open: {_cause(exc)}'
             except ValueError as exc:
-                yield Info(mail_id, STATES[sub], 0.0, 0, (), f'unreadable: {exc}')
+                reason = f'unreadable: {exc}'
+            else:
+                yield Info(
+                    id=mail_id,
+                    state=STATES[sub],
+                    age=now - meta['queued_at'],
+                    attempts=meta['attempts'],
+                    recipients=tuple(meta['recipients']),
+                    last_error=noted or meta['last_error'],
+                    due=mtime if sub == 'deferred' else None,
+                )
                 continue
-            yield Info(
-                id=mail_id,
-                state=STATES[sub],
-                age=now - meta['queued_at'],
-                attempts=meta['attempts'],
-                recipients=tuple(meta['recipients']),
-                last_error=meta['last_error'],
-                due=mtime if sub == 'deferred' else None,
-            )
+            age = now - int(mail_id[:16]) / 1_000_000
+            yield Info(mail_id, STATES[sub], age, 0, (), noted or reason)
+
+    def unreadable(self) -> int:
+        """How many entries in ``failed/`` the processor set aside as
+        unreadable (see :meth:`claim`); :meth:`counts` counts them as failed."""
+        names = self._ids('failed', every=True)
+        return sum(
+            (self._reason(name[: -len(_REASON)]) or '').startswith('unreadable:')
+            for name in names
+            if name.endswith(_REASON)
+        )
 
     def retry(self, ids: Iterable[str] | None = None) -> int:
         """Put failed messages back into ``new/``, due now; return how many.
@@ -508,21 +724,42 @@ class MailQueue:
         done = 0
         for mail_id, sub in wanted:
             path = self._p(sub, mail_id)
-            locked = self._lock(path)
+            try:
+                locked = self._lock(path)
+            except OSError:
+                # We may not open it (not our file): back unchanged; if the
+                # processor cannot open it either, it sets it aside again.
+                locked = None
+                with contextlib.suppress(FileNotFoundError):
+                    self._rename(path, self._p('new', mail_id))
+                    done += 1
             if locked is None:
-                continue  # another retry or purge took it
+                self._forget(mail_id)
+                continue  # else another retry or purge took it
             fd, st = locked
             try:
                 try:
-                    meta, data = _read(fd, st.st_size)
-                except ValueError:
+                    if not stat.S_ISREG(st.st_mode):
+                        raise ValueError('not a regular file')
+                    meta, data = _read(fd, st.st_size, self._pread)
+                except (OSError, ValueError):
                     # Unreadable: back unchanged; a claim will fail it again.
                     os.rename(path, self._p('new', mail_id))
                 else:
                     meta.update(attempts=0, queued_at=now)
-                    self._rewrite(mail_id, path, meta, data, 'new', now)
+                    # Those who have it already (the processor noted them
+                    # when it could not record a partial acceptance).
+                    _, delivered = self._noted(mail_id) or ('', [])
+                    left = [r for r in meta['recipients'] if r not in delivered]
+                    if left:
+                        meta['recipients'] = left
+                        self._rewrite(mail_id, path, meta, data, 'new', now)
+                    else:
+                        os.unlink(path)
+                        log.info('%s: every recipient has it already', mail_id)
             finally:
                 _unlock(fd)
+            self._forget(mail_id)
             done += 1
         self._sync_dir('new', raising=False)
         return done
@@ -541,14 +778,26 @@ class MailQueue:
         done = 0
         for mail_id, sub in self._resolve(ids, subs):
             path = self._p(sub, mail_id)
-            locked = self._lock(path)
-            if locked is None:
-                continue  # claimed or moved meanwhile: not ours to delete
-            fd, _ = locked
             try:
-                os.unlink(path)
+                locked = self._lock(path)
+            except OSError:
+                # Not ours to open, so no processor of ours can claim it.
+                locked = None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    done += 1
+            if locked is None:
+                self._forget(mail_id)
+                continue  # else claimed or moved meanwhile: not ours to delete
+            fd, st = locked
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
             finally:
                 _unlock(fd)
+            self._forget(mail_id)
             done += 1
         return done
 
@@ -575,24 +824,64 @@ class MailQueue:
 
 
 def _parse(line: bytes) -> dict[str, Any]:
-    """The metadata line, checked; ValueError if it is not ours."""
-    meta = json.loads(line)
+    """The metadata line, checked; ValueError if it is not ours.
+
+    Every field the processor and the listing use is checked for its type
+    here, so that a damaged or hand-edited entry fails here (and is set
+    aside) rather than halfway through an SMTP session.
+    """
+    try:
+        meta = json.loads(line)
+    except RecursionError:
+        raise ValueError('metadata nested too deeply') from None
     if not isinstance(meta, dict) or meta.get('v') != FORMAT_VERSION:
         raise ValueError(f'not a version {FORMAT_VERSION} queue file')
-    for key, kind in (
-        ('message_id', str),
-        ('sender', str),
-        ('recipients', list),
-        ('queued_at', (int, float)),
-        ('attempts', int),
-    ):
-        if not isinstance(meta.get(key), kind):
-            raise ValueError(f'bad or missing {key!r}')
     meta.setdefault('last_error', None)
+    recipients = meta.get('recipients')
+    number = meta.get('queued_at')
+    attempts = meta.get('attempts')
+    for key, ok in (
+        ('message_id', isinstance(meta.get('message_id'), str)),
+        ('sender', isinstance(meta.get('sender'), str)),
+        (
+            'recipients',
+            isinstance(recipients, list)
+            and bool(recipients)
+            and all(isinstance(r, str) for r in recipients),
+        ),
+        (
+            'queued_at',
+            isinstance(number, (int, float))
+            and not isinstance(number, bool)
+            and math.isfinite(number),
+        ),
+        (
+            'attempts',
+            isinstance(attempts, int)
+            and not isinstance(attempts, bool)
+            and attempts >= 0,
+        ),
+        ('last_error', isinstance(meta['last_error'], (str, type(None)))),
+    ):
+        if not ok:
+            raise ValueError(f'bad or missing {key!r}')
     return meta
 
 
-def _read(fd: int, size: int) -> tuple[dict[str, Any], bytes]:
+def _head(path: str, opener: Callable[..., int]) -> tuple[float, dict[str, Any]]:
+    """The mtime and checked metadata line of the queue file at ``path``."""
+    fd = opener(path, _OPEN_FLAGS)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ValueError('not a regular file')
+    with open(fd, 'rb') as f:
+        return st.st_mtime, _parse(f.readline())
+
+
+def _read(
+    fd: int, size: int, pread: Callable[[int, int, int], bytes] = os.pread
+) -> tuple[dict[str, Any], bytes]:
     """Metadata and message bytes of the open queue file ``fd``.
 
     ``size`` is what ``fstat`` said (a queue file never changes once
@@ -600,7 +889,7 @@ def _read(fd: int, size: int) -> tuple[dict[str, Any], bytes]:
     """
     chunks = []
     offset = 0
-    while offset < size and (chunk := os.pread(fd, size - offset, offset)):
+    while offset < size and (chunk := pread(fd, size - offset, offset)):
         chunks.append(chunk)
         offset += len(chunk)
     line, _, data = b''.join(chunks).partition(b'\n')
@@ -610,9 +899,11 @@ def _read(fd: int, size: int) -> tuple[dict[str, Any], bytes]:
 class Claim:
     """A message taken for sending, locked until its outcome is recorded.
 
-    Record exactly one outcome: :meth:`done`, :meth:`defer`, :meth:`fail` or
-    :meth:`release`. Used as a context manager, leaving the block without an
-    outcome releases it (back to ``new/`` unchanged).
+    Record exactly one outcome: :meth:`done`, :meth:`defer`, :meth:`fail`,
+    :meth:`set_aside`, :meth:`release` or :meth:`abandon`. An outcome that
+    raises :class:`QueueError` leaves the claim held, so that another one
+    can be recorded instead. Used as a context manager, leaving the block
+    without an outcome releases it (back to ``new/`` unchanged).
     """
 
     def __init__(
@@ -671,7 +962,7 @@ class Claim:
         try:
             os.unlink(self._path)
         except OSError as exc:
-            _unlock(fd)
+            self._fd = fd
             raise QueueError(f'cannot remove {self._path}: {_cause(exc)}') from exc
         _CLOSER.close(fd)
 
@@ -703,8 +994,38 @@ class Claim:
             meta['recipients'] = list(recipients)
         try:
             self.queue._rewrite(self.id, self._path, meta, self.data, dest, mtime)
-        finally:
-            _unlock(fd)
+        except BaseException:
+            self._fd = fd
+            raise
+        _unlock(fd)
+
+    def set_aside(self, reason: str, *, delivered: Iterable[str] = ()) -> None:
+        """Into the failed area unchanged, ``reason`` kept beside it.
+
+        Only a rename: this works when the disk is too full for
+        :meth:`fail` to write the message again. ``delivered`` names the
+        recipients who have the message already; :meth:`MailQueue.retry`
+        does not send it to them again.
+        """
+        fd = self._take_fd()
+        try:
+            self.queue._rename(self._path, self.queue._p('failed', self.id))
+        except FileNotFoundError:
+            _unlock(fd)  # removed by hand meanwhile: nothing left to send
+            return
+        except OSError as exc:
+            self._fd = fd
+            raise QueueError(f'cannot set aside {self._path}: {_cause(exc)}') from exc
+        _unlock(fd)
+        self.queue._note(self.id, reason, delivered)
+
+    def abandon(self) -> None:
+        """Unlock it where it is, in ``cur/``: recovery takes it back to
+        ``new/`` once it is ``stale_after`` old (a backoff that needs no
+        disk space). Nothing if it is unlocked already (a failed
+        :meth:`release` leaves it so)."""
+        if self._fd is not None:
+            _unlock(self._take_fd())
 
     def release(self) -> None:
         """Put it back into ``new/`` unchanged (not its fault, or stopping)."""

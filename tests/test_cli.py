@@ -89,6 +89,8 @@ class TestMain:
             '0',
             'failed',
             '0',
+            'unreadable',
+            '0',
         ]
 
     def test_status_json(self, ini):
@@ -206,6 +208,138 @@ class TestMain:
         assert self._callFUT('process', ini) == 0
         assert [e.message_id for e in EVENTS] == ['<stop@test>']
         assert signal.getsignal(signal.SIGTERM) is before
+
+
+class TestQueueFaults:
+    """What an operator sees on a queue that is missing, unreadable, damaged
+    or not root's."""
+
+    def _callFUT(self, *argv):
+        from pyramid_txmail.cli import Command
+
+        out, err = io.StringIO(), io.StringIO()
+        code = Command(out, err).run(list(argv))
+        self.out, self.err = out.getvalue(), err.getvalue()
+        return code
+
+    @pytest.mark.parametrize(
+        'argv', [('status',), ('list',), ('retry', '--all'), ('purge', '--failed')]
+    )
+    def test_commands_never_create_the_queue(self, tmp_path, argv):
+        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+        assert self._callFUT(argv[0], ini, *argv[1:]) == 1
+        assert self.err == (
+            f'pyramid-txmail: no mail queue at {tmp_path}/q: '
+            'nothing has been queued there yet\n'
+        )
+        assert not (tmp_path / 'q').exists()
+
+    def test_unreadable_queue_says_cannot_read(self, tmp_path):
+        (tmp_path / 'q').write_text('a file, not a queue')
+        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+        assert self._callFUT('status', ini) == 1
+        assert self.err == (
+            f'pyramid-txmail: cannot read mail queue {tmp_path}/q: not a directory\n'
+        )
+
+    def test_list_and_status_show_bad_entries(self, tmp_path):
+        from tests.test_queue import add_bad_entries, queue_as_nobody
+
+        queue = queue_as_nobody(str(tmp_path / 'q'))
+        reasons = add_bad_entries(queue)
+        queue.publish([queue.stage(make_mail(1))])
+        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+        assert self._callFUT('list', ini) == 0
+        lines = self.out.splitlines()
+        assert len(lines) == len(reasons) + 1
+        # Root reads the first two; the others are unreadable to anyone.
+        assert sum('unreadable: ' in line for line in lines) == len(reasons) - 2
+        assert 'to@example.com' in lines[-1]
+        assert self._callFUT('list', ini, '--json') == 0
+        rows = json.loads(self.out)
+        assert [r['id'] for r in rows][:-1] == list(reasons)
+        # The application's processor sets them aside.
+        for mail_id in list(reasons):
+            assert queue.claim(mail_id) is None
+        assert self._callFUT('status', ini, '--json') == 0
+        counts = json.loads(self.out)
+        assert counts['failed'] == counts['unreadable'] == len(reasons)
+        assert self._callFUT('list', ini, '--failed') == 0
+        assert self.out.count('unreadable: ') == len(reasons)
+
+    def test_retry_as_root_keeps_the_queue_owner(self, tmp_path):
+        from tests.test_queue import NOBODY, queue_as_nobody
+
+        queue = queue_as_nobody(str(tmp_path / 'q'))
+        mail_id = queue.stage(make_mail(1))
+        queue.publish([mail_id])
+        queue.claim(mail_id).fail('554 no')
+        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+        assert self._callFUT('retry', ini, '--all') == 0
+        path = tmp_path / 'q' / 'new' / mail_id
+        assert (path.stat().st_uid, path.stat().st_gid) == (NOBODY, NOBODY)
+        # So the application (uid 65534) can send it.
+        claim = queue.claim(mail_id)
+        assert claim is not None
+        claim.done()
+
+
+class TestConfigFaults:
+    """A broken .ini gives one line naming the file, never a value."""
+
+    def _callFUT(self, *argv):
+        from pyramid_txmail.cli import Command
+
+        out, err = io.StringIO(), io.StringIO()
+        code = Command(out, err).run(list(argv))
+        self.out, self.err = out.getvalue(), err.getvalue()
+        return code
+
+    @pytest.mark.parametrize('command', ['status', 'process'])
+    def test_percent_in_password_is_not_shown(self, tmp_path, command):
+        ini = write_ini(tmp_path, queue_path=tmp_path / 'q', password='s3cr%et-tail')
+        assert (
+            self._callFUT(command, ini, '--once' if command == 'process' else '--json')
+            == 1
+        )
+        assert self.err == (
+            f'pyramid-txmail: {ini}: cannot read mail.password in [app:main]: '
+            'its value holds a "%" that is neither "%%" nor a "%(name)s" '
+            'reference (write a literal % as %%)\n'
+        )
+        assert 'et-tail' not in self.err
+
+    def test_percent_reference_to_nothing_is_not_shown(self, tmp_path):
+        ini = write_ini(tmp_path, queue_path=tmp_path / 'q', password='%(nope)s-tail')
+        assert self._callFUT('status', ini) == 1
+        assert 'mail.password' in self.err and 'tail' not in self.err
+
+    def test_undecodable_file_is_named(self, tmp_path):
+        ini = tmp_path / 'app.ini'
+        ini.write_bytes(b'[app:main]\nmail.password = \xff\xfe secret\n')
+        assert self._callFUT('list', str(ini)) == 1
+        assert self.err == (
+            f'pyramid-txmail: {ini}: not UTF-8 text (byte 0xff at offset 27)\n'
+        )
+
+    @pytest.mark.parametrize(
+        ('text', 'problem'),
+        [
+            ('hello secret\n', 'line 1: no [section] header before it'),
+            ('[app:main]\nuse = egg:x\npassword secret\n', 'line 3: not a "key'),
+            (
+                '[app:main]\n[app:main]\n',
+                'not a valid .ini file (DuplicateSectionError)',
+            ),
+        ],
+    )
+    def test_garbage_file_is_named_without_its_lines(self, tmp_path, text, problem):
+        ini = tmp_path / 'app.ini'
+        ini.write_text(text)
+        assert self._callFUT('status', str(ini)) == 1
+        assert self.err.startswith(f'pyramid-txmail: {ini}: {problem}')
+        assert len(self.err.splitlines()) == 1
+        assert 'secret' not in self.err
 
 
 class TestConsoleScript:

@@ -153,13 +153,14 @@ def test_status_and_list_show_a_repoze_queue(legacy_queue, tmp_path):
     ini = write_ini(tmp_path, queue_path=path, queue_processor='false')
     code, out = cli('status', ini)
     assert code == 0
-    assert 'legacy    3' in out.splitlines()
+    assert 'legacy     3' in out.splitlines()
     code, out = cli('status', ini, '--json')
     assert json.loads(out) == {
         'queued': 0,
         'sending': 0,
         'deferred': 0,
         'failed': 0,
+        'unreadable': 0,
         'legacy': 3,
     }
     code, out = cli('list', ini, '--json')
@@ -189,7 +190,7 @@ def test_process_once_delivers_a_repoze_queue_exactly_once(
     assert os.listdir(path / 'new') == []
     code, out = cli('status', ini, '--json')
     assert json.loads(out) == dict.fromkeys(
-        ('queued', 'sending', 'deferred', 'failed', 'legacy'), 0
+        ('queued', 'sending', 'deferred', 'failed', 'unreadable', 'legacy'), 0
     )
     code, out = cli('process', ini, '--once')
     assert out.startswith('sent 0,')
@@ -448,7 +449,7 @@ def test_unreadable_entries_are_reported_never_ignored(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not any('adir' in e or 'alink' in e for e in errors)
     _, out = cli('status', ini)
-    assert 'legacy    2' in out.splitlines() and 'failed    2' in out.splitlines()
+    assert 'legacy     2' in out.splitlines() and 'failed     2' in out.splitlines()
 
 
 def test_a_write_failure_while_adopting_keeps_the_original(legacy_queue, caplog):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -55,6 +56,21 @@ def _ids(server) -> list[str]:
 def _meta(queue, sub, mail_id):
     with open(os.path.join(queue.path, sub, mail_id), 'rb') as f:
         return json.loads(f.readline())
+
+
+def _edit(queue, mail_id, sub='new', **changes):
+    """Change metadata fields of a queue file in place (a past history)."""
+    path = os.path.join(queue.path, sub, mail_id)
+    with open(path, 'rb') as f:
+        meta, data = json.loads(f.readline()), f.read()
+    meta.update(changes)
+    with open(path, 'wb') as f:
+        f.write(json.dumps(meta).encode() + b'\n' + data)
+
+
+#: Deferrals after which the default backoff (300 s doubling to 4000 s)
+#: spans the default max_age of 5 days.
+OLD_ENOUGH = 111
 
 
 class _Base:
@@ -196,12 +212,7 @@ class TestQueueProcessor(_Base):
     def test_backoff_after_very_many_attempts(self):
         server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
         [mail_id] = fill(self.queue, 1)
-        path = os.path.join(self.queue.path, 'new', mail_id)
-        with open(path, 'rb') as f:
-            meta, data = json.loads(f.readline()), f.read()
-        meta['attempts'] = 5000
-        with open(path, 'wb') as f:
-            f.write(json.dumps(meta).encode() + b'\n' + data)
+        _edit(self.queue, mail_id, attempts=5000)
         self._makeOne(server, retry_min=300.0, retry_max=4000.0).run_once()
         due = os.stat(os.path.join(self.queue.path, 'deferred', mail_id)).st_mtime
         assert due == self.clock.now + 4000
@@ -326,7 +337,8 @@ class TestQueueProcessor(_Base):
 
     def test_too_old_fails_for_good(self):
         server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
-        fill(self.queue, 1)
+        [mail_id] = fill(self.queue, 1)
+        _edit(self.queue, mail_id, attempts=OLD_ENOUGH)
         self.clock.now += 432001
         result = self._makeOne(server).run_once()
         assert result.failed == 1
@@ -335,7 +347,8 @@ class TestQueueProcessor(_Base):
         assert self._event_kinds() == [('MailFailed', True)]
 
     def test_too_old_w_refused_connection_stops_the_pass(self):
-        fill(self.queue, 2)
+        for mail_id in fill(self.queue, 2):
+            _edit(self.queue, mail_id, attempts=OLD_ENOUGH)
         self.clock.now += 432001
         result = self._makeOne(port=_free_port()).run_once()
         assert (result.failed, result.deferred) == (1, 0)
@@ -374,6 +387,7 @@ class TestQueueProcessor(_Base):
         server = self.make_server(rcpt_reply={'busy@example.com': '450 4.2.1 busy'})
         mail_id = self.queue.stage(make_mail(1, ('ok@example.com', 'busy@example.com')))
         self.queue.publish([mail_id])
+        _edit(self.queue, mail_id, attempts=OLD_ENOUGH)
         self.clock.now += 432001
         assert self._makeOne(server).run_once().sent == 1
         assert self.queue.counts() == EMPTY
@@ -454,6 +468,256 @@ class TestQueueProcessor(_Base):
         self.queue.claim(deferred).defer('451', self.clock.now)
         processor = self._makeOne(server, processor_kw={'stale_after': 0.0})
         assert processor.run_once().sent == 2
+
+
+class TestNoStall(_Base):
+    """One entry the processor cannot use never stops the queue."""
+
+    def test_bad_entries_ahead_do_not_stall_the_queue(self):
+        from tests.test_queue import add_bad_entries, queue_as_nobody
+
+        server = self.make_server()
+        # The application's user (uid 65534) runs the processor; a root
+        # `retry` left a root-owned 0600 entry, and worse sort first.
+        self.queue = queue_as_nobody(str(self.tmp_path / 'app-q'), clock=self.clock)
+        reasons = add_bad_entries(self.queue)
+        good = fill(self.queue, 4)
+        assert self.queue.pending()[: len(reasons)] == list(reasons)
+        result = self._makeOne(server).run_once()
+        assert (result.sent, result.failed) == (4, 0)
+        assert sorted(_ids(server)) == [f'<{n}@test>' for n in range(4)]
+        assert self._event_kinds() == [('MailSent', None)] * 4
+        assert self.queue.counts() == {**EMPTY, 'failed': len(reasons)}
+        failed = {i.id: i.last_error for i in self.queue.list(failed=True)}
+        assert sorted(failed) == sorted(reasons)
+        assert all(failed[i].startswith('unreadable: ' + r) for i, r in reasons.items())
+        assert not set(good) & set(failed)
+
+    def test_entry_that_cannot_be_set_aside_is_skipped_every_pass(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class ReadOnlyFailed(MailQueue):
+            def _rename(self, src, dst):
+                if '/failed/' in dst:
+                    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+                os.rename(src, dst)
+
+        server = self.make_server()
+        self.queue = ReadOnlyFailed(self.queue.path, clock=self.clock)
+        bad = '0000000000000001.1.bad1'
+        os.mkdir(os.path.join(self.queue.path, 'new', bad))
+        processor = self._makeOne(server)
+        fill(self.queue, 1)
+        assert processor.run_once().sent == 1
+        fill(self.queue, 1, start=1)
+        assert processor.run_once().sent == 1
+        assert _ids(server) == ['<0@test>', '<1@test>']
+        assert self.queue.pending() == [bad]
+        assert caplog.text.count('cannot be moved to failed/') == 1
+
+
+class TestUnrecordedOutcomes(_Base):
+    """A queue that cannot record an outcome: never a resend to a recipient
+    who has the message, never a QueueError out of run_once."""
+
+    def _full_disk_queue(self, broken=None):
+        from pyramid_txmail.queue import MailQueue
+
+        class FullDisk(MailQueue):
+            full = False
+            no_rename = ()
+
+            def _write(self, fd, data):
+                if self.full:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return os.write(fd, data)
+
+            def _rename(self, src, dst):
+                if any(f'/{sub}/' in dst for sub in self.no_rename):
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                os.rename(src, dst)
+
+        self.queue = FullDisk(self.queue.path, clock=self.clock)
+        return self.queue
+
+    def _partial(self):
+        server = self.make_server(
+            rcpt_reply={'later@example.com': '452 4.2.2 mailbox full'}
+        )
+        queue = self._full_disk_queue()
+        [mail_id] = fill(queue, 1, recipients=('ok@example.com', 'later@example.com'))
+        fill(queue, 1, start=1)
+        return server, queue, mail_id
+
+    def _drain_later(self, processor):
+        """A day of passes, with recovery of anything left in cur/."""
+        for _ in range(5):
+            self.clock.now += 86400 / 5
+            processor.run_once()
+
+    def test_partial_acceptance_w_full_disk_is_not_resent(self, caplog):
+        server, queue, mail_id = self._partial()
+        queue.full = True
+        processor = self._makeOne(server, processor_kw={'stale_after': 0.0})
+        result = processor.run_once()  # no QueueError
+        assert result.sent == 2
+        assert [m.rcpt_tos for m in server.messages] == [
+            ['ok@example.com'],
+            ['to@example.com'],
+        ]
+        assert self._event_kinds() == [('MailSent', None)] * 2
+        assert self.events[0].refused == {
+            'later@example.com': (452, '4.2.2 mailbox full')
+        }
+        # Set aside unchanged (no space to rewrite it), the reason logged.
+        assert os.listdir(os.path.join(queue.path, 'failed')) == [mail_id]
+        assert 'accepted by the relay for ok@example.com' in caplog.text
+        assert 'No space left on device' in caplog.text
+        queue.full = False
+        server.rcpt_reply = {}
+        self._drain_later(processor)
+        assert len(server.messages) == 2
+        # Once there is space, the reason is kept beside it, and a retry
+        # sends it to later@ alone.
+        [info] = queue.list(failed=True)
+        assert info.last_error.startswith('accepted by the relay for ok@example.com')
+        assert queue.retry() == 1
+        processor.run_once()
+        assert server.messages[2].rcpt_tos == ['later@example.com']
+        assert queue.counts() == EMPTY
+
+    def test_partial_acceptance_w_failed_move_defers_only_the_rest(self):
+        # The reduced copy replaced the claimed file, but cannot be moved
+        # on into deferred/: set aside as it is, for later@ alone.
+        server, queue, _ = self._partial()
+        queue.no_rename = ('deferred',)
+        processor = self._makeOne(server)
+        assert processor.run_once().sent == 2
+        [info] = queue.list(failed=True)
+        assert info.recipients == ('later@example.com',)
+        assert info.last_error.startswith('accepted by the relay for ok@example.com')
+        queue.no_rename = ()
+        server.rcpt_reply = {}
+        assert queue.retry() == 1
+        processor.run_once()
+        assert [m.rcpt_tos for m in server.messages][2:] == [['later@example.com']]
+
+    def test_accepted_message_that_cannot_be_recorded_stays_locked(self, caplog):
+        server, queue, mail_id = self._partial()
+        queue.full = True
+        queue.no_rename = ('failed',)
+        processor = self._makeOne(server, processor_kw={'stale_after': 0.0})
+        assert processor.run_once().sent == 2
+        assert 'it stays locked in cur/' in caplog.text
+        queue.full = False
+        queue.no_rename = ()
+        server.rcpt_reply = {}
+        self._drain_later(processor)  # recovery cannot take it
+        assert len(server.messages) == 2
+        assert os.listdir(os.path.join(queue.path, 'cur')) == [mail_id]
+
+    def test_unrecorded_deferral_is_tried_again_after_stale_after(self, caplog):
+        server = self.make_server(reply={'MAIL': ['451 4.3.0 try later']})
+        queue = self._full_disk_queue()
+        first, _ = fill(queue, 2)
+        queue.full = True
+        processor = self._makeOne(server, processor_kw={'stale_after': 600.0})
+        result = processor.run_once()
+        assert (result.sent, result.deferred) == (1, 0)
+        assert 'cannot record its failure' in caplog.text
+        assert os.listdir(os.path.join(queue.path, 'cur')) == [first]
+        queue.full = False
+        assert processor.run_once().sent == 0  # not stale yet
+        self.clock.now += 601
+        assert processor.run_once().sent == 1
+        assert sorted(_ids(server)) == ['<0@test>', '<1@test>']
+        assert queue.counts() == EMPTY
+
+    def test_unrecorded_release_after_a_configuration_fault(self, caplog):
+        from pyramid_txmail.processor import PassResult
+        from pyramid_txmail.queue import MailQueue
+
+        class NoRelease(MailQueue):
+            def _rename(self, src, dst):
+                if '/cur/' in src and '/new/' in dst:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                os.rename(src, dst)
+
+        server = self.make_server(auth={'user': 'secret'}, auth_require_tls=False)
+        self.queue = NoRelease(self.queue.path, clock=self.clock)
+        [mail_id] = fill(self.queue, 1)
+        processor = self._makeOne(
+            server, username='user', password='wrong', processor_kw={'stale_after': 0}
+        )
+        assert processor.run_once() == PassResult()  # not even released
+        assert 'cannot record its failure' in caplog.text
+        assert processor.run_once() == PassResult()  # paused all the same
+        assert server.connections == 1
+        assert os.listdir(os.path.join(self.queue.path, 'cur')) == [mail_id]
+        assert MailQueue(self.queue.path).recover(0) == 1
+
+    def test_unreleased_read_ahead_is_left_to_recovery(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class NoRelease(MailQueue):
+            def _rename(self, src, dst):
+                if '/cur/' in src and '/new/' in dst:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                os.rename(src, dst)
+
+        server = self.make_server(reply={'DATA': ['421 4.3.2 bye']})
+        self.queue = NoRelease(self.queue.path, clock=self.clock)
+        _, second = fill(self.queue, 2)
+        result = self._makeOne(server).run_once()
+        assert (result.deferred, result.sent) == (1, 0)
+        assert f'cannot release {self.queue.path}/cur/{second}' in caplog.text
+        assert MailQueue(self.queue.path).recover(0) == 1
+
+
+class TestClockJumps(_Base):
+    def test_forward_jump_does_not_fail_a_first_attempt(self):
+        server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
+        [mail_id] = fill(self.queue, 1)
+        self.clock.now += 6 * 86400
+        result = self._makeOne(server).run_once()
+        assert (result.deferred, result.failed) == (1, 0)
+        assert _meta(self.queue, 'deferred', mail_id)['attempts'] == 1
+        assert self._event_kinds() == [('MailFailed', False)]
+
+    def test_forward_jump_counts_only_the_attempts_made(self):
+        # Ten attempts span 300 + 600 + 1200 + 2400 + 6 * 4000 s, not 5
+        # days: a message that old by the clock is deferred again.
+        server = self.make_server(reply={'MAIL': '451 4.3.0 try later'})
+        [mail_id] = fill(self.queue, 1)
+        _edit(self.queue, mail_id, attempts=10)
+        self.clock.now += 6 * 86400
+        assert self._makeOne(server).run_once().deferred == 1
+        _edit(self.queue, mail_id, 'deferred', attempts=OLD_ENOUGH - 1)
+        assert self.queue.promote_due() == 0
+        self.clock.now += 4000 * 1.2
+        assert self._makeOne(server).run_once().deferred == 1
+        _edit(self.queue, mail_id, 'deferred', attempts=OLD_ENOUGH)
+        self.clock.now += 4000 * 1.2
+        assert self._makeOne(server).run_once().failed == 1
+
+    def test_backward_jump_does_not_hold_deferred_messages(self):
+        server = self.make_server(reply={'MAIL': ['451 4.3.0 try later']})
+        fill(self.queue, 1)
+        processor = self._makeOne(server, retry_min=300.0)
+        assert processor.run_once().deferred == 1
+        self.clock.now -= 6 * 86400
+        assert processor.run_once().sent == 1
+        assert _ids(server) == ['<0@test>']
+
+    def test_backoff_due_within_the_horizon_waits(self):
+        server = self.make_server(reply={'MAIL': ['451 4.3.0 try later']})
+        fill(self.queue, 1)
+        processor = self._makeOne(server, retry_min=300.0, retry_max=4000.0)
+        assert processor.run_once().deferred == 1
+        self.clock.now -= 4000  # due in 4300 s: a backoff could have set that
+        assert processor.run_once().sent == 0
+        self.clock.now += 4300
+        assert processor.run_once().sent == 1
 
 
 class TestRun(_Base):

@@ -84,9 +84,7 @@ class TestMailQueueLayout(_Base):
 
         queue = self._makeOne()
         os.rmdir(os.path.join(self.path, 'new'))
-        with pytest.raises(
-            QueueError, match=r'cannot read mail queue .*/new: \[Errno 2\]'
-        ):
+        with pytest.raises(QueueError, match=r'cannot read mail queue .*/new: missing'):
             queue.pending()
 
     def test_stray_files_are_not_messages(self):
@@ -349,8 +347,8 @@ class TestClaim(_Base):
         [mail_id] = fill(queue, 1)
         assert self._makeOne(Racy).claim(mail_id) is None
 
-    def test_claim_w_unexpected_error_raises(self):
-        from pyramid_txmail.queue import MailQueue
+    def test_claim_w_broken_queue_directory_raises_queue_error(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
 
         class Broken(MailQueue):
             def _opener(self, path, flags, mode=0o777):
@@ -362,7 +360,7 @@ class TestClaim(_Base):
 
         queue = self._makeOne()
         [mail_id] = fill(queue, 1)
-        with pytest.raises(NotADirectoryError):
+        with pytest.raises(QueueError, match=r'Errno 20'):
             self._makeOne(Broken).claim(mail_id)
 
     def test_claim_of_message_removed_by_hand_before_rename(self):
@@ -398,11 +396,11 @@ class TestClaim(_Base):
         with open(os.path.join(self.path, 'new', bad), 'wb') as f:
             f.write(b'{"v": 1}\nnot ours')
         assert queue.claim(bad) is None
-        assert self._files('failed') == [bad]
+        assert self._files('failed') == [bad, bad + '.reason']
         assert 'unreadable queue file 0000000000000001.1.bad0' in caplog.text
         [info] = queue.list(failed=True)
         assert info.id == bad
-        assert info.last_error.startswith('unreadable: ')
+        assert info.last_error == "unreadable: bad or missing 'message_id'"
         # Retried unchanged; the next claim fails it again.
         assert queue.retry([bad]) == 1
         assert queue.pending() == [bad, good]
@@ -608,6 +606,75 @@ class TestOutcomes(_Base):
         with pytest.raises(QueueError, match=r'cannot remove .*/cur/.*\[Errno 2\]'):
             claim.done()
 
+    def test_set_aside_keeps_the_reason_beside_it(self):
+        claim = self._claimed()
+        claim.set_aside('accepted for a@example.com; not sent again')
+        [info] = self.queue.list(failed=True)
+        assert (info.id, info.recipients) == (self.mail_id, ('to@example.com',))
+        assert info.last_error == 'accepted for a@example.com; not sent again'
+        assert self.queue.unreadable() == 0
+
+    def test_retry_skips_recipients_who_have_it(self):
+        claim = self._claimed(('a@example.com', 'b@example.com'))
+        claim.set_aside('partly sent', delivered=['a@example.com'])
+        assert self.queue.retry() == 1
+        claim = self.queue.claim(self.mail_id)
+        assert claim.envelope.recipients == ('b@example.com',)
+        claim.set_aside('sent', delivered=['b@example.com'])
+        assert self.queue.retry() == 1  # nothing left to send: removed
+        assert self.queue.counts() == dict.fromkeys(
+            ('queued', 'sending', 'deferred', 'failed'), 0
+        )
+        assert self._files('failed') == []
+
+    @pytest.mark.parametrize(
+        'record', [b'not json', b'{"reason": 1, "delivered": []}', b'[]']
+    )
+    def test_foreign_reason_file_is_ignored(self, record):
+        self._claimed().fail('550 no')
+        with open(
+            os.path.join(self.path, 'failed', self.mail_id + '.reason'), 'wb'
+        ) as f:
+            f.write(record)
+        [info] = self.queue.list(failed=True)
+        assert info.last_error == '550 no'
+        assert self.queue.retry() == 1
+        assert self.queue.pending() == [self.mail_id]
+
+    def test_reason_written_once_there_is_space(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class FullDisk(MailQueue):
+            full = False
+
+            def _write(self, fd, data):
+                if self.full:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return os.write(fd, data)
+
+        queue = self._makeOne(FullDisk)
+        kept, gone = fill(queue, 2)
+        queue.full = True
+        queue.claim(kept).set_aside('kept')
+        queue.claim(gone).set_aside('gone')
+        queue.recover(600)
+        assert caplog.text.count('cannot record why') == 2  # once each
+        queue.purge([gone])
+        queue.full = False
+        queue.recover(600)
+        assert self._files('failed') == [kept, kept + '.reason']
+        [info] = queue.list(failed=True)
+        assert info.last_error == 'kept'
+        queue.recover(600)
+        assert caplog.text.count('cannot record why') == 2
+
+    def test_set_aside_of_file_removed_by_hand(self):
+        claim = self._claimed()
+        os.unlink(os.path.join(self.path, 'cur', self.mail_id))
+        claim.set_aside('whatever')
+        assert self._files('failed') == []
+        claim.abandon()  # nothing held any more: nothing to do
+
     def test_release_w_error(self):
         from pyramid_txmail.queue import MailQueue, QueueError
 
@@ -640,7 +707,9 @@ class TestOutcomes(_Base):
             claim.defer('451', self.clock.now)
         assert self._files('tmp') == []
         assert self._files('cur') == [self.mail_id]
-        assert self.queue.recover(0) == 1
+        # Still held: recovery cannot take it; another outcome can be recorded.
+        assert self.queue.recover(0) == 0
+        claim.release()
         meta, _ = self._meta('new', self.mail_id)
         assert meta['attempts'] == 0
 
@@ -663,7 +732,8 @@ class TestOutcomes(_Base):
         assert self._files('cur') == [self.mail_id]
 
         self.queue.broken = ''
-        self.queue.recover(0)
+        claim.abandon()  # unlocked in cur/: recovery takes it back
+        assert self.queue.recover(0) == 1
         claim = self.queue.claim(self.mail_id)
         self.queue.broken = '/failed/'  # moving it into failed/
         with pytest.raises(QueueError, match=r'cannot move .*/cur/\S+ to .*/failed/'):
@@ -671,6 +741,7 @@ class TestOutcomes(_Base):
         # The rewritten version waits in cur/ for recovery.
         meta, _ = self._meta('cur', self.mail_id)
         assert meta['last_error'] == '550'
+        claim.abandon()
 
 
 class TestProcessorSide(_Base):
@@ -888,3 +959,362 @@ class TestAdministration(_Base):
             fcntl.flock(other, fcntl.LOCK_EX)  # a processor claiming it
             assert queue.purge([self.ids[0]]) == 0
         assert queue.pending() == [self.ids[0]]
+
+
+NOBODY = 65534
+
+
+def _nobody_opener(path, flags, mode=0o777):
+    """``os.open`` as uid 65534 would see it: the suite runs as root, which
+    may open any file, so the owner and mode checks are made here."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    else:
+        bit = stat.S_IRUSR if st.st_uid == NOBODY else stat.S_IROTH
+        if stat.S_ISREG(st.st_mode) and not st.st_mode & bit:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    return os.open(path, flags, mode)
+
+
+def queue_as_nobody(path, **kw):
+    """A MailQueue of uid 65534, whose opens are checked as for that user."""
+    from pyramid_txmail.queue import MailQueue
+
+    if not os.path.exists(path):
+        os.mkdir(path, 0o700)
+        os.chown(path, NOBODY, NOBODY)
+
+    class AsNobody(MailQueue):
+        _opener = staticmethod(_nobody_opener)
+
+    return AsNobody(path, **kw)
+
+
+def add_bad_entries(queue, sub='new'):
+    """One entry of every kind a processor cannot use, named to sort before
+    any real message. Returns {id: the reason it is set aside for}."""
+    meta = {
+        'v': 1,
+        'message_id': '<bad@test>',
+        'sender': 'from@example.com',
+        'recipients': ['to@example.com'],
+        'queued_at': 1_600_000_000.0,
+        'attempts': 0,
+        'last_error': None,
+    }
+    body = b'Subject: bad\r\n\r\nbad\r\n'
+
+    def line(**changes):
+        return json.dumps({**meta, **changes}).encode() + b'\n' + body
+
+    denied = 'cannot open: [Errno 13] Permission denied'
+    kinds = [
+        # Rewritten by `retry` run as root: root's, 0600.
+        (line(), 0, 0o600, denied),
+        (line(), NOBODY, 0o000, denied),
+        (line(recipients=[123]), NOBODY, 0o600, "bad or missing 'recipients'"),
+        (line(attempts=True), NOBODY, 0o600, "bad or missing 'attempts'"),
+        (line(queued_at=float('nan')), NOBODY, 0o600, "bad or missing 'queued_at'"),
+        (b'[' * 100_000 + b'\n', NOBODY, 0o600, 'metadata nested too deeply'),
+        (b'{\xff}\n', NOBODY, 0o600, "'utf-8' codec can't decode byte 0xff"),
+        ('directory', None, None, 'not a regular file'),
+        ('fifo', None, None, 'not a regular file'),
+        ('symlink', None, None, 'cannot open: [Errno 40] Too many levels'),
+    ]
+    reasons = {}
+    for n, (content, uid, mode, reason) in enumerate(kinds, start=1):
+        mail_id = f'{n:016d}.1.bad{n:x}'
+        path = os.path.join(queue.path, sub, mail_id)
+        if content == 'directory':
+            os.mkdir(path)
+        elif content == 'fifo':
+            os.mkfifo(path)
+        elif content == 'symlink':
+            os.symlink(os.path.join(queue.path, 'elsewhere'), path)
+        else:
+            with open(path, 'wb') as f:
+                f.write(content)
+            os.chown(path, uid, uid)
+            os.chmod(path, mode)
+        reasons[mail_id] = reason
+    return reasons
+
+
+class TestBadEntries(_Base):
+    """Entries a processor cannot use never hold up those behind them."""
+
+    def test_each_bad_entry_is_set_aside_with_its_reason(self, caplog):
+        queue = queue_as_nobody(self.path)
+        reasons = add_bad_entries(queue)
+        [good] = fill(queue, 1)
+        claims = [queue.claim(mail_id) for mail_id in queue.pending()]
+        assert claims[:-1] == [None] * len(reasons)
+        assert claims[-1].id == good
+        claims[-1].done()
+        assert queue.pending() == []
+        failed = {i.id: i for i in queue.list(failed=True)}
+        assert sorted(failed) == sorted(reasons)
+        for mail_id, reason in reasons.items():
+            assert failed[mail_id].last_error.startswith('unreadable: ' + reason)
+            assert f'unreadable queue file {mail_id} moved to failed/' in caplog.text
+        assert queue.unreadable() == len(reasons)
+        assert queue.counts()['failed'] == len(reasons)
+
+    def test_list_shows_every_entry_whatever_its_state(self):
+        clock = FakeClock()
+        queue = queue_as_nobody(self.path, clock=clock)
+        reasons = add_bad_entries(queue)
+        good = fill(queue, 2)
+        clock.now += 60
+        infos = list(queue.list())
+        assert [i.id for i in infos] == [*reasons, *good]
+        for info in infos[: len(reasons)]:
+            assert info.state == 'queued'
+            assert info.last_error.startswith('unreadable: ' + reasons[info.id])
+            assert info.recipients == ()
+            assert info.age > 10**8  # from the time in its id
+        assert [i.recipients for i in infos[-2:]] == [('to@example.com',)] * 2
+        assert infos[-1].age == 60
+
+    def test_list_prefers_the_reason_recorded_when_set_aside(self):
+        reasons = add_bad_entries(queue_as_nobody(self.path))
+        queue = queue_as_nobody(self.path)
+        for mail_id in queue.pending():
+            assert queue.claim(mail_id) is None
+        # Root reads the root-owned file fine; the reason is still shown.
+        first = next(iter(reasons))
+        as_root = {i.id: i for i in self._makeOne().list(failed=True)}
+        assert as_root[first].recipients == ('to@example.com',)
+        assert as_root[first].last_error == (
+            'unreadable: cannot open: [Errno 13] Permission denied'
+        )
+
+    def test_entry_that_cannot_be_moved_is_skipped_and_logged_once(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class NoFailedDir(MailQueue):
+            def _rename(self, src, dst):
+                if '/failed/' in dst:
+                    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+                os.rename(src, dst)
+
+        queue = self._makeOne(NoFailedDir)
+        bad = '0000000000000001.1.bad1'
+        os.mkdir(os.path.join(self.path, 'new', bad))
+        [good] = fill(queue, 1)
+        for _ in range(3):
+            assert queue.claim(bad) is None
+        assert caplog.text.count('cannot be moved to failed/') == 1
+        assert 'Read-only file system; skipping it' in caplog.text
+        assert queue.pending() == [bad, good]
+        queue.claim(good).done()
+
+    def test_entry_unreadable_after_claim_is_set_aside_from_cur(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class BadDisk(MailQueue):
+            def _rename(self, src, dst):
+                os.rename(src, dst)
+                if '/cur/' in dst:  # the sectors go bad as it is claimed
+                    os.chmod(dst, 0)
+                    os.truncate(dst, 0)
+
+        queue = self._makeOne(BadDisk)
+        [mail_id] = fill(queue, 1)
+        assert queue.claim(mail_id) is None
+        [info] = queue.list(failed=True)
+        assert info.last_error == (
+            'unreadable: Expecting value: line 1 column 1 (char 0)'
+        )
+        assert self._files('cur') == []
+
+    @pytest.mark.parametrize(
+        ('code', 'where'), [(errno.EIO, 'failed'), (errno.ENOMEM, 'cur')]
+    )
+    def test_read_error_after_claim(self, code, where):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class BadRead(MailQueue):
+            def _pread(self, fd, size, offset):
+                raise OSError(code, os.strerror(code))
+
+        queue = self._makeOne(BadRead)
+        [mail_id] = fill(queue, 1)
+        if code == errno.EIO:  # this entry's sectors: set aside
+            assert queue.claim(mail_id) is None
+            [info] = queue.list(failed=True)
+            assert info.last_error.startswith('unreadable: cannot read: [Errno 5] ')
+        else:  # this process's trouble: the pass ends, recovery takes it back
+            with pytest.raises(QueueError, match=r'Cannot allocate memory'):
+                queue.claim(mail_id)
+            assert queue.recover(0) == 1
+            where = 'new'
+        assert self._files(where)[0] == mail_id
+
+    def test_read_error_of_the_process_ends_the_pass(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class NoDescriptors(MailQueue):
+            def _opener(self, path, flags, mode=0o777):
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        queue = self._makeOne()
+        [mail_id] = fill(queue, 1)
+        with pytest.raises(QueueError, match=r'cannot read .*Too many open files'):
+            self._makeOne(NoDescriptors).claim(mail_id)
+        assert queue.pending() == [mail_id]
+
+    def test_entry_removed_while_set_aside(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racy(MailQueue):
+            def _rename(self, src, dst):
+                os.rmdir(src)  # another processor set it aside first
+                os.rename(src, dst)
+
+        queue = self._makeOne(Racy)
+        bad = '0000000000000001.1.bad1'
+        os.mkdir(os.path.join(self.path, 'new', bad))
+        assert queue.claim(bad) is None
+        assert self._files('failed') == []
+
+    def test_reason_not_kept_on_a_full_disk_is_logged(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class FullDisk(MailQueue):
+            def _write(self, fd, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        queue = self._makeOne(FullDisk)
+        bad = '0000000000000001.1.bad1'
+        os.mkdir(os.path.join(self.path, 'new', bad))
+        assert queue.claim(bad) is None
+        assert self._files('failed') == [bad]
+        assert 'cannot record why 0000000000000001.1.bad1 failed' in caplog.text
+        [info] = queue.list(failed=True)
+        assert info.last_error == 'unreadable: not a regular file'
+
+    def test_recovery_sets_aside_a_stale_claim_it_cannot_open(self):
+        clock = FakeClock()
+        queue = queue_as_nobody(self.path, clock=clock)
+        stale, fresh = '0000000000000001.1.bad1', '0000000000000002.1.bad2'
+        for mail_id, age in ((stale, 601), (fresh, 10)):
+            path = os.path.join(self.path, 'cur', mail_id)
+            with open(path, 'wb') as f:
+                f.write(b'a root processor claimed me')
+            os.chmod(path, 0o600)  # root's
+            os.utime(path, (clock.now - age,) * 2)
+        assert queue.recover(600) == 0
+        assert self._files('cur') == [fresh]
+        [info] = queue.list(failed=True)
+        assert info.id == stale
+        assert info.last_error == (
+            'unreadable: cannot open: [Errno 13] Permission denied'
+        )
+
+    def test_recovery_leaves_a_directory_in_tmp_alone(self, caplog):
+        clock = FakeClock()
+        queue = self._makeOne(clock=clock)
+        odd = os.path.join(self.path, 'tmp', 'somebody-s-directory')
+        os.mkdir(odd)
+        os.utime(odd, (clock.now - 40 * 3600,) * 2)
+        assert queue.recover(600) == 0
+        assert queue.recover(600) == 0
+        assert os.path.isdir(odd)
+        assert caplog.text.count(f'cannot remove {odd}: [Errno 21]') == 1
+
+    def test_retry_and_purge_of_bad_entries(self):
+        queue = queue_as_nobody(self.path)
+        reasons = add_bad_entries(queue)
+        for mail_id in queue.pending():
+            queue.claim(mail_id)
+        # Back unchanged, the reasons forgotten: a claim sets them aside again.
+        assert queue.retry() == len(reasons)
+        assert queue.pending() == list(reasons)
+        assert self._files('failed') == []
+        for mail_id in queue.pending():
+            queue.claim(mail_id)
+        assert queue.purge(failed=True) == len(reasons)
+        assert self._files('failed') == []
+
+    def test_purge_of_entry_gone_after_an_open_error(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racy(MailQueue):
+            def _opener(self, path, flags, mode=0o777):
+                os.unlink(path)  # purged by another operator meanwhile
+                raise PermissionError(errno.EACCES, 'denied')
+
+            def _rename(self, src, dst):
+                os.unlink(src)
+                raise FileNotFoundError(errno.ENOENT, 'gone')
+
+        queue = self._makeOne()
+        a, b = fill(queue, 2)
+        for mail_id in (a, b):
+            queue.claim(mail_id).fail('550')
+        assert self._makeOne(Racy).purge([a]) == 0
+        assert self._makeOne(Racy).retry([b]) == 0
+        assert self._files('failed') == []
+
+
+class TestReadOnly(_Base):
+    def test_missing_queue_is_not_created(self):
+        from pyramid_txmail.queue import QueueError
+
+        with pytest.raises(QueueError) as info:
+            self._makeOne(create=False)
+        assert str(info.value) == (
+            f'no mail queue at {self.path}: nothing has been queued there yet'
+        )
+        assert not os.path.exists(self.path)
+
+    def test_queue_that_is_no_directory_cannot_be_read(self):
+        from pyramid_txmail.queue import QueueError
+
+        with open(self.path, 'w') as f:
+            f.write('not a queue')
+        with pytest.raises(QueueError, match=r'^cannot read mail queue .*/q: not a d'):
+            self._makeOne(create=False)
+        self.path = os.path.join(self.path, 'q')
+        with pytest.raises(QueueError, match=r'^cannot read mail queue .*\[Errno 20\]'):
+            self._makeOne(create=False)
+
+    def test_existing_queue_is_read(self):
+        [mail_id] = fill(self._makeOne(), 1)
+        assert self._makeOne(create=False).pending() == [mail_id]
+
+
+class TestOwnership(_Base):
+    """Run as root on another user's queue, what is created is theirs."""
+
+    def _owners(self):
+        owners = {}
+        for top, dirs, files in os.walk(self.path):
+            for name in dirs + files:
+                path = os.path.join(top, name)
+                owners[os.path.relpath(path, self.path)] = os.stat(path)[4:6]
+        return owners
+
+    def test_files_and_directories_keep_the_queue_owner(self):
+        os.mkdir(self.path, 0o700)
+        os.chown(self.path, NOBODY, NOBODY)
+        queue = self._makeOne()  # the subdirectories, as root
+        a, b, _ = fill(queue, 3)
+        queue.claim(a).fail('550 no')
+        queue.claim(b).defer('451 later', 0)
+        bad = '0000000000000001.1.bad1'
+        os.mkdir(os.path.join(self.path, 'new', bad))
+        os.chown(os.path.join(self.path, 'new', bad), NOBODY, NOBODY)
+        queue.claim(bad)
+        assert queue.retry([a]) == 1
+        owners = self._owners()
+        assert f'failed/{bad}.reason' in owners
+        assert set(owners.values()) == {(NOBODY, NOBODY)}
+
+    def test_root_owned_queue_stays_roots(self):
+        queue = self._makeOne()
+        fill(queue, 1)
+        assert set(self._owners().values()) == {(0, 0)}
