@@ -28,7 +28,7 @@ from .exceptions import QueueError
 from .legacy import scan as scan_legacy
 from .processor import STOP_TIMEOUT, QueueProcessor
 from .queue import MailQueue
-from .settings import MailSettings, parse_settings
+from .settings import MailSettings, parse_settings, settings_prefix
 
 __all__ = ['main']
 
@@ -147,10 +147,11 @@ class Command:
             raise CommandError(f'config file not found: {path}')
 
     def _mail_settings(self, config_uri: str, raw: Mapping[str, Any]) -> MailSettings:
-        settings = parse_settings(raw)
+        prefix = settings_prefix(raw)
+        settings = parse_settings(raw, prefix=prefix)
         if not settings.queue_path:
             name = os.path.basename(config_uri.split('#', 1)[0])
-            raise CommandError(f'mail.queue_path is not set in {name}')
+            raise CommandError(f'{prefix}queue_path is not set in {name}')
         return settings
 
     def _queue(self, config_uri: str) -> MailQueue:

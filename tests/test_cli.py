@@ -420,3 +420,31 @@ def test_process_ends_soon_after_sigterm_whatever_the_relay_does(tmp_path):
     assert code == 0, stderr
     assert 'cut short during DATA' in stderr
     assert queue.counts()['deferred'] == 1  # kept, to be tried again
+
+
+def test_status_reads_the_settings_under_pyramid_mailer_prefix(tmp_path):
+    from pyramid_txmail.cli import Command
+
+    queue_with(tmp_path / 'q', 1, 2, 3)
+    ini = tmp_path / 'app.ini'
+    ini.write_text(
+        '[app:main]\nuse = call:tests.test_cli:make_app\n'
+        'pyramid_mailer.prefix = mymail.\n'
+        f'mymail.queue_path = {tmp_path / "q"}\nmymail.queue_processor = false\n'
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert Command(out, err).run(['status', str(ini), '--json']) == 0, err.getvalue()
+    assert json.loads(out.getvalue())['queued'] == 3
+
+
+def test_missing_queue_path_is_named_with_the_prefix(tmp_path):
+    from pyramid_txmail.cli import Command
+
+    ini = tmp_path / 'app.ini'
+    ini.write_text(
+        '[app:main]\nuse = call:tests.test_cli:make_app\n'
+        'pyramid_mailer.prefix = mymail.\n'
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert Command(out, err).run(['status', str(ini)]) == 1
+    assert 'mymail.queue_path is not set in app.ini' in err.getvalue()
