@@ -87,6 +87,18 @@ class TestMailQueueLayout(_Base):
         with pytest.raises(QueueError, match=r'cannot read mail queue .*/new: missing'):
             queue.pending()
 
+    def test_listing_a_file_in_place_of_a_directory_raises_queue_error(self):
+        from pyramid_txmail.queue import QueueError
+
+        queue = self._makeOne()
+        os.rmdir(os.path.join(self.path, 'new'))
+        with open(os.path.join(self.path, 'new'), 'w'):
+            pass
+        with pytest.raises(
+            QueueError, match=r'cannot read mail queue .*/new: \[Errno 20\]'
+        ):
+            queue.pending()
+
     def test_stray_files_are_not_messages(self):
         queue = self._makeOne()
         [mail_id] = fill(queue, 1)
