@@ -145,14 +145,16 @@ KEYS: tuple[tuple[str, Callable[[object], object]], ...] = (
     ('file_path', _str),
 )
 PYRAMID_MAILER_ONLY = ('debug', 'sendmail_app', 'sendmail_template')
-_LOOPBACK = ('localhost', '::1')
 
 
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` (any case, a
+    trailing dot allowed) or a loopback address (127.0.0.0/8, ``::1``, also
+    in brackets). The one rule for where credentials may go without TLS."""
+    if host.rstrip('.').lower() == 'localhost':
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip('[]')).is_loopback
     except ValueError:
         return False
 
@@ -244,7 +246,7 @@ def _check(s: MailSettings, prefix: str) -> None:
             s.retry_min,
             f'must not exceed {prefix}retry_max ({s.retry_max:g})',
         )
-    if s.username and not (s.tls or s.ssl) and not _is_loopback(s.host):
+    if s.username and not (s.tls or s.ssl) and not is_loopback(s.host):
         raise SettingsError(
             f'{prefix}username',
             None,

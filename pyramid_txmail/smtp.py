@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
-import ipaddress
 import logging
 import math
 import re
@@ -53,7 +52,7 @@ from pyramid_txmail.exceptions import (
     TemporaryDeliveryError,
 )
 from pyramid_txmail.message import Envelope, is_mailbox
-from pyramid_txmail.settings import MailSettings
+from pyramid_txmail.settings import MailSettings, is_loopback
 
 __all__ = [
     'ConfigurationFault',
@@ -266,7 +265,7 @@ class SMTPConnection:
         """
         self.close()
         s = self.settings
-        if s.username and not (s.tls or s.ssl) and not _is_loopback(s.host):
+        if s.username and not (s.tls or s.ssl) and not is_loopback(s.host):
             # Settings refuse this too; MailSettings may be built directly.
             raise ConfigurationFault(
                 f'not sending the password for {s.username!r} to {self.where} '
@@ -883,12 +882,3 @@ def _authenticate(
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode('ascii')
-
-
-def _is_loopback(host: str) -> bool:
-    if host.rstrip('.').lower() == 'localhost':
-        return True
-    try:
-        return ipaddress.ip_address(host.strip('[]')).is_loopback
-    except ValueError:
-        return False

@@ -214,3 +214,51 @@ def test_includeme_names_the_prefixed_key_in_errors():
     )
     with pytest.raises(ConfigurationError, match=r"shopmail\.tls: .*'ture'"):
         config.include('pyramid_txmail')
+
+
+# -- the one loopback rule (credentials without TLS)
+
+LOOPBACK = [
+    'localhost',
+    'LOCALHOST',
+    'localhost.',
+    '127.0.0.1',
+    '127.0.0.2',
+    '::1',
+    '[::1]',
+]
+NOT_LOOPBACK = ['mail.example.com', '192.0.2.1', '2001:db8::1', 'localhost.example']
+
+
+@pytest.mark.parametrize('host', LOOPBACK)
+def test_is_loopback(host):
+    from pyramid_txmail.settings import is_loopback
+
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize('host', NOT_LOOPBACK)
+def test_is_not_loopback(host):
+    from pyramid_txmail.settings import is_loopback
+
+    assert not is_loopback(host)
+
+
+@pytest.mark.parametrize('host', LOOPBACK)
+def test_credentials_without_tls_are_accepted_for_every_loopback_spelling(host):
+    from pyramid_txmail.settings import parse_settings
+
+    settings = parse_settings(
+        {'mail.host': host, 'mail.username': 'u', 'mail.password': 'p'}
+    )
+    assert settings.host == host
+
+
+@pytest.mark.parametrize('host', NOT_LOOPBACK)
+def test_credentials_without_tls_are_refused_elsewhere(host):
+    from pyramid.exceptions import ConfigurationError
+
+    from pyramid_txmail.settings import parse_settings
+
+    with pytest.raises(ConfigurationError, match=r'mail\.tls'):
+        parse_settings({'mail.host': host, 'mail.username': 'u', 'mail.password': 'p'})

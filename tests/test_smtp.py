@@ -1004,25 +1004,6 @@ class TestDeliveryError:
         assert issubclass(ConfigurationFault, DeliveryError)
 
 
-class Test_is_loopback:
-    def _callFUT(self, host):
-        from pyramid_txmail.smtp import _is_loopback
-
-        return _is_loopback(host)
-
-    @pytest.mark.parametrize(
-        'host', ['localhost', 'LOCALHOST.', '127.0.0.1', '127.1.2.3', '::1', '[::1]']
-    )
-    def test_loopback(self, host):
-        assert self._callFUT(host)
-
-    @pytest.mark.parametrize(
-        'host', ['mail.example.com', '192.0.2.1', '2001:db8::1', 'localhost.example']
-    )
-    def test_not_loopback(self, host):
-        assert not self._callFUT(host)
-
-
 # -- the envelope as the command line carries it (second line of defence)
 
 
