@@ -42,7 +42,7 @@ from .exceptions import (
 )
 from .legacy import adopt as adopt_legacy
 from .message import Envelope
-from .queue import Claim, MailQueue
+from .queue import Claim, MailQueue, install_fork_hook
 from .settings import MailSettings
 from .smtp import SMTPConnection
 
@@ -543,6 +543,7 @@ class ProcessorThread:
         """Start the thread; nothing if it is running."""
         if self.alive:
             return
+        _install_hooks()
         self.processor = self._make()
         self._thread = threading.Thread(
             target=self.processor.run, name=THREAD_NAME, daemon=True
@@ -612,7 +613,25 @@ def _restart_after_fork() -> None:
         thread._after_fork_in_child()
 
 
-atexit.register(_stop_all)
-# Runs after threading's own handler (registered first, on import), so the
-# parent's threads are already marked as gone here.
-os.register_at_fork(after_in_child=_restart_after_fork)
+_hooks_installed = False
+_hooks_lock = threading.Lock()
+
+
+def _install_hooks() -> None:
+    """Stop processors at exit, restart them in forked children.
+
+    Registered when the first processor thread starts, never at import.
+    The queue's own hook goes first: a restarted processor's new locks must
+    not be among the inherited descriptors it closes. Both run after
+    threading's own fork handler (registered on its import), so the
+    parent's threads are already marked as gone.
+    """
+    global _hooks_installed
+    if _hooks_installed:  # also in a forked child, where the lock may be stale
+        return
+    with _hooks_lock:
+        if not _hooks_installed:
+            install_fork_hook()
+            atexit.register(_stop_all)
+            os.register_at_fork(after_in_child=_restart_after_fork)
+            _hooks_installed = True

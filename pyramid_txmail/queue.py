@@ -102,6 +102,7 @@ _LOCK_FDS: set[int] = set()
 
 
 def _held(fd: int) -> int:
+    install_fork_hook()
     _LOCK_FDS.add(fd)
     return fd
 
@@ -159,7 +160,24 @@ def _close_inherited_locks() -> None:
     _CLOSER = _Closer()
 
 
-os.register_at_fork(after_in_child=_close_inherited_locks)
+_fork_hook_installed = False
+_fork_hook_lock = threading.Lock()
+
+
+def install_fork_hook() -> None:
+    """Have forked children close the lock descriptors they inherit.
+
+    Registered once, when the first lock is taken or the first processor
+    thread starts, never at import: an application with direct delivery
+    gets no hook at all.
+    """
+    global _fork_hook_installed
+    if _fork_hook_installed:  # also in a forked child, where the lock may be stale
+        return
+    with _fork_hook_lock:
+        if not _fork_hook_installed:
+            os.register_at_fork(after_in_child=_close_inherited_locks)
+            _fork_hook_installed = True
 
 
 def _cause(exc: OSError) -> str:

@@ -898,9 +898,18 @@ class TestProcessorThread(_Base):
 
         server = self.make_server()
         settings = settings_for(server.port, queue_interval=3600.0)
+        self.queue.publish([self.queue.stage(make_mail(1))])
         thread = ensure_processor(self.queue, settings, self.events.extend)
         self.threads.append(thread)
         assert thread.alive
+        # The parent's first pass is over once it has reported the message
+        # it found: the child's message, published after, is not in its
+        # listing, and the parent then idles for an hour.
+        server.wait_for(1)
+        deadline = time.monotonic() + 20
+        while not self.events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [e.message_id for e in self.events] == ['<1@test>']
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child; coverage is not kept
@@ -924,8 +933,9 @@ class TestProcessorThread(_Base):
         finally:
             os.waitpid(pid, 0)
             os.close(read_end)
-        assert _ids(server) == ['<99@test>']
-        assert self.events == []  # the parent's processor sent nothing
+        assert _ids(server) == ['<1@test>', '<99@test>']
+        # The parent's processor sent nothing more.
+        assert [e.message_id for e in self.events] == ['<1@test>']
 
     def test_ensure_processor_one_per_queue_path(self):
         from pyramid_txmail.processor import ensure_processor
@@ -1071,3 +1081,39 @@ class TestCrashes(_Base):
             assert claim.data.startswith(b'From: from@example.com')
             claim.done()
         assert len(os.listdir(os.path.join(queue.path, 'tmp'))) <= 10
+
+
+HOOKS = """
+import atexit, logging, sys
+from pyramid.config import Configurator
+import transaction, pyramid_tm
+before = atexit._ncallbacks()
+import pyramid_txmail
+config = Configurator(settings=dict(arg.split('=', 1) for arg in sys.argv[1:]))
+config.include('pyramid_txmail')
+app = config.make_wsgi_app()
+print(atexit._ncallbacks() - before)
+"""
+
+
+def test_import_and_direct_delivery_register_no_exit_hook(tmp_path):
+    out = subprocess.run(
+        [sys.executable, '-c', HOOKS, 'mail.host=127.0.0.1'],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.split() == ['0']
+
+
+def test_starting_a_processor_registers_its_exit_hook_once(tmp_path):
+    queue = f'mail.queue_path={tmp_path / "q"}'
+    out = subprocess.run(
+        [sys.executable, '-c', HOOKS, 'mail.host=127.0.0.1', queue],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.split() == ['1']
