@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from pyramid import paster
 
@@ -38,7 +38,7 @@ class CommandError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise _UsageError(f'{self.prog}: {message}')
 
 
@@ -159,6 +159,7 @@ class Command:
         would be root's, and the application could not use it)."""
         self._check_file(config_uri)
         settings = self._mail_settings(config_uri, self.get_settings(config_uri))
+        # _mail_settings refused a missing queue_path.
         return MailQueue(settings.queue_path, create=False)  # type: ignore[arg-type]
 
     # -- commands
@@ -172,7 +173,7 @@ class Command:
             registry = env['registry']
             settings = self._mail_settings(args.config, registry.settings)
             processor = QueueProcessor(
-                MailQueue(settings.queue_path),  # type: ignore[arg-type]
+                MailQueue(settings.queue_path),  # type: ignore[arg-type]  # checked above
                 settings,
                 notify=Notifier(registry.notify),
             )

@@ -48,6 +48,7 @@ class MailDataManager:
     ) -> MailDataManager:
         """This transaction's data manager for ``key``, joining one if needed."""
         txn = transaction_manager.get()
+        dm: MailDataManager | None
         try:
             dm = txn.data(key)
         except KeyError:

@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from zope.interface import Attribute, Interface
 
 
 class IMailer(Interface):
     """The application's mailer, registered as a utility by ``includeme``."""
 
-    def send(message):
+    def send(message: Any) -> str:
         """Send ``message`` if and when the current transaction commits."""
 
-    def send_immediately(message, fail_silently=False):
+    def send_immediately(message: Any, fail_silently: bool = False) -> str | None:
         """Send ``message`` now, outside the transaction."""
 
-    def send_to_queue(message):
+    def send_to_queue(message: Any) -> str:
         """Queue ``message`` when the transaction commits."""
 
 
 class IPendingMail(Interface):
     """One transaction's messages for one delivery, after a successful vote."""
 
-    def finish():
+    def finish() -> None:
         """``tpc_finish``: make the messages visible. Cannot fail, no network."""
 
-    def abort():
+    def abort() -> None:
         """``tpc_abort``: undo what the vote did. Cannot fail."""
 
-    def after_commit():
+    def after_commit() -> None:
         """After the transaction has finished: network I/O and events.
 
         Failures are logged and notified, never raised."""
@@ -36,12 +38,12 @@ class IPendingMail(Interface):
 class IMailDelivery(Interface):
     """Where committed mail goes: SMTP, the queue, files, or a list."""
 
-    def vote(mails):
+    def vote(mails: Any) -> IPendingMail:
         """``tpc_vote``: do the risky work for ``mails`` and return an
         :class:`IPendingMail`. Raising vetoes the whole transaction and
         must leave nothing behind."""
 
-    def send_now(mail):
+    def send_now(mail: Any) -> dict[str, tuple[int, str]]:
         """Deliver one prepared message at once; raise on failure.
 
         Returns the recipients refused while others were accepted."""

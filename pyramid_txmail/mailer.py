@@ -104,13 +104,13 @@ class Mailer:
                 delivery = queue_delivery
             elif settings.delivery == 'file':
                 # parse_settings refuses 'file' without a file_path
-                delivery = FileDelivery(settings.file_path, notify)  # type: ignore[arg-type]
+                delivery = FileDelivery(settings.file_path, notify)  # type: ignore[arg-type]  # see above
             else:
                 delivery = direct
             immediate = direct
         self.settings = settings
         # Never None here: parse_settings refuses 'queued' without queue_path.
-        self.delivery: IMailDelivery = delivery  # type: ignore[assignment]
+        self.delivery: IMailDelivery = delivery  # type: ignore[assignment]  # see above
         self.queue_delivery = queue_delivery
         self.immediate = immediate or DirectDelivery(settings)
         self._transaction_manager = transaction_manager

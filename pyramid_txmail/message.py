@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 from email.charset import Charset
 from email.errors import NonASCIILocalPartDefect
 from email.generator import BytesGenerator
-from email.headerregistry import Address, BaseHeader, HeaderRegistry
+from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, MIMEPart
 from email.policy import EmailPolicy
 from email.utils import formatdate, make_msgid, parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
 from .exceptions import BadHeaders, InvalidMessage, MailError
 
@@ -78,13 +78,15 @@ class _WirePolicy(EmailPolicy):
         if isinstance(value, _AddressList):
             return self._fold_list(name, value)
         text = str(value)
+        limit = self.max_line_length
         if (
             text.isascii()
             and text.isprintable()
-            and len(name) + 2 + len(text) <= self.max_line_length
+            and (limit is None or len(name) + 2 + len(text) <= limit)
         ):
             return f'{name}: {text}{self.linesep}'
-        return super()._fold(name, value, refold_binary)
+        # EmailPolicy's folding hook is private, so typeshed does not know it.
+        return super()._fold(name, value, refold_binary)  # type: ignore[misc,no-any-return]
 
     def _fold_list(self, name: str, value: _AddressList) -> str:
         # The stdlib parses a header to fold it, in time quadratic in its
@@ -102,7 +104,7 @@ class _WirePolicy(EmailPolicy):
         lines.append(line)
         if max(len(line) for line in lines) > 998:
             # A display name too long for one line: the stdlib folds inside it.
-            return super()._fold(name, str.__str__(value))
+            return super()._fold(name, str.__str__(value))  # type: ignore[misc,no-any-return]
         return self.linesep.join(lines) + self.linesep
 
 
@@ -220,15 +222,16 @@ def _parse_address(field: str, value: object) -> Address:
     if simple and len(simple['username']) <= 64 and len(simple['domain']) <= 255:
         name, username, domain = simple.group('name', 'username', 'domain')
         return Address(name or '', username, domain)
+    defects: list[object]
     try:
         header = _HEADER_FACTORY('To', value)
-        addresses = header.addresses
+        addresses = cast(AddressHeader, header).addresses
         # A non-ASCII local part is legal with SMTPUTF8, which we use for it.
         defects = [
             d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)
         ]
     except Exception:  # the parser raises assorted errors on garbage
-        addresses, defects = (), ('unparsable',)
+        addresses, defects = (), ['unparsable']
     if len(addresses) != 1 or defects:
         raise MailError(
             f'{field}: not one valid address: {value!r}', field=field, value=value
@@ -521,7 +524,7 @@ def _as_list(values: object) -> list[Any]:
         return []
     if isinstance(values, (str, Address)):
         return [values]  # a lone string is one address, not its characters
-    return list(values)  # type: ignore[call-overload]
+    return list(cast(Iterable[Any], values))
 
 
 def _appended(values: Any, item: Any) -> list[Any]:
@@ -645,7 +648,7 @@ def _resolve(
             field=field,
             value=ctype,
         )
-    disposition, dparams = default_disposition, {}
+    disposition, dparams = default_disposition, dict[str, str]()
     if att.disposition:
         _header_value(field, att.disposition, what=what)
         disposition, dparams = _params('Content-Disposition', att.disposition)
@@ -761,13 +764,15 @@ def _build(
             msg.make_alternative()
             part = MIMEPart(policy=_SMTP)
             _set_body(part, message.html, 'html', 'html')
-            msg.attach(part)
+            msg.attach(part)  # type: ignore[arg-type]  # typeshed wants an EmailMessage; any part works
     elif message.html is not None:
         _set_body(msg, message.html, 'html', 'html')
     else:
         msg.set_content('', cte='7bit')
     if related:
-        html_part = msg if message.body is None else msg.get_payload()[-1]
+        html_part = (
+            msg if message.body is None else cast(list[MIMEPart], msg.get_payload())[-1]
+        )
         html_part.make_related()
         for spec in related:
             part = MIMEPart(policy=_SMTP)
@@ -778,7 +783,7 @@ def _build(
         for spec in files:
             part = MIMEPart(policy=_SMTP)
             _fill(part, spec)
-            msg.attach(part)
+            msg.attach(part)  # type: ignore[arg-type]  # typeshed wants an EmailMessage; any part works
     return msg, sender, recipients
 
 
@@ -994,9 +999,10 @@ def _from_email(
 def _header_addresses(field: str, value: str) -> list[Address]:
     """The checked addresses of an address list header value."""
     _header_value(field, value)
+    defects: list[object]
     try:
         header = _HEADER_FACTORY(field, value)
-        addresses = list(header.addresses)
+        addresses = list(cast(AddressHeader, header).addresses)
         defects = [
             d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)
         ]

@@ -526,7 +526,9 @@ class ProcessorThread:
     ):
         self.queue = queue
         self.settings = settings
-        self._make = lambda: processor_factory(queue, settings, notify=notify)
+        self._make: Callable[[], QueueProcessor] = lambda: processor_factory(
+            queue, settings, notify=notify
+        )
         self.processor: QueueProcessor | None = None
         self._thread: threading.Thread | None = None
         self._wanted = False  # started and not stopped: restart after fork
@@ -630,7 +632,7 @@ def _install_hooks() -> None:
     if _hooks_installed:  # also in a forked child, where the lock may be stale
         return
     with _hooks_lock:
-        if not _hooks_installed:
+        if not _hooks_installed:  # pragma: no branch (else: another thread won)
             install_fork_hook()
             atexit.register(_stop_all)
             os.register_at_fork(after_in_child=_restart_after_fork)

@@ -21,6 +21,7 @@ message twice:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -175,7 +176,7 @@ def install_fork_hook() -> None:
     if _fork_hook_installed:  # also in a forked child, where the lock may be stale
         return
     with _fork_hook_lock:
-        if not _fork_hook_installed:
+        if not _fork_hook_installed:  # pragma: no branch (else: another thread won)
             os.register_at_fork(after_in_child=_close_inherited_locks)
             _fork_hook_installed = True
 
@@ -209,13 +210,17 @@ class MailQueue:
 
     _opener: Callable[..., int] = staticmethod(os.open)
     _pread: Callable[[int, int, int], bytes] = staticmethod(os.pread)
-    _write: Callable[[int, bytes], int] = staticmethod(os.write)
+    _write: Callable[[int, bytes | memoryview], int] = staticmethod(os.write)
     _fsync: Callable[[int], None] = staticmethod(os.fsync)
     _rename: Callable[[str, str], None] = staticmethod(os.rename)
 
     def __init__(
-        self, path: str | os.PathLike[str], *, clock=time.time, create: bool = True
-    ):
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        create: bool = True,
+    ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.clock: Callable[[], float] = clock
         self._last_micros = 0
@@ -821,7 +826,7 @@ class MailQueue:
 
     def _resolve(
         self, ids: Iterable[str] | None, subs: tuple[str, ...]
-    ) -> list[tuple[str, str]]:
+    ) -> builtins.list[tuple[str, str]]:
         """(id, subdirectory) for each id, or every message in ``subs``."""
         if ids is None:
             return [(mail_id, sub) for sub in subs for mail_id in self._ids(sub)]
@@ -949,8 +954,9 @@ class Claim:
     def __del__(self) -> None:
         # Dropped without an outcome: unlock, so that recovery can take it
         # back, rather than keeping it locked for the process's lifetime.
-        if getattr(self, '_fd', None) is not None:
-            _unlock(self._fd)
+        fd = getattr(self, '_fd', None)
+        if fd is not None:
+            _unlock(fd)
 
     def __enter__(self) -> Claim:
         return self

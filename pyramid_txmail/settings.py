@@ -52,7 +52,7 @@ class MailSettings:
     file_path: str | None = None
 
 
-class SettingsError(ConfigurationError):
+class SettingsError(ConfigurationError):  # type: ignore[misc]  # pyramid is untyped
     """A bad ``mail.*`` setting; ``key`` and ``value`` name it."""
 
     def __init__(self, key: str, value: object, problem: str):

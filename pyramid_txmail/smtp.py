@@ -429,7 +429,7 @@ class SMTPConnection:
 
     def send_many(
         self, messages: Iterable[tuple[K, Envelope, bytes]], *, ahead: bool = True
-    ) -> Iterator[tuple[K, Refusals | DeliveryError]]:
+    ) -> Generator[tuple[K, Refusals | DeliveryError], None, None]:
         """Hand several messages to the relay, one after the other.
 
         ``messages`` yields ``(key, envelope, data)``; this yields ``(key,
