@@ -198,7 +198,7 @@ class DirectDelivery:
     @staticmethod
     def _failed(mail: PreparedMail, exc: BaseException) -> MailEvent:
         log.error('mail %s not sent: %s', mail.message_id, exc)
-        return MailFailed(mail.message_id, mail.data, exc, True)
+        return MailFailed(mail.message_id, mail.data, exc, permanent=True)
 
     @staticmethod
     def _sent(mail: PreparedMail, refused: Refusals) -> MailEvent:
@@ -222,7 +222,7 @@ class DirectDelivery:
         except Exception as exc:
             # MailFailed drops the traceback (see events): the caller gets
             # the error raised from here.
-            self.notify([MailFailed(mail.message_id, mail.data, exc, True)])
+            self.notify([MailFailed(mail.message_id, mail.data, exc, permanent=True)])
             raise
         finally:
             conn.close()

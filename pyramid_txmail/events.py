@@ -82,8 +82,13 @@ class MailFailed(MailEvent):
     """
 
     def __init__(
-        self, message_id: str, data: bytes, error: BaseException, permanent: bool
-    ):
+        self,
+        message_id: str,
+        data: bytes,
+        error: BaseException,
+        *,
+        permanent: bool,
+    ) -> None:
         super().__init__(message_id, data)
         self.error = _without_tracebacks(error)
         self.permanent = permanent

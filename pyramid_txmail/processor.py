@@ -417,7 +417,9 @@ class QueueProcessor:
                 exc,
                 pause,
             )
-            self._notify([MailFailed(claim.message_id, claim.data, exc, False)])
+            self._notify(
+                [MailFailed(claim.message_id, claim.data, exc, permanent=False)]
+            )
             return False
         if isinstance(exc, TemporaryDeliveryError) and not self._too_old(claim):
             due = self._due(claim)
@@ -434,7 +436,9 @@ class QueueProcessor:
                 claim.attempts + 1,
                 exc,
             )
-            self._notify([MailFailed(claim.message_id, claim.data, exc, False)])
+            self._notify(
+                [MailFailed(claim.message_id, claim.data, exc, permanent=False)]
+            )
             # A dead connection (refused, dropped, timed out) would fail every
             # message: charge one attempt, not the whole queue; next pass.
             return alive
@@ -445,7 +449,7 @@ class QueueProcessor:
         claim.fail(reason)
         result.failed += 1
         log.error('mail %s failed for good: %s', claim.message_id, reason)
-        self._notify([MailFailed(claim.message_id, claim.data, exc, True)])
+        self._notify([MailFailed(claim.message_id, claim.data, exc, permanent=True)])
         return alive or exc.permanent
 
     def _too_old(self, claim: Claim) -> bool:

@@ -1357,7 +1357,7 @@ class TestAuth(_Base):
             'the credentials)'
         )
         assert error.__cause__ is None and error.__context__ is None
-        event = MailFailed('<1@test>', DATA, error, False)
+        event = MailFailed('<1@test>', DATA, error, permanent=False)
         assert_no_secret(
             secrets,
             errors=[error],
