@@ -132,8 +132,10 @@ class _Deadline:
         self.fired: str | None = None
 
     def __enter__(self) -> None:
-        due = time.monotonic() + self.timeout
+        now = time.monotonic()
+        due = now + self.timeout
         with self._cond:
+            self._cut_if_past(now)
             self._due = due
             # Most phases end long before the thread wakes; it then sees the
             # new deadline. Waking it for each phase would cost a switch.
@@ -150,6 +152,7 @@ class _Deadline:
         with self._cond:
             self.fired = None
             self._sock = sock.dup()
+            self._cut_if_past(time.monotonic())
             thread = threading.Thread(
                 target=self._run,
                 args=(self._sock,),
@@ -157,6 +160,14 @@ class _Deadline:
                 daemon=True,
             )
             thread.start()
+
+    def _cut_if_past(self, now: float) -> None:
+        # Called holding the lock. A session cut before it (or this phase)
+        # began fails here and now, not whenever the thread gets to run.
+        if self._sock is not None and self.fired is None and now >= self._cutoff:
+            self.fired = 'cut'
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def cut(self, after: float) -> None:
         with self._cond:
