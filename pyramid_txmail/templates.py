@@ -496,7 +496,7 @@ def from_template(
         body=rendered.body,
         html=rendered.html,
         template=name,
-        template_values={} if values is None else values,
+        template_values={} if values is None else dict(values),
         locale=locale,
         **kw,
     )
