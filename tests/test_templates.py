@@ -627,4 +627,6 @@ def test_preview_in_chromium_shows_the_html_in_its_frame(translations):
                 browser.close()
     finally:
         server.close()
+        server.task_dispatcher.shutdown()
         thread.join(timeout=10)
+    assert not thread.is_alive()
