@@ -113,16 +113,16 @@ class Previews:
 
     def show(self, request: Any) -> Response:
         name = request.matchdict['name']
+        settings = request.registry.queryUtility(IMailSettings)
+        sender = (settings and settings.default_sender) or PREVIEW_SENDER
         try:
             message = self._render(request, name)
+            headers = message.to_message(default_sender=sender)
         except MailError as exc:
             content = (
                 f'<h1>{escape(name)}</h1><pre class="error">{escape(str(exc))}</pre>'
             )
             return self._page(name, content, status=500)
-        settings = request.registry.queryUtility(IMailSettings)
-        sender = (settings and settings.default_sender) or PREVIEW_SENDER
-        headers = message.to_message(default_sender=sender)
         rows = ''.join(
             f'<tr><th>{escape(key)}</th><td>{escape(str(value))}</td></tr>'
             for key, value in headers.items()

@@ -27,5 +27,13 @@ def broken():
     return 'tests:templates/broken.jinja2', {}
 
 
+def bad_address():
+    return (
+        'tests:templates/notice.jinja2',
+        {'headline': 'Hi', 'text': 'x'},
+        {'recipients': ['not an address']},
+    )
+
+
 def _helper():  # pragma: no cover - private functions are no previews
     return 'tests:templates/receipt.jinja2', {}

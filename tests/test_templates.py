@@ -523,16 +523,20 @@ def preview_app(translations):
     config = make_config({}, translations, testing=True)
     config.add_mail_previews('tests.mail_previews', route_prefix='/_mail/')
     app = webtest.TestApp(config.make_wsgi_app())
-    app.mailer = config.registry.getUtility(
-        __import__('pyramid_txmail.interfaces').interfaces.IMailer
-    )
+    app.mailer = get_mailer(config.registry)
     return app
 
 
 def test_previews_list_each_public_function_of_the_module(preview_app):
     page = preview_app.get('/_mail/')
     items = page.html.select('#previews li')
-    assert [li.a.text for li in items] == ['welcome', 'receipt', 'notice', 'broken']
+    assert [li.a.text for li in items] == [
+        'welcome',
+        'receipt',
+        'notice',
+        'broken',
+        'bad_address',
+    ]
     assert items[0].text == 'welcome \N{EN DASH} The sign-up mail.'
     assert items[0].a['href'] == '/_mail/welcome'
 
@@ -574,6 +578,8 @@ def test_preview_of_a_text_only_mail_and_of_a_broken_template(preview_app):
     preview_app.get('/_mail/notice/html', status=404)
     page = preview_app.get('/_mail/broken', status=500)
     assert "'no_such_function' is undefined" in page.html.select_one('.error').text
+    page = preview_app.get('/_mail/bad_address', status=500)
+    assert "'not an address'" in page.html.select_one('.error').text
     preview_app.get('/_mail/_helper', status=404)
     preview_app.get('/_mail/join', status=404)
 
