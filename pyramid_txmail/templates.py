@@ -99,8 +99,11 @@ def template_files(name: str) -> tuple[str, str, str]:
     each rendered by whatever renderer the application registered for
     ``.txt`` and ``.html``.
     """
-    stem, ext = posixpath.splitext(name)
-    if ext and not posixpath.basename(stem).startswith('.'):
+    # The package of an asset spec (myapp.mail:welcome) has dots of its own.
+    package, colon, path = name.rpartition(':')
+    stem, ext = posixpath.splitext(path)
+    if ext:
+        stem = package + colon + stem
         return f'{stem}.subject{ext}', f'{stem}.txt{ext}', f'{stem}.html{ext}'
     return f'{name}.subject.txt', f'{name}.txt', f'{name}.html'
 

@@ -455,10 +455,15 @@ def test_template_names_map_to_three_files():
         'app:t/welcome.txt',
         'app:t/welcome.html',
     )
-    assert template_files('app:t.d/.hidden') == (
-        'app:t.d/.hidden.subject.txt',
-        'app:t.d/.hidden.txt',
-        'app:t.d/.hidden.html',
+    assert template_files('my.app:welcome') == (
+        'my.app:welcome.subject.txt',
+        'my.app:welcome.txt',
+        'my.app:welcome.html',
+    )
+    assert template_files('t.d/.welcome.pt') == (
+        't.d/.welcome.subject.pt',
+        't.d/.welcome.txt.pt',
+        't.d/.welcome.html.pt',
     )
 
 
