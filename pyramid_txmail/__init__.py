@@ -24,6 +24,7 @@ from .exceptions import DeliveryError, MailError
 from .interfaces import IMailer, IMailSettings
 from .mailer import Mailer
 from .message import Attachment, Message
+from .previews import add_mail_previews
 from .processor import ensure_processor
 from .settings import parse_settings, settings_prefix
 
@@ -57,6 +58,7 @@ def includeme(config: Configurator) -> None:
         lambda: config.registry.registerUtility(mailer, IMailer),
     )
     config.add_request_method(_request_mailer, 'mailer', reify=True)
+    config.add_directive('add_mail_previews', add_mail_previews)
     config.add_subscriber(_start_processor, ApplicationCreated)
 
 
@@ -75,11 +77,13 @@ def get_mailer(request_or_registry: Any) -> Mailer:
         bound: Mailer | None = getattr(request, 'mailer', None)
         if bound is not None:
             return bound
-        registry, tm = request.registry, getattr(request, 'tm', None)
+        registry = request.registry
     else:
-        registry, tm = request_or_registry, None
+        registry, request = request_or_registry, None
     mailer: Mailer = registry.getUtility(IMailer)
-    return mailer.bind(tm or transaction.manager)
+    if request is not None:
+        return mailer.for_request(request)
+    return mailer.bind(transaction.manager)
 
 
 def mailer_factory_from_settings(
@@ -110,7 +114,7 @@ def suppress_processor() -> Iterator[None]:
 
 def _request_mailer(request: Any) -> Mailer:
     mailer: Mailer = request.registry.getUtility(IMailer)
-    return mailer.bind(request.tm)
+    return mailer.for_request(request)
 
 
 def _start_processor(event: ApplicationCreated) -> None:

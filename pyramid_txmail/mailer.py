@@ -15,11 +15,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import weakref
 from collections.abc import Mapping
 from email.message import EmailMessage
 from typing import Any
 
 import transaction
+from pyramid.path import caller_package
 from zope.interface import implementer
 
 from .datamanager import MailDataManager
@@ -34,6 +36,7 @@ from .exceptions import DeliveryError
 from .interfaces import IMailDelivery, IMailer
 from .message import Message, PreparedMail, parse_address, prepare
 from .settings import KEYS, PYRAMID_MAILER_ONLY, MailSettings, parse_settings
+from .templates import from_template
 
 log = logging.getLogger('pyramid_txmail')
 
@@ -115,6 +118,7 @@ class Mailer:
         self.immediate = immediate or DirectDelivery(settings)
         self._transaction_manager = transaction_manager
         self._key: object = self
+        self._request: weakref.ref[Any] | None = None
 
     @classmethod
     def from_settings(
@@ -192,6 +196,52 @@ class Mailer:
         message that cannot be sent; nothing is kept for it.
         """
         return self._join(self.delivery, message)
+
+    @property
+    def request(self) -> Any:
+        """The request this mailer serves (``request.mailer``'s), or None."""
+        return self._request() if self._request is not None else None
+
+    def for_request(self, request: Any) -> Mailer:
+        """A copy bound to ``request``'s transaction manager (``request.tm``),
+        whose :meth:`send_template` renders with ``request``."""
+        bound = self.bind(getattr(request, 'tm', None) or transaction.manager)
+        # Weak: request.mailer is reified on the request, and a strong
+        # reference back would make every request a reference cycle.
+        bound._request = weakref.ref(request)
+        return bound
+
+    def send_template(
+        self,
+        name: str,
+        values: Mapping[str, Any] | None = None,
+        *,
+        recipients: list[Any] | None = None,
+        locale: str | None = None,
+        **kw: Any,
+    ) -> str:
+        """Render the template ``name`` with ``values`` and :meth:`send` it.
+
+        Subject, text and HTML come from ``NAME.subject.*``, ``NAME.txt.*``
+        and ``NAME.html.*`` through Pyramid's renderers (see
+        :doc:`templates`), with the request (this mailer's, else the
+        current one) and in ``locale`` when given. The other keywords are
+        the :class:`~pyramid_txmail.Message`'s (``sender``, ``cc``,
+        ``attachments``, ``subject`` instead of the subject template...),
+        plus ``request`` and ``package`` (what a relative ``name`` is
+        relative to; default: the caller's). Returns the Message-ID.
+
+        A missing template, a renderer's error or a subject that is not one
+        line raise :class:`MailError` naming the template, before anything
+        joins the transaction.
+        """
+        kw.setdefault('package', caller_package())
+        kw.setdefault('request', self.request)
+        kw.setdefault('inline_css', self.settings.inline_css)
+        message = from_template(
+            name, values, recipients=recipients, locale=locale, **kw
+        )
+        return self.send(message)
 
     def send_to_queue(self, message: Message | EmailMessage) -> str:
         """Queue ``message`` when the transaction commits, whatever

@@ -433,6 +433,26 @@ class Message:
     attachments: list[Attachment] | None = None
     reply_to: str | None = None
 
+    @classmethod
+    def from_template(
+        cls,
+        name: str,
+        values: Mapping[str, Any] | None = None,
+        request: Any = None,
+        **kw: Any,
+    ) -> Message:
+        """A message whose subject, text and HTML are rendered from ``name``.
+
+        See :func:`pyramid_txmail.templates.from_template`, which this is;
+        for scripts, where there is no ``request.mailer.send_template()``.
+        """
+        from pyramid.path import caller_package
+
+        from .templates import from_template
+
+        kw.setdefault('package', caller_package())
+        return from_template(name, values, request=request, **kw)
+
     @property
     def send_to(self) -> set[str]:
         """Every recipient: ``recipients``, ``cc`` and ``bcc``, as given."""

@@ -50,6 +50,7 @@ class MailSettings:
     retry_max: float = 4000.0
     max_age: float = 432000.0
     file_path: str | None = None
+    inline_css: bool = True
 
 
 class SettingsError(ConfigurationError):  # type: ignore[misc]  # pyramid is untyped
@@ -143,6 +144,7 @@ KEYS: tuple[tuple[str, Callable[[object], object]], ...] = (
     ('retry_max', _positive_float),
     ('max_age', _positive_float),
     ('file_path', _str),
+    ('inline_css', _bool),
 )
 PYRAMID_MAILER_ONLY = ('debug', 'sendmail_app', 'sendmail_template')
 

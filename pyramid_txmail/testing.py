@@ -16,6 +16,13 @@ records of what the application sent:
 
 Messages are still validated (except that none needs a sender) and events
 still fire at commit, exactly as in production.
+
+A message sent with ``send_template()`` is recorded as the
+:class:`~pyramid_txmail.templates.TemplatedMessage` it rendered, which
+carries ``template`` (the name given), ``template_values`` (a copy of the
+values given) and ``locale`` beside the rendered subject, body and HTML, so
+a test asserts ``mailer.sent[0].template_values['link']`` without parsing
+MIME.
 """
 
 from __future__ import annotations
