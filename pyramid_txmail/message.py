@@ -17,6 +17,7 @@ import ipaddress
 import mimetypes
 import re
 import secrets
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from email.charset import Charset
@@ -271,9 +272,16 @@ def _valid_domain(domain: str) -> bool:
         return True
     if not domain.isascii():
         try:
-            domain = domain.encode('idna').decode('ascii')
+            ascii_domain = domain.encode('idna').decode('ascii')
         except UnicodeError:
             return False
+        # Python's codec is IDNA 2003, which maps some names (ß, final
+        # sigma, joiners, soft hyphens) to another domain than IDNA 2008, the
+        # relays' rules, would: mail could reach a stranger's domain.
+        typed = unicodedata.normalize('NFKC', domain).lower()
+        if ascii_domain.encode('ascii').decode('idna') != typed:
+            return False
+        domain = ascii_domain
     return len(domain) <= 255 and _DOMAIN.fullmatch(domain) is not None
 
 

@@ -603,3 +603,46 @@ def test_non_ascii_local_part_in_the_envelope_arrives_with_smtputf8(mailer, serv
     assert arguments(server, 'RCPT') == ['TO:<"zoë ü"@example.com>']
     assert header_mailboxes(received, 'To') == [('zoë ü', 'example.com')]
     assert received.message['Reply-To'] == 'zoë@example.com'
+
+
+@pytest.mark.parametrize(
+    'domain',
+    [
+        'faß.example',  # IDNA 2003: fass.example; IDNA 2008: xn--fa-hia.example
+        '\u03c3\u03bf\u03c6\u03bf\u03c2.example',  # final sigma, not in IDNA 2003
+        'pay\u200dpal.example',  # joiners vanish in IDNA 2003
+        'ex\u00adample.com',  # a soft hyphen vanishes too
+    ],
+)
+@pytest.mark.parametrize('local', ['a', 'zoë'])
+def test_domain_that_idna_would_turn_into_another_domain_is_refused(
+    mailer, server, domain, local
+):
+    # Python's codec is IDNA 2003, which maps these to a different name than
+    # a relay's IDNA 2008 would (or the user typed): the mail could go to
+    # someone else's domain, so the address is refused.
+    error = assert_refused(
+        mailer, server, message(recipients=[f'{local}@{domain}']), 'recipients'
+    )
+    assert 'domain' in str(error)
+    msg = EmailMessage()
+    msg['From'] = 'from@example.com'
+    msg['To'] = f'{local}@{domain}'
+    assert_refused(mailer, server, msg, 'To')
+
+
+def test_international_domain_goes_out_as_the_name_typed(mailer, server):
+    sent(
+        mailer,
+        server,
+        message(
+            recipients=[
+                'a@Bücher.example',
+                'b@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com',
+            ]
+        ),
+    )
+    assert arguments(server, 'RCPT') == [
+        'TO:<a@xn--bcher-kva.example>',
+        'TO:<b@example.com>',
+    ]
