@@ -966,8 +966,15 @@ def _from_email(
 ) -> tuple[EmailMessage, Address, list[Address]]:
     msg = copy.deepcopy(message)
     msg.policy = _SMTP  # so that the address fields below stay as written
-    for name, value in msg.items():
-        _header_value(_field_name(name), str(value))
+    for name, raw in msg.raw_items():
+        _field_name(name)
+        try:
+            value = str(msg.policy.header_fetch_parse(name, raw))
+        except Exception:  # the parser raises assorted errors on garbage
+            raise MailError(
+                f'{name}: unparsable value {raw!r}', field=name, value=raw
+            ) from None
+        _header_value(name, value)
     for name in _ONCE:
         count = len(msg.get_all(name) or ())
         if count > 1:

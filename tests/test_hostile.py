@@ -513,6 +513,16 @@ def test_duplicate_fields_in_an_email_message_are_refused(mailer, server):
         assert 'at most one' in str(error)
 
 
+def test_email_message_header_the_parser_cannot_read_is_a_mail_error(mailer, server):
+    # An encoded word hiding a line break in a display name: the stdlib's
+    # parser raises a plain ValueError when the header is read.
+    msg = email.message_from_bytes(
+        b'From: a@example.com\nTo: =?utf-8?q?a=0D=0A?= <b@example.com>\n\nhi\n',
+        policy=email.policy.default,
+    )
+    assert_refused(mailer, server, msg, 'To')
+
+
 def test_email_message_addresses_are_rewritten_as_the_envelope_names_them(
     mailer, server
 ):
