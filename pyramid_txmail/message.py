@@ -102,9 +102,35 @@ class _WirePolicy(EmailPolicy):
             line = f'{line} {piece}'
         lines.append(line)
         if max(len(line) for line in lines) > 998:
-            # A display name too long for one line: the stdlib folds inside it.
-            return super()._fold(name, str.__str__(value))
+            # A display name too long for one line: the stdlib folds inside it,
+            # and may lose its quoting on the way (a name holding "<x@y>" then
+            # shows as that address), so the result is checked.
+            text = str.__str__(value)
+            folded = super()._fold(name, text)
+            if not _folds_intact(name, text, folded):
+                raise MailError(
+                    f'{name}: a display name too long for one line cannot be '
+                    'folded without changing what the header shows; shorten it',
+                    field=name,
+                    value=text,
+                )
+            return folded
         return self.linesep.join(lines) + self.linesep
+
+
+def _folds_intact(name: str, text: str, folded: str) -> bool:
+    """Whether ``folded`` (``Name: ...`` with line breaks) has lines of at
+    most 998 characters and reads as the same addresses as ``text``."""
+    if max(len(line) for line in folded.splitlines()) > 998:
+        return False
+    unfolded = re.sub(r'\r?\n(?=[ \t])', '', folded).rstrip('\r\n')
+    written = unfolded.split(':', 1)[1]
+
+    def read(value: str) -> list[tuple[str, str, str]]:
+        header = _HEADER_FACTORY(name, value)
+        return [(a.display_name, a.username, a.domain) for a in header.addresses]
+
+    return read(written) == read(text)
 
 
 class _AddressList(str):

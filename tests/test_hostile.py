@@ -656,3 +656,19 @@ def test_international_domain_goes_out_as_the_name_typed(mailer, server):
         'TO:<a@xn--bcher-kva.example>',
         'TO:<b@example.com>',
     ]
+
+
+@pytest.mark.parametrize(
+    'name',
+    [
+        'a"b\\c, <x@evil.example>' * 60,
+        'é, <evil@x.example> "' * 80,
+        'x' * 1000 + ' <evil@x.example>',
+    ],
+)
+def test_display_name_too_long_to_fold_intact_is_refused(mailer, server, name):
+    # Longer than a line, the header is folded by the stdlib, which used to
+    # lose the quoting: To showed evil@x.example, never in the envelope.
+    msg = message(recipients=[Address(name, 'to', 'example.com')])
+    error = assert_refused(mailer, server, msg, 'To')
+    assert 'display name' in str(error)
