@@ -297,15 +297,20 @@ def _valid_domain(domain: str) -> bool:
             return False
         return True
     if not domain.isascii():
-        try:
-            ascii_domain = domain.encode('idna').decode('ascii')
-        except UnicodeError:
-            return False
         # Python's codec is IDNA 2003, which maps some names (ß, final
         # sigma, joiners, soft hyphens) to another domain than IDNA 2008, the
-        # relays' rules, would: mail could reach a stranger's domain.
-        typed = unicodedata.normalize('NFKC', domain).lower()
-        if ascii_domain.encode('ascii').decode('idna') != typed:
+        # relays' rules, would: mail could reach a stranger's domain. So each
+        # label must come back from its A-label as typed.
+        typed = unicodedata.normalize('NFKC', domain).lower().split('.')
+        try:
+            ascii_domain = domain.encode('idna').decode('ascii')
+            if any(
+                label.encode('idna').decode('idna') != label
+                for label in typed
+                if not label.isascii()
+            ):
+                return False
+        except UnicodeError:
             return False
         domain = ascii_domain
     return len(domain) <= 255 and _DOMAIN.fullmatch(domain) is not None

@@ -649,12 +649,14 @@ def test_international_domain_goes_out_as_the_name_typed(mailer, server):
             recipients=[
                 'a@Bücher.example',
                 'b@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com',
+                'c@bücher.xn--p1ai',  # a U-label beside an A-label
             ]
         ),
     )
     assert arguments(server, 'RCPT') == [
         'TO:<a@xn--bcher-kva.example>',
         'TO:<b@example.com>',
+        'TO:<c@xn--bcher-kva.xn--p1ai>',
     ]
 
 
