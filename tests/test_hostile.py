@@ -674,3 +674,22 @@ def test_display_name_too_long_to_fold_intact_is_refused(mailer, server, name):
     msg = message(recipients=[Address(name, 'to', 'example.com')])
     error = assert_refused(mailer, server, msg, 'To')
     assert 'display name' in str(error)
+
+
+@pytest.mark.parametrize(
+    'value',
+    [
+        'x' * 1000 + ' <to@example.com>',
+        '"a' * 5000 + '@example.com',  # seconds, quadratic, in the stdlib parser
+        'a.' * 5000 + '@example.com',
+        '=?utf-8?q?a?= ' * 1000 + '<to@example.com>',
+    ],
+)
+@pytest.mark.parametrize('field', ['recipients', 'sender', 'reply_to'])
+def test_typed_address_longer_than_a_header_line_is_refused(
+    mailer, server, field, value
+):
+    msg = message(**{field: [value] if field == 'recipients' else value})
+    error = assert_refused(mailer, server, msg, field)
+    assert 'longer than 998 characters' in str(error)
+    assert len(str(error)) < 200  # the value is not quoted whole
