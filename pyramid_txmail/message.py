@@ -17,6 +17,7 @@ import ipaddress
 import mimetypes
 import re
 import secrets
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from email.charset import Charset
@@ -103,9 +104,36 @@ class _WirePolicy(EmailPolicy):
             line = f'{line} {piece}'
         lines.append(line)
         if max(len(line) for line in lines) > 998:
-            # A display name too long for one line: the stdlib folds inside it.
-            return super()._fold(name, str.__str__(value))  # type: ignore[misc,no-any-return]
+            # A display name too long for one line: the stdlib folds inside it,
+            # and may lose its quoting on the way (a name holding "<x@y>" then
+            # shows as that address), so the result is checked.
+            text = str.__str__(value)
+            folded: str = super()._fold(name, text)  # type: ignore[misc]  # private hook
+            if not _folds_intact(name, text, folded):
+                raise MailError(
+                    f'{name}: a display name too long for one line cannot be '
+                    'folded without changing what the header shows; shorten it',
+                    field=name,
+                    value=text,
+                )
+            return folded
         return self.linesep.join(lines) + self.linesep
+
+
+def _folds_intact(name: str, text: str, folded: str) -> bool:
+    """Whether ``folded`` (``Name: ...`` with line breaks) has lines of at
+    most 998 characters and names the same mailboxes as ``text``."""
+    if max(len(line) for line in folded.splitlines()) > 998:
+        return False
+    unfolded = re.sub(r'\r?\n(?=[ \t])', '', folded).rstrip('\r\n')
+    written = unfolded.split(':', 1)[1]
+
+    def read(value: str) -> list[tuple[str, str]]:
+        # The mailboxes only: the stdlib may change a long name's spaces.
+        header = cast(AddressHeader, _HEADER_FACTORY(name, value))
+        return [(a.username, a.domain) for a in header.addresses]
+
+    return read(written) == read(text)
 
 
 class _AddressList(str):
@@ -218,6 +246,15 @@ def _parse_address(field: str, value: object) -> Address:
             f'{field}: expected an address, got {value!r}', field=field, value=value
         )
     _header_value(field, value)
+    if len(value) > _MAX_ADDRESS:
+        # The stdlib's parser takes minutes for some 100 kB strings (quoted
+        # strings, dots): a typed value this long is no address anyway.
+        raise MailError(
+            f'{field}: not one valid address: longer than {_MAX_ADDRESS} '
+            f'characters ({len(value)}): {value[:40]!r}...',
+            field=field,
+            value=value,
+        )
     simple = _SIMPLE_ADDRESS.fullmatch(value)
     if simple and len(simple['username']) <= 64 and len(simple['domain']) <= 255:
         name, username, domain = simple.group('name', 'username', 'domain')
@@ -273,13 +310,28 @@ def _valid_domain(domain: str) -> bool:
             return False
         return True
     if not domain.isascii():
+        # Python's codec is IDNA 2003, which maps some names (ß, final
+        # sigma, joiners, soft hyphens) to another domain than IDNA 2008, the
+        # relays' rules, would: mail could reach a stranger's domain. So each
+        # label must come back from its A-label as typed.
+        typed = unicodedata.normalize('NFKC', domain).lower().split('.')
         try:
-            domain = domain.encode('idna').decode('ascii')
+            ascii_domain = domain.encode('idna').decode('ascii')
+            if any(
+                label.encode('idna').decode('idna') != label
+                for label in typed
+                if not label.isascii()
+            ):
+                return False
         except UnicodeError:
             return False
+        domain = ascii_domain
     return len(domain) <= 255 and _DOMAIN.fullmatch(domain) is not None
 
 
+# The longest address string parsed: one header line. (An Address object,
+# never parsed, may have a longer display name.)
+_MAX_ADDRESS = 998
 # The common forms, ``local@example.com`` and ``Some Name <local@example.com>``
 # (dot-atom local part, host name, plain words), need no full RFC 5322 parse.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -983,8 +1035,15 @@ def _from_email(
 ) -> tuple[EmailMessage, Address, list[Address]]:
     msg = copy.deepcopy(message)
     msg.policy = _SMTP  # so that the address fields below stay as written
-    for name, value in msg.items():
-        _header_value(_field_name(name), str(value))
+    for name, raw in msg.raw_items():
+        _field_name(name)
+        try:
+            value = str(msg.policy.header_fetch_parse(name, raw))
+        except Exception:  # the parser raises assorted errors on garbage
+            raise MailError(
+                f'{name}: unparsable value {raw!r}', field=name, value=raw
+            ) from None
+        _header_value(name, value)
     for name in _ONCE:
         count = len(msg.get_all(name) or ())
         if count > 1:

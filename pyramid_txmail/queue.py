@@ -228,6 +228,9 @@ class MailQueue:
         self._reported: set[str] = set()
         # Reasons not written yet for lack of space: {id: (reason, delivered)}.
         self._unnoted: dict[str, tuple[str, list[str]]] = {}
+        # Committed, but the rename into new/ failed (ENOSPC, EIO): recovery
+        # publishes them, and leaves them in tmp/ until it can.
+        self._unpublished: set[str] = set()
         self._created = create
         made = []
         for sub in ('', 'tmp', *STATES) if create else ():
@@ -332,6 +335,7 @@ class MailQueue:
             try:
                 self._rename(self._p('tmp', mail_id), self._p('new', mail_id))
             except Exception:
+                self._unpublished.add(mail_id)
                 log.exception('cannot publish %s into %s', mail_id, self._p('new'))
         # Without this a power loss could leave a committed message in tmp/,
         # where the 36-hour cleanup would drop it.
@@ -382,6 +386,17 @@ class MailQueue:
         """
         now = self.clock()
         recovered = 0
+        unpublished = self._unpublished.copy()
+        for mail_id in unpublished:
+            try:
+                self._rename(self._p('tmp', mail_id), self._p('new', mail_id))
+            except FileNotFoundError:
+                pass  # removed by hand
+            except OSError:
+                continue  # tried again by the next pass
+            self._unpublished.discard(mail_id)
+        if unpublished:
+            self._sync_dir('new', raising=False)
         for mail_id, (reason, delivered) in list(self._unnoted.items()):
             if os.path.lexists(self._p('failed', mail_id)):
                 self._note(mail_id, reason, delivered)
@@ -412,6 +427,8 @@ class MailQueue:
             recovered += 1
         for name in self._ids('tmp', every=True):
             path = self._p('tmp', name)
+            if name in self._unpublished:
+                continue  # committed: never an unfinished commit
             try:
                 if os.stat(path).st_mtime < now - TMP_MAX_AGE:
                     os.unlink(path)

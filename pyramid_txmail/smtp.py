@@ -77,6 +77,8 @@ _ENHANCED_CODE = re.compile(r'[245]\.\d{1,3}\.\d{1,3}')
 AUTH_MECHANISMS = ('CRAM-MD5', 'PLAIN', 'LOGIN')
 #: Refused recipients named in a log line or an error; the others are counted.
 SHOWN_REFUSALS = 5
+# smtplib's code for a reply line that does not start with one.
+_UNREADABLE = -1
 
 
 def make_ssl_context(settings: MailSettings) -> ssl.SSLContext:
@@ -534,6 +536,7 @@ class SMTPConnection:
             with self._deadline:
                 smtp.putcmd('rcpt', f'TO:<{recipient}>')
                 code, reply = smtp.getreply()
+            _check_readable(code, reply)
             if code not in (250, 251):
                 refused[recipient] = (code, _text(reply))
             if code == 421:
@@ -642,6 +645,7 @@ class SMTPConnection:
         refused: Refusals = {}
         for recipient in envelope.recipients:
             code, reply = smtp.getreply()
+            _check_readable(code, reply)
             if code not in (250, 251):
                 refused[recipient] = (code, _text(reply))
             if code == 421:
@@ -684,7 +688,7 @@ class SMTPConnection:
             # and the next message's commands may already be on their way.
             error = self._error(exc, 'DATA', setup=False)
             error.__cause__ = exc
-            if error.code == 421:
+            if error.code in (421, _UNREADABLE):
                 smtp.close()
             log.debug('%s', error)
             yield key, error
@@ -719,8 +723,9 @@ class SMTPConnection:
 
     def _recover(self, smtp: smtplib.SMTP, error: DeliveryError) -> None:
         """Leave the session ready for the next message, or closed."""
-        if error.code == 421:
-            # The relay is closing the channel (RFC 5321, 3.8).
+        if error.code in (421, _UNREADABLE):
+            # The relay is closing the channel (RFC 5321, 3.8), or the
+            # replies can no longer be matched to the commands.
             smtp.close()
         elif smtp.sock is not None:
             # smtplib resets after most refusals, not after DATA refused
@@ -790,6 +795,14 @@ class SMTPConnection:
         if isinstance(exc, ssl.SSLError):
             return ConfigurationFault(f'TLS with {where} failed: {exc}')
         return TemporaryDeliveryError(f'cannot reach {where} ({stage}): {exc}')
+
+
+def _check_readable(code: int, reply: bytes) -> None:
+    """Raise for a reply without a code (smtplib's -1): neither an
+    acceptance nor a refusal of the recipient, and the replies that follow
+    may belong to other commands."""
+    if code == _UNREADABLE:
+        raise smtplib.SMTPResponseException(code, reply)
 
 
 def _commands(envelope: Envelope, options: list[str]) -> bytes:

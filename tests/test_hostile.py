@@ -513,6 +513,16 @@ def test_duplicate_fields_in_an_email_message_are_refused(mailer, server):
         assert 'at most one' in str(error)
 
 
+def test_email_message_header_the_parser_cannot_read_is_a_mail_error(mailer, server):
+    # An encoded word hiding a line break in a display name: the stdlib's
+    # parser raises a plain ValueError when the header is read.
+    msg = email.message_from_bytes(
+        b'From: a@example.com\nTo: =?utf-8?q?a=0D=0A?= <b@example.com>\n\nhi\n',
+        policy=email.policy.default,
+    )
+    assert_refused(mailer, server, msg, 'To')
+
+
 def test_email_message_addresses_are_rewritten_as_the_envelope_names_them(
     mailer, server
 ):
@@ -603,3 +613,83 @@ def test_non_ascii_local_part_in_the_envelope_arrives_with_smtputf8(mailer, serv
     assert arguments(server, 'RCPT') == ['TO:<"zoë ü"@example.com>']
     assert header_mailboxes(received, 'To') == [('zoë ü', 'example.com')]
     assert received.message['Reply-To'] == 'zoë@example.com'
+
+
+@pytest.mark.parametrize(
+    'domain',
+    [
+        'faß.example',  # IDNA 2003: fass.example; IDNA 2008: xn--fa-hia.example
+        '\u03c3\u03bf\u03c6\u03bf\u03c2.example',  # final sigma, not in IDNA 2003
+        'pay\u200dpal.example',  # joiners vanish in IDNA 2003
+        'ex\u00adample.com',  # a soft hyphen vanishes too
+    ],
+)
+@pytest.mark.parametrize('local', ['a', 'zoë'])
+def test_domain_that_idna_would_turn_into_another_domain_is_refused(
+    mailer, server, domain, local
+):
+    # Python's codec is IDNA 2003, which maps these to a different name than
+    # a relay's IDNA 2008 would (or the user typed): the mail could go to
+    # someone else's domain, so the address is refused.
+    error = assert_refused(
+        mailer, server, message(recipients=[f'{local}@{domain}']), 'recipients'
+    )
+    assert 'domain' in str(error)
+    msg = EmailMessage()
+    msg['From'] = 'from@example.com'
+    msg['To'] = f'{local}@{domain}'
+    assert_refused(mailer, server, msg, 'To')
+
+
+def test_international_domain_goes_out_as_the_name_typed(mailer, server):
+    sent(
+        mailer,
+        server,
+        message(
+            recipients=[
+                'a@Bücher.example',
+                'b@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com',
+                'c@bücher.xn--p1ai',  # a U-label beside an A-label
+            ]
+        ),
+    )
+    assert arguments(server, 'RCPT') == [
+        'TO:<a@xn--bcher-kva.example>',
+        'TO:<b@example.com>',
+        'TO:<c@xn--bcher-kva.xn--p1ai>',
+    ]
+
+
+@pytest.mark.parametrize(
+    'name',
+    [
+        'a"b\\c, <x@evil.example>' * 60,
+        'é, <evil@x.example> "' * 80,
+        'x' * 1000 + ' <evil@x.example>',
+    ],
+)
+def test_display_name_too_long_to_fold_intact_is_refused(mailer, server, name):
+    # Longer than a line, the header is folded by the stdlib, which used to
+    # lose the quoting: To showed evil@x.example, never in the envelope.
+    msg = message(recipients=[Address(name, 'to', 'example.com')])
+    error = assert_refused(mailer, server, msg, 'To')
+    assert 'display name' in str(error)
+
+
+@pytest.mark.parametrize(
+    'value',
+    [
+        'x' * 1000 + ' <to@example.com>',
+        '"a' * 5000 + '@example.com',  # seconds, quadratic, in the stdlib parser
+        'a.' * 5000 + '@example.com',
+        '=?utf-8?q?a?= ' * 1000 + '<to@example.com>',
+    ],
+)
+@pytest.mark.parametrize('field', ['recipients', 'sender', 'reply_to'])
+def test_typed_address_longer_than_a_header_line_is_refused(
+    mailer, server, field, value
+):
+    msg = message(**{field: [value] if field == 'recipients' else value})
+    error = assert_refused(mailer, server, msg, field)
+    assert 'longer than 998 characters' in str(error)
+    assert len(str(error)) < 200  # the value is not quoted whole

@@ -383,6 +383,24 @@ class TestQueueProcessor(_Base):
         assert server.messages[1].rcpt_tos == ['busy@example.com']
         assert self.queue.counts() == EMPTY
 
+    def test_unreadable_rcpt_reply_keeps_the_message_for_every_recipient(self):
+        # A reply line without a code is no refusal: the recipient is neither
+        # dropped nor failed for good; the message waits and then reaches
+        # both.
+        server = self.make_server(rcpt_reply={'b@example.com': ['what?']})
+        rcpts = ('a@example.com', 'b@example.com')
+        mail_id = self.queue.stage(make_mail(1, rcpts))
+        self.queue.publish([mail_id])
+        processor = self._makeOne(server, retry_min=60.0)
+        assert processor.run_once().deferred == 1
+        assert server.messages == []
+        assert _meta(self.queue, 'deferred', mail_id)['recipients'] == list(rcpts)
+        self.clock.now += 100
+        assert processor.run_once().sent == 1
+        [received] = server.messages
+        assert received.rcpt_tos == list(rcpts)
+        assert self.queue.counts() == EMPTY
+
     def test_partial_refusal_when_too_old_is_reported(self):
         server = self.make_server(rcpt_reply={'busy@example.com': '450 4.2.1 busy'})
         mail_id = self.queue.stage(make_mail(1, ('ok@example.com', 'busy@example.com')))

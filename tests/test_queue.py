@@ -158,6 +158,39 @@ class TestMailQueueCommit(_Base):
         assert queue.pending() == [good]
         assert 'cannot publish 1234567890123456.1.gone' in caplog.text
 
+    def test_committed_message_that_could_not_be_published_is_published_later(
+        self, caplog
+    ):
+        # rename() itself can fail with ENOSPC (the directory must grow): the
+        # message is committed and durable in tmp/, where the cleanup of
+        # unfinished commits would delete it after 36 hours. Recovery by
+        # this process publishes it once it can, and never removes it.
+        from pyramid_txmail.queue import TMP_MAX_AGE, MailQueue
+
+        full = [True]
+
+        class FullDisk(MailQueue):
+            def _rename(self, src, dst):
+                if full[0] and os.path.basename(os.path.dirname(dst)) == 'new':
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.rename(src, dst)
+
+        clock = FakeClock()
+        queue = self._makeOne(FullDisk, clock=clock)
+        mail_id, gone = queue.stage(make_mail(1)), queue.stage(make_mail(2))
+        queue.sync_staged()
+        queue.publish([mail_id, gone])
+        assert queue.pending() == []
+        assert 'cannot publish' in caplog.text
+        os.unlink(os.path.join(self.path, 'tmp', gone))  # by hand
+        clock.now += TMP_MAX_AGE + 1
+        queue.recover(600)
+        assert self._files('tmp') == [mail_id]  # still full: kept
+        full[0] = False
+        queue.recover(600)
+        assert queue.pending() == [mail_id]
+        assert self._files('tmp') == []
+
     def test_ids_sort_in_queue_order_and_never_collide(self):
         clock = FakeClock()
         queue = self._makeOne(clock=clock)

@@ -631,6 +631,23 @@ class TestSMTPConnection(_Base):
         assert received.rcpt_tos == ['good@example.com']
         assert 'refused bad@example.com (550 5.1.1 no such user)' in self.caplog.text
 
+    @pytest.mark.parametrize('garbled', ['a@example.com', 'b@example.com'])
+    def test_unreadable_rcpt_reply_is_temporary_and_ends_the_session(self, garbled):
+        # Not a refusal: the session may be out of step (a pipelined reply
+        # read as another command's), and the recipient is not refused for
+        # good nor dropped while the others get the message.
+        from pyramid_txmail.smtp import TemporaryDeliveryError
+
+        server = self.make_server(rcpt_reply={garbled: 'what?'})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope('a@example.com', 'b@example.com'), DATA)
+        assert 'RCPT TO' in str(info.value)
+        assert info.value.recipients == {}
+        assert not conn.alive
+        assert server.messages == []
+
     def test_421_on_rcpt_closes(self):
         from pyramid_txmail.smtp import TemporaryDeliveryError
 
