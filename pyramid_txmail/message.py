@@ -360,7 +360,7 @@ _MAILBOX = re.compile(
 )
 
 
-@dataclass
+@dataclass(eq=False)  # pyramid_mailer's: hashable, equal only to itself
 class Attachment:
     """A file attached to a :class:`Message`, or a body given as one.
 
@@ -411,12 +411,15 @@ class Attachment:
         return maintype, subtype
 
 
-@dataclass
+@dataclass(eq=False)  # pyramid_mailer's: hashable, equal only to itself
 class Message:
     """An email, with pyramid_mailer's keyword names (and their order).
 
     ``body`` and ``html`` are text, or an :class:`Attachment` whose data,
-    charset and transfer encoding are used as they are.
+    charset and transfer encoding are used as they are. As in
+    pyramid_mailer, ``subject`` left out is ``''``, and ``recipients``,
+    ``cc``, ``bcc``, ``attachments`` and ``extra_headers`` left out are a
+    new empty list or dict, to fill in after making the message.
     """
 
     subject: str | None = None
@@ -429,6 +432,15 @@ class Message:
     extra_headers: dict[str, str] | None = None
     attachments: list[Attachment] | None = None
     reply_to: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.subject is None:
+            self.subject = ''
+        for name in ('recipients', 'cc', 'bcc', 'attachments'):
+            if getattr(self, name) is None:
+                setattr(self, name, [])
+        if self.extra_headers is None:
+            self.extra_headers = {}
 
     @property
     def send_to(self) -> set[str]:
@@ -466,7 +478,7 @@ class Message:
             ('reply_to', self.reply_to),
         ]
         values += [('recipients', a) for a in sorted(self.send_to)]
-        values += list((self.extra_headers or {}).items())
+        values += _header_pairs(self.extra_headers)
         for field, value in values:
             if value is not None and ('\r' in str(value) or '\n' in str(value)):
                 return field, str(value)
@@ -881,18 +893,9 @@ def _extra_headers(extra: object) -> dict[str, tuple[str, str]]:
 
     A value of None leaves the field out, as a keyword left at None does.
     """
-    if extra is None:
-        return {}
-    if not isinstance(extra, Mapping):
-        raise MailError(
-            f'extra_headers: expected a dict of header names and values, '
-            f'got {type(extra).__name__}',
-            field='extra_headers',
-            value=extra,
-        )
     checked: dict[str, tuple[str, str]] = {}
     seen: set[str] = set()
-    for name, value in extra.items():
+    for name, value in _header_pairs(extra):
         key = _field_name(name).lower()
         if key in seen:
             raise MailError(
@@ -908,6 +911,25 @@ def _extra_headers(extra: object) -> dict[str, tuple[str, str]]:
         if value is not None:
             checked[key] = (name, _header_value(name, value))
     return checked
+
+
+def _header_pairs(extra: object) -> list[tuple[Any, Any]]:
+    """``extra_headers`` as (name, value) pairs: a dict, or pairs as
+    pyramid_mailer's ``dict(extra_headers)`` took them."""
+    if extra is None:
+        return []
+    if isinstance(extra, Mapping):
+        return list(extra.items())
+    try:
+        return list(dict(extra).items())  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        # InvalidMessage: also what validate() and to_message() must raise.
+        raise InvalidMessage(
+            f'extra_headers: expected a dict of header names and values, '
+            f'got {type(extra).__name__}',
+            field='extra_headers',
+            value=extra,
+        ) from None
 
 
 def _checked_attachments(attachments: object) -> list[Attachment]:
