@@ -79,7 +79,8 @@ def get_mailer(request_or_registry: Any) -> Mailer:
     else:
         registry, tm = request_or_registry, None
     mailer: Mailer = registry.getUtility(IMailer)
-    return mailer.bind(tm or transaction.manager)
+    # By keyword, as pyramid_mailer does: an app's own IMailer may take no other.
+    return mailer.bind(transaction_manager=tm or transaction.manager)
 
 
 def mailer_factory_from_settings(
@@ -110,17 +111,18 @@ def suppress_processor() -> Iterator[None]:
 
 def _request_mailer(request: Any) -> Mailer:
     mailer: Mailer = request.registry.getUtility(IMailer)
-    return mailer.bind(request.tm)
+    return mailer.bind(transaction_manager=request.tm)
 
 
 def _start_processor(event: ApplicationCreated) -> None:
     registry = event.app.registry
     mailer: Mailer = registry.getUtility(IMailer)
-    queued = mailer.queue_delivery
+    # An app may have registered a mailer of its own, with no queue.
+    queued = getattr(mailer, 'queue_delivery', None)
     if (
         _autostart.get()
-        and mailer.settings.queue_processor
         and isinstance(queued, QueuedDelivery)
+        and mailer.settings.queue_processor
     ):
         thread = ensure_processor(
             queued.queue, mailer.settings, Notifier(registry.notify)
