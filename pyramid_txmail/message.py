@@ -121,6 +121,10 @@ class _AddressList(str):
         self.items = items
         return self
 
+    def __getnewargs__(self) -> tuple[tuple[str, ...]]:  # type: ignore[override]
+        # copy and pickle remake it from its items, not from its characters.
+        return (self.items,)
+
 
 @functools.lru_cache(maxsize=512)
 def _parsed(name: str, value: str) -> BaseHeader:
@@ -506,7 +510,7 @@ class Message:
         parts that ``send()`` sends, never a Bcc header (as in
         pyramid_mailer); ``send()`` adds Message-ID and Date when absent.
         Attachments' file objects are read here (once, for this and later
-        sends).
+        sends). ``as_string()`` ends its lines with ``\\n``.
         """
         bad = self._bad_header()
         if bad is not None:
@@ -525,6 +529,9 @@ class Message:
                 raise MailError('no recipients', field='recipients')
         except MailError as exc:
             raise InvalidMessage(str(exc), field=exc.field, value=exc.value) from exc
+        # as_string() and as_bytes() end lines with \n, as the email package's
+        # (and pyramid_mailer's) messages do; send() writes CRLF all the same.
+        msg.policy = _SMTP.clone(linesep='\n')
         return msg
 
 

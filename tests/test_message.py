@@ -536,6 +536,35 @@ def test_to_message_is_what_send_sends_without_bcc(smtp_server):
     assert part.get_payload(decode=True) == CSV
 
 
+def test_to_message_ends_lines_with_newline_as_pyramid_mailers_did(smtp_server):
+    # Apps write it to .eml files, log it, or look for lines in it.
+    msg = message(body='one\ntwo', attachments=[Attachment('a.txt', data=b'a')])
+    text = msg.to_message().as_string()
+    assert '\r' not in text
+    assert 'Subject: Hi\n' in text
+    assert 'one\ntwo\n' in text
+    assert b'\r' not in msg.to_message().as_bytes()
+    # Sent, it is CRLF on the wire, and so is it given back to send().
+    from pyramid_txmail.delivery import DirectDelivery
+    from pyramid_txmail.message import prepare
+
+    delivery = DirectDelivery(smtp_server.settings())
+    for sent in (msg, msg.to_message()):
+        delivery.send_now(prepare(sent, message_id_domain='test.example'))
+    for received in smtp_server.wait_for(2):
+        assert b'Subject: Hi\r\n' in received.data
+        assert b'one\r\ntwo\r\n' in received.data
+
+
+def test_to_message_output_with_a_header_added_can_be_sent(smtp_server):
+    built = message(cc=['cc@example.com']).to_message()
+    built['X-Campaign'] = 'spring'
+    received = send(smtp_server, built)
+    assert received.rcpt_tos == ['to@example.com', 'cc@example.com']
+    assert received.message['X-Campaign'] == 'spring'
+    assert received.message['Cc'] == 'cc@example.com'
+
+
 def test_to_message_uses_default_sender_when_given():
     built = message(sender=None).to_message(default_sender='App <app@example.com>')
     assert built['From'] == 'App <app@example.com>'
