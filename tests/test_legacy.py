@@ -539,8 +539,60 @@ def test_parse_plain_headers_headers_only_and_idn():
             b'X-Actually-From: a@example.com\nX-Actually-To: =?utf-8?b?!?=\n\n',
             'X-Actually-To',
         ),
+        # What a lenient parser would turn into other addresses
+        # (a@example.comRCPTTO and evil@example.net): refused, as in new mail.
+        (
+            b'X-Actually-From: a@example.com\nX-Actually-To: '
+            + email.header.Header(
+                'a@example.com\r\nRCPT TO:<evil@example.net>', 'utf-8'
+            )
+            .encode()
+            .encode()
+            + b'\n\n',
+            'X-Actually-To: not one valid address',
+        ),
+        (
+            b'X-Actually-From: a@example.com\n'
+            b'X-Actually-To: a@example.com b@example.com\n\n',
+            'X-Actually-To: not one valid address',
+        ),
+        (
+            b'X-Actually-From: a@example.com\n'
+            b'X-Actually-To: Doe, John <j@example.com>\n\n',
+            'X-Actually-To: not one valid address',
+        ),
+        # A line break or control character encoded into it, likewise.
+        (
+            b'X-Actually-From: =?utf-8?q?a=40example=2Ecom=0D=0AX?=\n'
+            b'X-Actually-To: b@example.com\n\n',
+            'X-Actually-From: .*line breaks',
+        ),
     ],
 )
 def test_parse_refuses_what_it_cannot_trust(raw, says):
     with pytest.raises(ValueError, match=says):
         parse(raw)
+
+
+def test_parse_a_newsletter_envelope_of_twenty_thousand_recipients():
+    # Split in linear time: the stdlib's list parser takes minutes.
+    names = [f'"Doe, J{i}" <u{i}@example.com>' for i in range(20_000)]
+    to = email.header.Header(','.join(names), 'utf-8').encode().encode()
+    envelope, _, data = parse(
+        b'X-Actually-From: a@example.com\nX-Actually-To: ' + to + b'\n\nbody\n'
+    )
+    assert envelope.recipients == tuple(f'u{i}@example.com' for i in range(20_000))
+    assert data == b'\r\nbody\r\n'
+
+
+@pytest.mark.parametrize(
+    ('to', 'recipients'),
+    [
+        ('"a\\",b" <x@example.com>, c@example.com', ('x@example.com', 'c@example.com')),
+        ('X (a, b) <x@example.com>,y@example.com', ('x@example.com', 'y@example.com')),
+        ('a@example.com,', ('a@example.com',)),
+    ],
+)
+def test_parse_splits_only_at_commas_between_addresses(to, recipients):
+    raw = b'X-Actually-From: a@example.com\nX-Actually-To: ' + to.encode() + b'\n\n'
+    assert parse(raw)[0].recipients == recipients
