@@ -299,6 +299,11 @@ def _adopt(queue: MailQueue, sub: str, name: str) -> int:
             return 0
         meta, data = _meta(queue, where, _read(fd), st.st_mtime, rejected)
         staged = _stage(queue, where, meta, data)  # 1.
+        if not rejected and _repoze_is_sending(queue, sub, name):
+            # Its processor started on it meanwhile (it takes no lock): the
+            # message is its own; ours would be a duplicate.
+            os.unlink(staged)
+            return 0
         # 2. the original goes: from now on the copy is the message
         os.unlink(path)
         queue._sync_dir(sub, raising=True)

@@ -339,6 +339,35 @@ def test_a_file_a_repoze_processor_is_sending_is_left_alone(legacy_queue, smtp_s
     assert_delivered_once(smtp_server, ids)
 
 
+def test_a_repoze_processor_starting_on_a_file_being_adopted_keeps_it(
+    legacy_queue, smtp_server
+):
+    """repoze.sendmail's processor links the file while we copy it (through
+    the queue's seams: its moment cannot be timed for real): it is left to
+    that processor, and nothing of ours is sent after it has."""
+    path, _ = legacy_queue
+    name = legacy_files(path)[0]
+    new = path / 'new'
+
+    class Racing(MailQueue):
+        @staticmethod
+        def _rename(src, dst):
+            os.rename(src, dst)
+            staged = os.path.basename(dst).startswith('.txmail-adopting-')
+            if staged and not os.path.exists(new / f'.sending-{name}'):
+                os.link(new / name, new / f'.sending-{name}')
+
+    assert adopt(Racing(str(path))) == 2
+    assert name in legacy_files(path)
+    assert not [n for n in os.listdir(new) if n.startswith('.txmail')]
+    # repoze.sendmail sends it, then removes the file and its link.
+    os.unlink(new / name)
+    os.unlink(new / f'.sending-{name}')
+    assert processor(path, smtp_server).run_once().sent == 2
+    assert processor(path, smtp_server).run_once().sent == 0
+    assert len(smtp_server.messages) == 2
+
+
 def test_races_with_another_processor_are_settled_once(legacy_queue, smtp_server):
     """The losing side of each race (simulated through the queue's seams,
     as the other processor's moves cannot be timed for real)."""
