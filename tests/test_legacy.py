@@ -176,6 +176,24 @@ def test_status_and_list_show_a_repoze_queue(legacy_queue, tmp_path):
     assert sorted(os.listdir(path / 'new')) == before  # read-only
 
 
+def test_list_shows_odd_legacy_names_on_one_line_each(legacy_queue, tmp_path):
+    path, _ = legacy_queue
+    (name, *_) = legacy_files(path)
+    os.rename(path / 'new' / name, path / 'new' / 'two\nlines \x1b[31mred')
+    ini = write_ini(tmp_path, queue_path=path, queue_processor='false')
+    code, out = cli('list', ini)
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 3
+    assert '\x1b' not in out
+    assert any(
+        line.startswith('new/two\\nlines \\x1b[31mred  legacy') for line in lines
+    )
+    # --json keeps the name as it is, for programs.
+    code, out = cli('list', ini, '--json')
+    assert 'new/two\nlines \x1b[31mred' in [r['id'] for r in json.loads(out)]
+
+
 def test_process_once_delivers_a_repoze_queue_exactly_once(
     legacy_queue, smtp_server, tmp_path
 ):
