@@ -1075,7 +1075,9 @@ def prepare(
     """Validate ``message`` and serialize it once, as it will be sent.
 
     Raises :class:`MailError`, naming the field, for anything that would not
-    go out exactly as given: no recipients or sender, an address that does
+    go out exactly as given (for a :class:`Message`, its kinds
+    ``BadHeaders`` for a CR or LF, else ``InvalidMessage``, as
+    pyramid_mailer raised): no recipients or sender, an address that does
     not parse or cannot be written into the envelope as the header shows
     it, a header name that is not an RFC 5322 field name, a line break or
     control character in a header value, a value of the wrong type. Adds
@@ -1096,7 +1098,18 @@ def prepare(
             value=message,
         )
     elif isinstance(message, Message):
-        msg, sender, recipients = _build(message, default)
+        try:
+            msg, sender, recipients = _build(message, default)
+            if not recipients:
+                raise MailError('no recipients', field='recipients')
+        except (BadHeaders, InvalidMessage):
+            raise
+        except MailError as exc:
+            # pyramid_mailer's kinds, which apps catch around send().
+            value = exc.value
+            crlf = isinstance(value, str) and ('\r' in value or '\n' in value)
+            kind = BadHeaders if crlf else InvalidMessage
+            raise kind(str(exc), field=exc.field, value=exc.value) from exc
     else:
         raise MailError(
             'expected a pyramid_txmail.Message or an email.message.EmailMessage, '
