@@ -124,7 +124,7 @@ def _addresses(headers: email.message.Message, name: str) -> list[str]:
 def _split(text: str) -> list[str]:
     """The items of the address list ``text``: split at the commas outside
     quoted strings, angle brackets and comments, in linear time (the
-    stdlib's list parser takes minutes for some thousand addresses)."""
+    stdlib's strict list parser takes half a minute for 20,000 addresses)."""
     items, start, quoted, depth, escaped = [], 0, False, 0, False
     for i, char in enumerate(text):
         if escaped:
