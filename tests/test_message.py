@@ -477,6 +477,17 @@ def test_a_new_message_has_pyramid_mailers_empty_lists_to_fill_in(smtp_server):
     assert only_attachment(received).get_payload(decode=True) == b'a'
 
 
+def test_fields_set_to_none_later_read_as_empty(smtp_server):
+    # pyramid_mailer tolerated None in cc, bcc and extra_headers set later.
+    msg = message()
+    msg.cc = msg.bcc = msg.extra_headers = msg.attachments = None
+    assert msg.send_to == {'to@example.com'}
+    assert not msg.is_bad_headers()
+    msg.recipients = None
+    msg.add_recipient('again@example.com')
+    assert send(smtp_server, msg).rcpt_tos == ['again@example.com']
+
+
 def test_messages_and_attachments_are_hashable_and_equal_only_to_themselves():
     # As pyramid_mailer's plain objects: usable in sets and as dict keys.
     first, second = message(), message()
