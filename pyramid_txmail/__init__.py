@@ -81,9 +81,11 @@ def get_mailer(request_or_registry: Any) -> Mailer:
     else:
         registry, request = request_or_registry, None
     mailer: Mailer = registry.getUtility(IMailer)
-    if request is not None:
+    if request is not None and isinstance(mailer, Mailer):
         return mailer.for_request(request)
-    return mailer.bind(transaction.manager)
+    # By keyword, as pyramid_mailer does: an app's own IMailer may take no other.
+    tm = getattr(request, 'tm', None)
+    return mailer.bind(transaction_manager=tm or transaction.manager)
 
 
 def mailer_factory_from_settings(
@@ -114,17 +116,21 @@ def suppress_processor() -> Iterator[None]:
 
 def _request_mailer(request: Any) -> Mailer:
     mailer: Mailer = request.registry.getUtility(IMailer)
-    return mailer.for_request(request)
+    if isinstance(mailer, Mailer):
+        return mailer.for_request(request)
+    # An app's own IMailer, bound by keyword as pyramid_mailer does.
+    return mailer.bind(transaction_manager=request.tm)
 
 
 def _start_processor(event: ApplicationCreated) -> None:
     registry = event.app.registry
     mailer: Mailer = registry.getUtility(IMailer)
-    queued = mailer.queue_delivery
+    # An app may have registered a mailer of its own, with no queue.
+    queued = getattr(mailer, 'queue_delivery', None)
     if (
         _autostart.get()
-        and mailer.settings.queue_processor
         and isinstance(queued, QueuedDelivery)
+        and mailer.settings.queue_processor
     ):
         thread = ensure_processor(
             queued.queue, mailer.settings, Notifier(registry.notify)

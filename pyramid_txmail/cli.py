@@ -232,8 +232,13 @@ class Command:
             print(json.dumps(rows), file=self.out)
             return 0
         for i in infos:
+            # A repoze.sendmail file's name may hold anything; one line each,
+            # and no control characters reach the terminal.
+            shown = (
+                i.id if i.id.isprintable() else i.id.encode('unicode_escape').decode()
+            )
             print(
-                f'{i.id}  {i.state:<8} {_age(i.age):>4} {i.attempts:>3}  '
+                f'{shown}  {i.state:<8} {_age(i.age):>4} {i.attempts:>3}  '
                 f'{", ".join(i.recipients)}  {i.last_error or ""}'.rstrip(),
                 file=self.out,
             )

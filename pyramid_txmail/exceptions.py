@@ -23,6 +23,7 @@ __all__ = [
     'BadHeaders',
     'ConfigurationFault',
     'DeliveryError',
+    'EncodingError',
     'InvalidMessage',
     'MailError',
     'PermanentDeliveryError',
@@ -133,3 +134,10 @@ class BadHeaders(MailError, RuntimeError):
         self, msg: str = '', *, field: str | None = None, value: object = None
     ):
         super().__init__(msg, field=field, value=value)
+
+
+class EncodingError(Exception):
+    """pyramid_mailer's name, kept so that its imports still work.
+
+    Never raised: text that cannot be encoded is a :class:`MailError`.
+    """

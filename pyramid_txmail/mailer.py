@@ -205,7 +205,9 @@ class Mailer:
     def for_request(self, request: Any) -> Mailer:
         """A copy bound to ``request``'s transaction manager (``request.tm``),
         whose :meth:`send_template` renders with ``request``."""
-        bound = self.bind(getattr(request, 'tm', None) or transaction.manager)
+        bound = self.bind(
+            transaction_manager=getattr(request, 'tm', None) or transaction.manager
+        )
         # Weak: request.mailer is reified on the request, and a strong
         # reference back would make every request a reference cycle.
         bound._request = weakref.ref(request)

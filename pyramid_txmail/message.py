@@ -151,6 +151,10 @@ class _AddressList(str):
         self.items = items
         return self
 
+    def __getnewargs__(self) -> tuple[tuple[str, ...]]:  # type: ignore[override]
+        # copy and pickle remake it from its items, not from its characters.
+        return (self.items,)
+
 
 @functools.lru_cache(maxsize=512)
 def _parsed(name: str, value: str) -> BaseHeader:
@@ -415,7 +419,7 @@ _MAILBOX = re.compile(
 )
 
 
-@dataclass
+@dataclass(eq=False)  # pyramid_mailer's: hashable, equal only to itself
 class Attachment:
     """A file attached to a :class:`Message`, or a body given as one.
 
@@ -466,12 +470,15 @@ class Attachment:
         return maintype, subtype
 
 
-@dataclass
+@dataclass(eq=False)  # pyramid_mailer's: hashable, equal only to itself
 class Message:
     """An email, with pyramid_mailer's keyword names (and their order).
 
     ``body`` and ``html`` are text, or an :class:`Attachment` whose data,
-    charset and transfer encoding are used as they are.
+    charset and transfer encoding are used as they are. As in
+    pyramid_mailer, ``subject`` left out is ``''``, and ``recipients``,
+    ``cc``, ``bcc``, ``attachments`` and ``extra_headers`` left out are a
+    new empty list or dict, to fill in after making the message.
     """
 
     subject: str | None = None
@@ -484,6 +491,15 @@ class Message:
     extra_headers: dict[str, str] | None = None
     attachments: list[Attachment] | None = None
     reply_to: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.subject is None:
+            self.subject = ''
+        for name in ('recipients', 'cc', 'bcc', 'attachments'):
+            if getattr(self, name) is None:
+                setattr(self, name, [])
+        if self.extra_headers is None:
+            self.extra_headers = {}
 
     @classmethod
     def from_template(
@@ -541,7 +557,7 @@ class Message:
             ('reply_to', self.reply_to),
         ]
         values += [('recipients', a) for a in sorted(self.send_to)]
-        values += list((self.extra_headers or {}).items())
+        values += _header_pairs(self.extra_headers)
         for field, value in values:
             if value is not None and ('\r' in str(value) or '\n' in str(value)):
                 return field, str(value)
@@ -569,7 +585,7 @@ class Message:
         parts that ``send()`` sends, never a Bcc header (as in
         pyramid_mailer); ``send()`` adds Message-ID and Date when absent.
         Attachments' file objects are read here (once, for this and later
-        sends).
+        sends). ``as_string()`` ends its lines with ``\\n``.
         """
         bad = self._bad_header()
         if bad is not None:
@@ -588,6 +604,9 @@ class Message:
                 raise MailError('no recipients', field='recipients')
         except MailError as exc:
             raise InvalidMessage(str(exc), field=exc.field, value=exc.value) from exc
+        # as_string() and as_bytes() end lines with \n, as the email package's
+        # (and pyramid_mailer's) messages do; send() writes CRLF all the same.
+        msg.policy = _SMTP.clone(linesep='\n')
         return msg
 
 
@@ -958,18 +977,9 @@ def _extra_headers(extra: object) -> dict[str, tuple[str, str]]:
 
     A value of None leaves the field out, as a keyword left at None does.
     """
-    if extra is None:
-        return {}
-    if not isinstance(extra, Mapping):
-        raise MailError(
-            f'extra_headers: expected a dict of header names and values, '
-            f'got {type(extra).__name__}',
-            field='extra_headers',
-            value=extra,
-        )
     checked: dict[str, tuple[str, str]] = {}
     seen: set[str] = set()
-    for name, value in extra.items():
+    for name, value in _header_pairs(extra):
         key = _field_name(name).lower()
         if key in seen:
             raise MailError(
@@ -985,6 +995,25 @@ def _extra_headers(extra: object) -> dict[str, tuple[str, str]]:
         if value is not None:
             checked[key] = (name, _header_value(name, value))
     return checked
+
+
+def _header_pairs(extra: object) -> list[tuple[Any, Any]]:
+    """``extra_headers`` as (name, value) pairs: a dict, or pairs as
+    pyramid_mailer's ``dict(extra_headers)`` took them."""
+    if extra is None:
+        return []
+    if isinstance(extra, Mapping):
+        return list(extra.items())
+    try:
+        return list(dict(extra).items())  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        # InvalidMessage: also what validate() and to_message() must raise.
+        raise InvalidMessage(
+            f'extra_headers: expected a dict of header names and values, '
+            f'got {type(extra).__name__}',
+            field='extra_headers',
+            value=extra,
+        ) from None
 
 
 def _checked_attachments(attachments: object) -> list[Attachment]:
@@ -1131,7 +1160,9 @@ def prepare(
     """Validate ``message`` and serialize it once, as it will be sent.
 
     Raises :class:`MailError`, naming the field, for anything that would not
-    go out exactly as given: no recipients or sender, an address that does
+    go out exactly as given (for a :class:`Message`, its kinds
+    ``BadHeaders`` for a CR or LF, else ``InvalidMessage``, as
+    pyramid_mailer raised): no recipients or sender, an address that does
     not parse or cannot be written into the envelope as the header shows
     it, a header name that is not an RFC 5322 field name, a line break or
     control character in a header value, a value of the wrong type. Adds
@@ -1152,7 +1183,18 @@ def prepare(
             value=message,
         )
     elif isinstance(message, Message):
-        msg, sender, recipients = _build(message, default)
+        try:
+            msg, sender, recipients = _build(message, default)
+            if not recipients:
+                raise MailError('no recipients', field='recipients')
+        except (BadHeaders, InvalidMessage):
+            raise
+        except MailError as exc:
+            # pyramid_mailer's kinds, which apps catch around send().
+            value = exc.value
+            crlf = isinstance(value, str) and ('\r' in value or '\n' in value)
+            kind = BadHeaders if crlf else InvalidMessage
+            raise kind(str(exc), field=exc.field, value=exc.value) from exc
     else:
         raise MailError(
             'expected a pyramid_txmail.Message or an email.message.EmailMessage, '

@@ -557,7 +557,7 @@ def test_email_message_with_several_from_needs_a_sender(mailer, server):
         ({'subject': 5}, 'subject'),
         ({'subject': b'Hi'}, 'subject'),
         ({'extra_headers': {'X-A': 5}}, 'X-A'),
-        ({'extra_headers': [('X-A', 'v')]}, 'extra_headers'),
+        ({'extra_headers': ['X-A: v']}, 'extra_headers'),
         ({'attachments': 5}, 'attachments'),
         ({'attachments': ['a.txt']}, 'attachments'),
         ({'attachments': [Attachment('a.bin', data=5)]}, 'attachments'),

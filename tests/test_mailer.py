@@ -324,3 +324,32 @@ def test_except_smtp_exception_catches_a_send_immediately_failure(make_smtp_serv
         caught = exc
     assert caught is not None and '554' in str(caught)
     assert server.messages == []
+
+
+@pytest.mark.parametrize(
+    ('kw', 'kind', 'field'),
+    [
+        ({'recipients': []}, 'InvalidMessage', 'recipients'),
+        ({'sender': None}, 'InvalidMessage', 'sender'),
+        ({'recipients': ['not an address']}, 'InvalidMessage', 'recipients'),
+        ({'subject': 'Hi\r\nBcc: victim@example.com'}, 'BadHeaders', 'subject'),
+        ({'extra_headers': {'X-A': 'v\nInjected: 1'}}, 'BadHeaders', 'X-A'),
+    ],
+)
+def test_send_raises_pyramid_mailers_exceptions_for_its_message(kw, kind, field):
+    # Apps wrap send() in ``except (InvalidMessage, BadHeaders)``, as
+    # pyramid_mailer raised them from send(), send_to_queue() and
+    # send_immediately() alike.
+    from pyramid_txmail import exceptions
+    from pyramid_txmail.testing import DummyMailer
+
+    mailers = [TestMailer()._makeOne(queue_delivery=RecordingDelivery())]
+    if field != 'sender':  # the DummyMailer needs none
+        mailers.append(DummyMailer())
+    for mailer in mailers:
+        for send in (mailer.send, mailer.send_to_queue, mailer.send_immediately):
+            with transaction.manager, pytest.raises(getattr(exceptions, kind)) as info:
+                send(message(**kw))
+            assert info.value.field == field
+            assert isinstance(info.value, MailError)
+            assert isinstance(info.value, RuntimeError)

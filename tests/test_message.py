@@ -457,6 +457,63 @@ def test_add_recipient_to_a_message_without_any():
     msg.validate()
 
 
+def test_a_new_message_has_pyramid_mailers_empty_lists_to_fill_in(smtp_server):
+    # pyramid_mailer apps fill a message in after making it.
+    msg = Message(sender='from@example.com', body='x')
+    assert (msg.subject, msg.recipients, msg.cc, msg.bcc) == ('', [], [], [])
+    assert (msg.extra_headers, msg.attachments) == ({}, [])
+    msg.recipients.append('to@example.com')
+    msg.cc += ['cc@example.com']
+    msg.bcc.append('hidden@example.com')
+    msg.extra_headers['X-Tag'] = 'a'
+    msg.attachments.append(Attachment('a.txt', data=b'a'))
+    received = send(smtp_server, msg)
+    assert received.rcpt_tos == [
+        'to@example.com',
+        'cc@example.com',
+        'hidden@example.com',
+    ]
+    assert received.message['X-Tag'] == 'a'
+    assert only_attachment(received).get_payload(decode=True) == b'a'
+
+
+def test_fields_set_to_none_later_read_as_empty(smtp_server):
+    # pyramid_mailer tolerated None in cc, bcc and extra_headers set later.
+    msg = message()
+    msg.cc = msg.bcc = msg.extra_headers = msg.attachments = None
+    assert msg.send_to == {'to@example.com'}
+    assert not msg.is_bad_headers()
+    msg.recipients = None
+    msg.add_recipient('again@example.com')
+    assert send(smtp_server, msg).rcpt_tos == ['again@example.com']
+
+
+def test_messages_and_attachments_are_hashable_and_equal_only_to_themselves():
+    # As pyramid_mailer's plain objects: usable in sets and as dict keys.
+    first, second = message(), message()
+    assert len({first, second, first}) == 2
+    assert first != second
+    att = Attachment('a.txt', data=b'a')
+    assert {att: 1}[att] == 1
+    assert att != Attachment('a.txt', data=b'a')
+
+
+def test_extra_headers_as_pairs_as_pyramid_mailer_took_them(smtp_server):
+    msg = message(extra_headers=[('X-Tag', 'a'), ('X-Other', 'b')])
+    assert not msg.is_bad_headers()
+    received = send(smtp_server, msg)
+    assert (received.message['X-Tag'], received.message['X-Other']) == ('a', 'b')
+    assert message(extra_headers=[('X-A', 'v\nInjected: 1')]).is_bad_headers()
+
+
+def test_extra_headers_neither_mapping_nor_pairs_is_refused():
+    from pyramid_txmail.exceptions import InvalidMessage
+
+    with pytest.raises(InvalidMessage, match='extra_headers: expected') as info:
+        message(extra_headers=['X-Tag: a']).validate()
+    assert info.value.field == 'extra_headers'
+
+
 def test_positional_arguments_in_pyramid_mailers_order():
     msg = Message('Hi', ['to@example.com'], 'text', '<p>html</p>', 'from@example.com')
     assert (msg.subject, msg.recipients, msg.body, msg.html, msg.sender) == (
@@ -488,6 +545,35 @@ def test_to_message_is_what_send_sends_without_bcc(smtp_server):
     ]
     (part,) = built.iter_attachments()
     assert part.get_payload(decode=True) == CSV
+
+
+def test_to_message_ends_lines_with_newline_as_pyramid_mailers_did(smtp_server):
+    # Apps write it to .eml files, log it, or look for lines in it.
+    msg = message(body='one\ntwo', attachments=[Attachment('a.txt', data=b'a')])
+    text = msg.to_message().as_string()
+    assert '\r' not in text
+    assert 'Subject: Hi\n' in text
+    assert 'one\ntwo\n' in text
+    assert b'\r' not in msg.to_message().as_bytes()
+    # Sent, it is CRLF on the wire, and so is it given back to send().
+    from pyramid_txmail.delivery import DirectDelivery
+    from pyramid_txmail.message import prepare
+
+    delivery = DirectDelivery(smtp_server.settings())
+    for sent in (msg, msg.to_message()):
+        delivery.send_now(prepare(sent, message_id_domain='test.example'))
+    for received in smtp_server.wait_for(2):
+        assert b'Subject: Hi\r\n' in received.data
+        assert b'one\r\ntwo\r\n' in received.data
+
+
+def test_to_message_output_with_a_header_added_can_be_sent(smtp_server):
+    built = message(cc=['cc@example.com']).to_message()
+    built['X-Campaign'] = 'spring'
+    received = send(smtp_server, built)
+    assert received.rcpt_tos == ['to@example.com', 'cc@example.com']
+    assert received.message['X-Campaign'] == 'spring'
+    assert received.message['Cc'] == 'cc@example.com'
 
 
 def test_to_message_uses_default_sender_when_given():
@@ -553,6 +639,13 @@ def test_pyramid_mailer_exception_names_take_no_arguments():
     from pyramid_txmail.exceptions import BadHeaders, InvalidMessage
 
     assert str(BadHeaders()) == str(InvalidMessage()) == ''
+
+
+def test_pyramid_mailer_encoding_error_is_importable():
+    # pyramid_mailer.exceptions has it (never raised); apps may import it.
+    from pyramid_txmail.exceptions import EncodingError
+
+    assert issubclass(EncodingError, Exception)
 
 
 def test_body_and_html_given_as_attachments_are_sent_as_given(smtp_server):

@@ -60,6 +60,48 @@ def test_get_mailer_for_dummy_request_with_tm_joins_that_manager(config):
     assert len(mailer.sent) == 1
 
 
+class AppMailer:
+    """An application's own mailer, written to pyramid_mailer's IMailer."""
+
+    def __init__(self, outbox, transaction_manager=None):
+        self.outbox = outbox
+        self.transaction_manager = transaction_manager
+
+    def bind(self, **kw):
+        return AppMailer(self.outbox, kw.get('transaction_manager'))
+
+    def send(self, message):
+        self.outbox.append((message, self.transaction_manager))
+
+
+def test_an_apps_own_mailer_registered_as_imailer_is_bound_by_keyword():
+    from pyramid.request import Request, apply_request_extensions
+
+    from pyramid_txmail.interfaces import IMailer
+
+    config = testing.setUp(settings={})
+    try:
+        config.include('pyramid_txmail')
+        config.commit()
+        outbox = []
+        config.registry.registerUtility(AppMailer(outbox), IMailer)
+        config.make_wsgi_app()  # ApplicationCreated asks it for no queue
+        tm = transaction.TransactionManager(explicit=True)
+        get_mailer(testing.DummyRequest(tm=tm)).send('one')
+        get_mailer(config.registry).send('two')
+        request = Request.blank('/')
+        request.registry = config.registry
+        apply_request_extensions(request)
+        request.mailer.send('three')
+        assert outbox == [
+            ('one', tm),
+            ('two', transaction.manager),
+            ('three', request.tm),
+        ]
+    finally:
+        testing.tearDown()
+
+
 def test_dummy_mailer_takes_no_arguments():
     mailer = DummyMailer()
     with transaction.manager:

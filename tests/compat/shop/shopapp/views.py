@@ -64,6 +64,7 @@ def gift_card(request):
     message.add_recipient(request.params['friend'])
     message.add_cc(request.params['buyer'])
     message.add_bcc(request.registry.settings['shop.archive'])
+    message.extra_headers['X-Shop-Gift'] = 'yes'
     message.body = Attachment(
         data='Your code: GIFT-1', transfer_encoding='quoted-printable'
     )

@@ -84,3 +84,4 @@ class TestMessageHelpers(unittest.TestCase):
         )
         self.assertEqual(response['to'], sorted(message.send_to))
         self.assertEqual(message.to_message()['Cc'], 'ann@example.com')
+        self.assertEqual(message.to_message()['X-Shop-Gift'], 'yes')
