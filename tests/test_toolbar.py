@@ -1,0 +1,176 @@
+"""The debug toolbar's Mail panel, through a real app with pyramid_debugtoolbar."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import transaction
+from pyramid.config import Configurator
+from pyramid.response import Response
+from webtest import TestApp
+
+from pyramid_txmail import Message
+from pyramid_txmail.queue import MailQueue
+from tests import FailingVoteDataManager
+
+pytest.importorskip('pyramid_debugtoolbar')
+
+
+def page(text: str) -> Response:
+    return Response(f'<html><body><p>{text}</p></body></html>')
+
+
+def message(subject: str, to: str = 'ann@example.com') -> Message:
+    return Message(
+        subject=subject,
+        recipients=[to],
+        body=f'Hello from {subject}.\nSecond line.',
+        html='<p>html</p>',
+    )
+
+
+def send(request):
+    request.mailer.send(message('Welcome <b>"Ann"</b>'))
+    return page('sent')
+
+
+def send_two_then_fail(request):
+    request.mailer.send(message('Doomed one'))
+    request.mailer.send(message('Doomed two'))
+    raise ValueError('the view broke')
+
+
+def queue(request):
+    request.mailer.send_to_queue(message('Queued one'))
+    return page('queued')
+
+
+def refused(request):
+    request.mailer.send(message('Refused one', to='bad@example.com'))
+    return page('refused')
+
+
+def immediately(request):
+    request.mailer.send_immediately(message('Right now'))
+    return page('immediately')
+
+
+def veto(request):
+    request.mailer.send(message('Vetoed one'))
+    request.tm.get().join(FailingVoteDataManager(request.tm))
+    return page('never shown')
+
+
+def nothing(request):
+    return page('nothing')
+
+
+def failed_view(exc, request):
+    response = page(f'failed: {exc}')
+    response.status = 500
+    return response
+
+
+@pytest.fixture
+def app(smtp_server, tmp_path):
+    settings = {
+        **smtp_server.mail_settings(),
+        'mail.queue_path': str(tmp_path / 'queue'),
+        'mail.queue_processor': 'false',
+        'mail.delivery': 'direct',
+        'mail.default_sender': 'app@example.com',
+        'debugtoolbar.extra_panels': 'pyramid_txmail.toolbar.MailPanel',
+        'debugtoolbar.hosts': '127.0.0.1',
+    }
+    smtp_server.rcpt_reply = {'bad@example.com': '550 5.1.1 no such user'}
+    with Configurator(settings=settings) as config:
+        config.include('pyramid_debugtoolbar')
+        config.include('pyramid_txmail')
+        for name, view in [
+            ('send', send),
+            ('fail', send_two_then_fail),
+            ('queue', queue),
+            ('refused', refused),
+            ('immediately', immediately),
+            ('veto', veto),
+            ('nothing', nothing),
+        ]:
+            config.add_route(name, '/' + name)
+            config.add_view(view, route_name=name)
+        config.add_exception_view(failed_view, ValueError)
+    return TestApp(config.make_wsgi_app(), extra_environ={'REMOTE_ADDR': '127.0.0.1'})
+
+
+def panel(app, response) -> str:
+    """The Mail panel's HTML for the request that gave ``response``."""
+    url = re.search(r'/_debug_toolbar/[0-9a-f]+', response.text).group()
+    html = app.get(url).text
+    start = html.index('id="pDebugPanel-mail-content"')
+    return html[start : html.index('<div id="pDebugPanel-', start + 1)]
+
+
+def test_panel_shows_a_sent_message_with_recipients_size_and_preview(
+    app, smtp_server
+):
+    response = app.get('/send')
+    [received] = smtp_server.wait_for(1)
+    html = panel(app, response)
+    assert 'Welcome &lt;b&gt;&quot;Ann&quot;&lt;/b&gt;' in html
+    assert '<b>"Ann"' not in html
+    assert 'ann@example.com' in html
+    assert f'{len(received.data):,} B' in html
+    assert 'Hello from Welcome' in html and 'Second line.' in html
+    assert '<strong>sent</strong>' in html
+
+
+def test_panel_shows_aborted_messages_as_dropped_with_the_error(app, smtp_server):
+    response = app.get('/fail', status=500)
+    html = panel(app, response)
+    assert 'Doomed one' in html and 'Doomed two' in html
+    assert html.count('<strong>dropped</strong>') == 2
+    assert 'the transaction was aborted: ValueError: the view broke' in html
+    assert smtp_server.messages == []
+
+
+def test_panel_shows_a_queued_message(app, tmp_path):
+    response = app.get('/queue')
+    html = panel(app, response)
+    assert 'Queued one' in html and '<strong>queued</strong>' in html
+    assert MailQueue(str(tmp_path / 'queue')).counts()['queued'] == 1
+
+
+def test_panel_shows_a_refused_message_as_failed_with_the_reply(app):
+    html = panel(app, app.get('/refused'))
+    assert 'Refused one' in html and '<strong>failed</strong>' in html
+    assert '550' in html and 'no such user' in html
+
+
+def test_panel_lists_a_message_sent_immediately(app, smtp_server):
+    html = panel(app, app.get('/immediately'))
+    smtp_server.wait_for(1)
+    assert 'Right now' in html and 'immediate' in html
+    assert '<strong>sent</strong>' in html
+
+
+def test_panel_shows_a_failed_commit_as_dropped(app, smtp_server):
+    response = app.get('/veto', status=500)
+    html = panel(app, response)
+    assert 'Vetoed one' in html and '<strong>dropped</strong>' in html
+    assert 'the commit failed: RuntimeError: the database refused' in html
+    assert smtp_server.messages == []
+
+
+def test_panel_says_when_a_request_sent_no_mail(app):
+    response = app.get('/nothing')
+    assert 'This request sent no mail.' in panel(app, response)
+
+
+def test_panel_ignores_mail_outside_its_requests(app, smtp_server):
+    app.get('/nothing')  # the panel's subscriber is in place
+    registry = app.app.registry
+    from pyramid_txmail import get_mailer
+
+    with transaction.manager:
+        get_mailer(registry).send(message('From a script'))
+    smtp_server.wait_for(1)
