@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from email.message import EmailMessage
 
 import pytest
 import transaction
@@ -11,8 +12,10 @@ from pyramid.response import Response
 from webtest import TestApp
 
 from pyramid_txmail import Message
+from pyramid_txmail.interfaces import IMailer, IMailSettings
+from pyramid_txmail.mailer import Mailer
 from pyramid_txmail.queue import MailQueue
-from tests import FailingVoteDataManager
+from tests import FailingVoteDataManager, RecordingDelivery
 
 pytest.importorskip('pyramid_debugtoolbar')
 
@@ -110,9 +113,7 @@ def panel(app, response) -> str:
     return html[start : html.index('<div id="pDebugPanel-', start + 1)]
 
 
-def test_panel_shows_a_sent_message_with_recipients_size_and_preview(
-    app, smtp_server
-):
+def test_panel_shows_a_sent_message_with_recipients_size_and_preview(app, smtp_server):
     response = app.get('/send')
     [received] = smtp_server.wait_for(1)
     html = panel(app, response)
@@ -174,3 +175,52 @@ def test_panel_ignores_mail_outside_its_requests(app, smtp_server):
     with transaction.manager:
         get_mailer(registry).send(message('From a script'))
     smtp_server.wait_for(1)
+
+
+def test_panel_shows_the_recipients_a_relay_refused_among_others(app):
+    def partly(request):
+        request.mailer.send(
+            Message(
+                subject='Partly refused',
+                recipients=['ann@example.com', 'bad@example.com'],
+                body='hi',
+            )
+        )
+        return page('partly')
+
+    html = panel(app, app.get('/send'))  # and a second request to the same app
+    assert '<strong>sent</strong>' in html
+    config = Configurator(registry=app.app.registry)
+    config.add_route('partly', '/partly')
+    config.add_view(partly, route_name='partly')
+    config.commit()
+    html = panel(app, app.get('/partly'))
+    assert '<strong>sent</strong>' in html
+    assert 'refused: bad@example.com (550 5.1.1 no such user)' in html
+
+
+def test_panel_preview_of_a_text_in_an_unknown_charset_is_empty(app):
+    def odd(request):
+        msg = EmailMessage()
+        msg['Subject'] = 'Odd charset'
+        msg['To'] = 'ann@example.com'
+        msg['From'] = 'app@example.com'
+        msg.set_payload(b'\xe9t\xe9')
+        msg['Content-Type'] = 'text/plain; charset="x-no-such-charset"'
+        request.mailer.send(msg)
+        return page('odd')
+
+    config = Configurator(registry=app.app.registry)
+    config.add_route('odd', '/odd')
+    config.add_view(odd, route_name='odd')
+    config.commit()
+    html = panel(app, app.get('/odd'))
+    assert 'Odd charset' in html and '<pre></pre>' in html
+
+
+def test_panel_shows_committed_for_a_delivery_that_reports_nothing(app):
+    registry = app.app.registry
+    mailer = Mailer(registry.getUtility(IMailSettings), RecordingDelivery())
+    registry.registerUtility(mailer, IMailer)
+    html = panel(app, app.get('/send'))
+    assert '<strong>committed</strong>' in html
