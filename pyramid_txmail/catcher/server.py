@@ -32,8 +32,7 @@ def wait_for_signal() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        while not stop.wait(1):
-            pass
+        stop.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -39,11 +39,13 @@ class Part:
     data: bytes = field(repr=False)
 
 
-def _text(getter: Any) -> str:
+def _header(msg: EmailMessage, name: str) -> str:
+    """The values of header ``name``, decoded, or as received where the
+    email package fails on them (it raises on some malformed addresses)."""
     try:
-        return str(getter())
-    except Exception:  # a malformed header or unknown charset
-        return ''
+        return ', '.join(str(v) for v in msg.get_all(name, []))
+    except Exception:
+        return ', '.join(str(v) for k, v in msg.raw_items() if k.lower() == name)
 
 
 def _content(part: EmailMessage | None) -> str:
@@ -71,17 +73,16 @@ class CaughtMessage:
             raw.replace(b'\r\n', b'\n'), policy=email.policy.default
         )
         self.message: EmailMessage = msg  # type: ignore[assignment]
-        self.subject = _text(lambda: msg.get('Subject', ''))
-        self.sender = _text(lambda: msg.get('From', ''))
-        self.to = _text(lambda: ', '.join(str(v) for v in msg.get_all('To', [])))
+        self.subject = _header(msg, 'subject')
+        self.sender = _header(msg, 'from')
+        self.to = _header(msg, 'to')
         self.text = _content(msg.get_body(('plain',)))
         html = msg.get_body(('html',))
         self.html = _content(html) if html is not None else None
         self.attachments = [
             Part(
                 index=i,
-                filename=_text(lambda part=part: part.get_filename() or '')
-                or f'attachment-{i + 1}',
+                filename=part.get_filename() or f'attachment-{i + 1}',
                 content_type=part.get_content_type(),
                 size=len(data),
                 data=data,
