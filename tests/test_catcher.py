@@ -457,3 +457,65 @@ def test_the_console_script_runs_the_catcher_until_interrupted(tmp_path):
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_in_chromium_a_message_arrives_live_and_is_read_downloaded_deleted(catcher):
+    from playwright.sync_api import expect
+
+    from tests.test_demo import chromium, screenshot
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={'width': 1100, 'height': 700})
+        page.goto(catcher.url)
+        assert page.inner_text('#count') == '0'
+        smtp_send(catcher, message('Your invoice', to='bob@example.com'))
+        smtp_send(catcher, message(HOSTILE, html=EVIL_HTML))
+        # The list polls the JSON API: both rows appear without a reload.
+        page.wait_for_selector('#messages tbody tr:nth-child(2)', timeout=10000)
+        assert page.inner_text('#count') == '2'
+        first = page.locator('#messages tbody tr').first
+        assert HOSTILE in first.inner_text()
+        screenshot(page, 'catcher-list.png')
+
+        rows = page.locator('#messages tbody tr')
+        page.fill('#q', 'invoice')
+        expect(rows).to_have_count(1)
+        page.fill('#q', '')
+        expect(rows).to_have_count(2)
+
+        first.locator('a').click()
+        page.wait_for_load_state('load')
+        assert page.inner_text('#subject') == HOSTILE
+        frame = page.frame_locator('#html')
+        assert frame.locator('#p').inner_text() == 'Hello'
+        assert 'with two lines.' in page.inner_text('#text')
+        assert page.inner_text('#attachments tbody') == (
+            'report "Q1" <final> .pdf\tapplication/pdf\t13 B'
+        )
+        screenshot(page, 'catcher-message.png')
+        # Neither the subject nor the message's HTML ran a script (it would
+        # have deleted everything).
+        assert len(api(catcher, '/api/messages')['messages']) == 2
+
+        with page.expect_download() as download:
+            page.click('#attachments a')
+        assert download.value.suggested_filename == 'report _Q1_ _final___.pdf'
+        with open(download.value.path(), 'rb') as f:
+            assert f.read() == b'%PDF-1.4 fake'
+
+        # Shown as text/plain in a sandbox: read what the browser received.
+        with page.expect_navigation() as navigation:
+            page.click('text=Raw source')
+        assert navigation.value.headers['content-type'].startswith('text/plain')
+        assert b'Subject: <script>alert("x")</script>' in navigation.value.body()
+        page.go_back()
+
+        page.click('#delete button')
+        page.wait_for_selector('#messages')
+        assert page.inner_text('#count') == '1'
+        assert [m['subject'] for m in api(catcher, '/api/messages')['messages']] == [
+            'Your invoice'
+        ]
+        page.click('#delete-all button')
+        page.wait_for_selector('#messages')
+        assert page.inner_text('#count') == '0'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import os
@@ -149,6 +150,40 @@ def _chromium_or_skip():
     if os.environ.get('CI'):
         pytest.fail(f'{CHROMIUM} is missing: `make test` installs Debian chromium')
     pytest.skip(f'{CHROMIUM} not installed (make test installs it)')
+
+
+@contextlib.contextmanager
+def chromium():
+    """A headless Debian Chromium through Playwright (skips without one)."""
+    _chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                '--headless',
+                '--no-sandbox',
+                '--disable-gpu',
+                '--disable-quic',
+                '--no-first-run',
+                '--disable-background-networking',
+                '--disable-component-update',
+                '--disable-sync',
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def screenshot(page, name):
+    """Save a PNG for the docs when PYRAMID_TXMAIL_SCREENSHOTS names a folder
+    (``docs/_static``); tests never write into the work tree otherwise."""
+    folder = os.environ.get('PYRAMID_TXMAIL_SCREENSHOTS')
+    if folder:
+        page.screenshot(path=os.path.join(folder, name))
 
 
 class TestDemoInBrowser:

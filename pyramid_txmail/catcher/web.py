@@ -309,7 +309,7 @@ def security_tween(handler: Any, registry: Any) -> Any:
         response = handler(request)
         response.headers.setdefault('Content-Security-Policy', PAGE_CSP)
         response.headers['X-Content-Type-Options'] = 'nosniff'
-        response.headers['Referrer-Policy'] = 'no-referrer'
+        response.headers['Referrer-Policy'] = 'same-origin'
         response.headers['Cache-Control'] = 'no-store'
         return response
 
