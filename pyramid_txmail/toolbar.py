@@ -246,7 +246,7 @@ class MailPanel(DebugPanel):
             f'<tr class="{style.get(r.outcome, "")}">'
             f'<td>{escape(r.subject)}</td>'
             f'<td>{escape(", ".join(r.recipients))}</td>'
-            f'<td>{r.size:,} B</td><td>{escape(r.delivery)}</td>'
+            f'<td>{r.size:,}&nbsp;B</td><td>{escape(r.delivery)}</td>'
             f'<td><strong>{escape(r.outcome)}</strong>'
             f'{"<br>" + escape(r.detail) if r.detail else ""}</td></tr>'
             f'<tr><td colspan="5"><small>{escape(r.message_id)}</small>'

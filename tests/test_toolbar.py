@@ -120,7 +120,7 @@ def test_panel_shows_a_sent_message_with_recipients_size_and_preview(app, smtp_s
     assert 'Welcome &lt;b&gt;&quot;Ann&quot;&lt;/b&gt;' in html
     assert '<b>"Ann"' not in html
     assert 'ann@example.com' in html
-    assert f'{len(received.data):,} B' in html
+    assert f'{len(received.data):,}&nbsp;B' in html
     assert 'Hello from Welcome' in html and 'Second line.' in html
     assert '<strong>sent</strong>' in html
 
@@ -224,3 +224,41 @@ def test_panel_shows_committed_for_a_delivery_that_reports_nothing(app):
     registry.registerUtility(mailer, IMailer)
     html = panel(app, app.get('/send'))
     assert '<strong>committed</strong>' in html
+
+
+def test_in_chromium_the_mail_tab_shows_a_sent_and_an_aborted_message(app, smtp_server):
+    from webtest.http import StopableWSGIServer
+
+    from tests.test_demo import chromium, screenshot
+
+    def commit_then_fail(request):
+        request.mailer.send(message('Your receipt', to='bob@example.com'))
+        request.tm.commit()  # the receipt goes now
+        request.tm.begin()
+        request.mailer.send(message('Welcome aboard <3', to='carol@example.com'))
+        raise ValueError('the sign-up failed after sending')
+
+    config = Configurator(registry=app.app.registry)
+    config.add_route('both', '/both')
+    config.add_view(commit_then_fail, route_name='both')
+    config.commit()
+    server = StopableWSGIServer.create(app.app, host='127.0.0.1', port=0)
+    try:
+        base = f'http://127.0.0.1:{server.effective_port}'
+        with chromium() as browser:
+            page = browser.new_page(viewport={'width': 1100, 'height': 620})
+            page.goto(base + '/both')
+            smtp_server.wait_for(1)
+            toolbar = page.get_attribute('#pDebugToolbarHandle a', 'href')
+            page.goto(toolbar)
+            page.click('#pDebugPanel-mail')
+            table = page.locator('#pyramid-txmail-mail')
+            text = table.inner_text()
+            assert 'Your receipt' in text and 'Welcome aboard <3' in text
+            assert 'sent' in text and 'dropped' in text
+            assert 'ValueError: the sign-up failed after sending' in text
+            screenshot(page, 'toolbar-mail-panel.png')
+    finally:
+        server.shutdown()
+    [received] = smtp_server.messages
+    assert received.message['Subject'] == 'Your receipt'
