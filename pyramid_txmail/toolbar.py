@@ -5,8 +5,9 @@ Enable it in the application's settings, next to pyramid_debugtoolbar::
     pyramid.includes = pyramid_debugtoolbar
     debugtoolbar.extra_panels = pyramid_txmail.toolbar.MailPanel
 
-For each message the request's transactions carried, the "Mail" tab shows
-the subject, the recipients, the size, a preview of the text, and what
+(or ``debugtoolbar.includes = pyramid_txmail.toolbar``). For each message
+the request's transactions carried, the "Mail" tab shows the subject, the
+recipients, the size, a preview of the text, and what
 happened when the transaction ended: ``sent`` (direct delivery, the relay
 accepted it), ``queued`` (in the queue for the processor), ``dropped``
 (the transaction was aborted, with why), or ``failed`` (with the error).
@@ -33,7 +34,7 @@ from pyramid_debugtoolbar.panels import DebugPanel
 from .events import MailEvent, MailFailed, MailSent
 from .interfaces import IMailer, IQueueDelivery
 
-__all__ = ['MailPanel']
+__all__ = ['MailPanel', 'includeme']
 
 PREVIEW = 2000  # characters of the text part shown
 
@@ -259,3 +260,9 @@ class MailPanel(DebugPanel):
             '<th>Delivery</th><th>Outcome</th></tr></thead>'
             f'<tbody>{rows}</tbody></table>'
         )
+
+
+def includeme(config: Any) -> None:
+    """``debugtoolbar.includes = pyramid_txmail.toolbar``: pyramid_debugtoolbar's
+    own way of adding a panel, the same as ``debugtoolbar.extra_panels``."""
+    config.add_debugtoolbar_panel(MailPanel)

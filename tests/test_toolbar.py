@@ -75,15 +75,21 @@ def failed_view(exc, request):
     return response
 
 
-@pytest.fixture
-def app(smtp_server, tmp_path):
+@pytest.fixture(params=['extra_panels', 'includes'])
+def app(request, smtp_server, tmp_path):
+    enable = {
+        'extra_panels': {
+            'debugtoolbar.extra_panels': 'pyramid_txmail.toolbar.MailPanel'
+        },
+        'includes': {'debugtoolbar.includes': 'pyramid_txmail.toolbar'},
+    }[request.param]
     settings = {
+        **enable,
         **smtp_server.mail_settings(),
         'mail.queue_path': str(tmp_path / 'queue'),
         'mail.queue_processor': 'false',
         'mail.delivery': 'direct',
         'mail.default_sender': 'app@example.com',
-        'debugtoolbar.extra_panels': 'pyramid_txmail.toolbar.MailPanel',
         'debugtoolbar.hosts': '127.0.0.1',
     }
     smtp_server.rcpt_reply = {'bad@example.com': '550 5.1.1 no such user'}
