@@ -519,3 +519,19 @@ def test_in_chromium_a_message_arrives_live_and_is_read_downloaded_deleted(catch
         page.click('#delete-all button')
         page.wait_for_selector('#messages')
         assert page.inner_text('#count') == '0'
+
+
+def test_encoded_line_breaks_in_a_subject_and_a_name_stay_text(catcher):
+    raw = (
+        b'From: =?utf-8?q?Eve=0D=0A<script>x()</script>?= <eve@example.com>\r\n'
+        b'To: ann@example.com\r\n'
+        b'Subject: =?utf-8?q?evil=0D=0AX-Injected:_yes?=\r\n\r\nbody\r\n'
+    )
+    with smtplib.SMTP('127.0.0.1', catcher.smtp_port, timeout=10) as smtp:
+        smtp.sendmail('eve@example.com', ['ann@example.com'], raw)
+    [summary] = api(catcher, '/api/messages')['messages']
+    assert summary['subject'] == 'evil\r\nX-Injected: yes'
+    for path in ('/', f'/messages/{summary["id"]}'):
+        status, headers, body = http(catcher, path)
+        assert status == 200 and 'X-Injected' not in headers
+        assert b'<script>x()' not in body and b'&lt;script&gt;x()' in body
