@@ -260,8 +260,10 @@ def test_a_port_in_use_is_named(tmp_path):
         taken.bind(('127.0.0.1', 0))
         taken.listen()
         port = taken.getsockname()[1]
+        unstarted = Catcher(smtp_port=port, http_port=0)
         with pytest.raises(CatcherError, match=f'port {port} .*--smtp-port {port}'):
-            Catcher(smtp_port=port, http_port=0).start()
+            unstarted.start()
+        assert not os.path.exists(unstarted.folder)  # its temporary folder
         with pytest.raises(CatcherError, match=f'port {port} .*--http-port {port}'):
             Catcher(smtp_port=0, http_port=port).start()
 

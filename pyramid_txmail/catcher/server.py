@@ -120,11 +120,15 @@ class Catcher:
 
     def start(self) -> Catcher:
         """Bind both ports (or raise :class:`CatcherError`), then serve."""
-        smtp_sock = _bind(self.host, self.smtp_port, '--smtp-port')
         try:
-            http_sock = _bind(self.host, self.http_port, '--http-port')
+            smtp_sock = _bind(self.host, self.smtp_port, '--smtp-port')
+            try:
+                http_sock = _bind(self.host, self.http_port, '--http-port')
+            except CatcherError:
+                smtp_sock.close()
+                raise
         except CatcherError:
-            smtp_sock.close()
+            self.stop()  # nothing is left behind, a temporary folder neither
             raise
         self.smtp_port = smtp_sock.getsockname()[1]
         self.http_port = http_sock.getsockname()[1]
