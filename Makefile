@@ -51,8 +51,13 @@ bench: $(STAMP) $(PEERS)
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix)
 	$(PY) tests/benchmarks/bench.py $(BENCH_ARGS)
 
+# `make demo HTTP_PORT=8080 SMTP_PORT=2525 CATCHER_PORT=8081` when taken.
+HTTP_PORT    ?= 6543
+SMTP_PORT    ?= 8025
+CATCHER_PORT ?= 8026
 demo: $(STAMP)
-	$(PY) demo/run.py
+	$(PY) demo/run.py --http-port=$(HTTP_PORT) --smtp-port=$(SMTP_PORT) \
+	  --catcher-port=$(CATCHER_PORT)
 
 clean:
 	rm -rf $(VENV) docs/_build demo/var .coverage .coverage.* .pytest_cache tests/benchmarks/.work

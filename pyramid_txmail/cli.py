@@ -117,6 +117,24 @@ class Command:
         purge = command('purge', 'delete messages')
         purge.add_argument('ids', nargs='*', metavar='ID')
         purge.add_argument('--failed', action='store_true')
+        catch = commands.add_parser(
+            'catch', help='a development mail catcher: SMTP and a web UI'
+        )
+        catch.add_argument('--smtp-port', type=int, default=8025, metavar='P')
+        catch.add_argument('--http-port', type=int, default=8026, metavar='P')
+        catch.add_argument('--host', default='127.0.0.1', help='loopback only')
+        catch.add_argument(
+            '--allow-remote', action='store_true', help='allow a non-loopback --host'
+        )
+        catch.add_argument('--dir', help='keep messages here (default: temporary)')
+        for flag, reply in (('--defer', '451'), ('--reject', '550')):
+            catch.add_argument(
+                flag,
+                action='append',
+                default=[],
+                metavar='PATTERN',
+                help=f'answer matching recipients (fnmatch) with {reply}',
+            )
         return parser
 
     def run(self, argv: Sequence[str]) -> int:
@@ -247,6 +265,50 @@ class Command:
     def cmd_retry(self, args: argparse.Namespace) -> int:
         count = self._queue(args.config).retry(None if args.all else args.ids)
         print(f'{count} message(s) queued again', file=self.out)
+        return 0
+
+    #: What ``catch`` runs while it serves, instead of waiting for SIGINT or
+    #: SIGTERM (a seam for tests).
+    catch_until: Any = None
+
+    def cmd_catch(self, args: argparse.Namespace) -> int:
+        import importlib.util
+
+        needed = ('aiosmtpd', 'waitress')
+        missing = [name for name in needed if not importlib.util.find_spec(name)]
+        if missing:
+            raise CommandError(
+                f'catch needs {" and ".join(missing)}: '
+                "pip install 'pyramid_txmail[catcher]'"
+            )
+        from .catcher import Catcher, CatcherError, wait_for_signal
+
+        try:
+            catcher = Catcher(
+                args.dir,
+                host=args.host,
+                smtp_port=args.smtp_port,
+                http_port=args.http_port,
+                defer=args.defer,
+                reject=args.reject,
+                allow_remote=args.allow_remote,
+            ).start()
+        except CatcherError as exc:
+            raise CommandError(f'catch: {exc}') from None
+        try:
+            print(
+                f'catching mail: SMTP on {args.host}:{catcher.smtp_port}, '
+                f'web UI on {catcher.url}\n'
+                f'messages in {catcher.folder}'
+                + ''.join(f'\n{args.host} answers 451 to {p}' for p in args.defer)
+                + ''.join(f'\n{args.host} answers 550 to {p}' for p in args.reject)
+                + '\nCtrl-C stops',
+                file=self.out,
+                flush=True,
+            )
+            (self.catch_until or wait_for_signal)()
+        finally:
+            catcher.stop()
         return 0
 
     def cmd_purge(self, args: argparse.Namespace) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
+import json
 import os
 import shutil
 import signal
@@ -37,24 +39,33 @@ def wait_until(predicate, timeout=20.0):
         time.sleep(0.1)
 
 
+def run_demo(*ports, var_dir):
+    http_port, smtp_port, catcher_port = ports
+    return subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, 'demo', 'run.py'),
+            f'--http-port={http_port}',
+            f'--smtp-port={smtp_port}',
+            f'--catcher-port={catcher_port}',
+            f'--var-dir={var_dir}',
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 class Demo:
     def __init__(self, var_dir):
         self.port = free_port()
         self.var_dir = str(var_dir)
         self.url = f'http://127.0.0.1:{self.port}'
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                os.path.join(ROOT, 'demo', 'run.py'),
-                f'--http-port={self.port}',
-                f'--smtp-port={free_port()}',
-                f'--var-dir={self.var_dir}',
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.banner = self.proc.stdout.readline() + self.proc.stdout.readline()
+        catcher_port = free_port()
+        self.catcher_url = f'http://127.0.0.1:{catcher_port}'
+        self.proc = run_demo(self.port, free_port(), catcher_port, var_dir=var_dir)
+        # The banner comes once the app answers.
+        self.banner = ''.join(self.proc.stdout.readline() for _ in range(4))
         wait_until(self._up)
 
     def _up(self):
@@ -81,14 +92,16 @@ class Demo:
             return exc.code, exc.read().decode()
 
     def caught(self):
+        """The messages the catcher kept, oldest first, read from its folder."""
         folder = os.path.join(self.var_dir, 'caught')
         names = sorted(n for n in os.listdir(folder) if n.endswith('.eml'))
-        return [
-            email.message_from_binary_file(
-                open(os.path.join(folder, n), 'rb'), policy=email.policy.default
-            )
-            for n in names
-        ]
+        messages = []
+        for name in names:
+            with open(os.path.join(folder, name), 'rb') as f:
+                messages.append(
+                    email.message_from_binary_file(f, policy=email.policy.default)
+                )
+        return messages
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -113,6 +126,7 @@ def demo(tmp_path):
 class TestDemo:
     def test_prints_the_url(self, demo):
         assert demo.url + '/' in demo.banner
+        assert demo.catcher_url + '/' in demo.banner
 
     def test_signup_sends_welcome_and_failed_signup_sends_nothing(self, demo):
         status, body = demo.post(
@@ -131,8 +145,9 @@ class TestDemo:
         assert '<h2>Hello Bob</h2>' in msg.get_body(('html',)).get_content()
         (attachment,) = msg.iter_attachments()
         assert attachment.get_filename() == 'welcome.txt'
-        status, listing = demo.get('/messages')
-        assert 'Welcome, Bob!' in listing and 'Ann' not in listing
+        with urllib.request.urlopen(demo.catcher_url + '/api/messages') as res:
+            listing = json.load(res)['messages']
+        assert [m['subject'] for m in listing] == ['Welcome, Bob!']
 
     def test_queue_page_shows_counts(self, demo):
         status, body = demo.get('/queue')
@@ -141,6 +156,42 @@ class TestDemo:
             assert f'<td id="{state}">0</td>' in body
         status, _ = demo.post('/queue/retry')
         assert status == 200
+
+    def test_defer_and_reject_addresses_show_on_the_queue_page(self, demo):
+        demo.post('/signup', name='Dee', email='defer@example.com')
+        demo.post('/signup', name='Rex', email='reject@example.com')
+
+        def both_seen():
+            _, body = demo.get('/queue')
+            failed = body.split('id="failed-list"')[1]
+            deferred = body.split('id="deferred-list"')[1].split('<h2>')[0]
+            return (
+                'reject@example.com' in failed
+                and '550' in failed
+                and 'defer@example.com' in deferred
+                and '451' in deferred
+                and body
+            )
+
+        body = wait_until(both_seen)
+        assert '<td id="failed">1</td>' in body
+        assert demo.caught() == []
+
+
+@pytest.mark.parametrize('which', [0, 1, 2])
+def test_a_port_in_use_is_named_with_its_make_variable(tmp_path, which):
+    ports = [free_port(), free_port(), free_port()]
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', ports[which]))
+        taken.listen()
+        ports[which] = taken.getsockname()[1]
+        proc = run_demo(*ports, var_dir=tmp_path)
+        output, _ = proc.communicate(timeout=60)
+    variable = ['HTTP_PORT', 'SMTP_PORT', 'CATCHER_PORT'][which]
+    assert proc.returncode == 1
+    assert f'port {ports[which]} on 127.0.0.1 is already in use' in output
+    assert f'make demo {variable}=' in output
+    assert 'open http' not in output  # nobody else's URL
 
 
 def _chromium_or_skip():
@@ -151,38 +202,53 @@ def _chromium_or_skip():
     pytest.skip(f'{CHROMIUM} not installed (make test installs it)')
 
 
+@contextlib.contextmanager
+def chromium():
+    """A headless Debian Chromium through Playwright (skips without one)."""
+    _chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                '--headless',
+                '--no-sandbox',
+                '--disable-gpu',
+                '--disable-quic',
+                '--no-first-run',
+                '--disable-background-networking',
+                '--disable-component-update',
+                '--disable-sync',
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def screenshot(page, name):
+    """Save a PNG for the docs when PYRAMID_TXMAIL_SCREENSHOTS names a folder
+    (``docs/_static``); tests never write into the work tree otherwise."""
+    folder = os.environ.get('PYRAMID_TXMAIL_SCREENSHOTS')
+    if folder:
+        page.screenshot(path=os.path.join(folder, name))
+
+
 class TestDemoInBrowser:
     def test_sign_up_then_read_the_caught_message(self, demo):
-        _chromium_or_skip()
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    '--headless',
-                    '--no-sandbox',
-                    '--disable-gpu',
-                    '--disable-quic',
-                    '--no-first-run',
-                    '--disable-background-networking',
-                    '--disable-component-update',
-                    '--disable-sync',
-                ],
-            )
-            try:
-                page = browser.new_page()
-                page.goto(demo.url + '/')
-                page.fill('input[name=name]', 'Zoë')
-                page.fill('input[name=email]', 'zoe@example.com')
-                page.click('button[type=submit]')
-                assert 'Welcome mail sent' in page.inner_text('#note')
-                wait_until(demo.caught)
-                page.goto(demo.url + '/messages')
-                page.click('text=Welcome, Zoë!')
-                frame = page.frame_locator('#html')
-                assert frame.locator('h2').inner_text() == 'Hello Zoë'
-                assert 'thanks for signing up' in page.inner_text('#text')
-                assert page.inner_text('#attachments') == 'welcome.txt'
-            finally:
-                browser.close()
+        with chromium() as browser:
+            page = browser.new_page()
+            page.goto(demo.url + '/')
+            page.fill('input[name=name]', 'Zoë')
+            page.fill('input[name=email]', 'zoe@example.com')
+            page.click('button[type=submit]')
+            assert 'Welcome mail sent' in page.inner_text('#note')
+            wait_until(demo.caught)
+            page.click('#caught')  # the shipped catcher's web UI
+            page.click('text=Welcome, Zoë!')
+            frame = page.frame_locator('#html')
+            assert frame.locator('h2').inner_text() == 'Hello Zoë'
+            assert 'thanks for signing up' in page.inner_text('#text')
+            assert page.inner_text('#attachments tbody a') == 'welcome.txt'
