@@ -252,3 +252,30 @@ class TestDemoInBrowser:
             assert frame.locator('h2').inner_text() == 'Hello Zoë'
             assert 'thanks for signing up' in page.inner_text('#text')
             assert page.inner_text('#attachments tbody a') == 'welcome.txt'
+
+    def test_the_preview_shows_what_the_caught_mail_shows(self, demo):
+        with chromium() as browser:
+            page = browser.new_page()
+            page.goto(demo.url + '/')
+            page.click('#previews')
+            page.click('text=welcome')
+            preview = page.frame_locator('#html')
+            shown = preview.locator('body').inner_text()
+            button = preview.locator('a.button')
+            assert button.inner_text() == 'Open the demo'
+            link = button.get_attribute('href')
+            styled = button.get_attribute('style')
+            assert 'background' in (styled or '')  # the layout's CSS, inlined
+            # The preview's sample values, signed up for real.
+            page.goto(demo.url + '/')
+            page.fill('input[name=name]', 'Ada')
+            page.fill('input[name=email]', 'ada@example.com')
+            page.click('button[type=submit]')
+            wait_until(demo.caught)
+            page.click('#caught')
+            page.click('text=Welcome, Ada!')
+            caught = page.frame_locator('#html')
+            assert caught.locator('body').inner_text() == shown
+            assert caught.locator('a.button').get_attribute('href') == link
+            assert caught.locator('a.button').get_attribute('style') == styled
+            assert 'Open the demo (' + link + ')' in page.inner_text('#text')

@@ -1,7 +1,9 @@
 """The pyramid_txmail demo: sign up, see the mail that was caught, watch the queue.
 
 Everything mail-related is what the docs tell users to write:
-``config.include('pyramid_txmail')`` and ``request.mailer.send(Message(...))``.
+``config.include('pyramid_txmail')`` and ``request.mailer.send_template(...)``,
+whose templates (``templates/welcome.*.jinja2``) extend a layout and whose
+preview (``previews.py``) is served at ``/_mail/``.
 The mail is caught by ``pyramid-txmail catch`` (its web UI shows it); the
 rest is a few pages of plain HTML.
 """
@@ -15,8 +17,9 @@ from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound
 from pyramid.response import Response
 
-from pyramid_txmail import Attachment, Message
+from pyramid_txmail import Attachment
 from pyramid_txmail.queue import MailQueue
+from pyramid_txmail.templates import mail_autoescape
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title} · pyramid_txmail demo</title>
@@ -24,7 +27,7 @@ PAGE = """<!doctype html>
 td,th{{padding:.2em .8em;text-align:left}}
 .note{{background:#eef;padding:.5em 1em}}</style></head>
 <body><nav><a href="/">Sign up</a> · <a id="caught" href="{catcher}">Caught mail</a> ·
-<a href="/queue">Queue</a></nav><h1>{title}</h1>{body}</body></html>"""
+<a href="/queue">Queue</a> · <a id="previews" href="/_mail/">Mail previews</a></nav><h1>{title}</h1>{body}</body></html>"""
 
 
 def page(request: Any, title: str, body: str, status: int = 200) -> Response:
@@ -53,20 +56,19 @@ retried; <code>reject@...</code> fails (550): see the <a href="/queue">queue</a>
 def signup(request: Any) -> HTTPFound:
     """Send the welcome message in the request's transaction."""
     name = request.params['name']
-    request.mailer.send(
-        Message(
-            subject=f'Welcome, {name}!',
-            recipients=[request.params['email']],
-            body=f'Hello {name},\n\nthanks for signing up.\n',
-            html=f'<h2>Hello {escape(name)}</h2><p>Thanks for signing up.</p>',
-            attachments=[
-                Attachment(
-                    filename='welcome.txt',
-                    content_type='text/plain',
-                    data=f'Welcome aboard, {name}.\n',
-                )
-            ],
-        )
+    # Subject and HTML from templates/welcome.*.jinja2 (the HTML extends a
+    # layout; its CSS is inlined); the text part is derived from the HTML.
+    request.mailer.send_template(
+        'txmail_demo:templates/welcome.jinja2',
+        {'name': name, 'link': request.application_url + '/'},
+        recipients=[request.params['email']],
+        attachments=[
+            Attachment(
+                filename='welcome.txt',
+                content_type='text/plain',
+                data=f'Welcome aboard, {name}.\n',
+            )
+        ],
     )
     if 'fail' in request.params:
         raise RuntimeError('failed after sending, on purpose')
@@ -127,7 +129,10 @@ def retry(request: Any) -> HTTPFound:
 def main(global_config: dict[str, str], **settings: str) -> Any:
     """The WSGI application (``use = call:txmail_demo:main``)."""
     with Configurator(settings=settings) as config:
+        config.include('pyramid_jinja2')
         config.include('pyramid_txmail')
+        # Development only: the mail previews at /_mail/.
+        config.add_mail_previews('txmail_demo.previews', route_prefix='/_mail')
         for name, pattern, view, method in [
             ('home', '/', signup_form, 'GET'),
             ('signup', '/signup', signup, 'POST'),
@@ -137,4 +142,6 @@ def main(global_config: dict[str, str], **settings: str) -> Any:
             config.add_route(name, pattern, request_method=method)
             config.add_view(view, route_name=name)
         config.add_exception_view(failed_view, RuntimeError)
+    # HTML-escape in HTML parts only, never in subjects and text parts.
+    config.get_jinja2_environment().autoescape = mail_autoescape
     return config.make_wsgi_app()
