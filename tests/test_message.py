@@ -967,3 +967,63 @@ def test_message_id_and_date_of_an_email_message_are_checked():
             assert error.field == name
         else:
             raise AssertionError(f'{name}: {value!r} accepted')
+
+
+# -- an EmailMessage is read, never changed
+
+
+def _multipart_email():
+    msg = EmailMessage()
+    msg['From'] = 'Shop <shop@example.com>'
+    msg['To'] = 'Ann <ann@example.com>, bob@example.com'
+    msg['Bcc'] = 'audit@example.com'
+    msg['Subject'] = 'Your order'
+    msg.set_content('Hello\n')
+    msg.add_alternative('<p>Hello</p>\n', subtype='html')
+    msg.add_attachment(b'%PDF' * 100, 'application', 'pdf', filename='r.pdf')
+    return msg
+
+
+def _shape(msg):
+    """Everything a caller could see change: every part's fields and
+    boundary, and the payloads."""
+    return [
+        (part.items(), part.get_boundary(), part.get_payload(decode=True))
+        for part in msg.walk()
+    ]
+
+
+def test_prepare_leaves_the_callers_email_message_unchanged():
+    from pyramid_txmail.message import prepare
+
+    msg = _multipart_email()
+    before = _shape(msg)
+    mail = prepare(msg, message_id_domain='test.example')
+    assert _shape(msg) == before  # no Message-ID, Date, boundary; Bcc kept
+    assert msg['Bcc'] == 'audit@example.com' and 'Message-ID' not in msg
+    assert mail.envelope.recipients[-1] == 'audit@example.com'
+    assert b'audit@example.com' not in mail.data
+
+
+def test_prepared_bytes_are_what_the_stdlib_generator_writes():
+    from pyramid_txmail.message import prepare
+
+    msg = _multipart_email()
+    del msg['Bcc']
+    msg['Message-ID'] = '<1@test.example>'
+    msg['Date'] = 'Sat, 28 Nov 2026 12:00:00 +0000'
+    for n, part in enumerate(p for p in msg.walk() if p.is_multipart()):
+        part.set_boundary(f'=_boundary{n}')
+    expected = msg.as_bytes(policy=email.policy.SMTP)
+    assert prepare(msg).data == expected
+
+
+def test_to_message_output_survives_deepcopy():
+    import copy
+
+    msg = Message(
+        subject='Hi', sender='a@example.com', recipients=['b@example.com', 'c@ex.com']
+    ).to_message()
+    again = copy.deepcopy(msg)
+    assert again['To'] == 'b@example.com, c@ex.com'
+    assert again.as_bytes() == msg.as_bytes()
