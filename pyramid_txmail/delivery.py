@@ -186,9 +186,7 @@ class DirectDelivery:
             outcomes = _send_all(conn, jobs)
             this_round, more = more, []
             for i, mail, refused in this_round:
-                outcome = outcomes.get(i)
-                if outcome is None:
-                    continue  # the session ended before it went
+                outcome = outcomes[i]
                 if isinstance(outcome, DeliveryError):
                     # This round failed: the earlier refusals stand.
                     log.warning(
@@ -245,15 +243,16 @@ def _send_all(
     conn: SMTPConnection, jobs: Iterable[tuple[int, Envelope, bytes]]
 ) -> dict[int, Outcome]:
     """Pipeline ``jobs`` (``(key, envelope, data)``) over ``conn``; their
-    outcomes by key. A message missing from the result was not accepted:
-    the session ended before it could go."""
+    outcomes by key, one for each."""
     pipeline = Pipeline[int](conn)
     outcomes: dict[int, Outcome] = {}
     for key, envelope, data in jobs:
         outcomes.update(pipeline.submit(key, envelope, data))
-        if not conn.alive:
-            break
     outcomes.update(pipeline.finish())
+    for key in pipeline.abandon():
+        outcomes[key] = TemporaryDeliveryError(
+            f'not sent: the session with {conn.where} ended first'
+        )
     return outcomes
 
 

@@ -37,14 +37,39 @@ def _envelope(*recipients: str, sender: str = 'from@example.com') -> Envelope:
     return Envelope(sender, recipients or ('to@example.com',))
 
 
+#: The ways a message goes, as ``(relay offers PIPELINING, mail.pipelining)``:
+#: pipelined, lock-step with a relay that does not offer it, and lock-step
+#: with the setting off.
+PATHS = {
+    'pipelined': (True, True),
+    'lock-step relay': (False, True),
+    'pipelining off': (True, False),
+}
+
+
+def make_server_for(make_smtp_server, path, **options):
+    """A server taking the way ``path`` names (see :data:`PATHS`); its
+    ``settings()`` carry ``mail.pipelining``."""
+    offered, setting = PATHS[path]
+    options.setdefault('pipelining', offered)
+    server = make_smtp_server(**options)
+    server.settings = functools.partial(server.settings, pipelining=setting)
+    return server
+
+
 class _Base:
-    #: Whether the servers made by ``self.make_server`` offer PIPELINING.
-    pipelining = True
+    #: How the servers made by ``self.make_server`` are used (see PATHS).
+    path = 'pipelined'
+
+    @property
+    def pipelining(self) -> bool:
+        """Whether the sessions of this class pipeline."""
+        return all(PATHS[self.path])
 
     @pytest.fixture(autouse=True)
     def _fixtures(self, make_smtp_server, caplog, tmp_path):
         self.make_server = functools.partial(
-            make_smtp_server, pipelining=self.pipelining
+            make_server_for, make_smtp_server, self.path
         )
         self.caplog = caplog
         self.tmp_path = tmp_path
@@ -816,6 +841,7 @@ class TestPipeline(_Base):
         conn = self._makeOne(server.settings())
         conn.open()
         pipeline = Pipeline(conn)
+        assert repr(pipeline) == f'<Pipeline to 127.0.0.1:{server.port} ahead=True>'
         [(a, env_a, data), (b, env_b, _)] = self._messages(
             'a@example.com', 'b@example.com'
         )
@@ -993,7 +1019,14 @@ class TestPipeline(_Base):
 class TestSMTPConnectionLockstep(TestSMTPConnection):
     """Every case again with a relay that does not offer PIPELINING."""
 
-    pipelining = False
+    path = 'lock-step relay'
+
+
+class TestSMTPConnectionPipeliningOff(TestSMTPConnection):
+    """Every case again with a relay that offers PIPELINING and
+    ``mail.pipelining = false``."""
+
+    path = 'pipelining off'
 
 
 class TestPipelining(_Base):
@@ -1116,7 +1149,7 @@ class TestDeliveryError:
 # -- the envelope as the command line carries it (second line of defence)
 
 
-@pytest.mark.parametrize('pipelining', [True, False])
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize(
     'envelope',
     [
@@ -1134,11 +1167,11 @@ class TestDeliveryError:
     ],
 )
 def test_envelope_address_that_would_break_the_command_line_is_permanent(
-    make_smtp_server, pipelining, envelope
+    make_smtp_server, path, envelope
 ):
     from pyramid_txmail.smtp import PermanentDeliveryError, SMTPConnection
 
-    server = make_smtp_server(pipelining=pipelining)
+    server = make_server_for(make_smtp_server, path)
     with SMTPConnection(server.settings()) as conn:
         with pytest.raises(PermanentDeliveryError, match='RFC 5321 mailbox'):
             conn.send(envelope, DATA)
@@ -1149,11 +1182,11 @@ def test_envelope_address_that_would_break_the_command_line_is_permanent(
     assert [v for _, v, _ in server.commands].count('MAIL') == 1
 
 
-@pytest.mark.parametrize('pipelining', [True, False])
-def test_quoted_mailboxes_go_out_as_given(make_smtp_server, pipelining):
+@pytest.mark.parametrize('path', PATHS)
+def test_quoted_mailboxes_go_out_as_given(make_smtp_server, path):
     from pyramid_txmail.smtp import SMTPConnection
 
-    server = make_smtp_server(pipelining=pipelining)
+    server = make_server_for(make_smtp_server, path)
     envelope = Envelope(
         '"bounce me"@example.com',
         ('"victim@attacker.example> ORCPT=rfc822;x"@example.com', '"a\\"b"@ex.com'),
@@ -1268,15 +1301,16 @@ class TestDeadlines(_Base):
         assert not conn.alive
         assert conn.timed_out
 
-    @pytest.mark.parametrize('pipelining', [True, False])
+    @pytest.mark.parametrize('path', PATHS)
     @pytest.mark.parametrize(
         ('stage', 'named'), [('MAIL', 'MAIL FROM'), ('DATA', 'DATA')]
     )
-    def test_trickled_reply_fails_in_time(self, relay, pipelining, stage, named):
+    def test_trickled_reply_fails_in_time(self, relay, path, stage, named):
         from pyramid_txmail.smtp import TemporaryDeliveryError
 
-        trickling = relay(stage, pipelining=pipelining)
-        conn = self._makeOne(self._settings(trickling))
+        offered, setting = PATHS[path]
+        trickling = relay(stage, pipelining=offered)
+        conn = self._makeOne(self._settings(trickling, pipelining=setting))
         conn.open()
         with pytest.raises(TemporaryDeliveryError) as info:
             conn.send(_envelope(), DATA)

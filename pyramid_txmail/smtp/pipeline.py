@@ -95,11 +95,10 @@ class Pipeline(Generic[K]):
         the relay can accept nothing more.
         """
         keys, self._pending = self._pending, []
-        if self._in_flight is not None:
-            self._in_flight = None
-            smtp = self.conn._smtp
-            if smtp is not None:
-                smtp.close()
+        smtp = self.conn._smtp
+        if self._in_flight is not None and smtp is not None:
+            smtp.close()
+        self._in_flight = None
         return keys
 
     def _answered(self, outcomes: list[tuple[K, Outcome]]) -> list[tuple[K, Outcome]]:
