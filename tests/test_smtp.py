@@ -170,6 +170,31 @@ class TestSMTPConnection(_Base):
         with pytest.raises(TemporaryDeliveryError, match='not connected to'):
             conn.send(_envelope(), DATA)
 
+    def test_a_bug_while_opening_leaves_no_session_behind(self):
+        import smtplib
+        import threading
+
+        class Broken(smtplib.SMTP):
+            def getreply(self):
+                raise RuntimeError('bug')
+
+        def watchers():
+            return [
+                t
+                for t in threading.enumerate()
+                if t.name == 'pyramid_txmail-smtp-deadline'
+            ]
+
+        server = self.make_server()
+        before = set(watchers())
+        conn = self._makeOne(server.settings(), smtp_class=Broken)
+        with pytest.raises(RuntimeError, match='bug'):
+            conn.open()
+        assert not conn.alive
+        for thread in set(watchers()) - before:
+            thread.join(5)
+            assert not thread.is_alive()  # the socket's deadline watch ended
+
     def test_open_again_starts_a_new_session(self):
         server = self.make_server()
         conn = self._makeOne(server.settings())

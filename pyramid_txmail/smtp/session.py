@@ -308,6 +308,9 @@ class SMTPConnection:
             log.debug('%s', error)
             self.close()
             raise error from exc
+        except BaseException:  # a bug, an interrupt: no half-open session
+            self.close()
+            raise
         if refused is not None:
             log.debug('%s', refused)
             self.close()
