@@ -13,7 +13,6 @@ whose ``finish``/``abort``/``after_commit`` the data manager calls (see
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -28,10 +27,10 @@ from zope.interface import implementer
 from .events import MailEvent, MailFailed, MailSent
 from .exceptions import DeliveryError, Refusals, TemporaryDeliveryError
 from .interfaces import IMailDelivery, IPendingMail, IQueueDelivery
-from .message import PreparedMail
+from .message import Envelope, PreparedMail
 from .queue import MailQueue
 from .settings import MailSettings
-from .smtp import SHOWN_REFUSALS, SMTPConnection
+from .smtp import SHOWN_REFUSALS, Outcome, Pipeline, SMTPConnection
 
 log = logging.getLogger('pyramid_txmail.delivery')
 
@@ -89,15 +88,15 @@ class DirectDelivery:
         """Send ``mails`` over as few connections as failures allow.
 
         Over one connection they are pipelined (see
-        :meth:`SMTPConnection.send_many`): one round trip per message while
-        the request waits. A session that dies takes only the message it was
-        sending; the rest go over a new one, unless the relay stopped
+        :class:`~pyramid_txmail.smtp.Pipeline`): one round trip per message
+        while the request waits. A session that dies takes only the message
+        it was sending; the rest go over a new one, unless the relay stopped
         answering in time (each phase is bounded by ``mail.timeout``; trying
         again would only multiply the wait). Events go out in the order of
         ``mails``, one per message, whatever happened.
         """
         events: dict[int, MailEvent] = {}
-        unsent = collections.deque(enumerate(mails))
+        unsent = dict(enumerate(mails))
         try:
             # Ends: every session answers at least its first message, or
             # fails them all.
@@ -108,7 +107,7 @@ class DirectDelivery:
                 finally:
                     conn.close()
                 if conn.timed_out:
-                    for i, mail in unsent:
+                    for i, mail in unsent.items():
                         events[i] = self._failed(mail, _timed_out(conn))
                     unsent.clear()
         except Exception as exc:
@@ -124,30 +123,38 @@ class DirectDelivery:
     def _session(
         self,
         conn: SMTPConnection,
-        unsent: collections.deque[tuple[int, PreparedMail]],
+        unsent: dict[int, PreparedMail],
         events: dict[int, MailEvent],
     ) -> None:
+        """Send ``unsent`` over ``conn``; each message with an outcome leaves
+        ``unsent`` for ``events``."""
         try:
             conn.open()
         except DeliveryError as exc:
             # The relay is down or refuses us: trying again for every
             # message would only multiply the timeouts.
-            for i, mail in unsent:
+            for i, mail in unsent.items():
                 events[i] = self._failed(mail, exc)
             unsent.clear()
             return
         more: list[tuple[int, PreparedMail, Refusals]] = []
-        # In order, and never more outcomes than messages: each one is the
-        # leftmost unsent message's.
-        outcomes = conn.send_many([((i, m), m.envelope, m.data) for i, m in unsent])
-        for (i, mail), outcome in outcomes:
-            unsent.popleft()
-            if isinstance(outcome, DeliveryError):
-                events[i] = self._failed(mail, outcome)
-            elif _over_limit(outcome):
-                more.append((i, mail, outcome))
-            else:
-                events[i] = self._sent(mail, outcome)
+
+        def record(outcomes: list[tuple[int, Outcome]]) -> None:
+            for i, outcome in outcomes:
+                mail = unsent.pop(i)
+                if isinstance(outcome, DeliveryError):
+                    events[i] = self._failed(mail, outcome)
+                elif _over_limit(outcome):
+                    more.append((i, mail, outcome))
+                else:
+                    events[i] = self._sent(mail, outcome)
+
+        pipeline = Pipeline[int](conn)
+        for i, mail in list(unsent.items()):
+            record(pipeline.submit(i, mail.envelope, mail.data))
+            if not conn.alive:
+                break  # the rest go over a new session
+        record(pipeline.finish())
         for i, mail, refused in self._rounds(conn, more):
             events[i] = self._sent(mail, refused)
 
@@ -170,14 +177,16 @@ class DirectDelivery:
             rounds += 1
             jobs = [
                 (
-                    (i, mail, refused),
+                    i,
                     dataclasses.replace(mail.envelope, recipients=_over_limit(refused)),
                     mail.data,
                 )
                 for i, mail, refused in more
             ]
-            more = []
-            for (i, mail, refused), outcome in conn.send_many(jobs):
+            outcomes = _send_all(conn, jobs)
+            this_round, more = more, []
+            for i, mail, refused in this_round:
+                outcome = outcomes[i]
                 if isinstance(outcome, DeliveryError):
                     # This round failed: the earlier refusals stand.
                     log.warning(
@@ -228,6 +237,23 @@ class DirectDelivery:
             conn.close()
         self.notify([MailSent(mail.message_id, mail.data, refused)])
         return refused
+
+
+def _send_all(
+    conn: SMTPConnection, jobs: Iterable[tuple[int, Envelope, bytes]]
+) -> dict[int, Outcome]:
+    """Pipeline ``jobs`` (``(key, envelope, data)``) over ``conn``; their
+    outcomes by key, one for each."""
+    pipeline = Pipeline[int](conn)
+    outcomes: dict[int, Outcome] = {}
+    for key, envelope, data in jobs:
+        outcomes.update(pipeline.submit(key, envelope, data))
+    outcomes.update(pipeline.finish())
+    for key in pipeline.abandon():
+        outcomes[key] = TemporaryDeliveryError(
+            f'not sent: the session with {conn.where} ended first'
+        )
+    return outcomes
 
 
 def _over_limit(refused: Refusals) -> tuple[str, ...]:

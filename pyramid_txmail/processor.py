@@ -21,7 +21,6 @@ Logger: ``pyramid_txmail.processor``.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import math
 import os
@@ -41,10 +40,9 @@ from .exceptions import (
     TemporaryDeliveryError,
 )
 from .legacy import adopt as adopt_legacy
-from .message import Envelope
 from .queue import Claim, MailQueue, install_fork_hook
 from .settings import MailSettings
-from .smtp import SMTPConnection
+from .smtp import Outcome, Pipeline, SMTPConnection
 
 __all__ = ['PassResult', 'ProcessorThread', 'QueueProcessor', 'ensure_processor']
 
@@ -73,6 +71,14 @@ class PassResult:
     deferred: int = 0
     failed: int = 0
     released: int = 0
+
+    def __add__(self, other: PassResult) -> PassResult:
+        return PassResult(
+            self.sent + other.sent,
+            self.deferred + other.deferred,
+            self.failed + other.failed,
+            self.released + other.released,
+        )
 
 
 class QueueProcessor:
@@ -219,45 +225,91 @@ class QueueProcessor:
         self.queue.promote_due(horizon=self.settings.retry_max * 1.25)
         ids = iter(self.queue.pending())
         self._halted = False  # stopped during this pass: claim no more
-        # Claimed, outcome not recorded yet: a message read ahead by a session
-        # that ended first, or any message when a bug or an interrupt leaves
-        # this method. At the end of the pass they go back to new/,
-        # unchanged (this pass's listing has moved past them).
-        offered: dict[str, Claim] = {}
-        try:
-            while claim := self._next(ids):
-                offered[claim.id] = claim
-                conn = self._connect()
-                with self._cond:
-                    self._conn = conn
-                    self._cut(conn)
-                try:
-                    try:
-                        conn.open()
-                    except DeliveryError as exc:
-                        # Nothing was offered: the relay cannot be reached or
-                        # used now, and the pass ends.
-                        del offered[claim.id]
-                        self._failed(claim, exc, False, result)
-                        break
-                    if not self._send(conn, claim, ids, offered, result):
-                        break
-                finally:
-                    # A failing QUIT is ignored by close(): what was accepted
-                    # stays sent and is not sent again.
-                    conn.close()
-        finally:
-            self._release(offered)
+        while claim := self._next(ids):
+            done, go_on = self._session(claim, ids)
+            result += done
+            if not go_on:
+                break
         return result
 
-    def _release(self, offered: dict[str, Claim]) -> None:
+    def _session(self, first: Claim, ids: Iterator[str]) -> tuple[PassResult, bool]:
+        """One SMTP session: ``first`` and the messages claimed after it.
+        Returns what it did and whether the pass may go on."""
+        try:
+            conn = self._connect()
+            with self._cond:
+                self._conn = conn
+                self._cut(conn)
+            conn.open()
+        except DeliveryError as exc:
+            # Nothing was offered: the relay cannot be reached or used now,
+            # and the pass ends.
+            done, _ = self._failed(first, exc, alive=False)
+            return done, False
+        except BaseException:
+            self._release([first])
+            raise
+        try:
+            return self._send(conn, first, ids)
+        finally:
+            # A failing QUIT is ignored by close(): what was accepted stays
+            # sent and is not sent again.
+            conn.close()
+
+    def _send(
+        self, conn: SMTPConnection, first: Claim, ids: Iterator[str]
+    ) -> tuple[PassResult, bool]:
+        """``first`` and up to ``mail.queue_batch`` messages in all over
+        ``conn``, each claimed just before it goes; record each outcome.
+        Returns what was done and whether the pass may go on."""
+        # Reading one message ahead would hold a message's content back
+        # while the rate limit waits for the next.
+        pipeline = Pipeline[Claim](conn, ahead=self.settings.queue_rate <= 0)
+        result = PassResult()
+        sent = 0
+        claim: Claim | None = first
+        try:
+            while claim is not None:
+                outcomes = pipeline.submit(claim, claim.envelope, claim.data)
+                done, go_on = self._record(conn, outcomes)
+                result += done
+                if not go_on:
+                    return result, False
+                sent += 1
+                # Claim no more than this connection will take.
+                alive = conn.alive and sent < self.settings.queue_batch
+                claim = self._next(ids) if alive else None
+            done, go_on = self._record(conn, pipeline.finish())
+            return result + done, go_on
+        finally:
+            # Submitted without an outcome (the session ended first, or the
+            # pass stops with one in flight, which cuts the session): never
+            # accepted, so back to new/ (this pass's listing has moved past).
+            self._release(pipeline.abandon())
+
+    def _record(
+        self, conn: SMTPConnection, outcomes: list[tuple[Claim, Outcome]]
+    ) -> tuple[PassResult, bool]:
+        """Record each outcome; return what was done and whether the pass
+        may go on (not when stopping: a message in flight is cut off)."""
+        result = PassResult()
+        go_on = True
+        for claim, outcome in outcomes:
+            if isinstance(outcome, DeliveryError):
+                done, more = self._failed(claim, outcome, alive=conn.alive)
+            else:
+                done, more = self._sent(claim, outcome), True
+            result += done
+            go_on = go_on and more
+        return result, go_on and not self._stopped
+
+    def _release(self, claims: Iterable[Claim]) -> None:
         """Claims without an outcome: never accepted, so back to new/."""
-        for claim in offered.values():
+        for claim in claims:
             try:
                 claim.release()
             except QueueError as exc:  # unlocked in cur/: recovery takes it
                 log.error('mail %s: %s', claim.message_id, exc)
-        offered.clear()
 
     def _next(self, ids: Iterator[str]) -> Claim | None:
         """The next message to send, claimed now; None when none is left or
@@ -273,47 +325,6 @@ class QueueProcessor:
                 return claim
         return None
 
-    def _send(
-        self,
-        conn: SMTPConnection,
-        first: Claim,
-        ids: Iterator[str],
-        offered: dict[str, Claim],
-        result: PassResult,
-    ) -> bool:
-        """Up to ``mail.queue_batch`` messages over ``conn``, each claimed just
-        before it goes; record each outcome. False ends the pass."""
-
-        def batch() -> Iterator[tuple[str, Envelope, bytes]]:
-            claim: Claim | None = first
-            count = 0
-            while claim is not None:
-                yield claim.id, claim.envelope, claim.data
-                count += 1
-                # Claim no more than this connection will take.
-                claim = self._next(ids) if count < batch_size else None
-                if claim is not None:
-                    offered[claim.id] = claim
-
-        batch_size = self.settings.queue_batch
-
-        # Reading one message ahead would hold a message's content back
-        # while the rate limit waits for the next.
-        ahead = self.settings.queue_rate <= 0
-        with contextlib.closing(conn.send_many(batch(), ahead=ahead)) as outcomes:
-            for mail_id, outcome in outcomes:
-                claim = offered.pop(mail_id)
-                if isinstance(outcome, DeliveryError):
-                    if not self._failed(claim, outcome, conn.alive, result):
-                        return False
-                else:
-                    self._sent(claim, outcome, result)
-                if self._stopped:
-                    # The message read ahead, if any, is not finished: the
-                    # session is cut short and it goes back to new/.
-                    return False
-        return True
-
     def _throttle(self) -> bool:
         """Wait for ``mail.queue_rate``; False if stopped meanwhile."""
         rate = self.settings.queue_rate
@@ -327,9 +338,7 @@ class QueueProcessor:
 
     # -- outcomes
 
-    def _sent(
-        self, claim: Claim, refused: Mapping[str, tuple[int, str]], result: PassResult
-    ) -> None:
+    def _sent(self, claim: Claim, refused: Mapping[str, tuple[int, str]]) -> PassResult:
         """The relay took the message, for some or all of its recipients."""
         later = [r for r, (code, _) in refused.items() if 400 <= code < 500]
         # First, before anything else can fail: the record that the relay
@@ -355,8 +364,8 @@ class QueueProcessor:
             log.warning(
                 'mail %s refused for %s', claim.message_id, _describe(refused, refused)
             )
-        result.sent += 1
         self._notify([MailSent(claim.message_id, claim.data, refused)])
+        return PassResult(sent=1)
 
     def _set_aside(self, claim: Claim, accepted: list[str], exc: QueueError) -> None:
         """The relay accepted ``claim`` (for ``accepted``) but the queue could
@@ -382,11 +391,12 @@ class QueueProcessor:
         log.error('mail %s: %s', claim.message_id, reason)
 
     def _failed(
-        self, claim: Claim, exc: DeliveryError, alive: bool, result: PassResult
-    ) -> bool:
-        """Record a failure; return whether the pass may go on."""
+        self, claim: Claim, exc: DeliveryError, *, alive: bool
+    ) -> tuple[PassResult, bool]:
+        """Record a failure; return what was done and whether the pass may
+        go on (``alive``: the session can carry another message)."""
         try:
-            return self._record_failure(claim, exc, alive, result)
+            return self._record_failure(claim, exc, alive=alive)
         except QueueError as error:
             # Not accepted, so nothing is lost: the claim stays in cur/ and
             # recovery offers it again after stale_after (no disk space needed).
@@ -399,17 +409,16 @@ class QueueProcessor:
                 error,
                 self.stale_after,
             )
-            return alive and not isinstance(exc, ConfigurationFault)
+            return PassResult(), alive and not isinstance(exc, ConfigurationFault)
 
     def _record_failure(
-        self, claim: Claim, exc: DeliveryError, alive: bool, result: PassResult
-    ) -> bool:
+        self, claim: Claim, exc: DeliveryError, *, alive: bool
+    ) -> tuple[PassResult, bool]:
         if isinstance(exc, ConfigurationFault):
             # Not this message's fault: keep it, and every other one.
             pause = self.settings.retry_min
             self._paused_until = self._monotonic() + pause
             claim.release()
-            result.released += 1
             log.error(
                 'mail queue %s: cannot send: %s. Messages stay queued; '
                 'trying again in %d s. Check the mail.* settings.',
@@ -420,7 +429,7 @@ class QueueProcessor:
             self._notify(
                 [MailFailed(claim.message_id, claim.data, exc, permanent=False)]
             )
-            return False
+            return PassResult(released=1), False
         if isinstance(exc, TemporaryDeliveryError) and not self._too_old(claim):
             due = self._due(claim)
             # Recipients refused for good are not tried again (they are in
@@ -428,7 +437,6 @@ class QueueProcessor:
             gone = {r for r, (code, _) in exc.recipients.items() if code >= 500}
             keep = [r for r in claim.envelope.recipients if r not in gone]
             claim.defer(str(exc), due, recipients=keep if gone else None)
-            result.deferred += 1
             log.warning(
                 'mail %s deferred until %s (attempt %d): %s',
                 claim.message_id,
@@ -441,16 +449,15 @@ class QueueProcessor:
             )
             # A dead connection (refused, dropped, timed out) would fail every
             # message: charge one attempt, not the whole queue; next pass.
-            return alive
+            return PassResult(deferred=1), alive
         reason = str(exc)
         if not isinstance(exc, PermanentDeliveryError):
             days = self.settings.max_age / 86400
             reason = f'{exc} (still failing after mail.max_age, {days:g} days)'
         claim.fail(reason)
-        result.failed += 1
         log.error('mail %s failed for good: %s', claim.message_id, reason)
         self._notify([MailFailed(claim.message_id, claim.data, exc, permanent=True)])
-        return alive or exc.permanent
+        return PassResult(failed=1), alive or exc.permanent
 
     def _too_old(self, claim: Claim) -> bool:
         """Whether a temporary failure now fails ``claim`` for good.

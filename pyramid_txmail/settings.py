@@ -39,6 +39,7 @@ class MailSettings:
     tls_verify: bool = True
     cafile: str | None = None
     timeout: float = 30.0
+    pipelining: bool = True
     default_sender: str | None = None
     message_id_domain: str = 'localhost'
     queue_path: str | None = None
@@ -133,6 +134,7 @@ KEYS: tuple[tuple[str, Callable[[object], object]], ...] = (
     ('tls_verify', _bool),
     ('cafile', _str),
     ('timeout', _positive_float),
+    ('pipelining', _bool),
     ('default_sender', _str),
     ('message_id_domain', _str),
     ('queue_path', _str),

@@ -333,6 +333,25 @@ class TestDirectDeliveryLimits:
         }
         assert 'sending to the rest of its recipients failed' in caplog.text
 
+    def test_a_round_cut_short_leaves_the_rest_refused(self, make_smtp_server, caplog):
+        # The relay closes after the first message's content in the second
+        # round; the second message's commands went with that content.
+        server = make_smtp_server(
+            max_recipients=2, reply={'DATA': [None, None, '421 4.3.2 closing']}
+        )
+        events = []
+        with caplog.at_level('WARNING', 'pyramid_txmail.delivery'):
+            self._makeOne(settings_for(server), events).deliver(
+                [self._mail(3), self._mail(3)]
+            )
+        assert len(server.wait_for(2)) == 2
+        limited = {'r2@example.com': (452, '4.5.3 Too many recipients')}
+        assert [(type(e), e.refused) for e in events] == [
+            (MailSent, limited),
+            (MailSent, limited),
+        ]
+        assert 'ended first' in caplog.text
+
     def test_send_now_over_the_recipient_limit(self, make_smtp_server):
         server = make_smtp_server(max_recipients=2)
         events = []

@@ -37,14 +37,39 @@ def _envelope(*recipients: str, sender: str = 'from@example.com') -> Envelope:
     return Envelope(sender, recipients or ('to@example.com',))
 
 
+#: The ways a message goes, as ``(relay offers PIPELINING, mail.pipelining)``:
+#: pipelined, lock-step with a relay that does not offer it, and lock-step
+#: with the setting off.
+PATHS = {
+    'pipelined': (True, True),
+    'lock-step relay': (False, True),
+    'pipelining off': (True, False),
+}
+
+
+def make_server_for(make_smtp_server, path, **options):
+    """A server taking the way ``path`` names (see :data:`PATHS`); its
+    ``settings()`` carry ``mail.pipelining``."""
+    offered, setting = PATHS[path]
+    options.setdefault('pipelining', offered)
+    server = make_smtp_server(**options)
+    server.settings = functools.partial(server.settings, pipelining=setting)
+    return server
+
+
 class _Base:
-    #: Whether the servers made by ``self.make_server`` offer PIPELINING.
-    pipelining = True
+    #: How the servers made by ``self.make_server`` are used (see PATHS).
+    path = 'pipelined'
+
+    @property
+    def pipelining(self) -> bool:
+        """Whether the sessions of this class pipeline."""
+        return all(PATHS[self.path])
 
     @pytest.fixture(autouse=True)
     def _fixtures(self, make_smtp_server, caplog, tmp_path):
         self.make_server = functools.partial(
-            make_smtp_server, pipelining=self.pipelining
+            make_server_for, make_smtp_server, self.path
         )
         self.caplog = caplog
         self.tmp_path = tmp_path
@@ -144,6 +169,31 @@ class TestSMTPConnection(_Base):
         conn = self._makeOne(server.settings())
         with pytest.raises(TemporaryDeliveryError, match='not connected to'):
             conn.send(_envelope(), DATA)
+
+    def test_a_bug_while_opening_leaves_no_session_behind(self):
+        import smtplib
+        import threading
+
+        class Broken(smtplib.SMTP):
+            def getreply(self):
+                raise RuntimeError('bug')
+
+        def watchers():
+            return [
+                t
+                for t in threading.enumerate()
+                if t.name == 'pyramid_txmail-smtp-deadline'
+            ]
+
+        server = self.make_server()
+        before = set(watchers())
+        conn = self._makeOne(server.settings(), smtp_class=Broken)
+        with pytest.raises(RuntimeError, match='bug'):
+            conn.open()
+        assert not conn.alive
+        for thread in set(watchers()) - before:
+            thread.join(5)
+            assert not thread.is_alive()  # the socket's deadline watch ended
 
     def test_open_again_starts_a_new_session(self):
         server = self.make_server()
@@ -782,8 +832,8 @@ class TestSMTPConnection(_Base):
         assert 'MAIL' not in [v for _, v, _ in server.commands]
 
 
-class TestSendMany(_Base):
-    """Several messages over one session, one round trip each."""
+class TestPipeline(_Base):
+    """Several messages pushed over one session, one round trip each."""
 
     def _spy(self, conn):
         writes = []
@@ -794,13 +844,28 @@ class TestSendMany(_Base):
     def _messages(self, *recipients):
         return [(r, _envelope(r), DATA) for r in recipients]
 
+    def _send_all(self, conn, messages, **kw):
+        """Submit each message while the session lives, then finish: every
+        outcome, in the order returned."""
+        from pyramid_txmail.smtp import Pipeline
+
+        pipeline = Pipeline(conn, **kw)
+        outcomes = []
+        for key, envelope, data in messages:
+            outcomes += pipeline.submit(key, envelope, data)
+            if not conn.alive:
+                break
+        outcomes += pipeline.finish()
+        pipeline.abandon()
+        return outcomes
+
     def test_content_goes_with_the_next_commands(self):
         server = self.make_server()
         conn = self._makeOne(server.settings())
         conn.open()
         writes = self._spy(conn)
-        outcomes = list(
-            conn.send_many(self._messages('a@example.com', 'b@example.com'))
+        outcomes = self._send_all(
+            conn, self._messages('a@example.com', 'b@example.com')
         )
         assert outcomes == [('a@example.com', {}), ('b@example.com', {})]
         assert len(writes) == 3
@@ -811,13 +876,31 @@ class TestSendMany(_Base):
             ['b@example.com'],
         ]
 
+    def test_an_outcome_comes_with_the_next_submission(self):
+        from pyramid_txmail.smtp import Pipeline
+
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        pipeline = Pipeline(conn)
+        assert repr(pipeline) == f'<Pipeline to 127.0.0.1:{server.port} ahead=True>'
+        [(a, env_a, data), (b, env_b, _)] = self._messages(
+            'a@example.com', 'b@example.com'
+        )
+        assert pipeline.submit(a, env_a, data) == []
+        assert pipeline.submit(b, env_b, data) == [(a, {})]
+        assert pipeline.finish() == [(b, {})]
+        assert pipeline.finish() == []
+        assert pipeline.abandon() == []
+        assert conn.alive
+
     def test_without_reading_ahead(self):
         server = self.make_server()
         conn = self._makeOne(server.settings())
         conn.open()
         writes = self._spy(conn)
         messages = self._messages('a@example.com', 'b@example.com')
-        assert len(list(conn.send_many(messages, ahead=False))) == 2
+        assert len(self._send_all(conn, messages, ahead=False)) == 2
         assert len(writes) == 4
         assert len(server.wait_for(2)) == 2
 
@@ -825,21 +908,25 @@ class TestSendMany(_Base):
         server = self.make_server()
         conn = self._makeOne(server.settings())
         conn.open()
-        outcomes = list(
-            conn.send_many(self._messages('bad\n@example.com', 'b@example.com'))
+        outcomes = self._send_all(
+            conn, self._messages('bad\n@example.com', 'b@example.com')
         )
         assert 'line break' in str(outcomes[0][1])
         assert outcomes[1] == ('b@example.com', {})
 
-    def test_outcomes_come_in_order(self):
-        # The middle message cannot go at all; it is answered after the one
-        # before it, whose content was still to be written.
+    def test_each_message_gets_one_outcome_by_key(self):
+        # The middle message cannot go at all: it is answered at once, before
+        # the one submitted before it, whose content was still to be written.
         server = self.make_server()
         conn = self._makeOne(server.settings())
         conn.open()
         messages = self._messages('a@example.com', 'bad\n@example.com', 'c@example.com')
-        outcomes = list(conn.send_many(messages))
-        assert [key for key, _ in outcomes] == [key for key, _, _ in messages]
+        outcomes = self._send_all(conn, messages)
+        assert sorted(key for key, _ in outcomes) == sorted(
+            key for key, _, _ in messages
+        )
+        assert dict(outcomes)['a@example.com'] == {}
+        assert dict(outcomes)['c@example.com'] == {}
         assert [m.rcpt_tos for m in server.wait_for(2)] == [
             ['a@example.com'],
             ['c@example.com'],
@@ -852,10 +939,32 @@ class TestSendMany(_Base):
         conn = self._makeOne(server.settings())
         conn.open()
         messages = self._messages('a@example.com', 'b@example.com')
-        [(key, error)] = conn.send_many(messages, ahead=False)
+        [(key, error)] = self._send_all(conn, messages, ahead=False)
         assert key == 'a@example.com'
         assert isinstance(error, TemporaryDeliveryError)
         assert not conn.alive
+
+    def test_a_message_submitted_after_the_session_died_is_abandoned(self):
+        # Its commands went with the content that ended the session: it was
+        # not accepted, and has no outcome.
+        from pyramid_txmail.smtp import Pipeline, TemporaryDeliveryError
+
+        server = self.make_server(reply={'DATA': '421 4.3.0 closing'})
+        conn = self._makeOne(server.settings())
+        conn.open()
+        pipeline = Pipeline(conn)
+        [(a, env_a, data), (b, env_b, _), (c, env_c, _)] = self._messages(
+            'a@example.com', 'b@example.com', 'c@example.com'
+        )
+        assert pipeline.submit(a, env_a, data) == []
+        [(key, error)] = pipeline.submit(b, env_b, data)
+        assert (key, type(error), error.code) == (a, TemporaryDeliveryError, 421)
+        assert not conn.alive
+        assert pipeline.submit(c, env_c, data) == []
+        assert pipeline.finish() == []
+        assert pipeline.abandon() == [b, c]
+        conn.close()
+        assert server.messages == []
 
     def test_a_failed_write_ends_the_session(self):
         from pyramid_txmail.smtp import TemporaryDeliveryError
@@ -864,28 +973,46 @@ class TestSendMany(_Base):
         conn = self._makeOne(server.settings())
         conn.open()
         conn._smtp.sock.shutdown(socket.SHUT_WR)  # our side can write no more
-        [(_, error)] = conn.send_many(self._messages('a@example.com'))
+        [(_, error)] = self._send_all(conn, self._messages('a@example.com'))
         assert isinstance(error, TemporaryDeliveryError)
         assert not conn.alive
 
-    def test_leaving_early_cuts_the_session(self):
+    def test_abandoning_a_message_in_flight_cuts_the_session(self):
         # The second message's commands went with the first's content; the
         # relay must not be left able to accept it.
+        from pyramid_txmail.smtp import Pipeline
+
         server = self.make_server()
         conn = self._makeOne(server.settings())
         conn.open()
-        outcomes = conn.send_many(self._messages('a@example.com', 'b@example.com'))
-        assert next(outcomes) == ('a@example.com', {})
-        outcomes.close()
+        pipeline = Pipeline(conn)
+        [(a, env_a, data), (b, env_b, _)] = self._messages(
+            'a@example.com', 'b@example.com'
+        )
+        assert pipeline.submit(a, env_a, data) == []
+        assert pipeline.submit(b, env_b, data) == [(a, {})]
+        assert pipeline.abandon() == [b]
         assert not conn.alive
         assert [m.rcpt_tos for m in server.wait_for(1)] == [['a@example.com']]
+
+    def test_a_submission_that_raises_leaves_its_message_to_abandon(self):
+        # Data that is not bytes (a bug upstream) breaks in the SMTP layer.
+        from pyramid_txmail.smtp import Pipeline
+
+        server = self.make_server()
+        conn = self._makeOne(server.settings())
+        conn.open()
+        pipeline = Pipeline(conn)
+        with pytest.raises(AttributeError):
+            pipeline.submit('a', _envelope(), None)
+        assert pipeline.abandon() == ['a']
 
     def test_lock_step_relay(self):
         server = self.make_server(pipelining=False)
         conn = self._makeOne(server.settings())
         conn.open()
         messages = self._messages('a@example.com', 'b@example.com')
-        assert list(conn.send_many(messages)) == [
+        assert self._send_all(conn, messages) == [
             ('a@example.com', {}),
             ('b@example.com', {}),
         ]
@@ -895,13 +1022,53 @@ class TestSendMany(_Base):
         conn = self._makeOne(server.settings())
         conn.open()
         messages = self._messages('a@example.com', 'b@example.com')
-        assert [key for key, _ in conn.send_many(messages)] == ['a@example.com']
+        assert [key for key, _ in self._send_all(conn, messages)] == ['a@example.com']
+
+    def test_pipelining_turned_off_goes_lock_step(self):
+        # mail.pipelining = false: the relay offers PIPELINING, each command
+        # still waits for its reply.
+        from pyramid_txmail.settings import parse_settings
+
+        server = self.make_server()
+        settings = parse_settings(
+            {
+                'mail.host': server.host,
+                'mail.port': str(server.port),
+                'mail.pipelining': 'false',
+            }
+        )
+        assert settings.pipelining is False
+        conn = self._makeOne(settings)
+        conn.open()
+        writes = self._spy(conn)
+        messages = self._messages('a@example.com', 'b@example.com')
+        assert self._send_all(conn, messages) == [
+            ('a@example.com', {}),
+            ('b@example.com', {}),
+        ]
+        # MAIL, RCPT, DATA and the content apart, for each message.
+        lines = [w if isinstance(w, bytes) else w.encode() for w in writes]
+        assert [line[:9] for line in lines[:3]] == [
+            b'mail FROM',
+            b'rcpt TO:<',
+            b'data\r\n',
+        ]
+        assert lines[3].endswith(b'\r\n.\r\n')
+        assert len(writes) == 8
+        assert len(server.wait_for(2)) == 2
 
 
 class TestSMTPConnectionLockstep(TestSMTPConnection):
     """Every case again with a relay that does not offer PIPELINING."""
 
-    pipelining = False
+    path = 'lock-step relay'
+
+
+class TestSMTPConnectionPipeliningOff(TestSMTPConnection):
+    """Every case again with a relay that offers PIPELINING and
+    ``mail.pipelining = false``."""
+
+    path = 'pipelining off'
 
 
 class TestPipelining(_Base):
@@ -1024,7 +1191,7 @@ class TestDeliveryError:
 # -- the envelope as the command line carries it (second line of defence)
 
 
-@pytest.mark.parametrize('pipelining', [True, False])
+@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize(
     'envelope',
     [
@@ -1042,11 +1209,11 @@ class TestDeliveryError:
     ],
 )
 def test_envelope_address_that_would_break_the_command_line_is_permanent(
-    make_smtp_server, pipelining, envelope
+    make_smtp_server, path, envelope
 ):
     from pyramid_txmail.smtp import PermanentDeliveryError, SMTPConnection
 
-    server = make_smtp_server(pipelining=pipelining)
+    server = make_server_for(make_smtp_server, path)
     with SMTPConnection(server.settings()) as conn:
         with pytest.raises(PermanentDeliveryError, match='RFC 5321 mailbox'):
             conn.send(envelope, DATA)
@@ -1057,11 +1224,11 @@ def test_envelope_address_that_would_break_the_command_line_is_permanent(
     assert [v for _, v, _ in server.commands].count('MAIL') == 1
 
 
-@pytest.mark.parametrize('pipelining', [True, False])
-def test_quoted_mailboxes_go_out_as_given(make_smtp_server, pipelining):
+@pytest.mark.parametrize('path', PATHS)
+def test_quoted_mailboxes_go_out_as_given(make_smtp_server, path):
     from pyramid_txmail.smtp import SMTPConnection
 
-    server = make_smtp_server(pipelining=pipelining)
+    server = make_server_for(make_smtp_server, path)
     envelope = Envelope(
         '"bounce me"@example.com',
         ('"victim@attacker.example> ORCPT=rfc822;x"@example.com', '"a\\"b"@ex.com'),
@@ -1176,15 +1343,16 @@ class TestDeadlines(_Base):
         assert not conn.alive
         assert conn.timed_out
 
-    @pytest.mark.parametrize('pipelining', [True, False])
+    @pytest.mark.parametrize('path', PATHS)
     @pytest.mark.parametrize(
         ('stage', 'named'), [('MAIL', 'MAIL FROM'), ('DATA', 'DATA')]
     )
-    def test_trickled_reply_fails_in_time(self, relay, pipelining, stage, named):
+    def test_trickled_reply_fails_in_time(self, relay, path, stage, named):
         from pyramid_txmail.smtp import TemporaryDeliveryError
 
-        trickling = relay(stage, pipelining=pipelining)
-        conn = self._makeOne(self._settings(trickling))
+        offered, setting = PATHS[path]
+        trickling = relay(stage, pipelining=offered)
+        conn = self._makeOne(self._settings(trickling, pipelining=setting))
         conn.open()
         with pytest.raises(TemporaryDeliveryError) as info:
             conn.send(_envelope(), DATA)

@@ -1,6 +1,11 @@
-"""The SMTP client: one connection to the relay, many messages over it.
+"""The SMTP session: one connection to the relay, over :mod:`smtplib`.
 
-Built on :mod:`smtplib` and :mod:`ssl`. Every failure leaves this module as
+:class:`SMTPConnection` connects, greets, secures and logs in, sends one
+message at a time (:meth:`~SMTPConnection.send`, lock-step where the relay
+does not pipeline) and translates every failure; :mod:`.pipeline` builds
+RFC 2920 pipelining of many messages on it.
+
+Built on :mod:`smtplib` and :mod:`ssl`. Every failure leaves this package as
 one of three :class:`DeliveryError` subclasses, which tell the caller what
 to do with the message:
 
@@ -40,9 +45,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
-from typing import TypeVar
 
 from pyramid_txmail.exceptions import (
     ConfigurationFault,
@@ -54,22 +57,12 @@ from pyramid_txmail.exceptions import (
 from pyramid_txmail.message import Envelope, is_mailbox
 from pyramid_txmail.settings import MailSettings, is_loopback
 
-__all__ = [
-    'ConfigurationFault',
-    'DeliveryError',
-    'PermanentDeliveryError',
-    'SMTPConnection',
-    'TemporaryDeliveryError',
-    'make_ssl_context',
-]
+__all__ = ['AUTH_MECHANISMS', 'SHOWN_REFUSALS', 'SMTPConnection', 'make_ssl_context']
 
-log = logging.getLogger(__name__)
-
-K = TypeVar('K')
+# The package's logger, named in docs/logging.rst.
+log = logging.getLogger('pyramid_txmail.smtp')
 
 _ANY_EOL = re.compile(rb'\r\n|\r|\n')
-# RFC 5321, 4.5.2: a line of the content that starts with a dot gets another.
-_LEADING_DOT = re.compile(rb'^\.', re.MULTILINE)
 # RFC 3463 enhanced status code, the only part of an AUTH reply we repeat.
 _ENHANCED_CODE = re.compile(r'[245]\.\d{1,3}\.\d{1,3}')
 #: AUTH mechanisms in the order tried (smtplib's order, so that a relay that
@@ -317,6 +310,9 @@ class SMTPConnection:
             log.debug('%s', error)
             self.close()
             raise error from exc
+        except BaseException:  # a bug, an interrupt: no half-open session
+            self.close()
+            raise
         if refused is not None:
             log.debug('%s', refused)
             self.close()
@@ -408,6 +404,17 @@ class SMTPConnection:
             )
         return self._error(exc, 'AUTH', setup=True)
 
+    @property
+    def pipelining(self) -> bool:
+        """Whether this session pipelines (RFC 2920): the relay offers it and
+        ``mail.pipelining`` is on."""
+        smtp = self._smtp
+        return (
+            self.settings.pipelining
+            and smtp is not None
+            and bool(smtp.has_extn('pipelining'))
+        )
+
     def send(self, envelope: Envelope, data: bytes) -> Refusals:
         """Hand one message to the relay.
 
@@ -418,20 +425,63 @@ class SMTPConnection:
 
         With a relay that offers PIPELINING (RFC 2920; every major MTA does)
         MAIL, the RCPTs and DATA go in one write and their replies are read
-        together: two round trips per message instead of three or more.
+        together: two round trips per message instead of three or more (see
+        :class:`~pyramid_txmail.smtp.pipeline.Pipeline`, which sends many).
         """
         smtp = self._smtp
         if smtp is None or smtp.sock is None:
             raise TemporaryDeliveryError(f'not connected to {self.where}')
-        if smtp.has_extn('pipelining'):
-            [(_, outcome)] = self._pipeline(smtp, [(None, envelope, data)], True)
+        if self.pipelining:
+            from .pipeline import Pipeline  # it builds on this module
+
+            [(_, outcome)] = Pipeline[None](self, ahead=False).submit(
+                None, envelope, data
+            )
             if isinstance(outcome, DeliveryError):
                 raise outcome
             return outcome
+        return self._lockstep(smtp, envelope, data)
+
+    def _lockstep(
+        self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes
+    ) -> Refusals:
+        """One command, one reply: smtplib's ``sendmail()``, but for the
+        envelope, which goes out exactly as given.
+
+        ``smtp.mail()``/``rcpt()`` would pass each address through
+        :func:`email.utils.parseaddr`, a second reading that could differ
+        from the one :meth:`_ready` checked; the envelope is in RFC 5321 form
+        already. As in ``sendmail()``, every recipient is tried, refusals
+        are collected, and only all of them refused fails the message.
+        """
         options, data = self._ready(smtp, envelope, data)
-        self._stage = 'MAIL FROM'
+        smtp.command_encoding = 'utf-8' if envelope.smtputf8 else 'ascii'
+        params = ''.join(f' {option}' for option in options)
+        refused: Refusals = {}
         try:
-            refused = self._lockstep(smtp, envelope, options, data)
+            self._stage = 'MAIL FROM'
+            with self._deadline:
+                smtp.putcmd('mail', f'FROM:<{envelope.sender}>{params}')
+                code, reply = smtp.getreply()
+            if code != 250:
+                raise smtplib.SMTPSenderRefused(code, reply, envelope.sender)
+            self._stage = 'RCPT TO'
+            for recipient in envelope.recipients:
+                with self._deadline:
+                    smtp.putcmd('rcpt', f'TO:<{recipient}>')
+                    code, reply = smtp.getreply()
+                _check_readable(code, reply)
+                if code not in (250, 251):
+                    refused[recipient] = (code, _text(reply))
+                if code == 421:  # closing: nothing more will come
+                    break
+            if len(refused) == len(envelope.recipients) or code == 421:
+                raise self._refused(refused)
+            self._stage = 'DATA'
+            with self._deadline:
+                code, reply = smtp.data(data)  # raises unless DATA got 354
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
         except DeliveryError as error:
             self._recover(smtp, error)
             raise
@@ -439,34 +489,6 @@ class SMTPConnection:
             raise self._failed(smtp, exc) from exc
         self._accepted(envelope, refused)
         return refused
-
-    def send_many(
-        self, messages: Iterable[tuple[K, Envelope, bytes]], *, ahead: bool = True
-    ) -> Generator[tuple[K, Refusals | DeliveryError], None, None]:
-        """Hand several messages to the relay, one after the other.
-
-        ``messages`` yields ``(key, envelope, data)``; this yields ``(key,
-        outcome)`` for each, the outcome being what :meth:`send` would return
-        or raise, in the order of ``messages``. With PIPELINING and
-        ``ahead``, ``messages`` is read one message ahead, so that the
-        content of one message and the commands of the next go in one write:
-        one round trip per message. After a failure that ends the session
-        (``alive`` turns False) this stops; a message read from ``messages``
-        but not yielded cannot have been accepted: its content was never
-        sent, and the session that had its commands is gone.
-        """
-        smtp = self._smtp
-        if smtp is not None and smtp.sock is not None and smtp.has_extn('pipelining'):
-            yield from self._pipeline(smtp, messages, ahead)
-            return
-        for key, envelope, data in messages:
-            try:
-                outcome: Refusals | DeliveryError = self.send(envelope, data)
-            except DeliveryError as error:
-                outcome = error
-            yield key, outcome
-            if not self.alive:
-                return
 
     def _ready(
         self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes
@@ -515,187 +537,6 @@ class SMTPConnection:
         )
         if refused:
             log.info('relay %s refused %s', self.where, _describe(refused))
-
-    def _lockstep(
-        self, smtp: smtplib.SMTP, envelope: Envelope, options: list[str], data: bytes
-    ) -> Refusals:
-        """One command, one reply, through smtplib's own methods."""
-        # Not smtp.mail()/rcpt(): they pass the address through
-        # email.utils.parseaddr, a second reading that could differ from the
-        # one _ready() checked; the envelope is in RFC 5321 form already.
-        smtp.command_encoding = 'utf-8' if 'SMTPUTF8' in options else 'ascii'
-        params = ''.join(f' {option}' for option in options)
-        with self._deadline:
-            smtp.putcmd('mail', f'FROM:<{envelope.sender}>{params}')
-            code, reply = smtp.getreply()
-        if code != 250:
-            raise smtplib.SMTPResponseException(code, reply)
-        self._stage = 'RCPT TO'
-        refused: Refusals = {}
-        for recipient in envelope.recipients:
-            with self._deadline:
-                smtp.putcmd('rcpt', f'TO:<{recipient}>')
-                code, reply = smtp.getreply()
-            _check_readable(code, reply)
-            if code not in (250, 251):
-                refused[recipient] = (code, _text(reply))
-            if code == 421:
-                break
-        if len(refused) == len(envelope.recipients) or code == 421:
-            raise self._refused(refused)
-        self._stage = 'DATA'
-        with self._deadline:
-            code, reply = smtp.data(data)
-        if code != 250:
-            raise smtplib.SMTPResponseException(code, reply)
-        return refused
-
-    def _pipeline(
-        self,
-        smtp: smtplib.SMTP,
-        messages: Iterable[tuple[K, Envelope, bytes]],
-        ahead: bool,
-    ) -> Iterator[tuple[K, Refusals | DeliveryError]]:
-        """RFC 2920: a message's MAIL, RCPTs and DATA in one write, its
-        content in the next, together with the next message's commands.
-
-        Every reply is read, whatever the earlier ones were, so that the
-        session stays in step for the next message.
-        """
-        try:
-            yield from self._pipeline_loop(smtp, iter(messages), ahead)
-        except GeneratorExit:
-            # The caller stopped listening, maybe with a message's commands
-            # on their way: cut the session (no QUIT, which the relay could
-            # take for content), so that the relay accepts nothing more.
-            smtp.close()
-            raise
-
-    def _pipeline_loop(
-        self,
-        smtp: smtplib.SMTP,
-        items: Iterator[tuple[K, Envelope, bytes]],
-        ahead: bool,
-    ) -> Iterator[tuple[K, Refusals | DeliveryError]]:
-        # The message whose DATA got 354, its content not written yet:
-        # (key, envelope, refused, content).
-        open_data: tuple[K, Envelope, Refusals, bytes] | None = None
-        while True:
-            if open_data is not None and not ahead:
-                if not (yield from self._end_data(smtp, open_data, b'')):
-                    return
-                open_data = None
-            following, cannot_go = self._read_next(smtp, items)
-            commands = following[2] if following else b''
-            alive = True
-            if open_data is not None:
-                alive = yield from self._end_data(smtp, open_data, commands)
-                open_data = None
-            elif following is not None:
-                try:
-                    self._stage = 'MAIL FROM'
-                    with self._deadline:
-                        smtp.send(commands)
-                except (smtplib.SMTPException, OSError) as exc:
-                    yield from cannot_go
-                    yield following[0], self._failed(smtp, exc)
-                    return
-            # In their turn: after the message read before them.
-            yield from cannot_go
-            if following is None or not alive:
-                return
-            key, envelope, _, data = following
-            try:
-                with self._deadline:
-                    refused = self._start_data(smtp, envelope)
-            except DeliveryError as error:
-                self._recover(smtp, error)
-                yield key, error
-            except (smtplib.SMTPException, OSError) as exc:
-                yield key, self._failed(smtp, exc)
-            else:
-                open_data = (key, envelope, refused, _content(data))
-                continue
-            if not self.alive:
-                return
-
-    def _read_next(
-        self, smtp: smtplib.SMTP, items: Iterator[tuple[K, Envelope, bytes]]
-    ) -> tuple[tuple[K, Envelope, bytes, bytes] | None, list[tuple[K, DeliveryError]]]:
-        """The next message that can go, as ``(key, envelope, commands,
-        data)``, and those read before it that cannot go at all (nothing is
-        written for them)."""
-        cannot_go: list[tuple[K, DeliveryError]] = []
-        for key, envelope, data in items:
-            try:
-                options, data = self._ready(smtp, envelope, data)
-            except DeliveryError as error:
-                cannot_go.append((key, error))
-                continue
-            return (key, envelope, _commands(envelope, options), data), cannot_go
-        return None, cannot_go
-
-    def _start_data(self, smtp: smtplib.SMTP, envelope: Envelope) -> Refusals:
-        """Read the replies to MAIL, the RCPTs and DATA; 354 or raise."""
-        self._stage = 'MAIL FROM'
-        mail_code, mail_reply = smtp.getreply()
-        if mail_code == 421:  # closing: nothing more will come
-            raise smtplib.SMTPResponseException(mail_code, mail_reply)
-        self._stage = 'RCPT TO'
-        refused: Refusals = {}
-        for recipient in envelope.recipients:
-            code, reply = smtp.getreply()
-            _check_readable(code, reply)
-            if code not in (250, 251):
-                refused[recipient] = (code, _text(reply))
-            if code == 421:
-                raise self._refused(refused)
-        self._stage = 'DATA'
-        code, reply = smtp.getreply()
-        if mail_code != 250 or len(refused) == len(envelope.recipients):
-            if code == 354:
-                # A relay that took DATA regardless gets an empty message,
-                # which it refuses for want of a sender or a recipient.
-                smtp.send(b'.\r\n')
-                smtp.getreply()
-            self._stage = 'MAIL FROM'
-            if mail_code != 250:
-                raise smtplib.SMTPResponseException(mail_code, mail_reply)
-            raise self._refused(refused)
-        if code != 354:
-            raise smtplib.SMTPResponseException(code, reply)
-        return refused
-
-    def _end_data(
-        self,
-        smtp: smtplib.SMTP,
-        open_data: tuple[K, Envelope, Refusals, bytes],
-        commands: bytes,
-    ) -> Generator[tuple[K, Refusals | DeliveryError], None, bool]:
-        """Write the content (and the next message's ``commands``), read the
-        reply to the content, yield the outcome; False if the session ended.
-        """
-        key, envelope, refused, content = open_data
-        self._stage = 'DATA'
-        try:
-            with self._deadline:
-                smtp.send(content + commands)
-                code, reply = smtp.getreply()
-            if code != 250:
-                raise smtplib.SMTPResponseException(code, reply)
-        except (smtplib.SMTPException, OSError) as exc:
-            # No RSET: the end of the content ended the mail transaction,
-            # and the next message's commands may already be on their way.
-            error = self._error(exc, 'DATA', setup=False)
-            error.__cause__ = exc
-            if error.code in (421, _UNREADABLE):
-                smtp.close()
-            log.debug('%s', error)
-            yield key, error
-            return self.alive
-        self._accepted(envelope, refused)
-        yield key, refused
-        return True
 
     def _failed(self, smtp: smtplib.SMTP, exc: Exception) -> DeliveryError:
         """The DeliveryError for ``exc``, the session recovered or closed."""
@@ -803,27 +644,6 @@ def _check_readable(code: int, reply: bytes) -> None:
     may belong to other commands."""
     if code == _UNREADABLE:
         raise smtplib.SMTPResponseException(code, reply)
-
-
-def _commands(envelope: Envelope, options: list[str]) -> bytes:
-    """MAIL, RCPT for each recipient and DATA, as one pipelined group."""
-    params = ''.join(f' {option}' for option in options)
-    lines = [
-        f'MAIL FROM:<{envelope.sender}>{params}',
-        *(f'RCPT TO:<{recipient}>' for recipient in envelope.recipients),
-        'DATA',
-    ]
-    encoding = 'utf-8' if envelope.smtputf8 else 'ascii'
-    return ''.join(f'{line}\r\n' for line in lines).encode(encoding)
-
-
-def _content(data: bytes) -> bytes:
-    """The message as sent after DATA: dot-stuffed, ended by a lone dot."""
-    if data.startswith(b'.') or b'\n.' in data:
-        data = _LEADING_DOT.sub(b'..', data)
-    if not data.endswith(b'\r\n'):
-        data += b'\r\n'
-    return data + b'.\r\n'
 
 
 def _has_bare_cr_or_lf(data: bytes) -> bool:

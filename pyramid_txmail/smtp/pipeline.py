@@ -1,0 +1,243 @@
+"""RFC 2920 pipelining: many messages over one session, one round trip each.
+
+A :class:`Pipeline` is pushed messages one at a time with
+:meth:`~Pipeline.submit` and hands back each outcome as soon as it is known,
+so that its caller claims, sends and records in plain order::
+
+    pipeline = Pipeline(conn)
+    for key, envelope, data in messages:
+        record(pipeline.submit(key, envelope, data))
+        if not conn.alive:
+            break
+    record(pipeline.finish())
+    put_back(pipeline.abandon())   # submitted, never accepted
+
+While pipelining, a message's MAIL, RCPTs and DATA go in one write; its
+content goes in the next, together with the next message's commands
+(``ahead``), so a message's outcome comes with the next submission or with
+:meth:`~Pipeline.finish`. Every reply is read, whatever the earlier ones
+were, so that the session stays in step. Without pipelining (the relay does
+not offer it, or ``mail.pipelining`` is off) each message goes lock-step
+through :meth:`SMTPConnection.send <.session.SMTPConnection.send>` and
+its outcome comes back from its own submission.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from typing import Generic, TypeVar
+
+from pyramid_txmail.exceptions import DeliveryError, Refusals
+from pyramid_txmail.message import Envelope
+
+from .session import _UNREADABLE, SMTPConnection, _check_readable, _text, log
+
+__all__ = ['Outcome', 'Pipeline']
+
+K = TypeVar('K')
+
+#: What happened to one message: the recipients refused while others were
+#: accepted, or why it was not accepted.
+Outcome = Refusals | DeliveryError
+
+# RFC 5321, 4.5.2: a line of the content that starts with a dot gets another.
+_LEADING_DOT = re.compile(rb'^\.', re.MULTILINE)
+
+
+class Pipeline(Generic[K]):
+    """Messages pushed one at a time over the open session ``conn``.
+
+    Each message has a caller's ``key``; each outcome comes back once, as
+    ``(key, outcome)``, from :meth:`submit` or :meth:`finish`, in the order
+    the replies arrive (which need not be the order of submission: a
+    message that cannot go at all is answered at once). With ``ahead``
+    false, a message's content is not held back for the next message's
+    commands: each submission returns its own outcome (for a caller that
+    waits between messages, e.g. for a rate limit).
+
+    Keys must be distinct. A message submitted once the session has ended,
+    whose commands went with a content that ended it, or whose submission
+    raised, gets no outcome: :meth:`abandon` returns its key. It was not
+    accepted.
+    """
+
+    def __init__(self, conn: SMTPConnection, *, ahead: bool = True):
+        self.conn = conn
+        self.ahead = ahead
+        # Commands written, replies not read yet: (key, envelope, content).
+        self._in_flight: tuple[K, Envelope, bytes] | None = None
+        # Submitted, no outcome returned: in flight, never written (the
+        # session ended first), or interrupted by an exception.
+        self._pending: list[K] = []
+
+    def __repr__(self) -> str:
+        return f'<Pipeline to {self.conn.where} ahead={self.ahead}>'
+
+    def submit(
+        self, key: K, envelope: Envelope, data: bytes
+    ) -> list[tuple[K, Outcome]]:
+        """Hand over one message; return the outcomes now known (this
+        message's, an earlier one's, both or none)."""
+        self._pending.append(key)
+        return self._answered(self._submit(key, envelope, data))
+
+    def finish(self) -> list[tuple[K, Outcome]]:
+        """The outcome of the message still in flight, if any."""
+        return self._answered(self._finish())
+
+    def abandon(self) -> list[K]:
+        """Stop here: the keys of the messages submitted without an outcome,
+        none of which was accepted.
+
+        A message whose commands are on their way is cut off with the
+        session (no QUIT, which the relay could take for content), so that
+        the relay can accept nothing more.
+        """
+        keys, self._pending = self._pending, []
+        smtp = self.conn._smtp
+        if self._in_flight is not None and smtp is not None:
+            smtp.close()
+        self._in_flight = None
+        return keys
+
+    def _answered(self, outcomes: list[tuple[K, Outcome]]) -> list[tuple[K, Outcome]]:
+        for key, _ in outcomes:
+            self._pending.remove(key)
+        return outcomes
+
+    def _submit(
+        self, key: K, envelope: Envelope, data: bytes
+    ) -> list[tuple[K, Outcome]]:
+        conn = self.conn
+        smtp = conn._smtp
+        if smtp is None or smtp.sock is None:
+            return []  # the session ended: never written
+        if not conn.pipelining:
+            try:
+                return [(key, conn.send(envelope, data))]
+            except DeliveryError as error:
+                return [(key, error)]
+        try:
+            options, data = conn._ready(smtp, envelope, data)
+        except DeliveryError as error:
+            return [(key, error)]  # nothing written: the session is in step
+        commands = _commands(envelope, options)
+        outcomes: list[tuple[K, Outcome]] = []
+        if self._in_flight is not None:
+            # Its content goes in one write with this message's commands.
+            in_flight, self._in_flight = self._in_flight, None
+            outcome, written = self._complete(smtp, in_flight, commands)
+            outcomes.append(outcome)
+            if written and conn.alive:
+                self._in_flight = (key, envelope, _content(data))
+            if written or not conn.alive:
+                return outcomes
+        try:
+            conn._stage = 'MAIL FROM'
+            with conn._deadline:
+                smtp.send(commands)
+        except (smtplib.SMTPException, OSError) as exc:
+            outcomes.append((key, conn._failed(smtp, exc)))
+            return outcomes
+        self._in_flight = (key, envelope, _content(data))
+        if not self.ahead:
+            outcomes += self._finish()
+        return outcomes
+
+    def _finish(self) -> list[tuple[K, Outcome]]:
+        if self._in_flight is None:
+            return []
+        smtp = self.conn._smtp
+        assert smtp is not None  # closed with a message in flight: a bug
+        in_flight, self._in_flight = self._in_flight, None
+        outcome, _ = self._complete(smtp, in_flight, b'')
+        return [outcome]
+
+    def _complete(
+        self, smtp: smtplib.SMTP, in_flight: tuple[K, Envelope, bytes], commands: bytes
+    ) -> tuple[tuple[K, Outcome], bool]:
+        """Read the replies to a message's commands; on 354 write its content
+        with ``commands`` and read the reply to the content. Returns the
+        outcome and whether ``commands`` were written."""
+        conn = self.conn
+        key, envelope, content = in_flight
+        try:
+            with conn._deadline:
+                refused = self._start_data(smtp, envelope)
+        except DeliveryError as error:
+            conn._recover(smtp, error)
+            return (key, error), False
+        except (smtplib.SMTPException, OSError) as exc:
+            return (key, conn._failed(smtp, exc)), False
+        conn._stage = 'DATA'
+        try:
+            with conn._deadline:
+                smtp.send(content + commands)
+                code, reply = smtp.getreply()
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
+        except (smtplib.SMTPException, OSError) as exc:
+            # No RSET: the end of the content ended the mail transaction,
+            # and the next message's commands may already be on their way.
+            failure = conn._error(exc, 'DATA', setup=False)
+            failure.__cause__ = exc
+            if failure.code in (421, _UNREADABLE):
+                smtp.close()
+            log.debug('%s', failure)
+            return (key, failure), True
+        conn._accepted(envelope, refused)
+        return (key, refused), True
+
+    def _start_data(self, smtp: smtplib.SMTP, envelope: Envelope) -> Refusals:
+        """Read the replies to MAIL, the RCPTs and DATA; 354 or raise."""
+        conn = self.conn
+        conn._stage = 'MAIL FROM'
+        mail_code, mail_reply = smtp.getreply()
+        if mail_code == 421:  # closing: nothing more will come
+            raise smtplib.SMTPSenderRefused(mail_code, mail_reply, envelope.sender)
+        conn._stage = 'RCPT TO'
+        refused: Refusals = {}
+        for recipient in envelope.recipients:
+            code, reply = smtp.getreply()
+            _check_readable(code, reply)
+            if code not in (250, 251):
+                refused[recipient] = (code, _text(reply))
+            if code == 421:
+                raise conn._refused(refused)
+        conn._stage = 'DATA'
+        code, reply = smtp.getreply()
+        if mail_code != 250 or len(refused) == len(envelope.recipients):
+            if code == 354:
+                # A relay that took DATA regardless gets an empty message,
+                # which it refuses for want of a sender or a recipient.
+                smtp.send(b'.\r\n')
+                smtp.getreply()
+            conn._stage = 'MAIL FROM'
+            if mail_code != 250:
+                raise smtplib.SMTPSenderRefused(mail_code, mail_reply, envelope.sender)
+            raise conn._refused(refused)
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        return refused
+
+
+def _commands(envelope: Envelope, options: list[str]) -> bytes:
+    """MAIL, RCPT for each recipient and DATA, as one pipelined group."""
+    params = ''.join(f' {option}' for option in options)
+    lines = [
+        f'MAIL FROM:<{envelope.sender}>{params}',
+        *(f'RCPT TO:<{recipient}>' for recipient in envelope.recipients),
+        'DATA',
+    ]
+    encoding = 'utf-8' if envelope.smtputf8 else 'ascii'
+    return ''.join(f'{line}\r\n' for line in lines).encode(encoding)
+
+
+def _content(data: bytes) -> bytes:
+    """The message as sent after DATA: dot-stuffed, ended by a lone dot."""
+    if data.startswith(b'.') or b'\n.' in data:
+        data = _LEADING_DOT.sub(b'..', data)
+    if not data.endswith(b'\r\n'):
+        data += b'\r\n'
+    return data + b'.\r\n'
