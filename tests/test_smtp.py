@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -1629,3 +1630,70 @@ class TestAuth(_Base):
             assert_no_secret(
                 [bad, 'cret-9'], errors=[info.value], records=self.caplog.records
             )
+
+
+# -- the TCP connect is inside the setup phase's deadline
+
+
+@pytest.fixture
+def unanswered_port():
+    """A port on 127.0.0.1 whose listener never answers a connect: its
+    accept queue is full, so the kernel drops further SYNs."""
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(('127.0.0.1', port), timeout=5)
+    yield port
+    filler.close()
+    listener.close()
+
+
+def _open_in_thread(conn):
+    outcome = []
+
+    def run():
+        try:
+            conn.open()
+        except Exception as exc:  # the outcome under test
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_connect_nobody_answers_fails_within_the_timeout(unanswered_port):
+    from pyramid_txmail.settings import MailSettings
+    from pyramid_txmail.smtp import SMTPConnection, TemporaryDeliveryError
+
+    conn = SMTPConnection(
+        MailSettings(host='127.0.0.1', port=unanswered_port, timeout=0.5)
+    )
+    thread, outcome = _open_in_thread(conn)
+    thread.join(20)
+    assert not thread.is_alive()
+    [error] = outcome
+    assert isinstance(error, TemporaryDeliveryError)
+    assert (
+        str(error) == f'127.0.0.1:{unanswered_port} did not answer connect within 0.5s'
+    )
+
+
+def test_a_cut_ends_a_connect_nobody_answers(unanswered_port):
+    from pyramid_txmail.settings import MailSettings
+    from pyramid_txmail.smtp import SMTPConnection, TemporaryDeliveryError
+
+    # mail.timeout is an hour: only the cut can end the connect.
+    conn = SMTPConnection(
+        MailSettings(host='127.0.0.1', port=unanswered_port, timeout=3600.0)
+    )
+    conn.cut(0.5)
+    thread, outcome = _open_in_thread(conn)
+    thread.join(20)
+    assert not thread.is_alive()
+    [error] = outcome
+    assert isinstance(error, TemporaryDeliveryError)
+    assert 'was cut short during connect' in str(error)

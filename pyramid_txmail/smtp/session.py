@@ -127,10 +127,8 @@ class _Deadline:
         self.fired: str | None = None
 
     def __enter__(self) -> None:
-        now = time.monotonic()
-        due = now + self.timeout
+        due = time.monotonic() + self.timeout
         with self._cond:
-            self._cut_if_past(now)
             self._due = due
             # Most phases end long before the thread wakes; it then sees the
             # new deadline. Waking it for each phase would cost a switch.
@@ -147,7 +145,6 @@ class _Deadline:
         with self._cond:
             self.fired = None
             self._sock = sock.dup()
-            self._cut_if_past(time.monotonic())
             thread = threading.Thread(
                 target=self._run,
                 args=(self._sock,),
@@ -156,13 +153,15 @@ class _Deadline:
             )
             thread.start()
 
-    def _cut_if_past(self, now: float) -> None:
-        # Called holding the lock. A session cut before it (or this phase)
-        # began fails here and now, not whenever the thread gets to run.
-        if self._sock is not None and self.fired is None and now >= self._cutoff:
-            self.fired = 'cut'
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
+    def left(self) -> float:
+        """Seconds until the phase's deadline or the cut, whichever comes
+        first (for the connect, which runs before there is a socket to
+        watch); a cut whose time has come is marked as fired."""
+        now = time.monotonic()
+        with self._cond:
+            if now >= self._cutoff and self.fired is None:
+                self.fired = 'cut'
+            return max(0.0, min(self._due, self._cutoff) - now)
 
     def cut(self, after: float) -> None:
         with self._cond:
@@ -340,7 +339,7 @@ class SMTPConnection:
         # The name smtplib's starttls() checks the certificate against; its
         # constructor sets it only when it connects by itself.
         smtp._host = s.host  # type: ignore[attr-defined]  # private in typeshed
-        smtp.sock = socket.create_connection((s.host, s.port), s.timeout)
+        smtp.sock = self._open_socket()
         self._deadline.watch(smtp.sock)
         if s.ssl:
             assert context is not None
@@ -349,6 +348,35 @@ class SMTPConnection:
         if code != 220:
             raise smtplib.SMTPConnectError(code, reply)
         return smtp
+
+    def _open_socket(self) -> socket.socket:
+        """A TCP connection to the relay, trying its addresses in turn.
+
+        Unlike ``socket.create_connection``, which gives every address a
+        full ``mail.timeout``, all attempts together get what is left of the
+        setup phase, and no more than a :meth:`cut` allows. (The name
+        lookup before them is the system resolver's, and bounded by it.)
+        """
+        s = self.settings
+        last: OSError = TimeoutError(f'no address of {s.host} to connect to')
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            s.host, s.port, type=socket.SOCK_STREAM
+        ):
+            left = self._deadline.left()
+            if left <= 0:
+                break
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(min(s.timeout, left))
+                sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            sock.settimeout(s.timeout)
+            return sock
+        self._deadline.left()  # marks a cut that ended the attempts
+        raise last
 
     def _login(self, smtp: smtplib.SMTP) -> DeliveryError | None:
         """AUTH; None when logged in, else why not. Never raises.
@@ -594,6 +622,11 @@ class SMTPConnection:
         message's.
         """
         where = self.where
+        if self._deadline.fired == 'cut':
+            return TemporaryDeliveryError(
+                f'the session with {where} was cut short during {stage}: '
+                'delivery is stopping'
+            )
         # The deadline, or a single read's timeout (smtplib turns that into
         # SMTPServerDisconnected, the TimeoutError its context).
         if (
@@ -603,11 +636,6 @@ class SMTPConnection:
         ):
             return TemporaryDeliveryError(
                 f'{where} did not answer {stage} within {self.settings.timeout}s'
-            )
-        if self._deadline.fired == 'cut':
-            return TemporaryDeliveryError(
-                f'the session with {where} was cut short during {stage}: '
-                'delivery is stopping'
             )
         if isinstance(exc, smtplib.SMTPResponseException):
             if isinstance(exc.smtp_error, str):
