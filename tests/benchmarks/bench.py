@@ -801,7 +801,9 @@ def drain(path: str, port: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='a short run (a few minutes)')
+    parser.add_argument(
+        '--quick', action='store_true', help='a short run (a few minutes)'
+    )
     parser.add_argument('--json', metavar='PATH', help='write the figures here')
     parser.add_argument(
         '--workdir',
