@@ -356,6 +356,7 @@ class QueueProcessor:
                 'mail %s refused for %s', claim.message_id, _describe(refused, refused)
             )
         result.sent += 1
+        self.queue.clear_fault()
         self._notify([MailSent(claim.message_id, claim.data, refused)])
 
     def _set_aside(self, claim: Claim, accepted: list[str], exc: QueueError) -> None:
@@ -408,6 +409,7 @@ class QueueProcessor:
             # Not this message's fault: keep it, and every other one.
             pause = self.settings.retry_min
             self._paused_until = self._monotonic() + pause
+            self.queue.record_fault(str(exc))  # for pyramid-txmail status
             claim.release()
             result.released += 1
             log.error(

@@ -87,6 +87,8 @@ class TestMain:
             '0',
             'sending',
             '0',
+            'held',
+            '0',
             'failed',
             '0',
             'unreadable',
@@ -99,7 +101,19 @@ class TestMain:
 
     def test_list(self, ini):
         assert self._callFUT('list', ini) == 0
-        lines = self.out.splitlines()
+        header, *lines = self.out.splitlines()
+        assert header.split() == [
+            'ID',
+            'STATE',
+            'ATTEMPTS',
+            'NEXT',
+            'AGE',
+            'MESSAGE-ID',
+            'SUBJECT',
+            'RECIPIENTS',
+            'LAST',
+            'ERROR',
+        ]
         assert len(lines) == 2 and 'to@example.com' in lines[0]
 
     def test_list_failed_json_with_error(self, ini):
@@ -150,7 +164,9 @@ class TestMain:
     )
     def test_bad_usage_exits_2(self, argv):
         assert self._callFUT(*argv) == 2
-        assert self.err.startswith('pyramid-txmail')
+        # The usage line, then the problem.
+        assert self.err.startswith('usage: pyramid-txmail')
+        assert 'error: ' in self.err.splitlines()[-1]
 
     def test_missing_config_file(self, tmp_path):
         assert self._callFUT('status', str(tmp_path / 'nope.ini')) == 1
@@ -170,7 +186,9 @@ class TestMain:
 
         queue_with(tmp_path / 'q', 1)
         command = Command(io.StringIO(), io.StringIO())
-        command.get_settings = lambda uri: {'mail.queue_path': str(tmp_path / 'q')}
+        command.get_settings = lambda uri, options: {
+            'mail.queue_path': str(tmp_path / 'q')
+        }
         ini = tmp_path / 'any.ini'
         ini.write_text('')
         assert command.run(['status', '--json', str(ini)]) == 0
@@ -250,7 +268,7 @@ class TestQueueFaults:
         queue.publish([queue.stage(make_mail(1))])
         ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
         assert self._callFUT('list', ini) == 0
-        lines = self.out.splitlines()
+        _, *lines = self.out.splitlines()
         assert len(lines) == len(reasons) + 1
         # Root reads the first two; the others are unreadable to anyone.
         assert sum('unreadable: ' in line for line in lines) == len(reasons) - 2

@@ -939,11 +939,18 @@ class TestAdministration(_Base):
         assert claim.last_error == '554 rejected'
         claim.done()
 
-    def test_retry_all(self):
+    def test_retry_all_takes_failed_and_deferred(self):
         queue = self._queue()
-        assert queue.retry() == 2
-        assert queue.counts()['failed'] == 0
-        assert queue.counts()['queued'] == 3
+        assert queue.retry() == 3
+        assert queue.counts()['failed'] == queue.counts()['deferred'] == 0
+        assert queue.counts()['queued'] == 4
+
+    def test_retry_deferred_by_id_keeps_its_attempts(self):
+        queue = self._queue()
+        assert queue.retry([self.ids[1]]) == 1
+        (info,) = [i for i in queue.list() if i.id == self.ids[1]]
+        assert (info.state, info.attempts, info.due) == ('queued', 1, None)
+        assert info.last_error == '451 later'
 
     def test_retry_unknown_id(self):
         from pyramid_txmail.queue import UnknownMessage
@@ -954,7 +961,7 @@ class TestAdministration(_Base):
                 queue.retry([self.ids[2], unknown])
             assert isinstance(info.value, KeyError)
             assert str(info.value) == (
-                f'no message {unknown!r} in {self.path} (failed/)'
+                f'no message {unknown!r} in {self.path} (failed/ or deferred/)'
             )
         assert queue.counts()['failed'] == 2
         assert str(UnknownMessage()) == ''
@@ -963,7 +970,7 @@ class TestAdministration(_Base):
         queue = self._queue()
         with open(os.path.join(self.path, 'failed', self.ids[2]), 'rb') as other:
             fcntl.flock(other, fcntl.LOCK_EX)  # another retry or purge
-            assert queue.retry() == 1
+            assert queue.retry() == 2  # the other failed one, and the deferred
 
     def test_purge_given_ids_in_any_state_but_sending(self):
         from pyramid_txmail.queue import QueueError
@@ -994,7 +1001,9 @@ class TestAdministration(_Base):
         from pyramid_txmail.queue import UnknownMessage
 
         queue = self._queue()
-        with pytest.raises(UnknownMessage, match=r'\(new/ or deferred/ or failed/\)'):
+        with pytest.raises(
+            UnknownMessage, match=r'\(new/ or deferred/ or hold/ or failed/\)'
+        ):
             queue.purge([self.ids[0], '0000000000000000.1.ff'])
         assert queue.counts()['queued'] == 1
 
