@@ -17,6 +17,7 @@ import argparse
 import configparser
 import email.policy
 import json
+import math
 import os
 import re
 import signal
@@ -104,7 +105,8 @@ def _when(stamp: float) -> str:
 
 def _next_attempt(info: Info, now: float) -> str:
     if info.state == 'deferred' and info.due is not None:
-        return 'now' if info.due <= now else f'in {_age(info.due - now)}'
+        # Rounded up: "in 0s" would read as "now".
+        return 'now' if info.due <= now else f'in {_age(math.ceil(info.due - now))}'
     return 'now' if info.state in ('queued', 'legacy') else '-'
 
 
@@ -217,8 +219,7 @@ class Command:
                 # var=value after the ids is taken as an id by argparse.
                 args.vars = [i for i in args.ids if '=' in i] + args.vars
                 args.ids = [i for i in args.ids if '=' not in i]
-            if hasattr(args, 'vars'):
-                args.vars = _vars(args.vars)
+            args.vars = _vars(getattr(args, 'vars', ()))
             flag = {'retry': 'all', 'purge': 'failed'}.get(args.command, '')
             problem = None
             if flag and bool(args.ids) == bool(getattr(args, flag)):

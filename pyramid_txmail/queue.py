@@ -745,7 +745,7 @@ class MailQueue:
             path = self._p(sub, mail_id)
             noted = self._reason(mail_id) if sub == 'failed' else None
             try:
-                mtime, meta, subject = _head(path, self._opener, subject=True)
+                mtime, meta, subject = _head(path, self._opener)
             except FileNotFoundError:
                 continue  # moved on since the listing
             except OSError as exc:
@@ -996,7 +996,7 @@ class MailQueue:
             os.mkdir(where, 0o700)
         except FileExistsError:
             return
-        except OSError as exc:
+        except OSError as exc:  # pragma: no cover - root can always mkdir
             raise QueueError(f'cannot create {where}: {_cause(exc)}') from exc
         if self._owner is not None:
             os.chown(where, *self._owner)
@@ -1122,11 +1122,10 @@ def _parse(line: bytes) -> dict[str, Any]:
 
 
 def _head(
-    path: str, opener: Callable[..., int], *, subject: bool = False
+    path: str, opener: Callable[..., int]
 ) -> tuple[float, dict[str, Any], str | None]:
-    """The mtime and checked metadata line of the queue file at ``path``,
-    and with ``subject`` its Subject (from the metadata, or else the
-    message's headers)."""
+    """The mtime, checked metadata line and Subject of the queue file at
+    ``path`` (the Subject from the metadata, or else the message's headers)."""
     fd = opener(path, _OPEN_FLAGS)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
@@ -1134,8 +1133,6 @@ def _head(
         raise ValueError('not a regular file')
     with open(fd, 'rb') as f:
         meta = _parse(f.readline())
-        if not subject:
-            return st.st_mtime, meta, None
         if 'subject' in meta:
             return st.st_mtime, meta, meta['subject']
         return st.st_mtime, meta, _subject(f.read(_HEADER_LIMIT))
