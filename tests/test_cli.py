@@ -920,3 +920,21 @@ def test_read_only_commands_create_nothing_in_an_existing_queue(states, tmp_path
         out = io.TextIOWrapper(io.BytesIO(), encoding='utf-8')
         assert run_cli(argv[0], ini, *argv[1:], out=out)[0] == 0
     assert sorted(os.walk(tmp_path / 'q')) == before
+
+
+def test_process_once_exits_1_when_the_relay_refuses_starttls(tmp_path, smtp_server):
+    queue = queue_with(tmp_path / 'q', 1)
+    ini = write_ini(
+        tmp_path,
+        queue_path=tmp_path / 'q',
+        host=smtp_server.host,
+        port=smtp_server.port,
+        tls='true',
+    )
+    code, _, err = run_cli('process', ini, '--once')
+    assert code == 1
+    (line,) = err.splitlines()
+    assert 'STARTTLS' in line and line.endswith('(check the mail.* settings)')
+    assert queue.counts()['queued'] == 1 and smtp_server.messages == []
+    fault = json.loads(run_cli('status', ini, '--json')[1])['fault']
+    assert fault['reason'] in line
