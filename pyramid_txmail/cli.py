@@ -116,7 +116,7 @@ def _vars(tokens: Iterable[str]) -> dict[str, str]:
     for token in tokens:
         name, _, value = token.partition('=')
         if not name.strip():
-            raise _UsageError(f'pyramid-txmail: {token!r}: expected var=value')
+            raise ValueError(f'{token!r}: expected var=value')
         options[name.strip()] = value
     return options
 
@@ -213,21 +213,8 @@ class Command:
     def run(self, argv: Sequence[str]) -> int:
         args = None
         try:
-            parser = self.parser()
-            args = parser.parse_args(argv)
-            if hasattr(args, 'ids'):
-                # var=value after the ids is taken as an id by argparse.
-                args.vars = [i for i in args.ids if '=' in i] + args.vars
-                args.ids = [i for i in args.ids if '=' not in i]
-            args.vars = _vars(getattr(args, 'vars', ()))
-            flag = {'retry': 'all', 'purge': 'failed'}.get(args.command, '')
-            problem = None
-            if flag and bool(args.ids) == bool(getattr(args, flag)):
-                problem = f'give IDs or --{flag}'
-            elif args.command in ('show', 'hold', 'release') and not args.ids:
-                problem = 'give an ID' if args.command == 'show' else 'give IDs'
-            if problem:
-                self._commands[args.command].error(problem)
+            args = self.parser().parse_args(argv)
+            self._check_usage(args)
             return getattr(self, 'cmd_' + args.command)(args) or 0
         except _UsageError as exc:
             print(exc, file=self.err)
@@ -241,6 +228,23 @@ class Command:
             return 1
 
     # -- helpers
+    def _check_usage(self, args: argparse.Namespace) -> None:
+        """The usage rules argparse cannot state; turns ``vars`` into a dict."""
+        usage = self._commands[args.command]
+        if hasattr(args, 'ids'):
+            # argparse takes a var=value after the ids for one more id.
+            args.vars = [i for i in args.ids if '=' in i] + args.vars
+            args.ids = [i for i in args.ids if '=' not in i]
+        try:
+            args.vars = _vars(getattr(args, 'vars', ()))
+        except ValueError as exc:
+            usage.error(str(exc))
+        flag = {'retry': 'all', 'purge': 'failed'}.get(args.command)
+        if flag and bool(args.ids) == bool(getattr(args, flag)):
+            usage.error(f'give IDs or --{flag}')
+        if args.command in ('show', 'hold', 'release') and not args.ids:
+            usage.error('give an ID' if args.command == 'show' else 'give IDs')
+
     def _check_file(self, config_uri: str) -> None:
         path = config_uri.split('#', 1)[0]
         if not os.path.isfile(path):
