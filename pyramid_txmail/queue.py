@@ -11,11 +11,12 @@ layout and the file format.
 Two rules keep any number of processes on one directory from sending a
 message twice:
 
-* a file leaves ``new/`` or ``cur/`` only while its mover holds its
-  ``flock`` (claim, release, outcomes, recovery, purge), and the mover checks,
-  once it has the lock, that the name still points at the file it locked;
-* a message is never in two of ``new/``, ``cur/``, ``deferred/``,
-  ``hold/``, ``failed/`` at once: rewrites are renamed over the old file first, then
+* a file leaves ``new/``, ``cur/`` or ``hold/`` only while its mover holds
+  its ``flock`` (claim, release, outcomes, recovery, hold, purge), and the
+  mover checks, once it has the lock, that the name still points at the
+  file it locked;
+* a message is never in two of ``new/``, ``cur/``, ``deferred/``, ``hold/``,
+  ``failed/`` at once: rewrites are renamed over the old file first, then
   moved, so a crash at any moment leaves exactly one copy.
 """
 
@@ -90,9 +91,10 @@ class Info:
 
     ``state`` is ``queued``, ``sending``, ``deferred``, ``held`` or
     ``failed``; ``age`` is seconds since it was queued; ``due`` the time a
-    deferred message is tried again (``None`` in other states). ``subject``
-    is the decoded Subject header (``None`` if there is none), as are
-    ``message_id`` and ``sender`` the metadata's (``None`` when unreadable).
+    deferred message is tried again (``None`` in other states);
+    ``subject`` the decoded Subject header (``None`` if there is none).
+    ``message_id``, ``sender`` and ``queued_at`` are the stored metadata's
+    (``None`` for an entry that cannot be read).
     """
 
     id: str
@@ -782,6 +784,8 @@ class MailQueue:
                     raise QueueError(f'cannot read {path}: not a regular file')
                 try:
                     meta, data = _read(fd, st.st_size, self._pread)
+                except OSError as exc:
+                    raise QueueError(f'cannot read {path}: {_cause(exc)}') from exc
                 except ValueError as exc:
                     raise QueueError(f'cannot read {path}: {exc}') from exc
             finally:

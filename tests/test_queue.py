@@ -1623,6 +1623,13 @@ class TestHoldAndFlush(_Base):
         with pytest.raises(QueueError, match=r'cannot read \S+: \[Errno 13\] denied'):
             Denied(self.path).read(self.ids[0])
 
+        class Failing(MailQueue):
+            def _pread(self, fd, size, offset):
+                raise OSError(errno.EIO, 'Input/output error')
+
+        with pytest.raises(QueueError, match=r'cannot read \S+: \[Errno 5\] Input'):
+            Failing(self.path).read(self.ids[0])
+
     def test_read_without_subject_metadata_reads_the_headers(self):
         queue = self._queue()
         path = os.path.join(self.path, 'new', self.ids[0])
