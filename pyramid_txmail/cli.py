@@ -4,20 +4,27 @@ Reads the application's .ini file through plaster (``CONFIG`` may name a
 section, ``development.ini#main``). ``process`` loads the application, so its
 ``MailSent``/``MailFailed`` subscribers receive the processor's events; the
 inspection commands need only the settings and never create the queue.
-Exit status: 0 success, 2 bad usage, 1 any other error, with a one-line
-message naming the problem (never a setting's value, which may be a
-password).
+Like pserve, ``var=value`` arguments after ``CONFIG`` fill the file's
+``%(var)s`` variables. Exit status: 0 success, 2 bad usage (with the usage
+line), 1 any other error or a configuration fault that held the work, with
+a one-line message naming the problem (never a setting's value, which may
+be a password).
 """
 
 from __future__ import annotations
 
 import argparse
 import configparser
+import email.policy
 import json
+import math
 import os
+import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from email.parser import BytesParser
 from typing import Any, NoReturn, TextIO
 
 from pyramid import paster
@@ -27,7 +34,7 @@ from .events import Notifier
 from .exceptions import QueueError
 from .legacy import scan as scan_legacy
 from .processor import STOP_TIMEOUT, QueueProcessor
-from .queue import MailQueue
+from .queue import ALL_STATES, Info, MailQueue
 from .settings import MailSettings, parse_settings, settings_prefix
 
 __all__ = ['main']
@@ -39,7 +46,7 @@ class CommandError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise _UsageError(f'{self.prog}: {message}')
+        raise _UsageError(f'{self.format_usage()}{self.prog}: error: {message}')
 
 
 class _UsageError(Exception):
@@ -78,6 +85,42 @@ def _age(seconds: float) -> str:
     return f'{seconds}s'
 
 
+def _one_line(text: str | None) -> str:
+    """``text`` on one line, safe for a terminal: every character that is
+    not printable (controls, line breaks, bidi overrides) is escaped as
+    ``\\xNN``/``\\uNNNN``; other non-ASCII text is shown as it is."""
+    if text is None:
+        return ''
+    if text.isprintable():
+        return text
+    return ''.join(
+        c if c.isprintable() else c.encode('unicode_escape').decode('ascii')
+        for c in text
+    )
+
+
+def _when(stamp: float) -> str:
+    return time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(stamp))
+
+
+def _next_attempt(info: Info, now: float) -> str:
+    if info.state == 'deferred' and info.due is not None:
+        # Rounded up: "in 0s" would read as "now".
+        return 'now' if info.due <= now else f'in {_age(math.ceil(info.due - now))}'
+    return 'now' if info.state in ('queued', 'legacy') else '-'
+
+
+def _vars(tokens: Iterable[str]) -> dict[str, str]:
+    """pserve's ``var=value`` arguments, as plaster's ``options``."""
+    options = {}
+    for token in tokens:
+        name, _, value = token.partition('=')
+        if not name.strip():
+            raise ValueError(f'{token!r}: expected var=value')
+        options[name.strip()] = value
+    return options
+
+
 class Command:
     """The command line; collaborators are class attributes so tests can
     pass a dict of settings instead of an .ini file (the pyramid seam)."""
@@ -96,32 +139,92 @@ class Command:
     def parser(self) -> argparse.ArgumentParser:
         parser = _Parser(prog='pyramid-txmail', description=__doc__.split('\n')[0])
         commands = parser.add_subparsers(dest='command', required=True)
+        self._commands = commands.choices
 
-        def command(name: str, help: str) -> argparse.ArgumentParser:
-            sub = commands.add_parser(name, help=help)
-            sub.add_argument('config', metavar='CONFIG', help='the .ini file')
+        def command(
+            name: str, help: str, *, ids: str | None = None, nargs: str | int = '*'
+        ) -> argparse.ArgumentParser:
+            sub = commands.add_parser(name, help=help, description=help)
+            sub.add_argument(
+                'config', metavar='CONFIG', help='the .ini file (file.ini#section)'
+            )
+            if ids:
+                sub.add_argument('ids', nargs=nargs, metavar='ID', help=ids)
+            sub.add_argument(
+                'vars',
+                nargs='*',
+                metavar='var=value',
+                help="fill the .ini file's %%(var)s variables, as pserve does",
+            )
             return sub
+
+        def json_option(sub: argparse.ArgumentParser, what: str) -> None:
+            sub.add_argument('--json', action='store_true', help=f'{what} as JSON')
 
         command('process', 'run the queue processor').add_argument(
             '--once', action='store_true', help='drain what is due, then exit'
         )
-        command('status', 'count messages by state').add_argument(
-            '--json', action='store_true'
+        json_option(
+            command('status', 'count messages by state, show a configuration fault'),
+            'the counts',
         )
-        listing = command('list', 'one line per message')
-        listing.add_argument('--failed', action='store_true')
-        listing.add_argument('--json', action='store_true')
-        retry = command('retry', 'put failed messages back, due now')
-        retry.add_argument('ids', nargs='*', metavar='ID')
-        retry.add_argument('--all', action='store_true')
-        purge = command('purge', 'delete messages')
-        purge.add_argument('ids', nargs='*', metavar='ID')
-        purge.add_argument('--failed', action='store_true')
+        listing = command('list', 'one line per message, every state by default')
+        listing.add_argument(
+            '--state',
+            choices=list(ALL_STATES.values()),
+            help='only messages in this state',
+        )
+        listing.add_argument(
+            '--failed',
+            action='store_const',
+            dest='state',
+            const='failed',
+            help='only failed messages (same as --state failed)',
+        )
+        json_option(listing, 'the messages')
+        show = command(
+            'show', 'one message: envelope, headers, history', ids='its id', nargs=1
+        )
+        show.add_argument(
+            '--raw', action='store_true', help='write the stored message bytes only'
+        )
+        json_option(show, 'the message')
+        json_option(command('flush', 'make deferred messages due now'), 'the count')
+        retry = command(
+            'retry', 'make failed or deferred messages due now', ids='message ids'
+        )
+        retry.add_argument(
+            '--all', action='store_true', help='every failed and deferred message'
+        )
+        json_option(retry, 'the counts')
+        json_option(
+            command('hold', 'keep messages from being sent', ids='message ids'),
+            'the count',
+        )
+        json_option(
+            command('release', 'put held messages back, due now', ids='message ids'),
+            'the count',
+        )
+        purge = command('purge', 'delete messages', ids='message ids')
+        purge.add_argument('--failed', action='store_true', help='every failed message')
+        json_option(purge, 'the count')
         catch = commands.add_parser(
             'catch', help='a development mail catcher: SMTP and a web UI'
         )
-        catch.add_argument('--smtp-port', type=int, default=8025, metavar='P')
-        catch.add_argument('--http-port', type=int, default=8026, metavar='P')
+        catch.add_argument(
+            '--smtp-port',
+            type=int,
+            default=8025,
+            metavar='P',
+            help='SMTP port on --host (default 8025; 0: any free port)',
+        )
+        catch.add_argument(
+            '--http-port',
+            type=int,
+            default=8026,
+            metavar='P',
+            help='web UI port on --host (default 8026; 0: any free port)',
+        )
         catch.add_argument('--host', default='127.0.0.1', help='loopback only')
         catch.add_argument(
             '--allow-remote', action='store_true', help='allow a non-loopback --host'
@@ -141,11 +244,7 @@ class Command:
         args = None
         try:
             args = self.parser().parse_args(argv)
-            flag = {'retry': 'all', 'purge': 'failed'}.get(args.command)
-            if flag and bool(args.ids) == bool(getattr(args, flag)):
-                raise _UsageError(
-                    f'pyramid-txmail {args.command}: give IDs or --{flag}'
-                )
+            self._check_usage(args)
             return getattr(self, 'cmd_' + args.command)(args) or 0
         except _UsageError as exc:
             print(exc, file=self.err)
@@ -159,6 +258,23 @@ class Command:
             return 1
 
     # -- helpers
+    def _check_usage(self, args: argparse.Namespace) -> None:
+        """The usage rules argparse cannot state; turns ``vars`` into a dict."""
+        usage = self._commands[args.command]
+        if hasattr(args, 'ids'):
+            # argparse takes a var=value after the ids for one more id.
+            args.vars = [i for i in args.ids if '=' in i] + args.vars
+            args.ids = [i for i in args.ids if '=' not in i]
+        try:
+            args.vars = _vars(getattr(args, 'vars', ()))
+        except ValueError as exc:
+            usage.error(str(exc))
+        flag = {'retry': 'all', 'purge': 'failed'}.get(args.command)
+        if flag and bool(args.ids) == bool(getattr(args, flag)):
+            usage.error(f'give IDs or --{flag}')
+        if args.command in ('show', 'hold', 'release') and not args.ids:
+            usage.error('give an ID' if args.command == 'show' else 'give IDs')
+
     def _check_file(self, config_uri: str) -> None:
         path = config_uri.split('#', 1)[0]
         if not os.path.isfile(path):
@@ -172,28 +288,43 @@ class Command:
             raise CommandError(f'{prefix}queue_path is not set in {name}')
         return settings
 
-    def _queue(self, config_uri: str) -> MailQueue:
+    def _queue(self, args: argparse.Namespace) -> MailQueue:
         """The application's queue, as it is: never created here (as root it
         would be root's, and the application could not use it)."""
-        self._check_file(config_uri)
-        settings = self._mail_settings(config_uri, self.get_settings(config_uri))
+        self._check_file(args.config)
+        raw = self.get_settings(args.config, options=args.vars)
+        settings = self._mail_settings(args.config, raw)
         # _mail_settings refused a missing queue_path.
         return MailQueue(settings.queue_path, create=False)  # type: ignore[arg-type]
+
+    def _fault_line(self, fault: Mapping[str, Any], now: float) -> str:
+        return (
+            f'sending paused by a configuration fault since '
+            f'{_when(fault["since"])} ({_age(now - fault["since"])} ago): '
+            f'{_one_line(fault["reason"])}'
+        )
+
+    def _done(self, args: argparse.Namespace, text: str, **counts: int) -> int:
+        """Report what a changing command did, as text or JSON."""
+        if args.json:
+            print(json.dumps(counts), file=self.out)
+        else:
+            print(text, file=self.out)
+        return 0
 
     # -- commands
     def cmd_process(self, args: argparse.Namespace) -> int:
         self._check_file(args.config)
         # The .ini's logging sections, or a basic stderr handler without them.
-        self.setup_logging(args.config)
+        self.setup_logging(args.config, global_conf=args.vars)
         with suppress_processor():
-            env = self.bootstrap(args.config)
+            env = self.bootstrap(args.config, options=args.vars)
         try:
             registry = env['registry']
             settings = self._mail_settings(args.config, registry.settings)
+            queue = MailQueue(settings.queue_path)  # type: ignore[arg-type]  # checked above
             processor = QueueProcessor(
-                MailQueue(settings.queue_path),  # type: ignore[arg-type]  # checked above
-                settings,
-                notify=Notifier(registry.notify),
+                queue, settings, notify=Notifier(registry.notify)
             )
             if args.once:
                 result = processor.run_once()
@@ -202,6 +333,13 @@ class Command:
                     f'failed {result.failed}, kept {result.released}',
                     file=self.out,
                 )
+                fault = queue.read_fault()
+                if result.released and fault:
+                    # Only a configuration fault keeps (releases) messages.
+                    raise CommandError(
+                        f'cannot send: {_one_line(fault["reason"])}; every '
+                        f'message stays queued (check the mail.* settings)'
+                    )
                 return 0
             previous = {
                 sig: signal.signal(sig, lambda *_: processor.stop(self.stop_timeout))
@@ -217,55 +355,157 @@ class Command:
             env['closer']()
 
     def cmd_status(self, args: argparse.Namespace) -> int:
-        queue = self._queue(args.config)
-        counts = {**queue.counts(), 'unreadable': queue.unreadable()}
+        queue = self._queue(args)
+        counts: dict[str, Any] = {
+            **queue.counts(held=True),
+            'unreadable': queue.unreadable(),
+        }
         # repoze.sendmail's files, waiting or rejected: the processor adopts them.
         counts['legacy'] = len(scan_legacy(queue, failed=None))
+        fault = queue.read_fault()
         if args.json:
-            print(json.dumps(counts), file=self.out)
-        else:
-            for state in ('queued', 'deferred', 'sending', 'failed', 'unreadable'):
-                print(f'{state:<10} {counts[state]}', file=self.out)
-            if counts['legacy']:
-                print(f'{"legacy":<10} {counts["legacy"]}', file=self.out)
+            print(json.dumps({**counts, 'fault': fault}), file=self.out)
+            return 0
+        for state in ('queued', 'deferred', 'sending', 'held', 'failed', 'unreadable'):
+            print(f'{state:<10} {counts[state]}', file=self.out)
+        if counts['legacy']:
+            print(f'{"legacy":<10} {counts["legacy"]}', file=self.out)
+        if fault:
+            print(self._fault_line(fault, queue.clock()), file=self.out)
         return 0
 
     def cmd_list(self, args: argparse.Namespace) -> int:
-        queue = self._queue(args.config)
-        infos = scan_legacy(queue, failed=args.failed)
-        infos += queue.list(failed=args.failed)
+        queue = self._queue(args)
+        state = args.state
+        infos: list[Info] = []
+        if state in (None, 'queued', 'failed'):
+            # Waiting legacy files count as queued, rejected ones as failed.
+            legacy = None if state is None else state == 'failed'
+            infos += scan_legacy(queue, failed=legacy)
+        states = list(ALL_STATES.values()) if state is None else [state]
+        infos += queue.list(states=states)
+        now = queue.clock()
         if args.json:
             rows = [
                 {
                     'id': i.id,
                     'state': i.state,
-                    'age': i.age,
                     'attempts': i.attempts,
+                    'due': i.due,
+                    'age': i.age,
+                    'message_id': i.message_id,
+                    'subject': i.subject,
                     'recipients': list(i.recipients),
                     'last_error': i.last_error,
-                    'due': i.due,
                 }
                 for i in infos
             ]
             print(json.dumps(rows), file=self.out)
             return 0
-        for i in infos:
-            # A repoze.sendmail file's name may hold anything; one line each,
-            # and no control characters reach the terminal.
-            shown = (
-                i.id if i.id.isprintable() else i.id.encode('unicode_escape').decode()
+        table = [
+            (
+                'ID',
+                'STATE',
+                'ATTEMPTS',
+                'NEXT',
+                'AGE',
+                'MESSAGE-ID',
+                'SUBJECT',
+                'RECIPIENTS',
+                'LAST ERROR',
             )
-            print(
-                f'{shown}  {i.state:<8} {_age(i.age):>4} {i.attempts:>3}  '
-                f'{", ".join(i.recipients)}  {i.last_error or ""}'.rstrip(),
-                file=self.out,
+        ]
+        # Every field may come from a stranger (a Subject, a repoze.sendmail
+        # file name): one line each, and no control characters reach the
+        # terminal.
+        table += [
+            (
+                _one_line(i.id),
+                i.state,
+                str(i.attempts),
+                _next_attempt(i, now),
+                _age(i.age),
+                _one_line(i.message_id) or '-',
+                _one_line(i.subject) or '-',
+                _one_line(', '.join(i.recipients)) or '-',
+                _one_line(i.last_error),
             )
+            for i in infos
+        ]
+        widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+        for row in table:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+            print('  '.join(cells).rstrip(), file=self.out)
+        fault = queue.read_fault()
+        if fault:
+            print(self._fault_line(fault, now), file=self.out)
         return 0
 
-    def cmd_retry(self, args: argparse.Namespace) -> int:
-        count = self._queue(args.config).retry(None if args.all else args.ids)
-        print(f'{count} message(s) queued again', file=self.out)
+    def cmd_show(self, args: argparse.Namespace) -> int:
+        queue = self._queue(args)
+        info, data = queue.read(args.ids[0])
+        if args.raw:
+            self.out.flush()
+            self.out.buffer.write(data)
+            self.out.buffer.flush()
+            return 0
+        headers = _headers(data)
+        if args.json:
+            record = {
+                'id': info.id,
+                'state': info.state,
+                'message_id': info.message_id,
+                'subject': info.subject,
+                'sender': info.sender,
+                'recipients': list(info.recipients),
+                'queued_at': info.queued_at,
+                'age': info.age,
+                'attempts': info.attempts,
+                'last_error': info.last_error,
+                'due': info.due,
+                'headers': headers,
+                'size': len(data),
+            }
+            print(json.dumps(record), file=self.out)
+            return 0
+        now = queue.clock()
+        queued = info.queued_at if info.queued_at is not None else now - info.age
+        lines = [
+            ('id', _one_line(info.id)),
+            ('state', info.state),
+            ('message-id', _one_line(info.message_id)),
+            ('subject', _one_line(info.subject)),
+            ('from', _one_line(info.sender)),
+            ('to', _one_line(', '.join(info.recipients))),
+            ('queued at', f'{_when(queued)} ({_age(now - queued)} ago)'),
+            ('attempts', str(info.attempts)),
+            ('last error', _one_line(info.last_error) or '-'),
+            ('next attempt', _next_attempt(info, now)),
+            ('size', f'{len(data)} bytes'),
+        ]
+        for name, value in lines:
+            print(f'{name + ":":<14}{value}'.rstrip(), file=self.out)
+        print('\nheaders:', file=self.out)
+        for name, value in headers:
+            print(f'  {_one_line(name)}: {_one_line(value)}', file=self.out)
         return 0
+
+    def cmd_flush(self, args: argparse.Namespace) -> int:
+        count = self._queue(args).flush()
+        return self._done(args, f'{count} deferred message(s) due now', flushed=count)
+
+    def cmd_retry(self, args: argparse.Namespace) -> int:
+        queue = self._queue(args)
+        count = queue.retry(None if args.all else args.ids)
+        return self._done(args, f'{count} message(s) queued again', retried=count)
+
+    def cmd_hold(self, args: argparse.Namespace) -> int:
+        count = self._queue(args).hold(args.ids)
+        return self._done(args, f'{count} message(s) held', held=count)
+
+    def cmd_release(self, args: argparse.Namespace) -> int:
+        count = self._queue(args).release(args.ids)
+        return self._done(args, f'{count} message(s) released', released=count)
 
     #: What ``catch`` runs while it serves, instead of waiting for SIGINT or
     #: SIGTERM (a seam for tests).
@@ -312,10 +552,23 @@ class Command:
         return 0
 
     def cmd_purge(self, args: argparse.Namespace) -> int:
-        queue = self._queue(args.config)
+        queue = self._queue(args)
         count = queue.purge(failed=True) if args.failed else queue.purge(args.ids)
-        print(f'{count} message(s) deleted', file=self.out)
-        return 0
+        return self._done(args, f'{count} message(s) deleted', deleted=count)
+
+
+def _headers(data: bytes) -> list[tuple[str, str]]:
+    """The message's header fields, unfolded, RFC 2047 words decoded."""
+    policy = email.policy.default
+    parsed = BytesParser(policy=policy).parsebytes(data, headersonly=True)
+    fields = []
+    for name, raw in parsed.raw_items():
+        try:
+            value = str(policy.header_fetch_parse(name, raw))
+        except Exception:  # the stdlib's address parser fails on some garbage
+            value = re.sub(r'\r?\n(?=[ \t])', '', raw).strip()
+        fields.append((name, value))
+    return fields
 
 
 def main(argv: Sequence[str] | None = None) -> int:

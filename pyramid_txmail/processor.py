@@ -364,6 +364,7 @@ class QueueProcessor:
             log.warning(
                 'mail %s refused for %s', claim.message_id, _describe(refused, refused)
             )
+        self.queue.clear_fault()
         self._notify([MailSent(claim.message_id, claim.data, refused)])
         return PassResult(sent=1)
 
@@ -418,6 +419,7 @@ class QueueProcessor:
             # Not this message's fault: keep it, and every other one.
             pause = self.settings.retry_min
             self._paused_until = self._monotonic() + pause
+            self.queue.record_fault(str(exc))  # for pyramid-txmail status
             claim.release()
             log.error(
                 'mail queue %s: cannot send: %s. Messages stay queued; '

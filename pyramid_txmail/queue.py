@@ -11,10 +11,11 @@ layout and the file format.
 Two rules keep any number of processes on one directory from sending a
 message twice:
 
-* a file leaves ``new/`` or ``cur/`` only while its mover holds its
-  ``flock`` (claim, release, outcomes, recovery, purge), and the mover checks,
-  once it has the lock, that the name still points at the file it locked;
-* a message is never in two of ``new/``, ``cur/``, ``deferred/``,
+* a file leaves ``new/``, ``cur/`` or ``hold/`` only while its mover holds
+  its ``flock`` (claim, release, outcomes, recovery, hold, purge), and the
+  mover checks, once it has the lock, that the name still points at the
+  file it locked;
+* a message is never in two of ``new/``, ``cur/``, ``deferred/``, ``hold/``,
   ``failed/`` at once: rewrites are renamed over the old file first, then
   moved, so a crash at any moment leaves exactly one copy.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import email.policy
 import errno
 import fcntl
 import json
@@ -50,6 +52,13 @@ log = logging.getLogger('pyramid_txmail.queue')
 
 #: Subdirectories and the state each holds, as :meth:`MailQueue.counts` names it.
 STATES = {'new': 'queued', 'cur': 'sending', 'deferred': 'deferred', 'failed': 'failed'}
+#: Held messages (``pyramid-txmail hold``): never sent until released. Made
+#: by the first hold, so it is not one of :data:`STATES`.
+HOLD = 'hold'
+#: Every state :meth:`MailQueue.list` can show, by subdirectory.
+ALL_STATES = {**STATES, HOLD: 'held'}
+#: Beside the subdirectories: the configuration fault that paused sending.
+FAULT_FILE = 'fault.json'
 #: Unfinished writes older than this are removed by recovery (the Maildir rule).
 TMP_MAX_AGE = 36 * 3600.0
 FORMAT_VERSION = 1
@@ -80,9 +89,12 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 class Info:
     """One message as :meth:`MailQueue.list` shows it.
 
-    ``state`` is ``queued``, ``sending``, ``deferred`` or ``failed``; ``age``
-    is seconds since it was queued; ``due`` the time a deferred message is
-    tried again (``None`` in other states).
+    ``state`` is ``queued``, ``sending``, ``deferred``, ``held`` or
+    ``failed``; ``age`` is seconds since it was queued; ``due`` the time a
+    deferred message is tried again (``None`` in other states);
+    ``subject`` the decoded Subject header (``None`` if there is none).
+    ``message_id``, ``sender`` and ``queued_at`` are the stored metadata's
+    (``None`` for an entry that cannot be read).
     """
 
     id: str
@@ -92,6 +104,10 @@ class Info:
     recipients: tuple[str, ...]
     last_error: str | None
     due: float | None = None
+    message_id: str | None = None
+    subject: str | None = None
+    sender: str | None = None
+    queued_at: float | None = None
 
 
 # Descriptors holding (or about to hold) a queue file's flock in this process.
@@ -283,7 +299,7 @@ class MailQueue:
             with os.scandir(where) as entries:
                 names = [e.name for e in entries]
         except FileNotFoundError:
-            if self._created:
+            if self._created and sub != HOLD:  # hold/ is made by the first hold
                 raise QueueError(f'cannot read mail queue {where}: missing') from None
             # Not made yet: a queue the read-only commands look at without
             # creating it, e.g. one that only repoze.sendmail has written.
@@ -312,6 +328,9 @@ class MailQueue:
             'last_error': None,
             'smtputf8': mail.envelope.smtputf8,
         }
+        subject = _subject(mail.data)
+        if subject is not None:  # for listings, without parsing the message
+            meta['subject'] = subject
         path = self._p('tmp', mail_id)
         fd = self._create(path)
         try:
@@ -698,28 +717,37 @@ class MailQueue:
 
     # -- inspection and administration (the command line)
 
-    def counts(self) -> dict[str, int]:
-        """How many messages are in each state."""
-        return {state: len(self._ids(sub)) for sub, state in STATES.items()}
+    def counts(self, *, held: bool = False) -> dict[str, int]:
+        """How many messages are in each state; ``held`` too if ``held``."""
+        subs = ALL_STATES if held else STATES
+        return {state: len(self._ids(sub)) for sub, state in subs.items()}
 
-    def list(self, *, failed: bool = False) -> Iterator[Info]:
+    def list(
+        self, *, failed: bool = False, states: Iterable[str] | None = None
+    ) -> Iterator[Info]:
         """The active queue (queued, sending, deferred) in queue order.
 
-        With ``failed=True``, the failed area instead. Only each file's
-        metadata line is read. An entry that cannot be read or is not a
-        valid queue file is listed with ``last_error`` ``'unreadable: '``
-        and the reason (its age from its id), never failing the listing.
-        For an entry the processor set aside, ``last_error`` is the reason
-        it recorded then.
+        With ``failed=True``, the failed area instead; ``states`` names the
+        states to list instead (any of ``queued``, ``sending``,
+        ``deferred``, ``held``, ``failed``). The metadata line of each file
+        is read, and the message's headers only if the metadata has no
+        ``subject`` (files written before it had one). An entry that cannot
+        be read or is not a valid queue file is listed with ``last_error``
+        ``'unreadable: '`` and the reason (its age from its id), never
+        failing the listing. For an entry the processor set aside,
+        ``last_error`` is the reason it recorded then.
         """
-        subs = ('failed',) if failed else ('new', 'cur', 'deferred')
+        if states is None:
+            states = ('failed',) if failed else ('queued', 'sending', 'deferred')
+        wanted = set(states)
+        subs = [sub for sub, state in ALL_STATES.items() if state in wanted]
         listing = sorted((mail_id, sub) for sub in subs for mail_id in self._ids(sub))
         now = self.clock()
         for mail_id, sub in listing:
             path = self._p(sub, mail_id)
             noted = self._reason(mail_id) if sub == 'failed' else None
             try:
-                mtime, meta = _head(path, self._opener)
+                mtime, meta, subject = _head(path, self._opener)
             except FileNotFoundError:
                 continue  # moved on since the listing
             except OSError as exc:
@@ -727,18 +755,49 @@ class MailQueue:
             except ValueError as exc:
                 reason = f'unreadable: {exc}'
             else:
-                yield Info(
-                    id=mail_id,
-                    state=STATES[sub],
-                    age=now - meta['queued_at'],
-                    attempts=meta['attempts'],
-                    recipients=tuple(meta['recipients']),
-                    last_error=noted or meta['last_error'],
-                    due=mtime if sub == 'deferred' else None,
-                )
+                yield _info(mail_id, ALL_STATES[sub], meta, now, mtime, noted, subject)
                 continue
             age = now - int(mail_id[:16]) / 1_000_000
-            yield Info(mail_id, STATES[sub], age, 0, (), noted or reason)
+            yield Info(mail_id, ALL_STATES[sub], age, 0, (), noted or reason)
+
+    def read(self, mail_id: str) -> tuple[Info, bytes]:
+        """One message as it is stored: its :class:`Info` and its bytes.
+
+        Read-only, and no lock is taken (a processor may be sending it).
+        Raises :class:`UnknownMessage` for an id in no state, and
+        :class:`QueueError` when the entry cannot be read.
+        """
+        valid = _ID.fullmatch(mail_id) is not None
+        # A processor may move it between two states while we look: twice
+        # round is enough for any move to have finished.
+        for sub in [*ALL_STATES] * 2 if valid else ():
+            path = self._p(sub, mail_id)
+            try:
+                fd = self._opener(path, _OPEN_FLAGS)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise QueueError(f'cannot read {path}: {_cause(exc)}') from exc
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise QueueError(f'cannot read {path}: not a regular file')
+                try:
+                    meta, data = _read(fd, st.st_size, self._pread)
+                except OSError as exc:
+                    raise QueueError(f'cannot read {path}: {_cause(exc)}') from exc
+                except ValueError as exc:
+                    raise QueueError(f'cannot read {path}: {exc}') from exc
+            finally:
+                os.close(fd)
+            noted = self._reason(mail_id) if sub == 'failed' else None
+            now = self.clock()
+            subject = meta['subject'] if 'subject' in meta else _subject(data)
+            info = _info(
+                mail_id, ALL_STATES[sub], meta, now, st.st_mtime, noted, subject
+            )
+            return info, data
+        raise UnknownMessage(f'no message {mail_id!r} in {self.path}')
 
     def unreadable(self) -> int:
         """How many entries in ``failed/`` the processor set aside as
@@ -751,18 +810,23 @@ class MailQueue:
         )
 
     def retry(self, ids: Iterable[str] | None = None) -> int:
-        """Put failed messages back into ``new/``, due now; return how many.
+        """Put failed and deferred messages back into ``new/``, due now;
+        return how many.
 
-        ``ids=None`` retries every failed message. Each gets a fresh start:
-        attempts 0 and ``queued_at`` now, so ``mail.max_age`` counts again
-        from the retry (the last error is kept for reference). Raises
-        :class:`UnknownMessage` for an id that is not in the failed area,
-        before changing anything.
+        ``ids=None`` retries every failed and deferred message. A failed
+        one gets a fresh start: attempts 0 and ``queued_at`` now, so
+        ``mail.max_age`` counts again from the retry (the last error is kept
+        for reference); a deferred one is only made due now, as
+        :meth:`flush` does. Raises :class:`UnknownMessage` for an id that is
+        neither failed nor deferred, before changing anything.
         """
-        wanted = self._resolve(ids, ('failed',))
+        wanted = self._resolve(ids, ('failed', 'deferred'))
         now = self.clock()
         done = 0
         for mail_id, sub in wanted:
+            if sub == 'deferred':
+                done += self._due_now(mail_id)
+                continue
             path = self._p(sub, mail_id)
             try:
                 locked = self._lock(path)
@@ -807,14 +871,14 @@ class MailQueue:
     def purge(self, ids: Iterable[str] | None = None, *, failed: bool = False) -> int:
         """Delete messages; return how many.
 
-        ``ids`` may be in any state but ``sending``; with ``failed=True``
+        ``ids`` may be in any state but ``sending`` (``held`` too); with ``failed=True``
         only the failed area is searched, and ``ids=None`` means every failed
         message. Raises :class:`UnknownMessage` for an id not found (or
         being sent), before deleting anything.
         """
         if ids is None and not failed:
             raise ValueError('purge: give message ids, or failed=True')
-        subs = ('failed',) if failed else ('new', 'deferred', 'failed')
+        subs = ('failed',) if failed else ('new', 'deferred', HOLD, 'failed')
         done = 0
         for mail_id, sub in self._resolve(ids, subs):
             path = self._p(sub, mail_id)
@@ -840,6 +904,158 @@ class MailQueue:
             self._forget(mail_id)
             done += 1
         return done
+
+    def flush(self) -> int:
+        """Make every deferred message due now (into ``new/``); return how
+        many. The processor sends them on its next pass."""
+        done = sum(self._due_now(mail_id) for mail_id in self._ids('deferred'))
+        self._sync_dir('new', raising=False)
+        return done
+
+    def _due_now(self, mail_id: str) -> int:
+        """Move ``deferred/ID`` into ``new/``: 1, or 0 if it moved on meanwhile."""
+        # As promote_due does: no lock, two movers race and one gets ENOENT.
+        try:
+            self._rename(self._p('deferred', mail_id), self._p('new', mail_id))
+        except FileNotFoundError:
+            return 0
+        return 1
+
+    def hold(self, ids: Iterable[str]) -> int:
+        """Move queued or deferred messages into ``hold/``; return how many.
+
+        A held message is never sent until :meth:`release`. One being sent
+        cannot be held: :class:`QueueError` says so (those before it in
+        ``ids`` are held), as does :class:`UnknownMessage` for an id in no
+        state, before anything is held. One held already is left as it is.
+        """
+        ids = builtins.list(ids)
+        self._resolve(ids, ('new', 'deferred', HOLD))  # unknown, or being sent
+        self._make(HOLD)
+        done = 0
+        for mail_id in ids:
+            # A processor may move it meanwhile (deferred -> new -> cur ->
+            # deferred): each round follows one move; a few are plenty.
+            for _ in range(5):
+                moved = self._move_locked(mail_id, ('new', 'deferred', HOLD), HOLD)
+                if moved is not None:
+                    done += moved
+                    break
+            else:
+                raise QueueError(f'{mail_id} is being sent now; try again later')
+        self._sync_dir(HOLD, raising=False)
+        return done
+
+    def release(self, ids: Iterable[str]) -> int:
+        """Move held messages back into ``new/``, due now; return how many.
+
+        Raises :class:`UnknownMessage` for an id that is not held, before
+        releasing anything.
+        """
+        done = 0
+        for mail_id, _ in self._resolve(ids, (HOLD,)):
+            done += self._move_locked(mail_id, (HOLD,), 'new') or 0
+        self._sync_dir('new', raising=False)
+        return done
+
+    def _move_locked(
+        self, mail_id: str, subs: tuple[str, ...], dest: str
+    ) -> int | None:
+        """Move ``mail_id`` from the first of ``subs`` holding it into
+        ``dest``, under its lock: 1 if moved, 0 if it was in ``dest``
+        already or is gone, None if it is locked (being sent) or moved on
+        meanwhile (look again). Raises QueueError while it is being sent."""
+        sub = next(
+            (s for s in subs if os.path.lexists(self._p(s, mail_id))),
+            None,
+        )
+        if sub is None:
+            if os.path.lexists(self._p('cur', mail_id)):
+                raise QueueError(f'{mail_id} is being sent now; try again later')
+            return 0  # purged meanwhile
+        if sub == dest:
+            return 0
+        path = self._p(sub, mail_id)
+        try:
+            locked = self._lock(path)
+        except OSError as exc:
+            raise QueueError(f'cannot move {path}: {_cause(exc)}') from exc
+        if locked is None:
+            return None
+        fd, _ = locked
+        try:
+            self._rename(path, self._p(dest, mail_id))
+        except FileNotFoundError:
+            return None  # promoted from deferred/ meanwhile: look again
+        except OSError as exc:
+            raise QueueError(f'cannot move {path} to {dest}/: {_cause(exc)}') from exc
+        finally:
+            _unlock(fd)
+        return 1
+
+    def _make(self, sub: str) -> None:
+        """Create the subdirectory ``sub`` if missing (given to the queue's owner)."""
+        where = self._p(sub)
+        try:
+            os.mkdir(where, 0o700)
+        except FileExistsError:
+            return
+        except OSError as exc:  # pragma: no cover - root can always mkdir
+            raise QueueError(f'cannot create {where}: {_cause(exc)}') from exc
+        if self._owner is not None:
+            os.chown(where, *self._owner)
+
+    # -- the standing configuration fault
+
+    def record_fault(self, reason: str) -> None:
+        """Note that sending is paused by a configuration fault (a refused
+        login, no STARTTLS), for ``status`` and ``list`` to show.
+
+        Kept in ``fault.json`` until :meth:`clear_fault`; the time since
+        when is that of the first fault in a row. Never raises: a fault
+        that cannot be written is logged.
+        """
+        since = (self.read_fault() or {}).get('since', self.clock())
+        path = self._p(FAULT_FILE)
+        tmp = self._p('tmp', f'{FAULT_FILE}.{secrets.token_hex(4)}')
+        record = json.dumps({'reason': reason, 'since': since}).encode('ascii')
+        try:
+            fd = self._create(tmp)
+            try:
+                self._write(fd, record)
+            finally:
+                os.close(fd)
+            self._rename(tmp, path)
+        except (OSError, QueueError) as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            log.warning('cannot record the configuration fault in %s: %s', path, exc)
+
+    def clear_fault(self) -> None:
+        """Sending works again: forget the fault :meth:`record_fault` noted.
+        Never raises."""
+        try:
+            os.unlink(self._p(FAULT_FILE))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning('cannot remove %s: %s', self._p(FAULT_FILE), _cause(exc))
+
+    def read_fault(self) -> dict[str, Any] | None:
+        """The standing configuration fault, ``{'reason': str, 'since':
+        float}``, or ``None`` when there is none (or it cannot be read)."""
+        try:
+            with open(self._p(FAULT_FILE), 'rb') as f:
+                record = json.loads(f.read(65536))
+        except (OSError, ValueError):
+            return None
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get('reason'), str)
+            and isinstance(record.get('since'), (int, float))
+        ):
+            return None
+        return {'reason': record['reason'], 'since': float(record['since'])}
 
     def _resolve(
         self, ids: Iterable[str] | None, subs: tuple[str, ...]
@@ -902,21 +1118,80 @@ def _parse(line: bytes) -> dict[str, Any]:
             and attempts >= 0,
         ),
         ('last_error', isinstance(meta['last_error'], (str, type(None)))),
+        ('subject', isinstance(meta.get('subject', ''), str)),
     ):
         if not ok:
             raise ValueError(f'bad or missing {key!r}')
     return meta
 
 
-def _head(path: str, opener: Callable[..., int]) -> tuple[float, dict[str, Any]]:
-    """The mtime and checked metadata line of the queue file at ``path``."""
+def _head(
+    path: str, opener: Callable[..., int]
+) -> tuple[float, dict[str, Any], str | None]:
+    """The mtime, checked metadata line and Subject of the queue file at
+    ``path`` (the Subject from the metadata, or else the message's headers)."""
     fd = opener(path, _OPEN_FLAGS)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise ValueError('not a regular file')
     with open(fd, 'rb') as f:
-        return st.st_mtime, _parse(f.readline())
+        meta = _parse(f.readline())
+        if 'subject' in meta:
+            return st.st_mtime, meta, meta['subject']
+        return st.st_mtime, meta, _subject(f.read(_HEADER_LIMIT))
+
+
+# Enough of a message to hold its headers, for the Subject of older files.
+_HEADER_LIMIT = 256 * 1024
+_SUBJECT = re.compile(rb'^subject:(.*(?:\r?\n[ \t].*)*)', re.IGNORECASE | re.MULTILINE)
+_HEADERS_END = re.compile(rb'\r?\n\r?\n')
+
+
+def _subject(data: bytes) -> str | None:
+    """The decoded Subject header of the message ``data``; None if none.
+
+    Found with a pattern, not a full parse: it runs in ``tpc_vote`` for
+    each message, and the listing needs no more than this one header.
+    """
+    end = _HEADERS_END.search(data)
+    head = data if end is None else data[: end.start()]
+    found = _SUBJECT.search(head)
+    if found is None:
+        return None
+    raw = found.group(1)
+    folded = re.sub(rb'\r?\n(?=[ \t])', b'', raw).strip()
+    # An unstructured header: its parser takes anything (RFC 2047 words
+    # decoded, the rest as it is).
+    return str(
+        email.policy.default.header_factory(
+            'subject', folded.decode('utf-8', 'replace')
+        )
+    )
+
+
+def _info(
+    mail_id: str,
+    state: str,
+    meta: dict[str, Any],
+    now: float,
+    mtime: float,
+    noted: str | None,
+    subject: str | None,
+) -> Info:
+    return Info(
+        id=mail_id,
+        state=state,
+        age=now - meta['queued_at'],
+        attempts=meta['attempts'],
+        recipients=tuple(meta['recipients']),
+        last_error=noted or meta['last_error'],
+        due=mtime if state == 'deferred' else None,
+        message_id=meta['message_id'],
+        subject=subject,
+        sender=meta['sender'],
+        queued_at=meta['queued_at'],
+    )
 
 
 def _read(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +88,8 @@ class TestMain:
             '0',
             'sending',
             '0',
+            'held',
+            '0',
             'failed',
             '0',
             'unreadable',
@@ -99,7 +102,19 @@ class TestMain:
 
     def test_list(self, ini):
         assert self._callFUT('list', ini) == 0
-        lines = self.out.splitlines()
+        header, *lines = self.out.splitlines()
+        assert header.split() == [
+            'ID',
+            'STATE',
+            'ATTEMPTS',
+            'NEXT',
+            'AGE',
+            'MESSAGE-ID',
+            'SUBJECT',
+            'RECIPIENTS',
+            'LAST',
+            'ERROR',
+        ]
         assert len(lines) == 2 and 'to@example.com' in lines[0]
 
     def test_list_failed_json_with_error(self, ini):
@@ -150,7 +165,9 @@ class TestMain:
     )
     def test_bad_usage_exits_2(self, argv):
         assert self._callFUT(*argv) == 2
-        assert self.err.startswith('pyramid-txmail')
+        # The usage line, then the problem.
+        assert self.err.startswith('usage: pyramid-txmail')
+        assert 'error: ' in self.err.splitlines()[-1]
 
     def test_missing_config_file(self, tmp_path):
         assert self._callFUT('status', str(tmp_path / 'nope.ini')) == 1
@@ -170,7 +187,9 @@ class TestMain:
 
         queue_with(tmp_path / 'q', 1)
         command = Command(io.StringIO(), io.StringIO())
-        command.get_settings = lambda uri: {'mail.queue_path': str(tmp_path / 'q')}
+        command.get_settings = lambda uri, options: {
+            'mail.queue_path': str(tmp_path / 'q')
+        }
         ini = tmp_path / 'any.ini'
         ini.write_text('')
         assert command.run(['status', '--json', str(ini)]) == 0
@@ -223,7 +242,17 @@ class TestQueueFaults:
         return code
 
     @pytest.mark.parametrize(
-        'argv', [('status',), ('list',), ('retry', '--all'), ('purge', '--failed')]
+        'argv',
+        [
+            ('status',),
+            ('list',),
+            ('retry', '--all'),
+            ('purge', '--failed'),
+            ('show', '0000000000000000.1.ab'),
+            ('flush',),
+            ('hold', '0000000000000000.1.ab'),
+            ('release', '0000000000000000.1.ab'),
+        ],
     )
     def test_commands_never_create_the_queue(self, tmp_path, argv):
         ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
@@ -250,7 +279,7 @@ class TestQueueFaults:
         queue.publish([queue.stage(make_mail(1))])
         ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
         assert self._callFUT('list', ini) == 0
-        lines = self.out.splitlines()
+        _, *lines = self.out.splitlines()
         assert len(lines) == len(reasons) + 1
         # Root reads the first two; the others are unreadable to anyone.
         assert sum('unreadable: ' in line for line in lines) == len(reasons) - 2
@@ -448,3 +477,467 @@ def test_missing_queue_path_is_named_with_the_prefix(tmp_path):
     out, err = io.StringIO(), io.StringIO()
     assert Command(out, err).run(['status', str(ini)]) == 1
     assert 'mymail.queue_path is not set in app.ini' in err.getvalue()
+
+
+# -- the operator's commands (issue 13): every state, show, flush, hold
+
+
+def run_cli(*argv, out=None):
+    """(exit status, stdout, stderr) of ``pyramid-txmail *argv``."""
+    from pyramid_txmail.cli import Command
+
+    out = out or io.StringIO()
+    err = io.StringIO()
+    code = Command(out, err).run([str(a) for a in argv])
+    text = out.getvalue() if isinstance(out, io.StringIO) else ''
+    return code, text, err.getvalue()
+
+
+def stored(n, subject, to=('to@example.com',)):
+    """A PreparedMail whose stored bytes are exactly as given (a Subject a
+    stranger typed, already encoded as the message builder would)."""
+    from pyramid_txmail.message import Envelope, PreparedMail
+
+    data = (
+        f'From: from@example.com\r\nTo: {", ".join(to)}\r\n'
+        f'Subject: {subject}\r\nMessage-ID: <{n}@test>\r\n\r\nbody {n}\r\n'
+    ).encode()
+    return PreparedMail(f'<{n}@test>', Envelope('from@example.com', to), data)
+
+
+@pytest.fixture
+def states(tmp_path):
+    """A queue with one message in each state, and an .ini naming it:
+    {state: id}, the queue, the .ini."""
+    queue = queue_with(tmp_path / 'q', *range(5))
+    ids = queue.pending()
+    queue.claim(ids[1]).defer('451 4.3.0 try later', queue.clock() + 600)
+    queue.claim(ids[2]).fail('550 5.1.1 no such user')
+    queue.hold([ids[3]])
+    sending = queue.claim(ids[4])
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q', queue_processor='false')
+    yield (
+        dict(
+            zip(['queued', 'deferred', 'failed', 'held', 'sending'], ids, strict=True)
+        ),
+        queue,
+        ini,
+    )
+    sending.release()
+
+
+def test_list_shows_every_state_by_default_with_a_header_row(states):
+    ids, _, ini = states
+    code, out, _ = run_cli('list', ini)
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.startswith('ID ') and header.rstrip().endswith('LAST ERROR')
+    rows = {line.split()[0]: line.split() for line in lines}
+    assert {state: rows[i][1] for state, i in ids.items()} == {s: s for s in ids}
+    # id, state, attempts, next attempt, age, Message-ID, Subject, recipients,
+    # last error
+    age = rows[ids['deferred']][5]
+    assert age[:-1].isdigit() and age.endswith('s')  # seconds: the test's own
+    assert rows[ids['deferred']][2:] == [
+        '1',
+        'in',
+        '10m',
+        age,
+        '<1@test>',
+        'test',
+        '1',
+        'to@example.com',
+        '451',
+        '4.3.0',
+        'try',
+        'later',
+    ]
+    assert rows[ids['queued']][3] == 'now'
+    assert rows[ids['failed']][3] == '-'
+
+
+@pytest.mark.parametrize('state', ['queued', 'deferred', 'sending', 'failed', 'held'])
+def test_list_state_shows_only_that_state(states, state):
+    ids, _, ini = states
+    code, out, _ = run_cli('list', ini, '--state', state, '--json')
+    assert code == 0
+    rows = json.loads(out)
+    assert [(r['id'], r['state']) for r in rows] == [(ids[state], state)]
+    assert rows[0]['subject'] == f'test {list(ids).index(state)}'
+    assert rows[0]['message_id'] == f'<{list(ids).index(state)}@test>'
+
+
+def test_list_failed_is_an_alias_of_state_failed(states):
+    _, _, ini = states
+    assert run_cli('list', ini, '--failed') == run_cli('list', ini, '--state', 'failed')
+
+
+def test_list_reads_the_subject_of_files_written_before_it_was_kept(tmp_path):
+    queue = queue_with(tmp_path / 'q')
+    mail_id = queue.stage(stored(1, '=?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n aus Bern'))
+    queue.publish([mail_id])
+    # As an older version wrote it: no "subject" in the metadata line.
+    path = tmp_path / 'q' / 'new' / mail_id
+    line, _, data = path.read_bytes().partition(b'\n')
+    meta = json.loads(line)
+    assert meta.pop('subject') == 'Grüße aus Bern'
+    path.write_bytes(json.dumps(meta).encode() + b'\n' + data)
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    assert json.loads(run_cli('list', ini, '--json')[1])[0]['subject'] == (
+        'Grüße aus Bern'
+    )
+    code, out, _ = run_cli('show', ini, mail_id, '--json')
+    assert (code, json.loads(out)['subject']) == (0, 'Grüße aus Bern')
+
+
+HOSTILE = [
+    # (encoded Subject as stored, decoded, what one line shows)
+    ('=?utf-8?q?two=0Alines?=', 'two\nlines', 'two\\nlines'),
+    (
+        '=?utf-8?q?red=1B[31m_bell=07?=',
+        'red\x1b[31m bell\x07',
+        'red\\x1b[31m bell\\x07',
+    ),
+    ('=?utf-8?q?cr=0Dlf=0D=0Aeof?=', 'cr\rlf\r\neof', 'cr\\rlf\\r\\neof'),
+    (
+        '=?utf-8?q?=E2=80=AEevil=E2=80=A8sep?=',
+        '\u202eevil\u2028sep',
+        '\\u202eevil\\u2028sep',
+    ),
+    ('=?utf-8?q?Gr=C3=BC=C3=9Fe_=E6=97=A5=E6=9C=AC?=', 'Grüße 日本', 'Grüße 日本'),
+]
+
+
+@pytest.mark.parametrize(('subject', 'decoded', 'shown'), HOSTILE)
+def test_hostile_subject_is_shown_escaped_on_one_line(
+    tmp_path, subject, decoded, shown
+):
+    queue = queue_with(tmp_path / 'q')
+    mail_id = queue.stage(stored(1, subject))
+    queue.publish([mail_id])
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    code, out, _ = run_cli('list', ini)
+    assert code == 0
+    assert len(out.splitlines()) == 2 and shown in out.splitlines()[1]
+    code, out, _ = run_cli('show', ini, mail_id)
+    assert f'subject:      {shown}\n' in out
+    assert f'  Subject: {shown}\n' in out
+    assert not any(c in out for c in '\x1b\x07\r\u202e\u2028')
+    # JSON keeps the text as it is, for programs.
+    code, out, _ = run_cli('list', ini, '--json')
+    assert json.loads(out)[0]['subject'] == decoded
+
+
+@pytest.mark.parametrize(
+    'mail_id', ['two\nlines', '\x1b[31mred', '0000000000000000.1.ab\u202e', 'ü=']
+)
+@pytest.mark.parametrize('command', ['show', 'hold', 'release', 'retry', 'purge'])
+def test_hostile_id_is_named_escaped_on_one_line(tmp_path, mail_id, command):
+    queue_with(tmp_path / 'q', 1)
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    code, _, err = run_cli(command, ini, mail_id)
+    assert code == (2 if '=' in mail_id else 1)
+    if '=' not in mail_id:  # else a var=value: show/hold/... lack an ID
+        assert err.startswith('pyramid-txmail: no message ')
+        assert len(err.splitlines()) == 1
+        assert not any(c in err for c in '\x1b\u202e')
+
+
+def test_show_gives_envelope_headers_and_history(states):
+    ids, _queue, ini = states
+    code, out, _ = run_cli('show', ini, ids['deferred'])
+    assert code == 0
+    fields = dict(line.split(':', 1) for line in out.split('\n\n')[0].splitlines())
+    assert {k: v.strip() for k, v in fields.items()} == {
+        'id': ids['deferred'],
+        'state': 'deferred',
+        'message-id': '<1@test>',
+        'subject': 'test 1',
+        'from': 'from@example.com',
+        'to': 'to@example.com',
+        'queued at': fields['queued at'].strip(),
+        'attempts': '1',
+        'last error': '451 4.3.0 try later',
+        'next attempt': 'in 10m',
+        'size': fields['size'].strip(),
+    }
+    assert re.fullmatch(
+        r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(\d+s ago\)', fields['queued at'].strip()
+    )
+    assert out.split('\n\n')[1].splitlines() == [
+        'headers:',
+        '  From: from@example.com',
+        '  To: to@example.com',
+        '  Subject: test 1',
+        '  Message-ID: <1@test>',
+    ]
+    code, out, _ = run_cli('show', ini, ids['failed'], '--json')
+    record = json.loads(out)
+    assert (record['state'], record['last_error'], record['attempts']) == (
+        'failed',
+        '550 5.1.1 no such user',
+        1,
+    )
+    assert record['headers'][0] == ['From', 'from@example.com']
+    assert record['sender'] == 'from@example.com'
+    assert record['recipients'] == ['to@example.com']
+
+
+@pytest.mark.parametrize('state', ['queued', 'deferred', 'sending', 'failed', 'held'])
+def test_show_raw_writes_the_stored_bytes_exactly(states, state):
+    ids, _, ini = states
+    out = io.TextIOWrapper(io.BytesIO(), encoding='utf-8')
+    out.write('')  # buffered text goes first
+    code, _, err = run_cli('show', ini, ids[state], '--raw', out=out)
+    assert code == 0, err
+    n = list(ids).index(state)
+    assert out.buffer.getvalue() == make_mail(n).data
+
+
+def test_show_garbled_address_header_shows_it_as_stored(tmp_path):
+    from pyramid_txmail.message import Envelope, PreparedMail
+
+    queue = queue_with(tmp_path / 'q')
+    data = b'To: :"\r\nCc: a@b\r\n  .example\r\nSubject: x\r\n\r\nbody\r\n'
+    mail_id = queue.stage(PreparedMail('<g@test>', Envelope('f@x', ('t@x',)), data))
+    queue.publish([mail_id])
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    code, out, _ = run_cli('show', ini, mail_id)
+    assert code == 0
+    assert '  To: :"\n' in out and '  Cc: a@b.example\n' in out
+
+
+def test_show_unknown_or_unreadable_id_exits_1(tmp_path):
+    queue = queue_with(tmp_path / 'q', 1)
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    code, _, err = run_cli('show', ini, '0000000000000000.1.ab')
+    assert code == 1 and "no message '0000000000000000.1.ab'" in err
+    (mail_id,) = queue.pending()
+    path = tmp_path / 'q' / 'new' / mail_id
+    path.write_bytes(b'not a queue file\n')
+    code, _, err = run_cli('show', ini, mail_id)
+    assert code == 1
+    assert err.startswith(f'pyramid-txmail: cannot read {path}: ')
+    assert len(err.splitlines()) == 1
+
+
+def test_flush_makes_deferred_due_and_the_next_pass_sends_them(tmp_path, smtp_server):
+    queue = queue_with(tmp_path / 'q', 1, 2)
+    for mail_id in queue.pending():
+        queue.claim(mail_id).defer('421 busy', queue.clock() + 3600)
+    ini = write_ini(
+        tmp_path,
+        queue_path=tmp_path / 'q',
+        host=smtp_server.host,
+        port=smtp_server.port,
+    )
+    assert run_cli('process', ini, '--once')[1].startswith('sent 0,')
+    code, out, _ = run_cli('flush', ini)
+    assert (code, out) == (0, '2 deferred message(s) due now\n')
+    assert queue.counts()['queued'] == 2
+    assert run_cli('flush', ini, '--json')[1] == '{"flushed": 0}\n'
+    assert run_cli('process', ini, '--once')[1].startswith('sent 2,')
+    assert len(smtp_server.wait_for(2)) == 2
+
+
+def test_retry_all_after_an_outage_takes_deferred_and_failed(states):
+    _ids, queue, ini = states
+    code, out, _ = run_cli('retry', ini, '--all')
+    assert (code, out) == (0, '2 message(s) queued again\n')
+    assert queue.counts(held=True) == {
+        'queued': 3,
+        'sending': 1,
+        'deferred': 0,
+        'held': 1,
+        'failed': 0,
+    }
+
+
+def test_retry_by_id_takes_a_deferred_one(states):
+    ids, queue, ini = states
+    code, out, _ = run_cli('retry', ini, ids['deferred'], '--json')
+    assert (code, json.loads(out)) == (0, {'retried': 1})
+    assert ids['deferred'] in queue.pending()
+
+
+def test_held_message_is_never_sent_until_released(tmp_path, smtp_server):
+    queue = queue_with(tmp_path / 'q', 1, 2, 3)
+    first, second, _third = queue.pending()
+    queue.claim(second).defer('421 busy', queue.clock() - 1)  # due already
+    ini = write_ini(
+        tmp_path,
+        queue_path=tmp_path / 'q',
+        host=smtp_server.host,
+        port=smtp_server.port,
+    )
+    code, out, _ = run_cli('hold', ini, first, second)
+    assert (code, out) == (0, '2 message(s) held\n')
+    code, out, _ = run_cli('status', ini)
+    assert 'held       2' in out.splitlines()
+    code, out, _ = run_cli('process', ini, '--once')
+    assert out.startswith('sent 1,')
+    assert [m.message['Message-ID'] for m in smtp_server.wait_for(1)] == ['<3@test>']
+    code, out, _ = run_cli('list', ini, '--state', 'held')
+    assert [line.split()[:2] for line in out.splitlines()[1:]] == [
+        [first, 'held'],
+        [second, 'held'],
+    ]
+    code, out, _ = run_cli('release', ini, first, second, '--json')
+    assert (code, json.loads(out)) == (0, {'released': 2})
+    assert run_cli('process', ini, '--once')[1].startswith('sent 2,')
+    assert sorted(m.message['Message-ID'] for m in smtp_server.wait_for(3)) == [
+        '<1@test>',
+        '<2@test>',
+        '<3@test>',
+    ]
+
+
+def test_hold_refuses_a_message_being_sent(states):
+    ids, queue, ini = states
+    code, _, err = run_cli('hold', ini, ids['queued'], ids['sending'])
+    assert code == 1
+    assert err == (
+        f'pyramid-txmail: {ids["sending"]} is being sent now; try again later\n'
+    )
+    assert ids['queued'] in queue.pending()  # nothing held
+
+
+def test_hold_takes_only_queued_or_deferred(states):
+    ids, _, ini = states
+    code, _, err = run_cli('hold', ini, ids['failed'])
+    assert code == 1 and 'no message' in err and '(new/ or deferred/ or hold/)' in err
+    # Held already: nothing to do.
+    assert run_cli('hold', ini, ids['held'])[:2] == (0, '0 message(s) held\n')
+    code, _, err = run_cli('release', ini, ids['queued'])
+    assert code == 1 and '(hold/)' in err
+
+
+def test_purge_deletes_a_held_message(states):
+    ids, queue, ini = states
+    code, out, _ = run_cli('purge', ini, ids['held'], '--json')
+    assert (code, json.loads(out)) == (0, {'deleted': 1})
+    assert queue.counts(held=True)['held'] == 0
+
+
+def test_var_value_arguments_fill_the_ini_variables(tmp_path, smtp_server):
+    queue = queue_with(tmp_path / 'spool' / 'q', 1, 2)
+    ini = tmp_path / 'app.ini'
+    ini.write_text(
+        '[app:main]\nuse = call:tests.test_cli:make_app\n'
+        'mail.queue_path = %(var_dir)s/q\nmail.queue_processor = false\n'
+        f'mail.host = 127.0.0.1\nmail.port = {smtp_server.port}\n'
+    )
+    var = f'var_dir={tmp_path / "spool"}'
+    code, out, err = run_cli('status', ini, var, '--json')
+    assert (code, json.loads(out)['queued']) == (0, 2), err
+    first = queue.pending()[0]
+    assert run_cli('hold', ini, first, var)[:2] == (0, '1 message(s) held\n')
+    assert run_cli('list', ini, var, '--state', 'held')[1].count(first) == 1
+    code, out, err = run_cli('process', ini, var, '--once')
+    assert (code, out.split(',')[0]) == (0, 'sent 1'), err
+    assert [m.message['Message-ID'] for m in smtp_server.wait_for(1)] == ['<2@test>']
+
+
+def test_var_without_a_name_is_bad_usage(tmp_path):
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    code, _, err = run_cli('status', ini, '=x')
+    assert code == 2
+    usage, *_, problem = err.splitlines()
+    assert usage.startswith('usage: pyramid-txmail status ')
+    assert problem == "pyramid-txmail status: error: '=x': expected var=value"
+
+
+@pytest.mark.parametrize(
+    'argv',
+    [('hold', 'x.ini'), ('release', 'x.ini', 'a=b'), ('show', 'x.ini', 'a=b')],
+)
+def test_missing_ids_print_the_usage_line(argv):
+    code, _, err = run_cli(*argv)
+    assert code == 2
+    usage, *_, problem = err.splitlines()
+    assert usage.startswith(f'usage: pyramid-txmail {argv[0]} ')
+    assert problem.startswith(f'pyramid-txmail {argv[0]}: error: give ')
+
+
+def test_every_option_and_argument_has_help():
+    from pyramid_txmail.cli import Command
+
+    parser = Command().parser()
+    (commands,) = [a for a in parser._actions if a.dest == 'command']
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+
+
+def test_configuration_fault_exits_1_and_stands_until_a_send_works(
+    tmp_path, make_smtp_server
+):
+    server = make_smtp_server(auth={'mailer': 'right'}, auth_require_tls=False)
+    queue = queue_with(tmp_path / 'q', 1, 2)
+    keys = dict(
+        queue_path=tmp_path / 'q',
+        host=server.host,
+        port=server.port,
+        username='mailer',
+    )
+    ini = write_ini(tmp_path, **keys, password='wrong')
+    code, out, err = run_cli('process', ini, '--once')
+    assert code == 1
+    assert out.startswith('sent 0,')
+    (line,) = err.splitlines()
+    assert line.startswith('pyramid-txmail: cannot send: ')
+    assert 'every message stays queued' in line and 'wrong' not in line
+    assert queue.counts()['queued'] == 2
+    code, out, _ = run_cli('status', ini)
+    assert code == 0
+    (fault,) = [x for x in out.splitlines() if x.startswith('sending paused')]
+    assert 'configuration fault since ' in fault and ' UTC (' in fault
+    code, out, _ = run_cli('status', ini, '--json')
+    record = json.loads(out)['fault']
+    assert set(record) == {'reason', 'since'} and record['reason'] in line
+    assert run_cli('list', ini)[1].splitlines()[-1] == fault
+    # Fixed: the next successful send clears it.
+    ini = write_ini(tmp_path, **keys, password='right')
+    code, out, _ = run_cli('process', ini, '--once')
+    assert (code, out.split(',')[0]) == (0, 'sent 2')
+    assert json.loads(run_cli('status', ini, '--json')[1])['fault'] is None
+    assert 'sending paused' not in run_cli('list', ini)[1]
+
+
+def test_read_only_commands_create_nothing_in_an_existing_queue(states, tmp_path):
+    ids, _queue, ini = states
+    # A queue written before hold/ existed.
+    os.rename(
+        tmp_path / 'q' / 'hold' / ids['held'], tmp_path / 'q' / 'new' / ids['held']
+    )
+    os.rmdir(tmp_path / 'q' / 'hold')
+    before = sorted(os.walk(tmp_path / 'q'))
+    for argv in (
+        ('status',),
+        ('status', '--json'),
+        ('list',),
+        ('list', '--state', 'held'),
+        ('show', ids['queued']),
+        ('show', ids['queued'], '--raw'),
+    ):
+        out = io.TextIOWrapper(io.BytesIO(), encoding='utf-8')
+        assert run_cli(argv[0], ini, *argv[1:], out=out)[0] == 0
+    assert sorted(os.walk(tmp_path / 'q')) == before
+
+
+def test_process_once_exits_1_when_the_relay_refuses_starttls(tmp_path, smtp_server):
+    queue = queue_with(tmp_path / 'q', 1)
+    ini = write_ini(
+        tmp_path,
+        queue_path=tmp_path / 'q',
+        host=smtp_server.host,
+        port=smtp_server.port,
+        tls='true',
+    )
+    code, _, err = run_cli('process', ini, '--once')
+    assert code == 1
+    (line,) = err.splitlines()
+    assert 'STARTTLS' in line and line.endswith('(check the mail.* settings)')
+    assert queue.counts()['queued'] == 1 and smtp_server.messages == []
+    fault = json.loads(run_cli('status', ini, '--json')[1])['fault']
+    assert fault['reason'] in line

@@ -159,9 +159,11 @@ def test_status_and_list_show_a_repoze_queue(legacy_queue, tmp_path):
         'queued': 0,
         'sending': 0,
         'deferred': 0,
+        'held': 0,
         'failed': 0,
         'unreadable': 0,
         'legacy': 3,
+        'fault': None,
     }
     code, out = cli('list', ini, '--json')
     rows = json.loads(out)
@@ -184,10 +186,11 @@ def test_list_shows_odd_legacy_names_on_one_line_each(legacy_queue, tmp_path):
     code, out = cli('list', ini)
     assert code == 0
     lines = out.splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 1 + 3  # the header row, and one line each
     assert '\x1b' not in out
     assert any(
-        line.startswith('new/two\\nlines \\x1b[31mred  legacy') for line in lines
+        line.startswith('new/two\\nlines \\x1b[31mred ') and ' legacy ' in line
+        for line in lines
     )
     # --json keeps the name as it is, for programs.
     code, out = cli('list', ini, '--json')
@@ -207,9 +210,13 @@ def test_process_once_delivers_a_repoze_queue_exactly_once(
     assert_delivered_once(smtp_server, ids)
     assert os.listdir(path / 'new') == []
     code, out = cli('status', ini, '--json')
-    assert json.loads(out) == dict.fromkeys(
-        ('queued', 'sending', 'deferred', 'failed', 'unreadable', 'legacy'), 0
-    )
+    assert json.loads(out) == {
+        **dict.fromkeys(
+            ('queued', 'sending', 'deferred', 'held', 'failed', 'unreadable', 'legacy'),
+            0,
+        ),
+        'fault': None,
+    }
     code, out = cli('process', ini, '--once')
     assert out.startswith('sent 0,')
     assert len(smtp_server.messages) == 3

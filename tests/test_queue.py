@@ -939,11 +939,18 @@ class TestAdministration(_Base):
         assert claim.last_error == '554 rejected'
         claim.done()
 
-    def test_retry_all(self):
+    def test_retry_all_takes_failed_and_deferred(self):
         queue = self._queue()
-        assert queue.retry() == 2
-        assert queue.counts()['failed'] == 0
-        assert queue.counts()['queued'] == 3
+        assert queue.retry() == 3
+        assert queue.counts()['failed'] == queue.counts()['deferred'] == 0
+        assert queue.counts()['queued'] == 4
+
+    def test_retry_deferred_by_id_keeps_its_attempts(self):
+        queue = self._queue()
+        assert queue.retry([self.ids[1]]) == 1
+        (info,) = [i for i in queue.list() if i.id == self.ids[1]]
+        assert (info.state, info.attempts, info.due) == ('queued', 1, None)
+        assert info.last_error == '451 later'
 
     def test_retry_unknown_id(self):
         from pyramid_txmail.queue import UnknownMessage
@@ -954,7 +961,7 @@ class TestAdministration(_Base):
                 queue.retry([self.ids[2], unknown])
             assert isinstance(info.value, KeyError)
             assert str(info.value) == (
-                f'no message {unknown!r} in {self.path} (failed/)'
+                f'no message {unknown!r} in {self.path} (failed/ or deferred/)'
             )
         assert queue.counts()['failed'] == 2
         assert str(UnknownMessage()) == ''
@@ -963,7 +970,7 @@ class TestAdministration(_Base):
         queue = self._queue()
         with open(os.path.join(self.path, 'failed', self.ids[2]), 'rb') as other:
             fcntl.flock(other, fcntl.LOCK_EX)  # another retry or purge
-            assert queue.retry() == 1
+            assert queue.retry() == 2  # the other failed one, and the deferred
 
     def test_purge_given_ids_in_any_state_but_sending(self):
         from pyramid_txmail.queue import QueueError
@@ -994,7 +1001,9 @@ class TestAdministration(_Base):
         from pyramid_txmail.queue import UnknownMessage
 
         queue = self._queue()
-        with pytest.raises(UnknownMessage, match=r'\(new/ or deferred/ or failed/\)'):
+        with pytest.raises(
+            UnknownMessage, match=r'\(new/ or deferred/ or hold/ or failed/\)'
+        ):
             queue.purge([self.ids[0], '0000000000000000.1.ff'])
         assert queue.counts()['queued'] == 1
 
@@ -1363,3 +1372,326 @@ class TestOwnership(_Base):
         queue = self._makeOne()
         fill(queue, 1)
         assert set(self._owners().values()) == {(0, 0)}
+
+
+class TestHoldAndFlush(_Base):
+    """hold/, flush and read: the operator's view of the queue."""
+
+    def _queue(self, cls=None):
+        self.clock = FakeClock()
+        queue = self._makeOne(cls, clock=self.clock)
+        self.ids = fill(queue, 4)
+        queue.claim(self.ids[1]).defer('451 later', self.clock.now + 60)
+        queue.claim(self.ids[2]).fail('550 no such user')
+        return queue
+
+    def test_held_messages_are_never_claimed_or_promoted(self):
+        queue = self._queue()
+        a, b, _, d = self.ids
+        assert queue.hold([a, b]) == 2
+        assert self._files('hold') == sorted([a, b])
+        assert queue.pending() == [d]
+        self.clock.now += 3600
+        assert queue.promote_due() == 0
+        assert queue.recover(0) == 0
+        assert queue.pending() == [d]
+        assert queue.counts(held=True) == {
+            'queued': 1,
+            'sending': 0,
+            'deferred': 0,
+            'held': 2,
+            'failed': 1,
+        }
+        assert 'held' not in queue.counts()
+
+    def test_release_puts_held_messages_back_due_now(self):
+        queue = self._queue()
+        a, b, _, d = self.ids
+        queue.hold([a, b])
+        assert queue.release([b, a]) == 2
+        assert queue.pending() == [a, b, d]
+        assert os.listdir(os.path.join(self.path, 'hold')) == []
+
+    def test_hold_of_a_held_message_changes_nothing(self):
+        queue = self._queue()
+        queue.hold([self.ids[0]])
+        assert queue.hold([self.ids[0]]) == 0
+        assert self._files('hold') == [self.ids[0]]
+
+    def test_hold_refuses_what_is_being_sent_or_not_there(self):
+        from pyramid_txmail.queue import QueueError, UnknownMessage
+
+        queue = self._queue()
+        claim = queue.claim(self.ids[3])
+        with pytest.raises(QueueError, match='is being sent now'):
+            queue.hold([self.ids[0], self.ids[3]])
+        with pytest.raises(UnknownMessage, match=r'\(new/ or deferred/ or hold/\)'):
+            queue.hold([self.ids[2]])  # failed: retry it instead
+        with pytest.raises(UnknownMessage, match=r'\(hold/\)'):
+            queue.release([self.ids[0]])
+        assert not os.path.exists(os.path.join(self.path, 'hold'))
+        claim.done()
+
+    def test_hold_waits_for_no_claim_forever(self):
+        from pyramid_txmail.queue import QueueError
+
+        queue = self._queue()
+        with open(os.path.join(self.path, 'new', self.ids[0]), 'rb') as other:
+            fcntl.flock(other, fcntl.LOCK_EX)  # a processor claiming it
+            with pytest.raises(QueueError, match='is being sent now'):
+                queue.hold([self.ids[0]])
+        assert queue.pending() == [self.ids[0], self.ids[3]]
+
+    def test_hold_follows_a_message_promoted_meanwhile(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racing(MailQueue):
+            raced = False
+
+            def _rename(self, src, dst):
+                if '/deferred/' in src and not Racing.raced:
+                    Racing.raced = True  # a processor's promote_due wins
+                    os.rename(src, src.replace('/deferred/', '/new/'))
+                os.rename(src, dst)
+
+        queue = self._queue(Racing)
+        assert queue.hold([self.ids[1]]) == 1
+        assert Racing.raced and self._files('hold') == [self.ids[1]]
+
+    def test_hold_of_a_message_claimed_or_purged_meanwhile(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class Racing(MailQueue):
+            def _make(self, sub):
+                super()._make(sub)
+                self.meanwhile()
+
+        queue = self._queue(Racing)
+        claims = []
+        queue.meanwhile = lambda: claims.append(queue.claim(self.ids[0]))
+        with pytest.raises(QueueError, match='is being sent now'):
+            queue.hold([self.ids[0]])
+        claims[0].done()
+        queue.meanwhile = lambda: queue.purge([self.ids[3]])
+        assert queue.hold([self.ids[3]]) == 0
+
+    def test_hold_reports_what_it_cannot_open_or_move(self):
+        from pyramid_txmail.queue import MailQueue, QueueError
+
+        class Broken(MailQueue):
+            fail = ''
+
+            def _opener(self, path, flags, mode=0o777):
+                if Broken.fail == 'open' and '/new/' in path:
+                    raise PermissionError(errno.EACCES, 'denied')
+                return os.open(path, flags, mode)
+
+            def _rename(self, src, dst):
+                if Broken.fail == 'rename' and '/hold/' in dst:
+                    raise OSError(errno.EIO, 'Input/output error')
+                os.rename(src, dst)
+
+        queue = self._queue(Broken)
+        Broken.fail = 'open'
+        with pytest.raises(QueueError, match=r'cannot move \S+: \[Errno 13\] denied'):
+            queue.hold([self.ids[0]])
+        Broken.fail = 'rename'
+        with pytest.raises(QueueError, match=r'to hold/: \[Errno 5\] Input/output'):
+            queue.hold([self.ids[0]])
+        assert queue.pending() == [self.ids[0], self.ids[3]]
+
+    def test_hold_where_hold_is_not_a_directory(self):
+        from pyramid_txmail.queue import QueueError
+
+        queue = self._queue()
+        with open(os.path.join(self.path, 'hold'), 'w'):
+            pass
+        with pytest.raises(QueueError, match=r'to hold/: \[Errno 20\] Not a dir'):
+            queue.hold([self.ids[0]])
+
+    def test_hold_as_root_gives_hold_to_the_queue_owner(self):
+        queue = queue_as_nobody(self.path)
+        mail_id = queue.stage(make_mail(1))
+        queue.publish([mail_id])
+        assert queue.hold([mail_id]) == 1
+        st = os.stat(os.path.join(self.path, 'hold'))
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
+            NOBODY,
+            NOBODY,
+            0o700,
+        )
+
+    def test_purge_takes_held_messages(self):
+        queue = self._queue()
+        queue.hold([self.ids[0]])
+        assert queue.purge([self.ids[0]]) == 1
+        assert self._files('hold') == []
+
+    def test_flush_makes_every_deferred_message_due_now(self):
+        queue = self._queue()
+        assert queue.flush() == 1
+        assert queue.pending() == [self.ids[0], self.ids[1], self.ids[3]]
+        assert queue.flush() == 0
+
+    def test_flush_loses_a_race_with_promote_due_quietly(self):
+        from pyramid_txmail.queue import MailQueue
+
+        class Racing(MailQueue):
+            def _rename(self, src, dst):
+                if '/deferred/' in src:
+                    os.rename(src, dst)  # promote_due was first
+                os.rename(src, dst)
+
+        queue = self._queue(Racing)
+        assert queue.flush() == 0
+        assert self.ids[1] in queue.pending()
+
+    def test_list_every_state_with_subject_and_message_id(self):
+        from pyramid_txmail.queue import ALL_STATES
+
+        queue = self._queue()
+        queue.hold([self.ids[0]])
+        claim = queue.claim(self.ids[3])
+        infos = list(queue.list(states=ALL_STATES.values()))
+        assert [(i.id, i.state) for i in infos] == list(
+            zip(self.ids, ['held', 'deferred', 'failed', 'sending'], strict=True)
+        )
+        assert [(i.message_id, i.subject) for i in infos] == [
+            (f'<{n}@test>', f'test {n}') for n in range(4)
+        ]
+        assert infos[0].sender == 'from@example.com'
+        assert infos[0].queued_at == self.clock.now
+        assert [i.id for i in queue.list(states=['held'])] == [self.ids[0]]
+        claim.done()
+
+    def test_stage_keeps_the_decoded_subject_and_none_without_one(self):
+        from pyramid_txmail.message import Envelope, PreparedMail
+
+        queue = self._makeOne()
+        data = b'Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n und so\r\n\r\nSubject: no\r\n'
+        with_subject = queue.stage(
+            PreparedMail('<s@x>', Envelope('a@x', ('b@x',)), data)
+        )
+        without = queue.stage(
+            PreparedMail('<n@x>', Envelope('a@x', ('b@x',)), b'X: y\r\n\r\nSubject: no')
+        )
+        assert self._meta('tmp', with_subject)[0]['subject'] == 'Grüße und so'
+        assert 'subject' not in self._meta('tmp', without)[0]
+        queue.publish([with_subject, without])
+        assert [i.subject for i in queue.list()] == ['Grüße und so', None]
+
+    def test_a_subject_that_is_not_a_string_makes_the_entry_unreadable(self):
+        queue = self._makeOne()
+        (mail_id,) = fill(queue, 1)
+        path = os.path.join(self.path, 'new', mail_id)
+        meta, data = self._meta('new', mail_id)
+        with open(path, 'wb') as f:
+            f.write(json.dumps({**meta, 'subject': 7}).encode() + b'\n' + data)
+        (info,) = queue.list()
+        assert info.last_error == "unreadable: bad or missing 'subject'"
+
+    def test_read_gives_info_and_exact_bytes_in_every_state(self):
+        queue = self._queue()
+        queue.hold([self.ids[0]])
+        claim = queue.claim(self.ids[3])
+        for n, state in enumerate(['held', 'deferred', 'failed', 'sending']):
+            info, data = queue.read(self.ids[n])
+            assert (info.state, info.subject, data) == (
+                state,
+                f'test {n}',
+                make_mail(n).data,
+            )
+        assert queue.read(self.ids[1])[0].due == self.clock.now + 60
+        assert queue.read(self.ids[2])[0].last_error == '550 no such user'
+        claim.done()
+
+    def test_read_unknown_or_unreadable(self):
+        from pyramid_txmail.queue import MailQueue, QueueError, UnknownMessage
+
+        queue = self._queue()
+        for unknown in ('0000000000000000.1.ab', '../new/' + self.ids[0]):
+            with pytest.raises(UnknownMessage):
+                queue.read(unknown)
+        os.mkdir(os.path.join(self.path, 'new', '0000000000000000.1.cd'))
+        with pytest.raises(QueueError, match='not a regular file'):
+            queue.read('0000000000000000.1.cd')
+
+        class Denied(MailQueue):
+            def _opener(self, path, flags, mode=0o777):
+                raise PermissionError(errno.EACCES, 'denied')
+
+        with pytest.raises(QueueError, match=r'cannot read \S+: \[Errno 13\] denied'):
+            Denied(self.path).read(self.ids[0])
+
+        class Failing(MailQueue):
+            def _pread(self, fd, size, offset):
+                raise OSError(errno.EIO, 'Input/output error')
+
+        with pytest.raises(QueueError, match=r'cannot read \S+: \[Errno 5\] Input'):
+            Failing(self.path).read(self.ids[0])
+
+    def test_read_without_subject_metadata_reads_the_headers(self):
+        queue = self._queue()
+        path = os.path.join(self.path, 'new', self.ids[0])
+        meta, data = self._meta('new', self.ids[0])
+        del meta['subject']
+        with open(path, 'wb') as f:
+            f.write(json.dumps(meta).encode() + b'\n' + data)
+        assert queue.read(self.ids[0])[0].subject == 'test 0'
+
+    def test_read_only_queue_without_hold_lists_nothing_held(self):
+        from pyramid_txmail.queue import MailQueue
+
+        self._queue()
+        queue = MailQueue(self.path, create=False)
+        assert list(queue.list(states=['held'])) == []
+        assert queue.counts(held=True)['held'] == 0
+        assert not os.path.exists(os.path.join(self.path, 'hold'))
+
+
+class TestFault(_Base):
+    """The standing configuration fault that ``status`` shows."""
+
+    def test_record_keeps_the_first_since_and_the_latest_reason(self):
+        clock = FakeClock()
+        queue = self._makeOne(clock=clock)
+        assert queue.read_fault() is None
+        queue.record_fault('535 login refused')
+        clock.now += 60
+        queue.record_fault('the relay offers no STARTTLS')
+        assert queue.read_fault() == {
+            'reason': 'the relay offers no STARTTLS',
+            'since': clock.now - 60,
+        }
+        assert self._files('tmp') == []
+        queue.clear_fault()
+        assert queue.read_fault() is None
+        queue.clear_fault()  # none: nothing to do
+
+    @pytest.mark.parametrize(
+        'text', [b'', b'[1]', b'{"reason": 1, "since": 2}', b'{"reason": "x"}']
+    )
+    def test_damaged_fault_file_reads_as_none(self, text):
+        queue = self._makeOne()
+        with open(os.path.join(self.path, 'fault.json'), 'wb') as f:
+            f.write(text)
+        assert queue.read_fault() is None
+
+    def test_record_and_clear_never_raise(self, caplog):
+        from pyramid_txmail.queue import MailQueue
+
+        class Full(MailQueue):
+            def _write(self, fd, data):
+                raise OSError(errno.ENOSPC, 'No space left on device')
+
+        queue = self._makeOne(Full)
+        with caplog.at_level(logging.WARNING, 'pyramid_txmail.queue'):
+            queue.record_fault('535 login refused')
+            assert queue.read_fault() is None
+            assert self._files('tmp') == []
+            os.mkdir(os.path.join(self.path, 'fault.json'))
+            queue.clear_fault()
+        assert [r.getMessage().split(':')[0] for r in caplog.records] == [
+            f'cannot record the configuration fault in {self.path}/fault.json',
+            f'cannot remove {self.path}/fault.json',
+        ]
