@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import html
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -176,6 +179,37 @@ class TestDemo:
         body = wait_until(both_seen)
         assert '<td id="failed">1</td>' in body
         assert demo.caught() == []
+
+        # The command the page shows works as shown, from the repository.
+        cli = html.unescape(body.split('<code id="cli">')[1].split('</code>')[0])
+        env_var, script, *argv = shlex.split(cli)
+        name, _, value = env_var.partition('=')
+        assert script == '.venv/bin/pyramid-txmail'
+        # This test's own environment's script, wherever its venv is.
+        script = os.path.join(os.path.dirname(sys.executable), 'pyramid-txmail')
+        listed = subprocess.run(
+            [script, *argv],
+            cwd=ROOT,
+            env={**os.environ, name: value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert 'defer@example.com' in listed.stdout
+        assert 'reject@example.com' in listed.stdout
+
+        # "Send deferred messages now": tried again at once (and deferred
+        # again by the catcher), not after the backoff.
+        def attempts():
+            _, body = demo.get('/queue')
+            deferred = body.split('id="deferred-list"')[1].split('<h2>')[0]
+            return [int(n) for n in re.findall(r'<td>(\d+)</td>', deferred)]
+
+        assert attempts() == [1]
+        status, _ = demo.post('/queue/flush')
+        assert status == 200
+        assert wait_until(lambda: attempts() == [2])
 
 
 @pytest.mark.parametrize('which', [0, 1, 2])

@@ -10,6 +10,7 @@ rest is a few pages of plain HTML.
 
 from __future__ import annotations
 
+import os
 from html import escape
 from typing import Any
 
@@ -116,9 +117,29 @@ def queue(request: Any) -> Response:
         f'<table>{cells}</table>'
         f'<h2>Deferred (retried later)</h2><table id="deferred-list">{head}{waiting}</table>'
         f'<h2>Failed</h2><table id="failed-list">{head}{failed}</table>'
-        '<form method="post" action="/queue/retry"><button>Retry failed messages</button></form>'
-        '<p>The same from a shell: <code>pyramid-txmail list demo/development.ini</code></p>',
+        '<form method="post" action="/queue/flush"><button id="flush">Send deferred messages now</button></form>'
+        '<form method="post" action="/queue/retry"><button id="retry">Retry failed and deferred messages</button></form>'
+        f'<p>The same from a shell: <code id="cli">{escape(_cli(request))}</code>'
+        ' (and <code>flush</code>, <code>retry --all</code>, <code>show ID</code>).</p>',
     )
+
+
+def _cli(request: Any) -> str:
+    # The .ini's variables, as pserve was given them (pyramid-txmail takes
+    # them the same way).
+    settings = request.registry.settings
+    var_dir = os.path.dirname(settings['mail.queue_path'])
+    # From the repository, as `make demo` runs it (the demo is not installed).
+    return (
+        'PYTHONPATH=demo .venv/bin/pyramid-txmail list demo/development.ini '
+        f'smtp_port={settings["mail.port"]} var_dir={var_dir} '
+        f'catcher_url={settings.get("demo.catcher_url", "")}'
+    )
+
+
+def flush(request: Any) -> HTTPFound:
+    _queue(request).flush()
+    return HTTPFound('/queue')
 
 
 def retry(request: Any) -> HTTPFound:
@@ -138,6 +159,7 @@ def main(global_config: dict[str, str], **settings: str) -> Any:
             ('signup', '/signup', signup, 'POST'),
             ('queue', '/queue', queue, 'GET'),
             ('retry', '/queue/retry', retry, 'POST'),
+            ('flush', '/queue/flush', flush, 'POST'),
         ]:
             config.add_route(name, pattern, request_method=method)
             config.add_view(view, route_name=name)
