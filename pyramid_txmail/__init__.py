@@ -18,10 +18,9 @@ from pyramid.config import Configurator
 from pyramid.events import ApplicationCreated
 from pyramid.interfaces import IRequest
 
-from .delivery import QueuedDelivery
 from .events import Notifier
 from .exceptions import DeliveryError, MailError
-from .interfaces import IMailer, IMailSettings
+from .interfaces import IMailer, IMailSettings, IQueueDelivery
 from .mailer import Mailer
 from .message import Attachment, Message
 from .previews import add_mail_previews
@@ -126,10 +125,11 @@ def _start_processor(event: ApplicationCreated) -> None:
     registry = event.app.registry
     mailer: Mailer = registry.getUtility(IMailer)
     # An app may have registered a mailer of its own, with no queue.
-    queued = getattr(mailer, 'queue_delivery', None)
+    queued: IQueueDelivery | None = getattr(mailer, 'queue_delivery', None)
     if (
         _autostart.get()
-        and isinstance(queued, QueuedDelivery)
+        and queued is not None
+        and IQueueDelivery.providedBy(queued)
         and mailer.settings.queue_processor
     ):
         thread = ensure_processor(

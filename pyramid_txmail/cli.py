@@ -521,7 +521,7 @@ class Command:
                 f'catch needs {" and ".join(missing)}: '
                 "pip install 'pyramid_txmail[catcher]'"
             )
-        from .catcher import Catcher, CatcherError, wait_for_signal
+        from .catcher import Catcher, CatcherError, stop_signals
 
         try:
             catcher = Catcher(
@@ -536,17 +536,18 @@ class Command:
         except CatcherError as exc:
             raise CommandError(f'catch: {exc}') from None
         try:
-            print(
-                f'catching mail: SMTP on {args.host}:{catcher.smtp_port}, '
-                f'web UI on {catcher.url}\n'
-                f'messages in {catcher.folder}'
-                + ''.join(f'\n{args.host} answers 451 to {p}' for p in args.defer)
-                + ''.join(f'\n{args.host} answers 550 to {p}' for p in args.reject)
-                + '\nCtrl-C stops',
-                file=self.out,
-                flush=True,
-            )
-            (self.catch_until or wait_for_signal)()
+            with stop_signals() as stop:
+                print(
+                    f'catching mail: SMTP on {args.host}:{catcher.smtp_port}, '
+                    f'web UI on {catcher.url}\n'
+                    f'messages in {catcher.folder}'
+                    + ''.join(f'\n{args.host} answers 451 to {p}' for p in args.defer)
+                    + ''.join(f'\n{args.host} answers 550 to {p}' for p in args.reject)
+                    + '\nCtrl-C stops',
+                    file=self.out,
+                    flush=True,
+                )
+                (self.catch_until or stop.wait)()
         finally:
             catcher.stop()
         return 0

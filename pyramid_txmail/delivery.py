@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from .events import MailEvent, MailFailed, MailSent
 from .exceptions import DeliveryError, Refusals, TemporaryDeliveryError
-from .interfaces import IMailDelivery, IPendingMail, IQueueDelivery
+from .interfaces import IImmediateDelivery, IPendingMail, IQueueDelivery
 from .message import Envelope, PreparedMail
 from .queue import MailQueue
 from .settings import MailSettings
@@ -60,7 +60,7 @@ class PendingMail:
         self.after_commit = after_commit
 
 
-@implementer(IMailDelivery)
+@implementer(IImmediateDelivery)
 class DirectDelivery:
     """SMTP after the commit, all of a transaction's mail on one connection.
 
@@ -327,11 +327,8 @@ class QueuedDelivery:
         if self.wake is not None:
             self.wake()
 
-    def send_now(self, mail: PreparedMail) -> dict[str, tuple[int, str]]:
-        raise TypeError('queued delivery cannot send immediately')
 
-
-@implementer(IMailDelivery)
+@implementer(IImmediateDelivery)
 class FileDelivery:
     """One ``.eml`` file per committed message, for development and tests.
 

@@ -43,6 +43,11 @@ class IMailDelivery(Interface):
         :class:`IPendingMail`. Raising vetoes the whole transaction and
         must leave nothing behind."""
 
+
+class IImmediateDelivery(IMailDelivery):
+    """A delivery that can also send one message at once, outside any
+    transaction (``send_immediately()``): SMTP, files, the test record."""
+
     def send_now(mail: Any) -> dict[str, tuple[int, str]]:
         """Deliver one prepared message at once; raise on failure.
 
@@ -50,9 +55,14 @@ class IMailDelivery(Interface):
 
 
 class IQueueDelivery(IMailDelivery):
-    """A delivery whose messages wait in a queue drained by a processor."""
+    """A delivery whose messages wait in a queue drained by a processor;
+    it cannot send at once."""
 
-    wake = Attribute('Callable run after a commit published messages, or None')
+    queue = Attribute('The queue its commits write to, which a processor drains')
+    wake = Attribute(
+        'Callable run after a commit published messages, or None; set by the '
+        'processor started in this process, which is made after the delivery'
+    )
 
 
 class IMailSettings(Interface):

@@ -33,7 +33,7 @@ from .delivery import (
     ignore_events,
 )
 from .exceptions import DeliveryError
-from .interfaces import IMailDelivery, IMailer
+from .interfaces import IImmediateDelivery, IMailDelivery, IMailer
 from .message import Message, PreparedMail, parse_address, prepare
 from .settings import KEYS, PYRAMID_MAILER_ONLY, MailSettings, parse_settings
 from .templates import from_template
@@ -71,7 +71,7 @@ class Mailer:
         delivery: IMailDelivery | None = None,
         *,
         queue_delivery: IMailDelivery | None = None,
-        immediate: IMailDelivery | None = None,
+        immediate: IImmediateDelivery | None = None,
         transaction_manager: transaction.TransactionManager | None = None,
         notify: Notify = ignore_events,
         **options: Any,

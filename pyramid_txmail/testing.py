@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from .delivery import Notify, PendingMail, ignore_events
 from .events import MailSent, Notifier
-from .interfaces import IMailDelivery, IMailer, IMailSettings, IPendingMail
+from .interfaces import IImmediateDelivery, IMailer, IMailSettings, IPendingMail
 from .mailer import Mailer
 from .message import Message, PreparedMail, prepare
 from .settings import MailSettings
@@ -48,7 +48,7 @@ __all__ = ['DummyDelivery', 'DummyMailer', 'includeme']
 NO_SENDER = 'nobody@localhost'
 
 
-@implementer(IMailDelivery)
+@implementer(IImmediateDelivery)
 class DummyDelivery:
     """Appends the messages the user passed to ``box`` when they commit."""
 

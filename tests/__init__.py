@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zope.interface import implementer
 
-from pyramid_txmail.interfaces import IMailDelivery, IPendingMail
+from pyramid_txmail.interfaces import IImmediateDelivery, IPendingMail
 
 
 def make_mail(n: int = 0, recipients: tuple[str, ...] = ('to@example.com',)):
@@ -19,7 +19,7 @@ def make_mail(n: int = 0, recipients: tuple[str, ...] = ('to@example.com',)):
     return PreparedMail(message_id, Envelope('from@example.com', recipients), data)
 
 
-@implementer(IMailDelivery)
+@implementer(IImmediateDelivery)
 class RecordingDelivery:
     """Records each protocol step as (step, [message ids]) in ``calls``."""
 

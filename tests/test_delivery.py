@@ -208,9 +208,15 @@ class TestQueuedDelivery:
         pending.after_commit()
         assert woken == [True]
 
-    def test_send_now_is_not_possible(self, tmp_path):
-        with pytest.raises(TypeError):
-            self._makeOne(tmp_path / 'q').send_now(make_mail(1))
+    def test_provides_the_queue_interface_and_no_send_now(self, tmp_path):
+        from zope.interface.verify import verifyObject
+
+        from pyramid_txmail.interfaces import IImmediateDelivery, IQueueDelivery
+
+        delivery = self._makeOne(tmp_path / 'q')
+        assert verifyObject(IQueueDelivery, delivery)
+        assert not IImmediateDelivery.providedBy(delivery)
+        assert not hasattr(delivery, 'send_now')
 
 
 class TestFileDelivery:

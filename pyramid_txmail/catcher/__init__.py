@@ -12,7 +12,7 @@ UI on the same process (Pyramid on waitress) to read them, both on
 
 from __future__ import annotations
 
-from .server import Catcher, CatcherError, wait_for_signal
+from .server import Catcher, CatcherError, stop_signals
 from .store import CaughtMessage, MailStore
 
-__all__ = ['Catcher', 'CatcherError', 'CaughtMessage', 'MailStore', 'wait_for_signal']
+__all__ = ['Catcher', 'CatcherError', 'CaughtMessage', 'MailStore', 'stop_signals']

@@ -3,13 +3,14 @@ stopped together."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import shutil
 import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from waitress import wasyncore
@@ -24,15 +25,18 @@ DEFAULT_SMTP_PORT = 8025
 DEFAULT_HTTP_PORT = 8026
 
 
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM (in the main thread)."""
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An Event that SIGINT or SIGTERM sets, for the block's duration (in
+    the main thread). Installed before anything says how to stop, so that
+    a signal sent at once is never the default one that kills."""
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set())
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        stop.wait()
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
