@@ -73,6 +73,7 @@ def main() -> int:
             http_port=args.catcher_port,
             defer=['defer@*'],
             reject=['reject@*'],
+            previews=f'http://127.0.0.1:{args.http_port}/_mail/',
         ).start()
     except CatcherError as exc:  # taken between the check and now
         print(f'demo: {exc}', file=sys.stderr)

@@ -230,6 +230,11 @@ class Command:
             '--allow-remote', action='store_true', help='allow a non-loopback --host'
         )
         catch.add_argument('--dir', help='keep messages here (default: temporary)')
+        catch.add_argument(
+            '--previews',
+            metavar='URL',
+            help="link every page to this URL: the application's mail previews",
+        )
         for flag, reply in (('--defer', '451'), ('--reject', '550')):
             catch.add_argument(
                 flag,
@@ -532,6 +537,7 @@ class Command:
                 defer=args.defer,
                 reject=args.reject,
                 allow_remote=args.allow_remote,
+                previews=args.previews,
             ).start()
         except CatcherError as exc:
             raise CommandError(f'catch: {exc}') from None

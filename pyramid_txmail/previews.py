@@ -56,6 +56,10 @@ iframe {{ width: 100%; height: 32em; border: 1px solid #ccc; }}
 """
 
 
+#: The route of the previews' list, which the debug-toolbar panel links to.
+PREVIEWS_ROUTE = 'pyramid_txmail.previews'
+
+
 def add_mail_previews(
     config: Configurator,
     module: str | ModuleType,
@@ -72,10 +76,10 @@ def add_mail_previews(
     resolved: ModuleType = config.maybe_dotted(module)
     prefix = '/' + route_prefix.strip('/')
     previews = Previews(resolved, prefix)
-    config.add_route('pyramid_txmail.previews', prefix + '/')
+    config.add_route(PREVIEWS_ROUTE, prefix + '/')
     config.add_route('pyramid_txmail.preview', prefix + '/{name}')
     config.add_route('pyramid_txmail.preview_html', prefix + '/{name}/html')
-    config.add_view(previews.index, route_name='pyramid_txmail.previews')
+    config.add_view(previews.index, route_name=PREVIEWS_ROUTE)
     config.add_view(previews.show, route_name='pyramid_txmail.preview')
     config.add_view(previews.html, route_name='pyramid_txmail.preview_html')
 

@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from pyramid.interfaces import IRoutesMapper
 from pyramid_debugtoolbar.panels import DebugPanel
 
 from .events import MailEvent, MailFailed, MailSent
 from .interfaces import IMailer, IQueueDelivery
+from .previews import PREVIEWS_ROUTE
 
 __all__ = ['MailPanel', 'includeme']
 
@@ -200,6 +202,7 @@ class MailPanel(DebugPanel):  # type: ignore[misc]  # pyramid_debugtoolbar is un
         # copy bound to a request shares (see Mailer.bind).
         self.recorder = _Recorder(getattr(mailer, '_key', mailer))
         self.data = {'records': self.recorder.records}
+        self.previews_url = _previews_url(request)
         _subscribe(request.registry)
 
     @property
@@ -234,8 +237,14 @@ class MailPanel(DebugPanel):  # type: ignore[misc]  # pyramid_debugtoolbar is un
 
     def render_content(self, request: Any) -> str:
         records = self.recorder.records
+        link = (
+            f'<p><a id="pyramid-txmail-previews" href="{escape(self.previews_url)}" '
+            'target="_blank">Mail previews</a></p>'
+            if self.previews_url
+            else ''
+        )
         if not records:
-            return '<p>This request sent no mail.</p>'
+            return link + '<p>This request sent no mail.</p>'
         style = {
             'sent': 'success',
             'queued': 'info',
@@ -254,12 +263,21 @@ class MailPanel(DebugPanel):  # type: ignore[misc]  # pyramid_debugtoolbar is un
             f'<pre>{escape(r.preview)}</pre></td></tr>'
             for r in records
         )
-        return (
+        return link + (
             '<table class="table table-condensed" id="pyramid-txmail-mail">'
             '<thead><tr><th>Subject</th><th>Recipients</th><th>Size</th>'
             '<th>Delivery</th><th>Outcome</th></tr></thead>'
             f'<tbody>{rows}</tbody></table>'
         )
+
+
+def _previews_url(request: Any) -> str | None:
+    """The application's mail previews page, if it serves one."""
+    mapper = request.registry.queryUtility(IRoutesMapper)
+    if mapper is None or mapper.get_route(PREVIEWS_ROUTE) is None:
+        return None
+    url: str = request.route_url(PREVIEWS_ROUTE)
+    return url
 
 
 def includeme(config: Any) -> None:

@@ -540,3 +540,23 @@ def test_encoded_line_breaks_in_a_subject_and_a_name_stay_text(catcher):
         status, headers, body = http(catcher, path)
         assert status == 200 and 'X-Injected' not in headers
         assert b'<script>x()' not in body and b'&lt;script&gt;x()' in body
+
+
+def test_cli_catch_links_every_page_to_the_previews(tmp_path):
+    pages = {}
+
+    def until():
+        url = out.getvalue().split('web UI on ')[1].split()[0]
+        with urllib.request.urlopen(url, timeout=10) as response:
+            pages['index'] = response.read().decode()
+
+    out = io.StringIO()
+    command = Command(out=out, err=io.StringIO())
+    command.catch_until = until
+    previews = 'http://127.0.0.1:6543/_mail/?a=1&b="2"'
+    argv = ['catch', '--smtp-port=0', '--http-port=0', f'--previews={previews}']
+    assert command.run(argv) == 0
+    assert (
+        '<a id="previews" href="http://127.0.0.1:6543/_mail/?a=1&amp;b=&quot;2&quot;">'
+        'Mail previews</a>'
+    ) in pages['index']

@@ -131,6 +131,11 @@ class TestDemo:
         assert demo.url + '/' in demo.banner
         assert demo.catcher_url + '/' in demo.banner
 
+    def test_the_catcher_links_to_the_demos_mail_previews(self, demo):
+        with urllib.request.urlopen(demo.catcher_url + '/', timeout=10) as res:
+            page = res.read().decode()
+        assert f'<a id="previews" href="{demo.url}/_mail/">' in page
+
     def test_signup_sends_welcome_and_failed_signup_sends_nothing(self, demo):
         status, body = demo.post(
             '/signup', name='Ann', email='ann@example.com', fail='on'

@@ -268,3 +268,29 @@ def test_in_chromium_the_mail_tab_shows_a_sent_and_an_aborted_message(app, smtp_
         server.shutdown()
     [received] = smtp_server.messages
     assert received.message['Subject'] == 'Your receipt'
+
+
+def test_panel_links_to_the_mail_previews_when_the_app_serves_them(smtp_server):
+    settings = {
+        'debugtoolbar.includes': 'pyramid_txmail.toolbar',
+        'debugtoolbar.hosts': '127.0.0.1',
+        **smtp_server.mail_settings(),
+        'mail.default_sender': 'app@example.com',
+    }
+    with Configurator(settings=settings) as config:
+        config.include('pyramid_debugtoolbar')
+        config.include('pyramid_txmail')
+        config.add_mail_previews('tests.mail_previews', route_prefix='/_mail')
+        config.add_route('send', '/send')
+        config.add_view(send, route_name='send')
+    app = TestApp(config.make_wsgi_app(), extra_environ={'REMOTE_ADDR': '127.0.0.1'})
+    html = panel(app, app.get('/send'))
+    assert (
+        '<a id="pyramid-txmail-previews" href="http://localhost/_mail/" '
+        'target="_blank">Mail previews</a>'
+    ) in html
+
+
+def test_panel_has_no_previews_link_without_previews(app):
+    html = panel(app, app.get('/nothing'))
+    assert 'Mail previews' not in html and 'This request sent no mail.' in html

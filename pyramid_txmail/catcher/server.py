@@ -95,6 +95,7 @@ class Catcher:
         defer: Sequence[str] = (),
         reject: Sequence[str] = (),
         allow_remote: bool = False,
+        previews: str | None = None,
     ):
         if not allow_remote and not is_loopback(host):
             raise CatcherError(
@@ -108,6 +109,7 @@ class Catcher:
         self.defer = tuple(defer)
         self.reject = tuple(reject)
         self.allow_remote = allow_remote
+        self.previews = previews
         self._temporary = folder is None
         self.folder = folder or tempfile.mkdtemp(prefix='pyramid-txmail-catch-')
         self.store = MailStore(self.folder)
@@ -140,7 +142,9 @@ class Catcher:
         # A fixed name: aiosmtpd would otherwise look up the FQDN per session.
         self._smtp = SMTPController(handler, smtp_sock, server_hostname='catcher')
         self._smtp.start()
-        app = make_app(self.store, check_host=not self.allow_remote)
+        app = make_app(
+            self.store, check_host=not self.allow_remote, previews=self.previews
+        )
         self._http = create_server(
             app,
             map=self._http_map,

@@ -112,12 +112,18 @@ def _size(n: int) -> str:
     return f'{n} B' if n < 1024 else f'{n / 1024:.1f} KB'
 
 
-def _page(title: str, body: str, status: int = 200) -> Response:
+def _page(request: Any, title: str, body: str, status: int = 200) -> Response:
+    previews = request.registry.catcher_previews
+    link = (
+        f' · <a id="previews" href="{escape(previews)}">Mail previews</a>'
+        if previews
+        else ''
+    )
     html = (
         '<!doctype html><html><head><meta charset="utf-8">'
         f'<title>{escape(title)} · pyramid-txmail catch</title>'
         '<link rel="stylesheet" href="/static/catcher.css"></head><body>'
-        '<header><a href="/">pyramid-txmail catch</a></header>'
+        f'<header><a href="/">pyramid-txmail catch</a>{link}</header>'
         f'<main>{body}</main><script src="/static/catcher.js"></script>'
         '</body></html>'
     )
@@ -150,6 +156,7 @@ def index(request: Any) -> Response:
     rows = ''.join(_row(m) for m in messages)
     ids = ' '.join(m.id for m in messages)
     return _page(
+        request,
         'Messages',
         '<form method="get" action="/" role="search">'
         f'<input type="search" id="q" name="q" value="{escape(query)}" '
@@ -194,6 +201,7 @@ def message(request: Any) -> Response:
         else '<p class="muted" id="html">No HTML part.</p>'
     )
     return _page(
+        request,
         m.subject or '(no subject)',
         f'<h1 id="subject">{escape(m.subject) or "(no subject)"}</h1>'
         f'<form method="post" action="/messages/{m.id}/delete" id="delete">'
@@ -318,10 +326,14 @@ def security_tween(handler: Any, registry: Any) -> Any:
     return tween
 
 
-def make_app(store: MailStore, *, check_host: bool = True) -> Any:
-    """The WSGI app showing ``store``."""
+def make_app(
+    store: MailStore, *, check_host: bool = True, previews: str | None = None
+) -> Any:
+    """The WSGI app showing ``store``; ``previews``, an application's mail
+    previews page, is linked from every page."""
     with Configurator() as config:
         config.registry.catcher_store = store
+        config.registry.catcher_previews = previews
         config.registry.catcher_check_host = check_host
         config.add_tween('pyramid_txmail.catcher.web.security_tween')
         views: list[tuple[str, str, str, Any, str | None]] = [
