@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from zope.interface import implementer
 
 from pyramid_txmail.interfaces import IImmediateDelivery, IPendingMail
@@ -89,3 +91,27 @@ class FailingVoteDataManager:
 
     def tpc_abort(self, txn):
         pass
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (until a test does)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class FakeClock:
+    """Wall clock and monotonic clock in one; ``wait`` advances it."""
+
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+        self.waits: list[float] = []
+        self.stop_after: int | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.now += seconds
+        return self.stop_after is not None and len(self.waits) >= self.stop_after

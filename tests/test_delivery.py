@@ -1,23 +1,16 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
 from pyramid_txmail.events import MailFailed, MailSent
 from pyramid_txmail.settings import MailSettings
-from tests import make_mail
+from tests import free_port, make_mail
 
 
 def settings_for(server, **kw) -> MailSettings:
     return MailSettings(host=server.host, port=server.port, timeout=5, **kw)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 class TestDirectDelivery:

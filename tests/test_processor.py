@@ -9,7 +9,6 @@ import os
 import random
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,35 +17,11 @@ from collections import Counter
 
 import pytest
 
-from tests import make_mail
+from tests import FakeClock, free_port, make_mail
 from tests.crashkit import fill, settings_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMPTY = {'queued': 0, 'sending': 0, 'deferred': 0, 'failed': 0}
-
-
-class FakeClock:
-    """Wall clock and monotonic clock in one; ``wait`` advances it."""
-
-    def __init__(self, now: float = 1_700_000_000.0):
-        self.now = now
-        self.waits: list[float] = []
-        self.stop_after: int | None = None
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wait(self, seconds: float) -> bool:
-        self.waits.append(seconds)
-        self.now += seconds
-        return self.stop_after is not None and len(self.waits) >= self.stop_after
-
-
-def _free_port() -> int:
-    """A loopback port nobody listens on: connections are refused."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def _ids(server) -> list[str]:
@@ -274,7 +249,7 @@ class TestQueueProcessor(_Base):
 
     def test_refused_connection_defers_one_message(self):
         first, *others = fill(self.queue, 4)
-        result = self._makeOne(port=_free_port()).run_once()
+        result = self._makeOne(port=free_port()).run_once()
         assert (result.sent, result.deferred) == (0, 1)
         meta = _meta(self.queue, 'deferred', first)
         assert meta['attempts'] == 1
@@ -350,7 +325,7 @@ class TestQueueProcessor(_Base):
         for mail_id in fill(self.queue, 2):
             _edit(self.queue, mail_id, attempts=OLD_ENOUGH)
         self.clock.now += 432001
-        result = self._makeOne(port=_free_port()).run_once()
+        result = self._makeOne(port=free_port()).run_once()
         assert (result.failed, result.deferred) == (1, 0)
         assert self.queue.counts()['queued'] == 1
 

@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from tests import make_mail
+from tests import FakeClock, make_mail
 from tests.crashkit import fill
 
 
@@ -24,14 +24,6 @@ def _is_open(fd: int) -> bool:
 
 def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _Base:
