@@ -283,6 +283,24 @@ class TestQueueProcessor(_Base):
         assert (result.deferred, result.sent) == (1, 0)
         assert self.queue.pending() == others
 
+    def test_421_behind_another_refusal_stops_the_pass(self):
+        # The relay says 421 (closing) to the second recipient, after a 450
+        # to the first, and keeps the connection open: the session ends all
+        # the same, and the next message is not read against stale replies.
+        server = self.make_server(
+            rcpt_reply={
+                'busy@example.com': ['450 4.2.1 busy'],
+                'x@example.com': ['421 4.3.2 bye'],
+            }
+        )
+        bad = self.queue.stage(make_mail(1, ('busy@example.com', 'x@example.com')))
+        self.queue.publish([bad])
+        others = fill(self.queue, 2, start=2)
+        result = self._makeOne(server).run_once()
+        assert (result.deferred, result.sent) == (1, 0)
+        assert self.queue.pending() == others
+        assert '421 4.3.2 bye' in _meta(self.queue, 'deferred', bad)['last_error']
+
     def test_permanent_failure_w_dead_connection(self):
         # The relay refuses the first message and hangs up. The second one's
         # commands went with the first one's content: its session died in

@@ -607,7 +607,8 @@ class SMTPConnection:
         temporary = [code for code, _ in refused.values() if 400 <= code < 500]
         cls = TemporaryDeliveryError if temporary else PermanentDeliveryError
         codes = temporary or [code for code, _ in refused.values()]
-        code = next(iter(codes), None)
+        # A 421 anywhere ends the session (see _recover), whatever came first.
+        code = 421 if 421 in codes else next(iter(codes), None)
         return cls(
             f'{self.where} refused every recipient: {_describe(refused)}',
             code=code,
