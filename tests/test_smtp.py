@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -1697,3 +1698,74 @@ def test_a_cut_ends_a_connect_nobody_answers(unanswered_port):
     [error] = outcome
     assert isinstance(error, TemporaryDeliveryError)
     assert 'was cut short during connect' in str(error)
+
+
+# -- a relay whose reply to MAIL cannot be read
+
+
+class _GarbledMailRelay:
+    """One session on 127.0.0.1 that answers MAIL with a line without a
+    code (but takes the sender), RCPT with 250, DATA with 354, and keeps
+    every message content it is sent."""
+
+    def __init__(self):
+        self._listener = socket.create_server(('127.0.0.1', 0))
+        self._listener.settimeout(10)
+        self.port = self._listener.getsockname()[1]
+        self.contents: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        try:
+            client, _ = self._listener.accept()
+        except OSError:  # closed by stop()
+            return
+        with client, contextlib.suppress(OSError):  # the client hung up
+            client.settimeout(10)
+            f = client.makefile('rb')
+            client.sendall(b'220 relay\r\n')
+            for _ in range(50):  # bounded: a handful of commands
+                line = f.readline()
+                verb = line[:4].upper()
+                if not line or verb == b'QUIT':
+                    return
+                if verb == b'EHLO':
+                    client.sendall(b'250-relay\r\n250 PIPELINING\r\n')
+                elif verb == b'MAIL':
+                    client.sendall(b'what?\r\n')
+                elif verb == b'DATA':
+                    client.sendall(b'354 go ahead\r\n')
+                    content = b''
+                    while (part := f.readline()) not in (b'.\r\n', b''):
+                        content += part
+                    if part != b'.\r\n':
+                        return  # cut off: not a message
+                    self.contents.append(content)
+                    client.sendall(b'250 queued\r\n')
+                else:
+                    client.sendall(b'250 OK\r\n')
+
+    def stop(self):
+        self._listener.close()
+        self._thread.join(15)
+
+
+def test_unreadable_mail_reply_sends_no_empty_message():
+    # The relay may have taken the sender: answering its 354 with a lone dot
+    # would deliver an empty message to the recipients.
+    from pyramid_txmail.settings import MailSettings
+    from pyramid_txmail.smtp import SMTPConnection, TemporaryDeliveryError
+
+    relay = _GarbledMailRelay()
+    conn = SMTPConnection(MailSettings(host='127.0.0.1', port=relay.port))
+    try:
+        conn.open()
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.send(_envelope('a@example.com'), DATA)
+        assert 'MAIL FROM' in str(info.value)
+        assert not conn.alive
+    finally:
+        conn.close()
+        relay.stop()
+    assert relay.contents == []

@@ -194,6 +194,9 @@ class Pipeline(Generic[K]):
         conn = self.conn
         conn._stage = 'MAIL FROM'
         mail_code, mail_reply = smtp.getreply()
+        # Unreadable, MAIL may have been taken: a lone dot after the 354
+        # below would deliver an empty message.
+        _check_readable(mail_code, mail_reply)
         if mail_code == 421:  # closing: nothing more will come
             raise smtplib.SMTPSenderRefused(mail_code, mail_reply, envelope.sender)
         conn._stage = 'RCPT TO'
