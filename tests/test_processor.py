@@ -283,6 +283,16 @@ class TestQueueProcessor(_Base):
         assert (result.deferred, result.sent) == (1, 0)
         assert self.queue.pending() == others
 
+    def test_configuration_fault_mid_batch_keeps_the_rest_queued(self):
+        # 530 to the second MAIL, with the third message's commands read
+        # ahead: the second is released, the third cut off and released.
+        server = self.make_server(reply={'MAIL': [None, '530 5.7.0 auth needed']})
+        first, *others = fill(self.queue, 3)
+        result = self._makeOne(server).run_once()
+        assert (result.sent, result.released) == (1, 1)
+        assert _ids(server) == ['<0@test>']
+        assert self.queue.pending() == others
+
     def test_421_behind_another_refusal_stops_the_pass(self):
         # The relay says 421 (closing) to the second recipient, after a 450
         # to the first, and keeps the connection open: the session ends all
