@@ -287,7 +287,7 @@ class TestQueueProcessor(_Base):
         # 530 to the second MAIL, with the third message's commands read
         # ahead: the second is released, the third cut off and released.
         server = self.make_server(reply={'MAIL': [None, '530 5.7.0 auth needed']})
-        first, *others = fill(self.queue, 3)
+        _, *others = fill(self.queue, 3)
         result = self._makeOne(server).run_once()
         assert (result.sent, result.released) == (1, 1)
         assert _ids(server) == ['<0@test>']
