@@ -115,3 +115,14 @@ class FakeClock:
         self.waits.append(seconds)
         self.now += seconds
         return self.stop_after is not None and len(self.waits) >= self.stop_after
+
+
+def message(**kw):
+    """A small valid :class:`~pyramid_txmail.Message`; ``kw`` overrides."""
+    from pyramid_txmail import Message
+
+    kw.setdefault('subject', 'Hi')
+    kw.setdefault('sender', 'from@example.com')
+    kw.setdefault('recipients', ['to@example.com'])
+    kw.setdefault('body', 'hello')
+    return Message(**kw)

@@ -9,6 +9,7 @@ its own deadline.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import resource
 import signal
@@ -19,6 +20,28 @@ from tests import make_mail
 
 #: Longest any child keeps going on its own (seconds).
 CHILD_DEADLINE = 30.0
+
+
+def run_together(target, args, outs: list[str], timeout: float = 60.0) -> list[str]:
+    """Run ``target(*args, barrier, out)`` in one spawned process per
+    ``out``, all released at once by a barrier; return what each wrote to
+    its ``out`` file. Every process is killed by the end, and each must
+    have exited 0."""
+    ctx = multiprocessing.get_context('spawn')
+    barrier = ctx.Barrier(len(outs))
+    procs = [ctx.Process(target=target, args=(*args, barrier, out)) for out in outs]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout)
+    for proc in procs:
+        proc.kill()
+    assert [proc.exitcode for proc in procs] == [0] * len(outs)
+    written = []
+    for out in outs:
+        with open(out) as f:
+            written.append(f.read())
+    return written
 
 
 def fill(queue, count: int, start: int = 0, recipients=('to@example.com',)):

@@ -20,8 +20,9 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from pyramid_txmail import Attachment, MailError, Message
+from pyramid_txmail import Attachment, MailError
 from pyramid_txmail.mailer import Mailer
+from tests import message
 from tests.smtpserver import SMTPTestServer
 
 
@@ -58,14 +59,6 @@ def server(smtp_ca):
 @pytest.fixture
 def mailer(server):
     return Mailer.from_settings(server.settings())
-
-
-def message(**kw) -> Message:
-    kw.setdefault('subject', 'Hi')
-    kw.setdefault('sender', 'from@example.com')
-    kw.setdefault('recipients', ['to@example.com'])
-    kw.setdefault('body', 'hello')
-    return Message(**kw)
 
 
 # RFC 5321, 4.1.2, with RFC 6531's UTF-8 (both only as far as tests need).

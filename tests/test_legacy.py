@@ -13,7 +13,6 @@ import fcntl
 import io
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from pyramid_txmail.exceptions import QueueError
 from pyramid_txmail.legacy import adopt, parse, scan
 from pyramid_txmail.processor import QueueProcessor
 from pyramid_txmail.queue import MailQueue
+from tests.crashkit import run_together
 from tests.test_cli import write_ini
 
 FILL = r"""
@@ -258,27 +258,9 @@ def test_several_processor_processes_send_each_message_once(
     path = tmp_path / 'q'
     many = [dict(MESSAGES[2], subject=f'm{n}') for n in range(30)]
     ids = fill(pyramid_mailer_python, path, many)
-    ctx = multiprocessing.get_context('spawn')
-    barrier = ctx.Barrier(3)
     outs = [str(tmp_path / f'sent-{n}') for n in range(3)]
-    procs = [
-        ctx.Process(
-            target=drain_legacy, args=(str(path), smtp_server.port, barrier, out)
-        )
-        for out in outs
-    ]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-    for proc in procs:
-        proc.kill()
-    assert [proc.exitcode for proc in procs] == [0, 0, 0]
-    counts = []
-    for out in outs:
-        with open(out) as f:
-            counts.append(int(f.read()))
-    assert sum(counts) == 30
+    counts = run_together(drain_legacy, (str(path), smtp_server.port), outs)
+    assert sum(map(int, counts)) == 30
     got = [str(r.message['Message-ID']).strip() for r in smtp_server.messages]
     assert sorted(got) == sorted(ids)
     assert os.listdir(path / 'new') == []

@@ -13,6 +13,7 @@ from email.message import EmailMessage
 import pytest
 
 from pyramid_txmail.message import Attachment, MailError, Message
+from tests import message
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -20,14 +21,6 @@ def parse(data: bytes) -> EmailMessage:
     return email.message_from_bytes(
         data.replace(b'\r\n', b'\n'), policy=email.policy.default
     )
-
-
-def message(**kw) -> Message:
-    kw.setdefault('subject', 'Hi')
-    kw.setdefault('sender', 'from@example.com')
-    kw.setdefault('recipients', ['to@example.com'])
-    kw.setdefault('body', 'hello')
-    return Message(**kw)
 
 
 class Test_prepare(unittest.TestCase):

@@ -4,7 +4,6 @@ import errno
 import json
 import logging
 import math
-import multiprocessing
 import os
 import random
 import select
@@ -18,7 +17,7 @@ from collections import Counter
 import pytest
 
 from tests import FakeClock, free_port, make_mail
-from tests.crashkit import fill, settings_for
+from tests.crashkit import fill, run_together, settings_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMPTY = {'queued': 0, 'sending': 0, 'deferred': 0, 'failed': 0}
@@ -982,28 +981,12 @@ class TestManyProcesses(_Base):
 
         server = self.make_server()
         fill(self.queue, 2000)
-        ctx = multiprocessing.get_context('spawn')
-        barrier = ctx.Barrier(4)
         outs = [str(self.tmp_path / f'sent-{n}') for n in range(4)]
-        procs = [
-            ctx.Process(target=drain, args=(self.queue.path, server.port, barrier, o))
-            for o in outs
-        ]
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.join(60)
-        for proc in procs:
-            proc.kill()
-        assert [proc.exitcode for proc in procs] == [0] * 4
+        written = run_together(drain, (self.queue.path, server.port), outs)
         ids = _ids(server)
         assert len(ids) == 2000
         assert len(set(ids)) == 2000
-        sent = 0
-        for out in outs:
-            with open(out) as f:
-                sent += int(f.read())
-        assert sent == 2000
+        assert sum(map(int, written)) == 2000
         assert self.queue.counts() == EMPTY
 
 

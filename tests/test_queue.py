@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from tests import FakeClock, make_mail
-from tests.crashkit import fill
+from tests.crashkit import fill, run_together
 
 
 def _is_open(fd: int) -> bool:
@@ -495,24 +495,12 @@ class TestClaim(_Base):
 
         queue = self._makeOne()
         ids = fill(queue, 2000)
-        ctx = multiprocessing.get_context('spawn')
-        barrier = ctx.Barrier(4)
         outs = [str(self.tmp_path / f'claimed-{n}') for n in range(4)]
-        procs = [
-            ctx.Process(target=claim_everything, args=(self.path, barrier, out))
-            for out in outs
+        claimed = [
+            mail_id
+            for text in run_together(claim_everything, (self.path,), outs)
+            for mail_id in text.split()
         ]
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.join(60)
-        for proc in procs:
-            proc.kill()
-        assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
-        claimed = []
-        for out in outs:
-            with open(out) as f:
-                claimed.extend(f.read().split())
         assert sorted(claimed) == sorted(ids)
         assert queue.counts() == {'queued': 0, 'sending': 0, 'deferred': 0, 'failed': 0}
 
