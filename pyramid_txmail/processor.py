@@ -28,7 +28,7 @@ import random as _random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .events import MailEvent, MailFailed, MailSent
@@ -39,8 +39,7 @@ from .exceptions import (
     QueueError,
     TemporaryDeliveryError,
 )
-from .legacy import adopt as adopt_legacy
-from .queue import Claim, MailQueue, install_fork_hook
+from .queue import Claim, MaildirPass, MailQueue, install_fork_hook
 from .settings import MailSettings
 from .smtp import Outcome, Pipeline, SMTPConnection
 
@@ -219,20 +218,19 @@ class QueueProcessor:
         result = PassResult()
         if self._monotonic() < self._paused_until:
             return result
-        self.queue.recover(self.stale_after)
-        adopt_legacy(self.queue)  # a repoze.sendmail queue left here
         # A due time further ahead than any backoff: the clock went back.
-        self.queue.promote_due(horizon=self.settings.retry_max * 1.25)
-        ids = iter(self.queue.pending())
+        source = self.queue.start_pass(
+            stale_after=self.stale_after, horizon=self.settings.retry_max * 1.25
+        )
         self._halted = False  # stopped during this pass: claim no more
-        while claim := self._next(ids):
-            done, go_on = self._session(claim, ids)
+        while claim := self._next(source):
+            done, go_on = self._session(claim, source)
             result += done
             if not go_on:
                 break
         return result
 
-    def _session(self, first: Claim, ids: Iterator[str]) -> tuple[PassResult, bool]:
+    def _session(self, first: Claim, source: MaildirPass) -> tuple[PassResult, bool]:
         """One SMTP session: ``first`` and the messages claimed after it.
         Returns what it did and whether the pass may go on."""
         try:
@@ -250,14 +248,14 @@ class QueueProcessor:
             self._release([first])
             raise
         try:
-            return self._send(conn, first, ids)
+            return self._send(conn, first, source)
         finally:
             # A failing QUIT is ignored by close(): what was accepted stays
             # sent and is not sent again.
             conn.close()
 
     def _send(
-        self, conn: SMTPConnection, first: Claim, ids: Iterator[str]
+        self, conn: SMTPConnection, first: Claim, source: MaildirPass
     ) -> tuple[PassResult, bool]:
         """``first`` and up to ``mail.queue_batch`` messages in all over
         ``conn``, each claimed just before it goes; record each outcome.
@@ -278,7 +276,7 @@ class QueueProcessor:
                 sent += 1
                 # Claim no more than this connection will take.
                 alive = conn.alive and sent < self.settings.queue_batch
-                claim = self._next(ids) if alive else None
+                claim = self._next(source) if alive else None
             done, go_on = self._record(conn, pipeline.finish())
             return result + done, go_on
         finally:
@@ -311,19 +309,17 @@ class QueueProcessor:
             except QueueError as exc:  # unlocked in cur/: recovery takes it
                 log.error('mail %s: %s', claim.message_id, exc)
 
-    def _next(self, ids: Iterator[str]) -> Claim | None:
+    def _next(self, source: MaildirPass) -> Claim | None:
         """The next message to send, claimed now; None when none is left or
         the processor is stopping."""
         if self._halted:
             return None
-        for mail_id in ids:
-            if self._stopped or not self._throttle():
-                self._halted = True
-                return None
-            claim = self.queue.claim(mail_id)
-            if claim is not None:  # else another processor has it, or it is gone
-                return claim
-        return None
+        claim = None if self._stopped else source.claim()
+        if claim is not None and not self._throttle():  # stopped meanwhile
+            self._release([claim])
+            claim = None
+        self._halted = claim is None
+        return claim
 
     def _throttle(self) -> bool:
         """Wait for ``mail.queue_rate``; False if stopped meanwhile."""

@@ -462,6 +462,20 @@ class MailQueue:
         """Ids of the messages in ``new/``, in queue order."""
         return self._ids('new')
 
+    def start_pass(
+        self, *, stale_after: float, horizon: float | None = None
+    ) -> MaildirPass:
+        """Begin a processor's pass: recover dead processors' claims (see
+        :meth:`recover`), adopt a repoze.sendmail queue left here, promote
+        due deferred messages (see :meth:`promote_due`); the pass then
+        claims what is in ``new/`` now, in queue order."""
+        from .legacy import adopt  # legacy builds on this module
+
+        self.recover(stale_after)
+        adopt(self)
+        self.promote_due(horizon=horizon)
+        return MaildirPass(self, self.pending())
+
     def claim(self, mail_id: str) -> Claim | None:
         """Take ``new/ID`` for sending; ``None`` if another processor has it.
 
@@ -1209,6 +1223,24 @@ def _read(
         offset += len(chunk)
     line, _, data = b''.join(chunks).partition(b'\n')
     return _parse(line), data
+
+
+class MaildirPass:
+    """One processor pass over the messages that were in ``new/`` when it
+    began: :meth:`claim` takes them one at a time."""
+
+    def __init__(self, queue: MailQueue, ids: Iterable[str]):
+        self.queue = queue
+        self._ids = iter(ids)
+
+    def claim(self) -> Claim | None:
+        """The next message, claimed; None when none is left. Messages
+        another processor claimed meanwhile, or that are gone, are skipped."""
+        for mail_id in self._ids:
+            claim = self.queue.claim(mail_id)
+            if claim is not None:
+                return claim
+        return None
 
 
 class Claim:
