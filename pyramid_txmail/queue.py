@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import Any
 
 from .exceptions import QueueError, UnknownMessage
+from .groupsync import GroupSync
 from .message import Envelope, PreparedMail
 
 __all__ = ['Claim', 'Info', 'MailQueue', 'QueueError', 'UnknownMessage']
@@ -248,6 +249,9 @@ class MailQueue:
         # publishes them, and leaves them in tmp/ until it can.
         self._unpublished: set[str] = set()
         self._created = create
+        # One group commit per directory and process (see _sync_dir).
+        self._syncs: dict[str, GroupSync] = {}
+        self._syncs_pid = os.getpid()
         made = []
         for sub in ('', 'tmp', *STATES) if create else ():
             where = self._p(sub) if sub else self.path
@@ -673,13 +677,21 @@ class MailQueue:
             raise QueueError(f'cannot write mail queue {path}: {_cause(exc)}') from exc
 
     def _sync_dir(self, sub: str, *, raising: bool) -> None:
+        """fsync ``sub``, shared with other threads syncing it meanwhile:
+        concurrent commits pay one directory fsync between them."""
         where = self._p(sub)
+        if self._syncs_pid != os.getpid():  # pragma: no cover - in a forked child
+            # A forked child: the parent's threads, which may have been
+            # mid-sync at the fork, are not here to finish.
+            self._syncs, self._syncs_pid = {}, os.getpid()
+        group = self._syncs.get(sub)
+        if group is None:
+            # Looked up at each call, so that the seam can be replaced.
+            group = self._syncs.setdefault(
+                sub, GroupSync(where, lambda fd: self._fsync(fd))
+            )
         try:
-            fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                self._fsync(fd)
-            finally:
-                os.close(fd)
+            group.sync()
         except OSError as exc:
             if raising:
                 raise QueueError(
