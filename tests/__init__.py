@@ -132,6 +132,16 @@ def message(**kw):
     return Message(**kw)
 
 
+def email_message(headers: dict[str, str], body: str | None = 'hello') -> EmailMessage:
+    """A stdlib EmailMessage with ``headers`` in order and a text body."""
+    msg = EmailMessage()
+    for name, value in headers.items():
+        msg[name] = value
+    if body is not None:
+        msg.set_content(body)
+    return msg
+
+
 def parse_mail(data: bytes) -> EmailMessage:
     """Wire bytes (CRLF) read back as Python text (LF) sees them."""
     return email.message_from_bytes(

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 import pytest
 
 from pyramid_txmail.message import Attachment, MailError, Message, prepare
-from tests import message
+from tests import email_message, message
 from tests import parse_mail as parse
 
 
@@ -246,19 +246,20 @@ def test_crlf_in_headers_is_refused():
 # -- an EmailMessage given to prepare()
 
 
-def email_message():
-    msg = EmailMessage()
-    msg['From'] = 'Ann <ann@example.com>'
-    msg['To'] = 'b@example.com, "Doe, John" <j@example.com>'
-    msg['Cc'] = 'c@example.com'
-    msg['Bcc'] = 'hidden@example.com'
-    msg['Subject'] = 'Hi'
-    msg.set_content('hello')
-    return msg
+def an_email_message():
+    return email_message(
+        {
+            'From': 'Ann <ann@example.com>',
+            'To': 'b@example.com, "Doe, John" <j@example.com>',
+            'Cc': 'c@example.com',
+            'Bcc': 'hidden@example.com',
+            'Subject': 'Hi',
+        }
+    )
 
 
 def test_email_message_envelope_from_headers_bcc_removed_caller_untouched():
-    original = email_message()
+    original = an_email_message()
     mail = prepared(original)
     assert mail.envelope.sender == 'ann@example.com'
     assert mail.envelope.recipients == (
@@ -273,34 +274,31 @@ def test_email_message_envelope_from_headers_bcc_removed_caller_untouched():
 
 
 def test_email_message_sender_header_wins_for_envelope():
-    msg = email_message()
+    msg = an_email_message()
     msg['Sender'] = 'bounce@example.com'
     assert prepared(msg).envelope.sender == 'bounce@example.com'
 
 
 def test_email_message_default_sender_sets_from():
-    msg = email_message()
+    msg = an_email_message()
     del msg['From']
     mail = prepared(msg, default_sender='app@example.com')
     assert parse(mail.data)['From'] == 'app@example.com'
 
 
 def test_email_message_without_from_is_refused():
-    msg = email_message()
+    msg = an_email_message()
     del msg['From']
     refusal('sender', msg)
 
 
 def test_email_message_with_a_bad_address_header_is_refused():
-    msg = EmailMessage()
-    msg['From'] = 'a@example.com'
-    msg['To'] = 'undisclosed'
+    msg = email_message({'From': 'a@example.com', 'To': 'undisclosed'})
     refusal('To', msg)
 
 
 def test_email_message_without_recipients_is_refused():
-    msg = EmailMessage()
-    msg['From'] = 'a@example.com'
+    msg = email_message({'From': 'a@example.com'})
     refusal('recipients', msg)
 
 
@@ -950,9 +948,8 @@ def test_address_list_with_a_display_name_longer_than_a_line():
 
 def test_message_id_and_date_of_an_email_message_are_checked():
     for name, value in (('Message-ID', '<a@b@c>'), ('Date', 'soon')):
-        msg = email.message_from_bytes(
-            f'From: a@example.com\nTo: b@example.com\n{name}: {value}\n\nhi\n'.encode(),
-            policy=email.policy.default,
+        msg = parse(
+            f'From: a@example.com\nTo: b@example.com\n{name}: {value}\n\nhi\n'.encode()
         )
         try:
             prepare(msg)
