@@ -851,7 +851,7 @@ def test_disposition_content_id_and_filename_are_honoured(smtp_server):
     assert x.get_content_type() == 'application/octet-stream'
 
 
-def test_attachment_helpers():
+def test_attachment_mime_type_and_payload_read_a_file_once_and_keep_it():
     att = Attachment('a.pdf', data=io.BytesIO(b'%PDF'))
     assert att.mime_type() == ('application', 'pdf')
     assert att.payload() == b'%PDF'

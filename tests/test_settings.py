@@ -236,14 +236,14 @@ NOT_LOOPBACK = ['mail.example.com', '192.0.2.1', '2001:db8::1', 'localhost.examp
 
 
 @pytest.mark.parametrize('host', LOOPBACK)
-def test_is_loopback(host):
+def test_every_loopback_spelling_is_loopback(host):
     from pyramid_txmail.settings import is_loopback
 
     assert is_loopback(host)
 
 
 @pytest.mark.parametrize('host', NOT_LOOPBACK)
-def test_is_not_loopback(host):
+def test_other_hosts_are_not_loopback(host):
     from pyramid_txmail.settings import is_loopback
 
     assert not is_loopback(host)
