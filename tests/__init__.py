@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import socket
+import time
+from email.message import EmailMessage
 
 from zope.interface import implementer
 
@@ -126,3 +130,31 @@ def message(**kw):
     kw.setdefault('recipients', ['to@example.com'])
     kw.setdefault('body', 'hello')
     return Message(**kw)
+
+
+def email_message(headers: dict[str, str], body: str | None = 'hello') -> EmailMessage:
+    """A stdlib EmailMessage with ``headers`` in order and a text body."""
+    msg = EmailMessage()
+    for name, value in headers.items():
+        msg[name] = value
+    if body is not None:
+        msg.set_content(body)
+    return msg
+
+
+def parse_mail(data: bytes) -> EmailMessage:
+    """Wire bytes (CRLF) read back as Python text (LF) sees them."""
+    return email.message_from_bytes(
+        data.replace(b'\r\n', b'\n'), policy=email.policy.default
+    )
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """``predicate()``'s first true result, polled; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f'timed out after {timeout}s'
+        time.sleep(interval)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import transaction
 import trustme
 
 from tests.smtpserver import SMTPTestServer
@@ -52,6 +53,12 @@ def smtp_server(make_smtp_server) -> SMTPTestServer:
 def starttls_smtp_server(make_smtp_server) -> SMTPTestServer:
     """A started server offering STARTTLS (certificate for 127.0.0.1)."""
     return make_smtp_server(tls='starttls')
+
+
+@pytest.fixture
+def tm() -> transaction.TransactionManager:
+    """An explicit transaction manager of the test's own."""
+    return transaction.TransactionManager(explicit=True)
 
 
 COMPAT = Path(__file__).parent / 'compat'

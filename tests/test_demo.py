@@ -15,27 +15,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from tests import free_port
+from tests import free_port, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = '/usr/bin/chromium'
-
-
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        assert time.monotonic() < deadline, 'timed out'
-        time.sleep(0.1)
 
 
 def run_demo(*ports, var_dir):
@@ -65,7 +54,7 @@ class Demo:
         self.proc = run_demo(self.port, free_port(), catcher_port, var_dir=var_dir)
         # The banner comes once the app answers.
         self.banner = ''.join(self.proc.stdout.readline() for _ in range(4))
-        wait_until(self._up)
+        wait_until(self._up, timeout=20)
 
     def _up(self):
         try:
@@ -122,99 +111,100 @@ def demo(tmp_path):
         running.stop()
 
 
-class TestDemo:
-    def test_prints_the_url(self, demo):
-        assert demo.url + '/' in demo.banner
-        assert demo.catcher_url + '/' in demo.banner
+def test_demo_prints_its_urls(demo):
+    assert demo.url + '/' in demo.banner
+    assert demo.catcher_url + '/' in demo.banner
 
-    def test_the_catcher_links_to_the_demos_mail_previews(self, demo):
-        with urllib.request.urlopen(demo.catcher_url + '/', timeout=10) as res:
-            page = res.read().decode()
-        assert f'<a id="previews" href="{demo.url}/_mail/">' in page
 
-    def test_signup_sends_welcome_and_failed_signup_sends_nothing(self, demo):
-        status, body = demo.post(
-            '/signup', name='Ann', email='ann@example.com', fail='on'
+def test_demo_catcher_links_to_the_demos_mail_previews(demo):
+    with urllib.request.urlopen(demo.catcher_url + '/', timeout=10) as res:
+        page = res.read().decode()
+    assert f'<a id="previews" href="{demo.url}/_mail/">' in page
+
+
+def test_demo_signup_sends_welcome_and_failed_signup_sends_nothing(demo):
+    status, body = demo.post('/signup', name='Ann', email='ann@example.com', fail='on')
+    assert status == 500 and 'no mail was sent' in body
+    status, _ = demo.post('/signup', name='Bob', email='bob@example.com')
+    assert status == 200  # after the redirect
+    (msg,) = wait_until(demo.caught, timeout=20)
+    # Ann's message, had it been committed, would be caught or still queued.
+    _, queue = demo.get('/queue')
+    assert '<td id="queued">0</td>' in queue and '<td id="sending">0</td>' in queue
+    assert len(demo.caught()) == 1
+    assert msg['Subject'] == 'Welcome, Bob!' and msg['To'] == 'bob@example.com'
+    assert 'Hello Bob' in msg.get_body(('plain',)).get_content()
+    assert '<h2>Hello Bob</h2>' in msg.get_body(('html',)).get_content()
+    (attachment,) = msg.iter_attachments()
+    assert attachment.get_filename() == 'welcome.txt'
+    with urllib.request.urlopen(demo.catcher_url + '/api/messages') as res:
+        listing = json.load(res)['messages']
+    assert [m['subject'] for m in listing] == ['Welcome, Bob!']
+
+
+def test_demo_queue_page_shows_counts(demo):
+    status, body = demo.get('/queue')
+    assert status == 200
+    for state in ('queued', 'deferred', 'sending', 'failed'):
+        assert f'<td id="{state}">0</td>' in body
+    status, _ = demo.post('/queue/retry')
+    assert status == 200
+
+
+def test_demo_defer_and_reject_addresses_show_on_the_queue_page(demo):
+    demo.post('/signup', name='Dee', email='defer@example.com')
+    demo.post('/signup', name='Rex', email='reject@example.com')
+
+    def both_seen():
+        _, body = demo.get('/queue')
+        failed = body.split('id="failed-list"')[1]
+        deferred = body.split('id="deferred-list"')[1].split('<h2>')[0]
+        return (
+            'reject@example.com' in failed
+            and '550' in failed
+            and 'defer@example.com' in deferred
+            and '451' in deferred
+            and body
         )
-        assert status == 500 and 'no mail was sent' in body
-        status, _ = demo.post('/signup', name='Bob', email='bob@example.com')
-        assert status == 200  # after the redirect
-        (msg,) = wait_until(demo.caught)
-        # Ann's message, had it been committed, would be caught or still queued.
-        _, queue = demo.get('/queue')
-        assert '<td id="queued">0</td>' in queue and '<td id="sending">0</td>' in queue
-        assert len(demo.caught()) == 1
-        assert msg['Subject'] == 'Welcome, Bob!' and msg['To'] == 'bob@example.com'
-        assert 'Hello Bob' in msg.get_body(('plain',)).get_content()
-        assert '<h2>Hello Bob</h2>' in msg.get_body(('html',)).get_content()
-        (attachment,) = msg.iter_attachments()
-        assert attachment.get_filename() == 'welcome.txt'
-        with urllib.request.urlopen(demo.catcher_url + '/api/messages') as res:
-            listing = json.load(res)['messages']
-        assert [m['subject'] for m in listing] == ['Welcome, Bob!']
 
-    def test_queue_page_shows_counts(self, demo):
-        status, body = demo.get('/queue')
-        assert status == 200
-        for state in ('queued', 'deferred', 'sending', 'failed'):
-            assert f'<td id="{state}">0</td>' in body
-        status, _ = demo.post('/queue/retry')
-        assert status == 200
+    body = wait_until(both_seen, timeout=20)
+    assert '<td id="failed">1</td>' in body
+    assert demo.caught() == []
 
-    def test_defer_and_reject_addresses_show_on_the_queue_page(self, demo):
-        demo.post('/signup', name='Dee', email='defer@example.com')
-        demo.post('/signup', name='Rex', email='reject@example.com')
+    # The command the page shows works as shown, from the repository.
+    cli = html.unescape(body.split('<code id="cli">')[1].split('</code>')[0])
+    env_var, script, *argv = shlex.split(cli)
+    name, _, value = env_var.partition('=')
+    assert script == '.venv/bin/pyramid-txmail'
+    # This test's own environment's script, wherever its venv is.
+    script = os.path.join(os.path.dirname(sys.executable), 'pyramid-txmail')
+    listed = subprocess.run(
+        [script, *argv],
+        cwd=ROOT,
+        env={**os.environ, name: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert 'defer@example.com' in listed.stdout
+    assert 'reject@example.com' in listed.stdout
 
-        def both_seen():
-            _, body = demo.get('/queue')
-            failed = body.split('id="failed-list"')[1]
-            deferred = body.split('id="deferred-list"')[1].split('<h2>')[0]
-            return (
-                'reject@example.com' in failed
-                and '550' in failed
-                and 'defer@example.com' in deferred
-                and '451' in deferred
-                and body
-            )
+    # "Send deferred messages now": tried again at once (and deferred
+    # again by the catcher), not after the backoff.
+    def attempts():
+        _, body = demo.get('/queue')
+        deferred = body.split('id="deferred-list"')[1].split('<h2>')[0]
+        return [int(n) for n in re.findall(r'<td>(\d+)</td>', deferred)]
 
-        body = wait_until(both_seen)
-        assert '<td id="failed">1</td>' in body
-        assert demo.caught() == []
-
-        # The command the page shows works as shown, from the repository.
-        cli = html.unescape(body.split('<code id="cli">')[1].split('</code>')[0])
-        env_var, script, *argv = shlex.split(cli)
-        name, _, value = env_var.partition('=')
-        assert script == '.venv/bin/pyramid-txmail'
-        # This test's own environment's script, wherever its venv is.
-        script = os.path.join(os.path.dirname(sys.executable), 'pyramid-txmail')
-        listed = subprocess.run(
-            [script, *argv],
-            cwd=ROOT,
-            env={**os.environ, name: value},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert listed.returncode == 0, listed.stderr
-        assert 'defer@example.com' in listed.stdout
-        assert 'reject@example.com' in listed.stdout
-
-        # "Send deferred messages now": tried again at once (and deferred
-        # again by the catcher), not after the backoff.
-        def attempts():
-            _, body = demo.get('/queue')
-            deferred = body.split('id="deferred-list"')[1].split('<h2>')[0]
-            return [int(n) for n in re.findall(r'<td>(\d+)</td>', deferred)]
-
-        assert attempts() == [1]
-        status, _ = demo.post('/queue/flush')
-        assert status == 200
-        assert wait_until(lambda: attempts() == [2])
+    assert attempts() == [1]
+    status, _ = demo.post('/queue/flush')
+    assert status == 200
+    assert wait_until(lambda: attempts() == [2], timeout=20)
 
 
 @pytest.mark.parametrize('which', [0, 1, 2])
-def test_a_port_in_use_is_named_with_its_make_variable(tmp_path, which):
+def test_demo_names_a_port_in_use_with_its_make_variable(tmp_path, which):
     ports = [free_port(), free_port(), free_port()]
     with socket.socket() as taken:
         taken.bind(('127.0.0.1', ports[which]))
@@ -229,7 +219,7 @@ def test_a_port_in_use_is_named_with_its_make_variable(tmp_path, which):
     assert 'open http' not in output  # nobody else's URL
 
 
-def _chromium_or_skip():
+def chromium_or_skip():
     if os.path.exists(CHROMIUM) and shutil.which('chromium'):
         return
     if os.environ.get('CI'):
@@ -240,7 +230,7 @@ def _chromium_or_skip():
 @contextlib.contextmanager
 def chromium():
     """A headless Debian Chromium through Playwright (skips without one)."""
-    _chromium_or_skip()
+    chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -271,46 +261,46 @@ def screenshot(page, name):
         page.screenshot(path=os.path.join(folder, name))
 
 
-class TestDemoInBrowser:
-    def test_sign_up_then_read_the_caught_message(self, demo):
-        with chromium() as browser:
-            page = browser.new_page()
-            page.goto(demo.url + '/')
-            page.fill('input[name=name]', 'Zoë')
-            page.fill('input[name=email]', 'zoe@example.com')
-            page.click('button[type=submit]')
-            assert 'Welcome mail sent' in page.inner_text('#note')
-            wait_until(demo.caught)
-            page.click('#caught')  # the shipped catcher's web UI
-            page.click('text=Welcome, Zoë!')
-            frame = page.frame_locator('#html')
-            assert frame.locator('h2').inner_text() == 'Hello Zoë'
-            assert 'thanks for signing up' in page.inner_text('#text')
-            assert page.inner_text('#attachments tbody a') == 'welcome.txt'
+def test_in_a_browser_sign_up_then_read_the_caught_message(demo):
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(demo.url + '/')
+        page.fill('input[name=name]', 'Zoë')
+        page.fill('input[name=email]', 'zoe@example.com')
+        page.click('button[type=submit]')
+        assert 'Welcome mail sent' in page.inner_text('#note')
+        wait_until(demo.caught, timeout=20)
+        page.click('#caught')  # the shipped catcher's web UI
+        page.click('text=Welcome, Zoë!')
+        frame = page.frame_locator('#html')
+        assert frame.locator('h2').inner_text() == 'Hello Zoë'
+        assert 'thanks for signing up' in page.inner_text('#text')
+        assert page.inner_text('#attachments tbody a') == 'welcome.txt'
 
-    def test_the_preview_shows_what_the_caught_mail_shows(self, demo):
-        with chromium() as browser:
-            page = browser.new_page()
-            page.goto(demo.url + '/')
-            page.click('#previews')
-            page.click('text=welcome')
-            preview = page.frame_locator('#html')
-            shown = preview.locator('body').inner_text()
-            button = preview.locator('a.button')
-            assert button.inner_text() == 'Open the demo'
-            link = button.get_attribute('href')
-            styled = button.get_attribute('style')
-            assert 'background' in (styled or '')  # the layout's CSS, inlined
-            # The preview's sample values, signed up for real.
-            page.goto(demo.url + '/')
-            page.fill('input[name=name]', 'Ada')
-            page.fill('input[name=email]', 'ada@example.com')
-            page.click('button[type=submit]')
-            wait_until(demo.caught)
-            page.click('#caught')
-            page.click('text=Welcome, Ada!')
-            caught = page.frame_locator('#html')
-            assert caught.locator('body').inner_text() == shown
-            assert caught.locator('a.button').get_attribute('href') == link
-            assert caught.locator('a.button').get_attribute('style') == styled
-            assert 'Open the demo (' + link + ')' in page.inner_text('#text')
+
+def test_in_a_browser_the_preview_shows_what_the_caught_mail_shows(demo):
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(demo.url + '/')
+        page.click('#previews')
+        page.click('text=welcome')
+        preview = page.frame_locator('#html')
+        shown = preview.locator('body').inner_text()
+        button = preview.locator('a.button')
+        assert button.inner_text() == 'Open the demo'
+        link = button.get_attribute('href')
+        styled = button.get_attribute('style')
+        assert 'background' in (styled or '')  # the layout's CSS, inlined
+        # The preview's sample values, signed up for real.
+        page.goto(demo.url + '/')
+        page.fill('input[name=name]', 'Ada')
+        page.fill('input[name=email]', 'ada@example.com')
+        page.click('button[type=submit]')
+        wait_until(demo.caught, timeout=20)
+        page.click('#caught')
+        page.click('text=Welcome, Ada!')
+        caught = page.frame_locator('#html')
+        assert caught.locator('body').inner_text() == shown
+        assert caught.locator('a.button').get_attribute('href') == link
+        assert caught.locator('a.button').get_attribute('style') == styled
+        assert 'Open the demo (' + link + ')' in page.inner_text('#text')

@@ -1,6 +1,12 @@
-import unittest
+"""MailSent, MailFailed and the Notifier that sends them after the commit."""
+
+from __future__ import annotations
+
+import logging
 
 import transaction
+
+from pyramid_txmail.events import MailFailed, MailSent, Notifier
 
 RAW = (
     b'From: a@example.com\r\nTo: b@example.com\r\nSubject: Caf\xc3\xa9\r\n'
@@ -8,39 +14,34 @@ RAW = (
 )
 
 
-class TestMailSent(unittest.TestCase):
-    def _makeOne(self, *arg, **kw):
-        from pyramid_txmail.events import MailSent
-
-        return MailSent(*arg, **kw)
-
-    def test_message_parsed_from_bytes_on_first_access(self):
-        event = self._makeOne('<1@test>', RAW)
-        self.assertIsNone(event._message)
-        self.assertEqual(event.message['To'], 'b@example.com')
-        self.assertIs(event.message, event.message)
-        self.assertEqual(event.message.get_content(), 'hello\n')
-
-    def test_refused_defaults_to_empty(self):
-        self.assertEqual(self._makeOne('<1@test>', RAW).refused, {})
-
-    def test_refused_recorded(self):
-        event = self._makeOne('<1@test>', RAW, {'x@example.com': (550, 'no')})
-        self.assertEqual(event.refused, {'x@example.com': (550, 'no')})
-
-    def test_repr_names_message_id(self):
-        self.assertEqual(repr(self._makeOne('<1@test>', RAW)), '<MailSent <1@test>>')
+def test_mail_sent_parses_its_message_from_the_bytes_once():
+    event = MailSent('<1@test>', RAW)
+    assert event.message['To'] == 'b@example.com'
+    assert event.message is event.message
+    assert event.message['Subject'] == 'Café'
+    assert event.message.get_content() == 'hello\n'
 
 
-class TestMailFailed(unittest.TestCase):
-    def test_attributes(self):
-        from pyramid_txmail.events import MailFailed
+def test_mail_sent_refused_defaults_to_empty():
+    assert MailSent('<1@test>', RAW).refused == {}
 
-        error = OSError('down')
-        event = MailFailed('<1@test>', RAW, error, permanent=False)
-        self.assertIs(event.error, error)
-        self.assertFalse(event.permanent)
-        self.assertEqual(event.message_id, '<1@test>')
+
+def test_mail_sent_keeps_the_refused_recipients():
+    event = MailSent('<1@test>', RAW, {'x@example.com': (550, 'no')})
+    assert event.refused == {'x@example.com': (550, 'no')}
+
+
+def test_mail_sent_repr_names_the_message_id():
+    assert repr(MailSent('<1@test>', RAW)) == '<MailSent <1@test>>'
+
+
+def test_mail_failed_carries_the_error_and_whether_it_is_permanent():
+    error = OSError('down')
+    event = MailFailed('<1@test>', RAW, error, permanent=False)
+    assert event.error is error
+    assert not event.permanent
+    assert event.message_id == '<1@test>'
+    assert event.message['To'] == 'b@example.com'
 
 
 class JoiningSubscriber:
@@ -73,51 +74,47 @@ class JoiningSubscriber:
             raise RuntimeError('subscriber broke')
 
 
-class TestNotifier(unittest.TestCase):
-    def _makeOne(self, notify):
-        from pyramid_txmail.events import Notifier
+def sent_events(*ids):
+    return [MailSent(i, RAW) for i in ids]
 
-        return Notifier(notify)
 
-    def _events(self, *ids):
-        from pyramid_txmail.events import MailSent
+def test_notifier_commits_each_event_in_its_own_transaction():
+    subscriber = JoiningSubscriber()
+    Notifier(subscriber)(sent_events('<1@test>', '<2@test>'))
+    assert subscriber.committed == ['<1@test>', '<2@test>']
 
-        return [MailSent(i, RAW) for i in ids]
 
-    def test_each_event_in_its_own_committed_transaction(self):
-        subscriber = JoiningSubscriber()
-        self._makeOne(subscriber)(self._events('<1@test>', '<2@test>'))
-        self.assertEqual(subscriber.committed, ['<1@test>', '<2@test>'])
+def test_notifier_logs_a_failing_subscriber_and_still_notifies_others(caplog):
+    subscriber = JoiningSubscriber(fail_on=('<1@test>',))
+    with caplog.at_level(logging.ERROR, 'pyramid_txmail.events'):
+        Notifier(subscriber)(sent_events('<1@test>', '<2@test>'))
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert '<1@test>' in record.getMessage()
+    assert subscriber.aborted == ['<1@test>']
+    assert subscriber.committed == ['<2@test>']
 
-    def test_failing_subscriber_logged_and_others_still_notified(self):
-        subscriber = JoiningSubscriber(fail_on=('<1@test>',))
-        with self.assertLogs('pyramid_txmail.events', 'ERROR') as logs:
-            self._makeOne(subscriber)(self._events('<1@test>', '<2@test>'))
-        self.assertIn('<1@test>', logs.output[0])
-        self.assertEqual(subscriber.aborted, ['<1@test>'])
-        self.assertEqual(subscriber.committed, ['<2@test>'])
 
-    def test_works_from_after_commit_hook_of_sending_transaction(self):
-        subscriber = JoiningSubscriber()
-        managers = []
+def test_notifier_works_from_the_after_commit_hook_of_the_sending_transaction():
+    subscriber = JoiningSubscriber()
+    managers = []
 
-        def notify(event):
-            managers.append(event.transaction_manager)
-            subscriber(event)
+    def notify(event):
+        managers.append(event.transaction_manager)
+        subscriber(event)
 
-        notifier = self._makeOne(notify)
-        sending = transaction.TransactionManager(explicit=True)
-        with sending as txn:
-            txn.addAfterCommitHook(lambda status: notifier(self._events('<1@test>')))
-        self.assertEqual(subscriber.committed, ['<1@test>'])
-        self.assertIsNot(managers[0], sending)
+    notifier = Notifier(notify)
+    sending = transaction.TransactionManager(explicit=True)
+    with sending as txn:
+        txn.addAfterCommitHook(lambda status: notifier(sent_events('<1@test>')))
+    assert subscriber.committed == ['<1@test>']
+    assert managers[0] is not sending
 
 
 class Big:
     """Stands for what a frame may hold: a pass's listing of the queue."""
 
 
-def _failing_with(big):
+def failing_with(big):
     try:
         raise OSError('connection reset')
     except OSError as exc:
@@ -128,12 +125,10 @@ def test_mail_failed_frees_what_the_error_tracebacks_held():
     import gc
     import weakref
 
-    from pyramid_txmail.events import MailFailed
-
     big = Big()
     ref = weakref.ref(big)
     try:
-        _failing_with(big)
+        failing_with(big)
     except RuntimeError as exc:
         error = exc
     del big
@@ -147,8 +142,6 @@ def test_mail_failed_frees_what_the_error_tracebacks_held():
 
 
 def test_mail_failed_takes_an_error_that_links_to_itself():
-    from pyramid_txmail.events import MailFailed
-
     error = ValueError('loop')
     error.__context__ = error
     assert MailFailed('<1@test>', RAW, error, permanent=False).error is error

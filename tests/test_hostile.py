@@ -12,7 +12,6 @@ import email
 import email.policy
 import re
 from email.headerregistry import Address
-from email.message import EmailMessage
 from email.message import Message as LegacyMessage
 from email.mime.text import MIMEText
 
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 
 from pyramid_txmail import Attachment, MailError
 from pyramid_txmail.mailer import Mailer
-from tests import message
+from tests import email_message, message, parse_mail
 from tests.smtpserver import SMTPTestServer
 
 
@@ -281,11 +280,9 @@ def test_extra_header_name_must_be_an_rfc5322_field_name(mailer, server, name):
 
 
 def test_email_message_with_a_bad_header_name_is_refused(mailer, server):
-    msg = EmailMessage()
-    msg['From'] = 'from@example.com'
-    msg['To'] = 'to@example.com'
-    msg['X-Bad Name'] = 'v'
-    msg.set_content('hello')
+    msg = email_message(
+        {'From': 'from@example.com', 'To': 'to@example.com', 'X-Bad Name': 'v'}
+    )
     assert_refused(mailer, server, msg, 'X-Bad Name')
 
 
@@ -316,16 +313,12 @@ def test_line_breaks_and_controls_refused_in_subject_and_header_values(
     error = assert_refused(mailer, server, message(subject=f'a{char}b'), 'subject')
     assert repr(char)[1:-1] in str(error)
     assert_refused(mailer, server, message(extra_headers={'X-A': f'a{char}b'}), 'X-A')
-    msg = EmailMessage()
-    msg['From'] = 'from@example.com'
-    msg['To'] = 'to@example.com'
     if char != '\ud800':  # UTF-8 has no lone surrogate
         # The stdlib refuses to set these: a message read from bytes has them.
         encoded = ''.join(f'={b:02X}' for b in char.encode())
-        msg = email.message_from_bytes(
+        msg = parse_mail(
             b'From: from@example.com\nTo: to@example.com\n'
-            + f'X-B: =?utf-8?q?a{encoded}b?=\n\nhello\n'.encode(),
-            policy=email.policy.default,
+            + f'X-B: =?utf-8?q?a{encoded}b?=\n\nhello\n'.encode()
         )
         assert_refused(mailer, server, msg, 'X-B')
 
@@ -497,10 +490,9 @@ def test_none_header_value_is_left_out(mailer, server):
 
 def test_duplicate_fields_in_an_email_message_are_refused(mailer, server):
     for name in ('From', 'To'):
-        msg = email.message_from_bytes(
+        msg = parse_mail(
             b'From: a@example.com\nTo: b@example.com\n'
-            + f'{name}: c@example.com\n\nhello\n'.encode(),
-            policy=email.policy.default,
+            + f'{name}: c@example.com\n\nhello\n'.encode()
         )
         error = assert_refused(mailer, server, msg, name)
         assert 'at most one' in str(error)
@@ -509,9 +501,8 @@ def test_duplicate_fields_in_an_email_message_are_refused(mailer, server):
 def test_email_message_header_the_parser_cannot_read_is_a_mail_error(mailer, server):
     # An encoded word hiding a line break in a display name: the stdlib's
     # parser raises a plain ValueError when the header is read.
-    msg = email.message_from_bytes(
-        b'From: a@example.com\nTo: =?utf-8?q?a=0D=0A?= <b@example.com>\n\nhi\n',
-        policy=email.policy.default,
+    msg = parse_mail(
+        b'From: a@example.com\nTo: =?utf-8?q?a=0D=0A?= <b@example.com>\n\nhi\n'
     )
     assert_refused(mailer, server, msg, 'To')
 
@@ -519,11 +510,13 @@ def test_email_message_header_the_parser_cannot_read_is_a_mail_error(mailer, ser
 def test_email_message_addresses_are_rewritten_as_the_envelope_names_them(
     mailer, server
 ):
-    msg = EmailMessage()
-    msg['From'] = 'Ann <ann@example.com>'
-    msg['To'] = f'{INJECTION}, "john doe"@example.com'
-    msg['Subject'] = 'Hi'
-    msg.set_content('hello')
+    msg = email_message(
+        {
+            'From': 'Ann <ann@example.com>',
+            'To': f'{INJECTION}, "john doe"@example.com',
+            'Subject': 'Hi',
+        }
+    )
     received = sent(mailer, server, msg)
     rcpts = arguments(server, 'RCPT')
     assert rcpts == [f'TO:<{INJECTION}>', 'TO:<"john doe"@example.com>']
@@ -531,10 +524,9 @@ def test_email_message_addresses_are_rewritten_as_the_envelope_names_them(
 
 
 def test_email_message_with_several_from_needs_a_sender(mailer, server):
-    msg = EmailMessage()
-    msg['From'] = 'a@example.com, b@example.com'
-    msg['To'] = 'to@example.com'
-    msg.set_content('hello')
+    msg = email_message(
+        {'From': 'a@example.com, b@example.com', 'To': 'to@example.com'}
+    )
     assert_refused(mailer, server, msg, 'From')
 
 
@@ -584,7 +576,7 @@ def test_legacy_email_message_is_refused_clearly(mailer, server, legacy):
     assert 'EmailMessage' in str(error)
 
 
-def test_something_else_is_refused(mailer, server):
+def test_something_that_is_no_message_is_refused(mailer, server):
     error = assert_refused(mailer, server, {'subject': 'Hi'}, 'message')
     assert 'got dict' in str(error)
 
@@ -628,9 +620,7 @@ def test_domain_that_idna_would_turn_into_another_domain_is_refused(
         mailer, server, message(recipients=[f'{local}@{domain}']), 'recipients'
     )
     assert 'domain' in str(error)
-    msg = EmailMessage()
-    msg['From'] = 'from@example.com'
-    msg['To'] = f'{local}@{domain}'
+    msg = email_message({'From': 'from@example.com', 'To': f'{local}@{domain}'}, None)
     assert_refused(mailer, server, msg, 'To')
 
 

@@ -122,6 +122,11 @@ def processor(path, server, events=None, queue=None) -> QueueProcessor:
     )
 
 
+def server_keys(server) -> dict[str, str]:
+    """The server's ``mail.*`` settings without the prefix, for write_ini()."""
+    return {k[len('mail.') :]: v for k, v in server.mail_settings().items()}
+
+
 def cli(*argv) -> tuple[int, str]:
     out, err = io.StringIO(), io.StringIO()
     code = Command(out, err).run(list(argv))
@@ -202,7 +207,7 @@ def test_process_once_delivers_a_repoze_queue_exactly_once(
 ):
     path, ids = legacy_queue
     ini = write_ini(
-        tmp_path, queue_path=path, queue_processor='false', **_server_keys(smtp_server)
+        tmp_path, queue_path=path, queue_processor='false', **server_keys(smtp_server)
     )
     code, out = cli('process', ini, '--once')
     assert code == 0, out
@@ -220,10 +225,6 @@ def test_process_once_delivers_a_repoze_queue_exactly_once(
     code, out = cli('process', ini, '--once')
     assert out.startswith('sent 0,')
     assert len(smtp_server.messages) == 3
-
-
-def _server_keys(server) -> dict[str, str]:
-    return {k[len('mail.') :]: v for k, v in server.mail_settings().items()}
 
 
 def test_adopted_mail_gets_our_events_and_backoff(legacy_queue, smtp_server):

@@ -6,378 +6,393 @@ import email
 import email.policy
 import io
 import re
-import unittest
 from email.headerregistry import Address
 from email.message import EmailMessage
 
 import pytest
 
-from pyramid_txmail.message import Attachment, MailError, Message
-from tests import message
+from pyramid_txmail.message import Attachment, MailError, Message, prepare
+from tests import email_message, message
+from tests import parse_mail as parse
 
 
-def parse(data: bytes) -> EmailMessage:
-    # Python text uses '\n'; the wire uses CRLF.
-    return email.message_from_bytes(
-        data.replace(b'\r\n', b'\n'), policy=email.policy.default
+def prepared(msg, **kw):
+    """``prepare(msg)`` with a fixed Message-ID domain."""
+    kw.setdefault('message_id_domain', 'test.example')
+    return prepare(msg, **kw)
+
+
+def refusal(field, msg, **kw) -> MailError:
+    """The MailError ``prepare`` raises for ``msg``, checked to name ``field``."""
+    with pytest.raises(MailError) as info:
+        prepared(msg, **kw)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+    return info.value
+
+
+def test_prepared_bytes_end_every_line_with_crlf():
+    mail = prepared(message(body='a\nb\r\nc\rd', html='<p>x\ny</p>', subject='S'))
+    assert re.search(rb'(?<!\r)\n|\r(?!\n)', mail.data) is None
+    assert b'\r\n' in mail.data
+
+
+def test_non_ascii_round_trips_and_is_utf8_labelled():
+    mail = prepared(
+        message(
+            subject='Café ☕',
+            sender='Zoë Ünal <zoe@example.com>',
+            body='héllo wörld',
+            html='<p>héllo</p>',
+            attachments=[Attachment('résumé.pdf', 'application/pdf', b'%PDF')],
+        )
+    )
+    assert mail.data.isascii()  # 7-bit safe on the wire
+    parsed = parse(mail.data)
+    assert parsed['Subject'] == 'Café ☕'
+    assert parsed['From'].addresses[0].display_name == 'Zoë Ünal'
+    text = parsed.get_body(('plain',))
+    assert text.get_content_charset() == 'utf-8'
+    assert text.get_content().rstrip('\n') == 'héllo wörld'
+    assert parsed.get_body(('html',)).get_content_charset() == 'utf-8'
+    (att,) = parsed.iter_attachments()
+    assert att.get_filename() == 'résumé.pdf'
+    assert att.get_content() == b'%PDF'
+
+
+def test_display_name_with_comma_is_one_recipient():
+    mail = prepared(message(recipients=['"Doe, John" <j@example.com>']))
+    assert mail.envelope.recipients == ('j@example.com',)
+    assert parse(mail.data)['To'].addresses[0].display_name == 'Doe, John'
+
+
+def test_recipients_given_as_one_string_is_one_address():
+    mail = prepared(message(recipients='to@example.com'))
+    assert mail.envelope.recipients == ('to@example.com',)
+
+
+def test_address_objects_are_accepted_as_recipients():
+    mail = prepared(message(recipients=[Address('Ann', 'ann', 'example.com')]))
+    assert mail.envelope.recipients == ('ann@example.com',)
+
+
+def test_bcc_in_envelope_not_in_headers():
+    mail = prepared(
+        message(cc=['cc@example.com'], bcc=['secret@example.com', 'to@example.com'])
+    )
+    assert mail.envelope.recipients == (
+        'to@example.com',
+        'cc@example.com',
+        'secret@example.com',
+    )
+    assert b'secret@example.com' not in mail.data
+    assert b'Bcc' not in mail.data
+    assert parse(mail.data)['Cc'] == 'cc@example.com'
+
+
+def test_text_and_html_are_alternatives():
+    parsed = parse(prepared(message(html='<p>hi</p>')).data)
+    assert parsed.get_content_type() == 'multipart/alternative'
+    assert parsed.get_body(('html',)).get_content() == '<p>hi</p>\n'
+
+
+def test_html_only_is_a_single_text_html_part():
+    parsed = parse(prepared(message(body=None, html='<p>hi</p>')).data)
+    assert parsed.get_content_type() == 'text/html'
+
+
+def test_no_body_at_all_is_an_empty_message():
+    parsed = parse(prepared(message(body=None)).data)
+    assert parsed.get_content() == '\n'
+
+
+@pytest.mark.parametrize('body', ['text', None])
+def test_inline_parts_go_in_multipart_related_with_a_content_id(body):
+    logo = Attachment('logo.png', data=b'PNG', disposition='inline', content_id='logo')
+    auto = Attachment('x.gif', data=b'GIF', disposition='inline')
+    msg = message(body=body, html='<img src="cid:logo">', attachments=[logo, auto])
+    parsed = parse(prepared(msg).data)
+    related = next(
+        p for p in parsed.walk() if p.get_content_type() == 'multipart/related'
+    )
+    parts = list(related.iter_parts())
+    assert parts[1]['Content-ID'] == '<logo>'
+    assert parts[1].get_content_type() == 'image/png'
+    assert parts[2]['Content-ID'].startswith('<')
+
+
+def test_attachment_data_as_file_str_or_none_and_its_guessed_type():
+    parsed = parse(
+        prepared(
+            message(
+                attachments=[
+                    Attachment('a.bin', data=io.BytesIO(b'\x00\x01')),
+                    Attachment('notes.txt', data='plain ü\n'),
+                    Attachment(data=None),
+                ]
+            )
+        ).data
+    )
+    a, b, c = parsed.iter_attachments()
+    assert a.get_content() == b'\x00\x01'
+    assert a.get_content_type() == 'application/octet-stream'
+    assert b.get_content_type() == 'text/plain'
+    assert b.get_content() == 'plain ü\n'
+    assert c.get_content() == b''
+
+
+def test_attach_adds_an_attachment():
+    msg = message()
+    msg.attach(Attachment('a.txt', data='x'))
+    msg.attach(Attachment('b.txt', data='y'))
+    assert len(list(parse(prepared(msg).data).iter_attachments())) == 2
+
+
+def test_long_lines_are_encoded_within_998_characters():
+    mail = prepared(message(body='x' * 2000))
+    assert all(len(line) <= 998 for line in mail.data.split(b'\r\n'))
+    assert parse(mail.data).get_content().rstrip('\n') == 'x' * 2000
+
+
+def test_extra_headers_and_reply_to_are_written():
+    parsed = parse(
+        prepared(
+            message(extra_headers={'X-Tag': 'a'}, reply_to='help@example.com')
+        ).data
+    )
+    assert parsed['X-Tag'] == 'a'
+    assert parsed['Reply-To'] == 'help@example.com'
+
+
+def test_message_id_and_date_are_generated():
+    mail = prepared(message())
+    parsed = parse(mail.data)
+    assert parsed['Message-ID'] == mail.message_id
+    assert mail.message_id.endswith('@test.example>')
+    assert parsed['Date']
+
+
+def test_given_message_id_and_date_are_kept():
+    mail = prepared(
+        message(
+            extra_headers={
+                'Message-ID': '<mine@example.com>',
+                'Date': 'Mon, 02 Nov 2026 10:00:00 +0000',
+            }
+        )
+    )
+    assert mail.message_id == '<mine@example.com>'
+    assert b'Date: Mon, 02 Nov 2026 10:00:00 +0000' in mail.data
+
+
+def test_default_sender_is_the_envelope_sender_of_a_message_without_one():
+    mail = prepared(message(sender=None), default_sender='App <app@example.com>')
+    assert mail.envelope.sender == 'app@example.com'
+
+
+def test_prepared_mail_keeps_the_original_message():
+    msg = message()
+    assert prepared(msg).original is msg
+
+
+def test_idn_domain_is_punycoded_in_the_envelope():
+    mail = prepared(message(recipients=['a@bücher.example']))
+    assert mail.envelope.recipients == ('a@xn--bcher-kva.example',)
+    assert not mail.envelope.smtputf8
+
+
+def test_non_ascii_local_part_needs_smtputf8():
+    mail = prepared(message(recipients=['zoë@example.com']))
+    assert mail.envelope.smtputf8
+    assert 'zoë@example.com'.encode() in mail.data
+
+
+def test_no_recipients_is_refused():
+    refusal('recipients', message(recipients=[]))
+
+
+def test_no_sender_is_refused():
+    refusal('sender', message(sender=None))
+
+
+@pytest.mark.parametrize(
+    'bad', ['not an address', 'a@', '@b.example', 'a@b.example, c@d.example']
+)
+def test_unparsable_recipient_is_refused_quoting_it(bad):
+    error = refusal('recipients', message(recipients=[bad]))
+    assert repr(bad) in str(error)
+
+
+def test_unparsable_cc_and_sender_are_refused():
+    refusal('cc', message(cc=[42]))
+    refusal('sender', message(sender='nobody'))
+
+
+def test_address_the_stdlib_parser_chokes_on_is_refused():
+    refusal('recipients', message(recipients=['"unterminated <a@b.c']))
+
+
+def test_crlf_in_headers_is_refused():
+    refusal('subject', message(subject='Hi\r\nBcc: victim@example.com'))
+    refusal('X-A', message(extra_headers={'X-A': 'v\nInjected: 1'}))
+    refusal('X-B\n', message(extra_headers={'X-B\n': 'v'}))
+    refusal('recipients', message(recipients=['a@example.com\r\nX: y']))
+    refusal(
+        'attachment filename',
+        message(attachments=[Attachment('a\r\n.txt', data=b'x')]),
     )
 
 
-class Test_prepare(unittest.TestCase):
-    def _callFUT(self, msg, **kw):
-        from pyramid_txmail.message import prepare
-
-        kw.setdefault('message_id_domain', 'test.example')
-        return prepare(msg, **kw)
-
-    def assertError(self, field, msg, **kw):
-        with self.assertRaises(MailError) as cm:
-            self._callFUT(msg, **kw)
-        self.assertEqual(cm.exception.field, field)
-        self.assertIsInstance(cm.exception, ValueError)
-        return cm.exception
-
-    def test_crlf_only_never_bare_lf_or_cr(self):
-        mail = self._callFUT(
-            message(body='a\nb\r\nc\rd', html='<p>x\ny</p>', subject='S')
-        )
-        self.assertIsNone(re.search(rb'(?<!\r)\n|\r(?!\n)', mail.data))
-        self.assertIn(b'\r\n', mail.data)
-
-    def test_non_ascii_round_trips_and_is_utf8_labelled(self):
-        mail = self._callFUT(
-            message(
-                subject='Café ☕',
-                sender='Zoë Ünal <zoe@example.com>',
-                body='héllo wörld',
-                html='<p>héllo</p>',
-                attachments=[Attachment('résumé.pdf', 'application/pdf', b'%PDF')],
-            )
-        )
-        self.assertTrue(mail.data.isascii())  # 7-bit safe on the wire
-        parsed = parse(mail.data)
-        self.assertEqual(parsed['Subject'], 'Café ☕')
-        self.assertEqual(parsed['From'].addresses[0].display_name, 'Zoë Ünal')
-        text = parsed.get_body(('plain',))
-        self.assertEqual(text.get_content_charset(), 'utf-8')
-        self.assertEqual(text.get_content().rstrip('\n'), 'héllo wörld')
-        self.assertEqual(parsed.get_body(('html',)).get_content_charset(), 'utf-8')
-        (att,) = parsed.iter_attachments()
-        self.assertEqual(att.get_filename(), 'résumé.pdf')
-        self.assertEqual(att.get_content(), b'%PDF')
-
-    def test_display_name_with_comma_is_one_recipient(self):
-        mail = self._callFUT(message(recipients=['"Doe, John" <j@example.com>']))
-        self.assertEqual(mail.envelope.recipients, ('j@example.com',))
-        self.assertEqual(parse(mail.data)['To'].addresses[0].display_name, 'Doe, John')
-
-    def test_string_recipients_is_one_address(self):
-        mail = self._callFUT(message(recipients='to@example.com'))
-        self.assertEqual(mail.envelope.recipients, ('to@example.com',))
-
-    def test_address_objects_accepted(self):
-        mail = self._callFUT(message(recipients=[Address('Ann', 'ann', 'example.com')]))
-        self.assertEqual(mail.envelope.recipients, ('ann@example.com',))
-
-    def test_bcc_in_envelope_not_in_headers(self):
-        mail = self._callFUT(
-            message(cc=['cc@example.com'], bcc=['secret@example.com', 'to@example.com'])
-        )
-        self.assertEqual(
-            mail.envelope.recipients,
-            ('to@example.com', 'cc@example.com', 'secret@example.com'),
-        )
-        self.assertNotIn(b'secret@example.com', mail.data)
-        self.assertNotIn(b'Bcc', mail.data)
-        self.assertEqual(parse(mail.data)['Cc'], 'cc@example.com')
-
-    def test_text_and_html_are_alternatives(self):
-        parsed = parse(self._callFUT(message(html='<p>hi</p>')).data)
-        self.assertEqual(parsed.get_content_type(), 'multipart/alternative')
-        self.assertEqual(parsed.get_body(('html',)).get_content(), '<p>hi</p>\n')
-
-    def test_html_only(self):
-        parsed = parse(self._callFUT(message(body=None, html='<p>hi</p>')).data)
-        self.assertEqual(parsed.get_content_type(), 'text/html')
-
-    def test_no_body_at_all(self):
-        parsed = parse(self._callFUT(message(body=None)).data)
-        self.assertEqual(parsed.get_content(), '\n')
-
-    def test_inline_part_in_related_with_content_id(self):
-        logo = Attachment(
-            'logo.png', data=b'PNG', disposition='inline', content_id='logo'
-        )
-        auto = Attachment('x.gif', data=b'GIF', disposition='inline')
-        for body in ('text', None):
-            parsed = parse(
-                self._callFUT(
-                    message(
-                        body=body, html='<img src="cid:logo">', attachments=[logo, auto]
-                    )
-                ).data
-            )
-            related = next(
-                p for p in parsed.walk() if p.get_content_type() == 'multipart/related'
-            )
-            parts = list(related.iter_parts())
-            self.assertEqual(parts[1]['Content-ID'], '<logo>')
-            self.assertEqual(parts[1].get_content_type(), 'image/png')
-            self.assertTrue(parts[2]['Content-ID'].startswith('<'))
-
-    def test_attachment_data_kinds_and_types(self):
-        parsed = parse(
-            self._callFUT(
-                message(
-                    attachments=[
-                        Attachment('a.bin', data=io.BytesIO(b'\x00\x01')),
-                        Attachment('notes.txt', data='plain ü\n'),
-                        Attachment(data=None),
-                    ]
-                )
-            ).data
-        )
-        a, b, c = parsed.iter_attachments()
-        self.assertEqual(a.get_content(), b'\x00\x01')
-        self.assertEqual(a.get_content_type(), 'application/octet-stream')
-        self.assertEqual(b.get_content_type(), 'text/plain')
-        self.assertEqual(b.get_content(), 'plain ü\n')
-        self.assertEqual(c.get_content(), b'')
-
-    def test_attach_method(self):
-        msg = message()
-        msg.attach(Attachment('a.txt', data='x'))
-        msg.attach(Attachment('b.txt', data='y'))
-        self.assertEqual(
-            len(list(parse(self._callFUT(msg).data).iter_attachments())), 2
-        )
-
-    def test_long_lines_encoded(self):
-        mail = self._callFUT(message(body='x' * 2000))
-        self.assertTrue(all(len(line) <= 998 for line in mail.data.split(b'\r\n')))
-        self.assertEqual(parse(mail.data).get_content().rstrip('\n'), 'x' * 2000)
-
-    def test_extra_headers_and_reply_to(self):
-        parsed = parse(
-            self._callFUT(
-                message(extra_headers={'X-Tag': 'a'}, reply_to='help@example.com')
-            ).data
-        )
-        self.assertEqual(parsed['X-Tag'], 'a')
-        self.assertEqual(parsed['Reply-To'], 'help@example.com')
-
-    def test_message_id_and_date_generated(self):
-        mail = self._callFUT(message())
-        parsed = parse(mail.data)
-        self.assertEqual(parsed['Message-ID'], mail.message_id)
-        self.assertTrue(mail.message_id.endswith('@test.example>'))
-        self.assertTrue(parsed['Date'])
-
-    def test_existing_message_id_and_date_kept(self):
-        mail = self._callFUT(
-            message(
-                extra_headers={
-                    'Message-ID': '<mine@example.com>',
-                    'Date': 'Mon, 02 Nov 2026 10:00:00 +0000',
-                }
-            )
-        )
-        self.assertEqual(mail.message_id, '<mine@example.com>')
-        self.assertIn(b'Date: Mon, 02 Nov 2026 10:00:00 +0000', mail.data)
-
-    def test_default_sender(self):
-        mail = self._callFUT(
-            message(sender=None), default_sender='App <app@example.com>'
-        )
-        self.assertEqual(mail.envelope.sender, 'app@example.com')
-
-    def test_original_kept(self):
-        msg = message()
-        self.assertIs(self._callFUT(msg).original, msg)
-
-    def test_idn_domain_punycoded_in_envelope(self):
-        mail = self._callFUT(message(recipients=['a@bücher.example']))
-        self.assertEqual(mail.envelope.recipients, ('a@xn--bcher-kva.example',))
-        self.assertFalse(mail.envelope.smtputf8)
-
-    def test_non_ascii_local_part_needs_smtputf8(self):
-        mail = self._callFUT(message(recipients=['zoë@example.com']))
-        self.assertTrue(mail.envelope.smtputf8)
-        self.assertIn('zoë@example.com'.encode(), mail.data)
-
-    # -- errors
-    def test_no_recipients(self):
-        self.assertError('recipients', message(recipients=[]))
-
-    def test_no_sender(self):
-        self.assertError('sender', message(sender=None))
-
-    def test_unparsable_addresses(self):
-        for bad in ('not an address', 'a@', '@b.example', 'a@b.example, c@d.example'):
-            error = self.assertError('recipients', message(recipients=[bad]))
-            self.assertIn(repr(bad), str(error))
-        self.assertError('cc', message(cc=[42]))
-        self.assertError('sender', message(sender='nobody'))
-
-    def test_garbage_address_parser_error(self):
-        self.assertError('recipients', message(recipients=['"unterminated <a@b.c']))
-
-    def test_crlf_in_headers_refused(self):
-        self.assertError('subject', message(subject='Hi\r\nBcc: victim@example.com'))
-        self.assertError('X-A', message(extra_headers={'X-A': 'v\nInjected: 1'}))
-        self.assertError('X-B\n', message(extra_headers={'X-B\n': 'v'}))
-        self.assertError('recipients', message(recipients=['a@example.com\r\nX: y']))
-        self.assertError(
-            'attachment filename',
-            message(attachments=[Attachment('a\r\n.txt', data=b'x')]),
-        )
+# -- an EmailMessage given to prepare()
 
 
-class Test_prepare_email_message(unittest.TestCase):
-    def _callFUT(self, msg, **kw):
-        from pyramid_txmail.message import prepare
-
-        return prepare(msg, message_id_domain='t', **kw)
-
-    def _make(self):
-        msg = EmailMessage()
-        msg['From'] = 'Ann <ann@example.com>'
-        msg['To'] = 'b@example.com, "Doe, John" <j@example.com>'
-        msg['Cc'] = 'c@example.com'
-        msg['Bcc'] = 'hidden@example.com'
-        msg['Subject'] = 'Hi'
-        msg.set_content('hello')
-        return msg
-
-    def test_envelope_from_headers_bcc_removed_caller_untouched(self):
-        original = self._make()
-        mail = self._callFUT(original)
-        self.assertEqual(mail.envelope.sender, 'ann@example.com')
-        self.assertEqual(
-            mail.envelope.recipients,
-            ('b@example.com', 'j@example.com', 'c@example.com', 'hidden@example.com'),
-        )
-        self.assertNotIn(b'hidden', mail.data)
-        self.assertEqual(original['Bcc'], 'hidden@example.com')
-        self.assertNotIn('Message-ID', original)
-
-    def test_sender_header_wins_for_envelope(self):
-        msg = self._make()
-        msg['Sender'] = 'bounce@example.com'
-        self.assertEqual(self._callFUT(msg).envelope.sender, 'bounce@example.com')
-
-    def test_default_sender_sets_from(self):
-        msg = self._make()
-        del msg['From']
-        mail = self._callFUT(msg, default_sender='app@example.com')
-        self.assertEqual(parse(mail.data)['From'], 'app@example.com')
-
-    def test_no_sender(self):
-        msg = self._make()
-        del msg['From']
-        with self.assertRaises(MailError) as cm:
-            self._callFUT(msg)
-        self.assertEqual(cm.exception.field, 'sender')
-
-    def test_bad_address_header(self):
-        msg = EmailMessage()
-        msg['From'] = 'a@example.com'
-        msg['To'] = 'undisclosed'
-        with self.assertRaises(MailError) as cm:
-            self._callFUT(msg)
-        self.assertEqual(cm.exception.field, 'To')
-
-    def test_no_recipients(self):
-        msg = EmailMessage()
-        msg['From'] = 'a@example.com'
-        with self.assertRaises(MailError) as cm:
-            self._callFUT(msg)
-        self.assertEqual(cm.exception.field, 'recipients')
+def an_email_message():
+    return email_message(
+        {
+            'From': 'Ann <ann@example.com>',
+            'To': 'b@example.com, "Doe, John" <j@example.com>',
+            'Cc': 'c@example.com',
+            'Bcc': 'hidden@example.com',
+            'Subject': 'Hi',
+        }
+    )
 
 
-class TestEnvelope(unittest.TestCase):
-    def test_smtputf8(self):
-        from pyramid_txmail.message import Envelope
-
-        self.assertFalse(Envelope('a@b.c', ('d@e.f',)).smtputf8)
-        self.assertTrue(Envelope('a@b.c', ('ü@e.f',)).smtputf8)
-
-
-class TestWirePolicy(unittest.TestCase):
-    """The faster policy writes exactly what ``email.policy.SMTP`` writes."""
-
-    HEADERS = [
-        ('Subject', 'Hello'),
-        ('Subject', 'Your order ' * 12),  # longer than a line: folded
-        ('Subject', 'Grüße aus Köln'),  # encoded
-        ('Subject', 'a\ttab'),  # not printable: the stdlib's path
-        ('To', 'Jörg <jorg@example.com>, plain@example.com'),
-        ('To', '"Doe, John" <john@example.com>'),
-        ('From', 'Shop <shop@example.com>'),
-        ('Content-Type', 'text/plain; charset="utf-8"'),
-        ('Message-ID', '<1.2@example.com>'),
-    ]
-
-    def _policy(self):
-        from pyramid_txmail.message import _SMTP
-
-        return _SMTP
-
-    def test_folds_like_the_stdlib(self):
-        stdlib, ours = email.policy.SMTP, self._policy()
-        for name, value in self.HEADERS:
-            with self.subTest(name=name, value=value):
-                expected = stdlib.fold(name, stdlib.header_store_parse(name, value)[1])
-                stored = ours.header_store_parse(name, value)[1]
-                self.assertEqual(ours.fold(name, stored), expected)
-
-    def test_reads_like_the_stdlib(self):
-        stdlib, ours = email.policy.SMTP, self._policy()
-        for name, value in self.HEADERS:
-            with self.subTest(name=name, value=value):
-                expected = stdlib.header_fetch_parse(name, value)
-                got = ours.header_fetch_parse(name, value)
-                self.assertEqual(str(got), str(expected))
-                self.assertEqual(type(got).__mro__[1:], type(expected).__mro__[1:])
-
-    def test_keeps_printable_ascii_unparsed_until_read(self):
-        ours = self._policy()
-        self.assertEqual(ours.header_store_parse('Subject', 'Hi'), ('Subject', 'Hi'))
-        _, parsed = ours.header_store_parse('Subject', 'Grüße')
-        self.assertEqual(parsed.name, 'Subject')  # a header object
-        with self.assertRaises(ValueError):
-            ours.header_store_parse('Subject', 'two\nlines')
-
-    def test_a_header_class_per_name_is_built_once(self):
-        from pyramid_txmail.message import _HEADER_FACTORY
-
-        self.assertIs(_HEADER_FACTORY['X-Custom'], _HEADER_FACTORY['x-custom'])
+def test_email_message_envelope_from_headers_bcc_removed_caller_untouched():
+    original = an_email_message()
+    mail = prepared(original)
+    assert mail.envelope.sender == 'ann@example.com'
+    assert mail.envelope.recipients == (
+        'b@example.com',
+        'j@example.com',
+        'c@example.com',
+        'hidden@example.com',
+    )
+    assert b'hidden' not in mail.data
+    assert original['Bcc'] == 'hidden@example.com'
+    assert 'Message-ID' not in original
 
 
-class Test_parse_address(unittest.TestCase):
-    def test_common_forms_read_as_the_full_parser_reads_them(self):
-        from pyramid_txmail.message import _HEADER_FACTORY, parse_address
+def test_email_message_sender_header_wins_for_envelope():
+    msg = an_email_message()
+    msg['Sender'] = 'bounce@example.com'
+    assert prepared(msg).envelope.sender == 'bounce@example.com'
 
-        for value in (
-            'a@example.com',
-            'first.last+tag@mail.example.co.uk',
-            "o'hara@example.com",
-            'Shop <shop@example.com>',
-            'Some Shop 2 <shop@example.com>',
-            'Shop  Two <shop@example.com>',  # two spaces: the full parser
-            '"Doe, John" <john@example.com>',  # quoted: the full parser
-            'Jörg <jorg@example.com>',
-        ):
-            with self.subTest(value=value):
-                [expected] = _HEADER_FACTORY('To', value).addresses
-                self.assertEqual(parse_address(value), expected)
 
-    def test_near_misses_are_still_refused(self):
-        from pyramid_txmail.message import parse_address
+def test_email_message_default_sender_sets_from():
+    msg = an_email_message()
+    del msg['From']
+    mail = prepared(msg, default_sender='app@example.com')
+    assert parse(mail.data)['From'] == 'app@example.com'
 
-        for value in ('Shop shop@example.com', 'a@', '@example.com', 'a@b@c'):
-            with self.subTest(value=value), self.assertRaises(MailError):
-                parse_address(value)
+
+def test_email_message_without_from_is_refused():
+    msg = an_email_message()
+    del msg['From']
+    refusal('sender', msg)
+
+
+def test_email_message_with_a_bad_address_header_is_refused():
+    msg = email_message({'From': 'a@example.com', 'To': 'undisclosed'})
+    refusal('To', msg)
+
+
+def test_email_message_without_recipients_is_refused():
+    msg = email_message({'From': 'a@example.com'})
+    refusal('recipients', msg)
+
+
+def test_envelope_needs_smtputf8_only_for_a_non_ascii_local_part():
+    from pyramid_txmail.message import Envelope
+
+    assert not Envelope('a@b.c', ('d@e.f',)).smtputf8
+    assert Envelope('a@b.c', ('ü@e.f',)).smtputf8
+
+
+# -- the policy of to_message()'s output: email.policy.SMTP, faster
+
+HEADERS = [
+    ('Subject', 'Hello'),
+    ('Subject', 'Your order ' * 12),  # longer than a line: folded
+    ('Subject', 'Grüße aus Köln'),  # encoded
+    ('Subject', 'a\ttab'),  # not printable: the stdlib's path
+    ('To', 'Jörg <jorg@example.com>, plain@example.com'),
+    ('To', '"Doe, John" <john@example.com>'),
+    ('From', 'Shop <shop@example.com>'),
+    ('Content-Type', 'text/plain; charset="utf-8"'),
+    ('Message-ID', '<1.2@example.com>'),
+]
+STDLIB = email.policy.SMTP.clone(linesep='\n')
+
+
+def wire_policy():
+    """The policy of the EmailMessage ``to_message()`` gives the user."""
+    return message().to_message().policy
+
+
+@pytest.mark.parametrize(('name', 'value'), HEADERS)
+def test_wire_policy_folds_like_the_stdlib(name, value):
+    ours = wire_policy()
+    expected = STDLIB.fold(name, STDLIB.header_store_parse(name, value)[1])
+    assert ours.fold(name, ours.header_store_parse(name, value)[1]) == expected
+
+
+@pytest.mark.parametrize(('name', 'value'), HEADERS)
+def test_wire_policy_reads_like_the_stdlib(name, value):
+    ours = wire_policy()
+    expected = STDLIB.header_fetch_parse(name, value)
+    got = ours.header_fetch_parse(name, value)
+    assert str(got) == str(expected)
+    assert type(got).__mro__[1:] == type(expected).__mro__[1:]
+
+
+def test_wire_policy_keeps_printable_ascii_unparsed_until_read():
+    ours = wire_policy()
+    assert ours.header_store_parse('Subject', 'Hi') == ('Subject', 'Hi')
+    _, parsed = ours.header_store_parse('Subject', 'Grüße')
+    assert parsed.name == 'Subject'  # a header object
+    with pytest.raises(ValueError):
+        ours.header_store_parse('Subject', 'two\nlines')
+
+
+def test_wire_policy_builds_a_header_class_per_name_once():
+    factory = wire_policy().header_factory
+    assert factory['X-Custom'] is factory['x-custom']
+
+
+# -- parse_address, the one-address check settings use too
+
+FULL_PARSER = email.policy.default.header_factory
+
+
+@pytest.mark.parametrize(
+    'value',
+    [
+        'a@example.com',
+        'first.last+tag@mail.example.co.uk',
+        "o'hara@example.com",
+        'Shop <shop@example.com>',
+        'Some Shop 2 <shop@example.com>',
+        'Shop  Two <shop@example.com>',  # two spaces: the full parser
+        '"Doe, John" <john@example.com>',  # quoted: the full parser
+        'Jörg <jorg@example.com>',
+    ],
+)
+def test_parse_address_reads_common_forms_as_the_full_parser_does(value):
+    from pyramid_txmail.message import parse_address
+
+    [expected] = FULL_PARSER('To', value).addresses
+    assert parse_address(value) == expected
+
+
+@pytest.mark.parametrize(
+    'value', ['Shop shop@example.com', 'a@', '@example.com', 'a@b@c']
+)
+def test_parse_address_refuses_near_misses(value):
+    from pyramid_txmail.message import parse_address
+
+    with pytest.raises(MailError):
+        parse_address(value)
 
 
 # -- pyramid_mailer parity (issue 10), checked at a real SMTP server
@@ -386,12 +401,10 @@ class Test_parse_address(unittest.TestCase):
 def send(server, msg, **kw):
     """Send ``msg`` to ``server`` as send_immediately() does; what arrived."""
     from pyramid_txmail.delivery import DirectDelivery
-    from pyramid_txmail.message import prepare
 
-    kw.setdefault('message_id_domain', 'test.example')
-    DirectDelivery(server.settings()).send_now(prepare(msg, **kw))
-    [received] = server.wait_for(1)
-    return received
+    before = len(server.messages)
+    DirectDelivery(server.settings()).send_now(prepared(msg, **kw))
+    return server.wait_for(before + 1)[before]
 
 
 def only_attachment(received):
@@ -549,13 +562,8 @@ def test_to_message_ends_lines_with_newline_as_pyramid_mailers_did(smtp_server):
     assert 'one\ntwo\n' in text
     assert b'\r' not in msg.to_message().as_bytes()
     # Sent, it is CRLF on the wire, and so is it given back to send().
-    from pyramid_txmail.delivery import DirectDelivery
-    from pyramid_txmail.message import prepare
-
-    delivery = DirectDelivery(smtp_server.settings())
     for sent in (msg, msg.to_message()):
-        delivery.send_now(prepare(sent, message_id_domain='test.example'))
-    for received in smtp_server.wait_for(2):
+        received = send(smtp_server, sent)
         assert b'Subject: Hi\r\n' in received.data
         assert b'one\r\ntwo\r\n' in received.data
 
@@ -843,7 +851,7 @@ def test_disposition_content_id_and_filename_are_honoured(smtp_server):
     assert x.get_content_type() == 'application/octet-stream'
 
 
-def test_attachment_helpers():
+def test_attachment_mime_type_and_payload_read_a_file_once_and_keep_it():
     att = Attachment('a.pdf', data=io.BytesIO(b'%PDF'))
     assert att.mime_type() == ('application', 'pdf')
     assert att.payload() == b'%PDF'
@@ -891,8 +899,6 @@ class Unreadable(io.RawIOBase):
     ],
 )
 def test_unusable_attachment_is_a_mail_error_naming_it(att, says):
-    from pyramid_txmail.message import prepare
-
     with pytest.raises(MailError) as info:
         prepare(message(attachments=[Attachment('ok.txt', data=b'ok'), att]))
     assert says in str(info.value)
@@ -901,8 +907,6 @@ def test_unusable_attachment_is_a_mail_error_naming_it(att, says):
 
 
 def test_unnamed_attachment_is_named_by_its_position():
-    from pyramid_txmail.message import prepare
-
     with pytest.raises(MailError, match=r'^attachment 2: unknown charset'):
         prepare(
             message(
@@ -922,8 +926,6 @@ def test_closed_file_is_a_mail_error():
 
 
 def test_twenty_thousand_recipients_in_envelope_and_header():
-    from pyramid_txmail.message import prepare
-
     addresses = [f'user{i}@example.com' for i in range(20_000)]
     mail = prepare(message(recipients=addresses, cc=['Ann <ann@example.com>']))
     assert mail.envelope.recipients == (*addresses, 'ann@example.com')
@@ -935,8 +937,6 @@ def test_twenty_thousand_recipients_in_envelope_and_header():
 
 
 def test_address_list_with_a_display_name_longer_than_a_line():
-    from pyramid_txmail.message import prepare
-
     name = ' '.join(['word'] * 300)
     mail = prepare(message(recipients=[Address(name, 'a', 'example.com'), 'b@ex.com']))
     lines = mail.data.split(b'\r\n\r\n')[0].split(b'\r\n')
@@ -947,12 +947,9 @@ def test_address_list_with_a_display_name_longer_than_a_line():
 
 
 def test_message_id_and_date_of_an_email_message_are_checked():
-    from pyramid_txmail.message import prepare
-
     for name, value in (('Message-ID', '<a@b@c>'), ('Date', 'soon')):
-        msg = email.message_from_bytes(
-            f'From: a@example.com\nTo: b@example.com\n{name}: {value}\n\nhi\n'.encode(),
-            policy=email.policy.default,
+        msg = parse(
+            f'From: a@example.com\nTo: b@example.com\n{name}: {value}\n\nhi\n'.encode()
         )
         try:
             prepare(msg)
@@ -965,7 +962,7 @@ def test_message_id_and_date_of_an_email_message_are_checked():
 # -- an EmailMessage is read, never changed
 
 
-def _multipart_email():
+def multipart_email():
     msg = EmailMessage()
     msg['From'] = 'Shop <shop@example.com>'
     msg['To'] = 'Ann <ann@example.com>, bob@example.com'
@@ -977,7 +974,7 @@ def _multipart_email():
     return msg
 
 
-def _shape(msg):
+def shape(msg):
     """Everything a caller could see change: every part's fields and
     boundary, and the payloads."""
     return [
@@ -987,21 +984,17 @@ def _shape(msg):
 
 
 def test_prepare_leaves_the_callers_email_message_unchanged():
-    from pyramid_txmail.message import prepare
-
-    msg = _multipart_email()
-    before = _shape(msg)
+    msg = multipart_email()
+    before = shape(msg)
     mail = prepare(msg, message_id_domain='test.example')
-    assert _shape(msg) == before  # no Message-ID, Date, boundary; Bcc kept
+    assert shape(msg) == before  # no Message-ID, Date, boundary; Bcc kept
     assert msg['Bcc'] == 'audit@example.com' and 'Message-ID' not in msg
     assert mail.envelope.recipients[-1] == 'audit@example.com'
     assert b'audit@example.com' not in mail.data
 
 
 def test_prepared_bytes_are_what_the_stdlib_generator_writes():
-    from pyramid_txmail.message import prepare
-
-    msg = _multipart_email()
+    msg = multipart_email()
     del msg['Bcc']
     msg['Message-ID'] = '<1@test.example>'
     msg['Date'] = 'Sat, 28 Nov 2026 12:00:00 +0000'

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import unittest
+import socket
 
 import pytest
 from pyramid.exceptions import ConfigurationError
@@ -11,149 +12,153 @@ from pyramid.exceptions import ConfigurationError
 DOCS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'docs', 'settings.rst')
 
 
-class Test_parse_settings(unittest.TestCase):
-    def _callFUT(self, **settings):
-        from pyramid_txmail.settings import parse_settings
+def parse(**settings):
+    """``parse_settings`` of ``mail.<key>`` for each keyword."""
+    from pyramid_txmail.settings import parse_settings
 
-        return parse_settings({'mail.' + k: v for k, v in settings.items()})
+    return parse_settings({'mail.' + k: v for k, v in settings.items()})
 
-    def assertRefused(self, key, fragment, **settings):
-        from pyramid_txmail.settings import SettingsError
 
-        with self.assertRaises(SettingsError) as cm:
-            self._callFUT(**settings)
-        self.assertIsInstance(cm.exception, ConfigurationError)
-        self.assertEqual(cm.exception.key, 'mail.' + key)
-        self.assertIn('mail.' + key, str(cm.exception))
-        self.assertIn(fragment, str(cm.exception))
-        return cm.exception
+def refusal(key, fragment, **settings):
+    """The error ``parse(**settings)`` raises, checked to name ``mail.<key>``."""
+    from pyramid_txmail.settings import SettingsError
 
-    def test_defaults(self):
-        from pyramid_txmail import settings as module
+    with pytest.raises(SettingsError) as info:
+        parse(**settings)
+    assert isinstance(info.value, ConfigurationError)
+    assert info.value.key == 'mail.' + key
+    assert 'mail.' + key in str(info.value)
+    assert fragment in str(info.value)
+    return info.value
 
-        s = self._callFUT()
-        self.assertEqual((s.delivery, s.host, s.port), ('direct', 'localhost', 25))
-        self.assertEqual((s.timeout, s.queue_interval, s.queue_batch), (30, 3, 100))
-        self.assertEqual((s.retry_min, s.retry_max, s.max_age), (300, 4000, 432000))
-        self.assertEqual(
-            (s.tls, s.ssl, s.tls_verify, s.queue_rate), (False, False, True, 0)
-        )
-        self.assertEqual(s.message_id_domain, module._fqdn())
 
-    def test_ini_strings_converted(self):
-        s = self._callFUT(
-            host=' smtp.example.com ',
-            port=' 465 ',
-            ssl='Yes',
-            tls_verify='off',
-            timeout='2.5',
-            queue_path='/var/q',
-            queue_processor='0',
-            queue_batch='10',
-            queue_rate='0.5',
-            username='u',
-            password='p',
-            default_sender='App <app@example.com>',
-            message_id_domain='example.com',
-            keyfile='k.pem',
-            certfile='c.pem',
-            cafile='ca.pem',
-            cc='',
-        )
-        self.assertEqual(
-            (s.host, s.port, s.ssl, s.tls_verify),
-            ('smtp.example.com', 465, True, False),
-        )
-        self.assertEqual((s.timeout, s.queue_batch, s.queue_rate), (2.5, 10, 0.5))
-        self.assertEqual((s.delivery, s.queue_processor), ('queued', False))
-        self.assertEqual(s.message_id_domain, 'example.com')
+def test_defaults_are_the_documented_ones():
+    s = parse()
+    assert (s.delivery, s.host, s.port) == ('direct', 'localhost', 25)
+    assert (s.timeout, s.queue_interval, s.queue_batch) == (30, 3, 100)
+    assert (s.retry_min, s.retry_max, s.max_age) == (300, 4000, 432000)
+    assert (s.tls, s.ssl, s.tls_verify, s.queue_rate) == (False, False, True, 0)
+    assert s.message_id_domain == socket.getfqdn()
 
-    def test_python_values_accepted(self):
-        s = self._callFUT(
-            port=587, tls=True, timeout=5, delivery='file', file_path='/tmp/x'
-        )
-        self.assertEqual(
-            (s.port, s.tls, s.timeout, s.delivery), (587, True, 5.0, 'file')
-        )
 
-    def test_empty_string_is_unset(self):
-        self.assertIsNone(self._callFUT(username='', password='').username)
+def test_ini_strings_are_converted():
+    s = parse(
+        host=' smtp.example.com ',
+        port=' 465 ',
+        ssl='Yes',
+        tls_verify='off',
+        timeout='2.5',
+        queue_path='/var/q',
+        queue_processor='0',
+        queue_batch='10',
+        queue_rate='0.5',
+        username='u',
+        password='p',
+        default_sender='App <app@example.com>',
+        message_id_domain='example.com',
+        keyfile='k.pem',
+        certfile='c.pem',
+        cafile='ca.pem',
+        cc='',
+    )
+    assert (s.host, s.port, s.ssl, s.tls_verify) == (
+        'smtp.example.com',
+        465,
+        True,
+        False,
+    )
+    assert (s.timeout, s.queue_batch, s.queue_rate) == (2.5, 10, 0.5)
+    assert (s.delivery, s.queue_processor) == ('queued', False)
+    assert s.message_id_domain == 'example.com'
 
-    def test_strict_booleans(self):
-        self.assertRefused('tls', "'ture'", tls='ture')
-        self.assertRefused('ssl', "'2'", ssl='2')
 
-    def test_booleans_accept_every_word_pyramid_asbool_knows(self):
-        from pyramid.settings import asbool
+def test_python_values_are_accepted():
+    s = parse(port=587, tls=True, timeout=5, delivery='file', file_path='/tmp/x')
+    assert (s.port, s.tls, s.timeout, s.delivery) == (587, True, 5.0, 'file')
 
-        for word in ('t', 'true', 'y', 'yes', 'on', '1', 'T', ' Y '):
-            self.assertIs(self._callFUT(tls=word).tls, True, word)
-            self.assertIs(asbool(word), True)
-        for word in ('f', 'false', 'n', 'no', 'off', '0', 'F', 'N'):
-            self.assertIs(self._callFUT(tls=word).tls, False, word)
 
-    def test_bad_values_name_key_and_value(self):
-        self.assertRefused(
-            'port', "expected an integer from 1 to 65535, got 'smtp'", port='smtp'
-        )
-        self.assertRefused('port', '70000', port='70000')
-        self.assertRefused('delivery', "'sendmail'", delivery='sendmail')
-        self.assertRefused('timeout', "'-1'", timeout='-1')
-        self.assertRefused('timeout', "'soon'", timeout='soon')
-        self.assertRefused('timeout', "'inf'", timeout='inf')
-        self.assertRefused('queue_batch', "'0'", queue_batch='0')
-        self.assertRefused('queue_batch', "'many'", queue_batch='many')
-        self.assertRefused('queue_rate', "'-2'", queue_rate='-2')
-        self.assertRefused('queue_rate', "'fast'", queue_rate='fast')
+def test_empty_string_is_unset():
+    assert parse(username='', password='').username is None
 
-    def test_cross_key_errors(self):
-        self.assertRefused('tls', 'both on', tls='true', ssl='true')
-        self.assertRefused('delivery', 'needs mail.queue_path', delivery='queued')
-        self.assertRefused('delivery', 'needs mail.file_path', delivery='file')
-        self.assertRefused('keyfile', 'certfile', keyfile='k.pem')
-        self.assertRefused('username', 'go together', username='u')
-        self.assertRefused('username', 'go together', password='secret')
-        self.assertRefused('retry_min', 'retry_max', retry_min='500', retry_max='400')
-        self.assertRefused('default_sender', "'nobody'", default_sender='nobody')
 
-    def test_credentials_without_tls_refused_off_loopback(self):
-        error = self.assertRefused(
-            'username',
-            'in clear to smtp.example.com',
-            host='smtp.example.com',
-            username='u',
-            password='s3cret',
-        )
-        self.assertNotIn('s3cret', str(error))
-        for host in ('localhost', '127.0.0.2', '::1'):
-            self.assertEqual(
-                self._callFUT(host=host, username='u', password='p').username, 'u'
-            )
-        self._callFUT(host='smtp.example.com', username='u', password='p', tls='on')
+def test_boolean_typos_are_refused():
+    refusal('tls', "'ture'", tls='ture')
+    refusal('ssl', "'2'", ssl='2')
 
-    def test_password_never_shown(self):
-        from pyramid_txmail.settings import SettingsError
 
-        error = SettingsError('mail.password', 's3cret', 'bad')
-        self.assertNotIn('s3cret', str(error))
-        self.assertIsNone(error.value)
-        s = self._callFUT(host='localhost', username='u', password='s3cret')
-        self.assertNotIn('s3cret', repr(s))
+def test_booleans_accept_every_word_pyramid_asbool_knows():
+    from pyramid.settings import asbool
 
-    def test_unknown_and_pyramid_mailer_keys_warned(self):
-        with self.assertLogs('pyramid_txmail', 'WARNING') as logs:
-            self._callFUT(debug='true', hots='x')
-        text = '\n'.join(logs.output)
-        self.assertIn('mail.debug is a pyramid_mailer setting', text)
-        self.assertIn('unknown setting mail.hots', text)
+    for word in ('t', 'true', 'y', 'yes', 'on', '1', 'T', ' Y '):
+        assert parse(tls=word).tls is True, word
+        assert asbool(word) is True
+    for word in ('f', 'false', 'n', 'no', 'off', '0', 'F', 'N'):
+        assert parse(tls=word).tls is False, word
 
-    def test_every_key_documented(self):
-        from pyramid_txmail.settings import KEYS
 
-        with open(DOCS) as f:
-            docs = f.read()
-        for name, _ in KEYS:
-            self.assertIn(f'``mail.{name}``', docs)
+def test_bad_values_are_refused_naming_key_and_value():
+    refusal('port', "expected an integer from 1 to 65535, got 'smtp'", port='smtp')
+    refusal('port', '70000', port='70000')
+    refusal('delivery', "'sendmail'", delivery='sendmail')
+    refusal('timeout', "'-1'", timeout='-1')
+    refusal('timeout', "'soon'", timeout='soon')
+    refusal('timeout', "'inf'", timeout='inf')
+    refusal('queue_batch', "'0'", queue_batch='0')
+    refusal('queue_batch', "'many'", queue_batch='many')
+    refusal('queue_rate', "'-2'", queue_rate='-2')
+    refusal('queue_rate', "'fast'", queue_rate='fast')
+
+
+def test_settings_that_contradict_each_other_are_refused():
+    refusal('tls', 'both on', tls='true', ssl='true')
+    refusal('delivery', 'needs mail.queue_path', delivery='queued')
+    refusal('delivery', 'needs mail.file_path', delivery='file')
+    refusal('keyfile', 'certfile', keyfile='k.pem')
+    refusal('username', 'go together', username='u')
+    refusal('username', 'go together', password='secret')
+    refusal('retry_min', 'retry_max', retry_min='500', retry_max='400')
+    refusal('default_sender', "'nobody'", default_sender='nobody')
+
+
+def test_credentials_without_tls_refused_off_loopback():
+    error = refusal(
+        'username',
+        'in clear to smtp.example.com',
+        host='smtp.example.com',
+        username='u',
+        password='s3cret',
+    )
+    assert 's3cret' not in str(error)
+    for host in ('localhost', '127.0.0.2', '::1'):
+        assert parse(host=host, username='u', password='p').username == 'u'
+    parse(host='smtp.example.com', username='u', password='p', tls='on')
+
+
+def test_password_is_never_shown():
+    from pyramid_txmail.settings import SettingsError
+
+    error = SettingsError('mail.password', 's3cret', 'bad')
+    assert 's3cret' not in str(error)
+    assert error.value is None
+    s = parse(host='localhost', username='u', password='s3cret')
+    assert 's3cret' not in repr(s)
+
+
+def test_unknown_and_pyramid_mailer_keys_are_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, 'pyramid_txmail'):
+        parse(debug='true', hots='x')
+    text = caplog.text
+    assert 'mail.debug is a pyramid_mailer setting' in text
+    assert 'unknown setting mail.hots' in text
+
+
+def test_every_key_is_documented():
+    from pyramid_txmail.settings import KEYS
+
+    with open(DOCS) as f:
+        docs = f.read()
+    for name, _ in KEYS:
+        assert f'``mail.{name}``' in docs
 
 
 def test_prefix_defaults_to_mail():
@@ -231,14 +236,14 @@ NOT_LOOPBACK = ['mail.example.com', '192.0.2.1', '2001:db8::1', 'localhost.examp
 
 
 @pytest.mark.parametrize('host', LOOPBACK)
-def test_is_loopback(host):
+def test_every_loopback_spelling_is_loopback(host):
     from pyramid_txmail.settings import is_loopback
 
     assert is_loopback(host)
 
 
 @pytest.mark.parametrize('host', NOT_LOOPBACK)
-def test_is_not_loopback(host):
+def test_other_hosts_are_not_loopback(host):
     from pyramid_txmail.settings import is_loopback
 
     assert not is_loopback(host)

@@ -12,12 +12,7 @@ from pyramid.config import Configurator
 from pyramid_txmail import MailError, Message, get_mailer
 from pyramid_txmail.events import MailSent
 from pyramid_txmail.testing import DummyMailer
-
-
-def message(subject='Hi', sender='a@example.com'):
-    return Message(
-        subject=subject, sender=sender, recipients=['b@example.com'], body='x'
-    )
+from tests import message
 
 
 @pytest.fixture
@@ -32,7 +27,7 @@ def config():
 
 def send_welcome(request):
     """A view written the pyramid_mailer way."""
-    get_mailer(request).send(message('Welcome'))
+    get_mailer(request).send(message(subject='Welcome'))
     return {}
 
 
@@ -52,8 +47,7 @@ def test_get_mailer_for_dummy_request_is_the_registry_dummy(config):
     assert len(get_mailer(config.registry).outbox) == 1
 
 
-def test_get_mailer_for_dummy_request_with_tm_joins_that_manager(config):
-    tm = transaction.TransactionManager(explicit=True)
+def test_get_mailer_for_dummy_request_with_tm_joins_that_manager(config, tm):
     mailer = get_mailer(testing.DummyRequest(tm=tm))
     with tm:
         mailer.send(message())
@@ -74,7 +68,7 @@ class AppMailer:
         self.outbox.append((message, self.transaction_manager))
 
 
-def test_an_apps_own_mailer_registered_as_imailer_is_bound_by_keyword():
+def test_an_apps_own_mailer_registered_as_imailer_is_bound_by_keyword(tm):
     from pyramid.request import Request, apply_request_extensions
 
     from pyramid_txmail.interfaces import IMailer
@@ -86,7 +80,6 @@ def test_an_apps_own_mailer_registered_as_imailer_is_bound_by_keyword():
         outbox = []
         config.registry.registerUtility(AppMailer(outbox), IMailer)
         config.make_wsgi_app()  # ApplicationCreated asks it for no queue
-        tm = transaction.TransactionManager(explicit=True)
         get_mailer(testing.DummyRequest(tm=tm)).send('one')
         get_mailer(config.registry).send('two')
         request = Request.blank('/')
@@ -105,15 +98,15 @@ def test_an_apps_own_mailer_registered_as_imailer_is_bound_by_keyword():
 def test_dummy_mailer_takes_no_arguments():
     mailer = DummyMailer()
     with transaction.manager:
-        mailer.send(message('one'))
-        mailer.send_to_queue(message('two'))
+        mailer.send(message(subject='one'))
+        mailer.send_to_queue(message(subject='two'))
         assert [m.subject for m in mailer.outbox] == ['one']
         assert [m.subject for m in mailer.queue] == ['two']
     assert [m.subject for m in mailer.sent] == ['one']
     assert [m.subject for m in mailer.sent_to_queue] == ['two']
 
 
-def test_no_sender_demanded():
+def test_dummy_mailer_demands_no_sender():
     mailer = DummyMailer()
     with transaction.manager:
         mailer.send(message(sender=None))
@@ -121,7 +114,7 @@ def test_no_sender_demanded():
     assert [m.subject for m in mailer.sent] == ['Hi']
 
 
-def test_default_sender_used_when_set():
+def test_dummy_mailer_uses_the_default_sender_when_set():
     events = []
     mailer = DummyMailer(notify=events.extend).bind(default_sender='app@example.com')
     with transaction.manager:
@@ -132,19 +125,19 @@ def test_default_sender_used_when_set():
 def test_sent_holds_committed_messages_in_commit_order():
     mailer = DummyMailer()
     with transaction.manager:
-        mailer.send(message('one'))
+        mailer.send(message(subject='one'))
         assert mailer.sent == []
-        mailer.send(message('two'))
+        mailer.send(message(subject='two'))
     with transaction.manager:
-        mailer.send(message('three'))
+        mailer.send(message(subject='three'))
     assert [m.subject for m in mailer.sent] == ['one', 'two', 'three']
 
 
 def test_abort_adds_nothing_to_the_committed_record():
     mailer = DummyMailer()
     transaction.begin()
-    mailer.send(message('s'))
-    mailer.send_to_queue(message('q'))
+    mailer.send(message(subject='s'))
+    mailer.send_to_queue(message(subject='q'))
     transaction.abort()
     assert mailer.sent == [] and mailer.sent_to_queue == []
     assert [m.subject for m in mailer.outbox] == ['s']
@@ -168,9 +161,8 @@ def test_send_immediately_goes_to_outbox_and_sent_at_once():
     assert len(mailer.outbox) == 1 and len(mailer.sent) == 1
 
 
-def test_bound_copies_share_the_lists():
+def test_dummy_mailers_bound_copies_share_the_lists(tm):
     mailer = DummyMailer()
-    tm = transaction.TransactionManager(explicit=True)
     with tm:
         mailer.bind(tm).send(message())
         mailer.bind(transaction_manager=tm).send(message())
@@ -189,7 +181,7 @@ def test_events_fire_at_commit_as_in_production():
     assert [e.message_id for e in events] == [message_id]
 
 
-def test_messages_still_validated():
+def test_dummy_mailer_still_validates_messages():
     mailer = DummyMailer()
     with pytest.raises(MailError):
         mailer.send(Message(subject='x', sender='a@example.com', body='x'))
