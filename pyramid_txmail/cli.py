@@ -386,10 +386,10 @@ class Command:
 
     def cmd_list(self, args: argparse.Namespace) -> int:
         queue = self._queue(args)
-        # Waiting legacy files count as queued (rejected ones are failed).
-        states = {None: None, 'queued': ['legacy', 'queued']}.get(
-            args.state, [args.state]
-        )
+        states = None if args.state is None else [args.state]
+        if args.state == 'queued':
+            # repoze.sendmail's waiting files too (its rejected ones are failed).
+            states = ['legacy', 'queued']
         infos = queue.list(states)
         now = queue.clock()
         if args.json:

@@ -969,3 +969,45 @@ def test_process_once_exits_1_when_the_relay_refuses_starttls(tmp_path, smtp_ser
     assert queue.counts()['queued'] == 1 and smtp_server.messages == []
     fault = json.loads(run_cli('status', ini, '--json')[1])['fault']
     assert fault['reason'] in line
+
+
+def test_commands_use_whatever_queue_the_command_opens(tmp_path):
+    # The outbox's seam: the commands use only the queue protocol, and show
+    # the states a backend has (no unreadable files in a table; sent rows).
+    from pyramid_txmail.cli import Command
+    from pyramid_txmail.queue.base import Entry, Fault
+
+    class Table:
+        name = 'postgresql://db/mail'
+
+        def clock(self):
+            return 1_700_000_060.0
+
+        def counts(self):
+            return {'queued': 1, 'sending': 0, 'sent': 4}
+
+        def read_fault(self):
+            return Fault('535 login refused', 1_700_000_000.0)
+
+        def list(self, states=None):
+            return [Entry('7', 'queued', 60.0, 0, ('a@example.com',), None)]
+
+    class TableCommand(Command):
+        def _open(self, settings, *, create):
+            assert not create  # the read-only commands never create it
+            return Table()
+
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    out, err = io.StringIO(), io.StringIO()
+    assert TableCommand(out, err).run(['status', ini]) == 0
+    assert out.getvalue() == (
+        'queued     1\n'
+        'sending    0\n'
+        'sent       4\n'
+        'sending paused by a configuration fault since 2023-11-14 22:13:20 UTC '
+        '(1m ago): 535 login refused\n'
+    )
+    out = io.StringIO()
+    assert TableCommand(out, err).run(['list', ini, '--state', 'queued']) == 0
+    assert out.getvalue().splitlines()[1].split()[:3] == ['7', 'queued', '0']
+    assert not (tmp_path / 'q').exists()
