@@ -91,7 +91,7 @@ def ini(tmp_path, queue_of_two):
 # -- Main
 
 
-def test_status(ini):
+def test_status_counts_each_state(ini):
     code, out, _ = run_cli('status', ini)
     assert code == 0
     assert out.split() == [
@@ -110,13 +110,13 @@ def test_status(ini):
     ]
 
 
-def test_status_json(ini):
+def test_status_json_gives_the_counts(ini):
     code, out, _ = run_cli('status', ini, '--json')
     assert code == 0
     assert json.loads(out)['queued'] == 2
 
 
-def test_list(ini):
+def test_list_has_a_header_row_and_a_line_per_message(ini):
     code, out, _ = run_cli('list', ini)
     assert code == 0
     header, *lines = out.splitlines()
@@ -160,7 +160,7 @@ def test_retry_all_and_by_id(queue_of_two, ini):
     assert queue_of_two.counts()['queued'] == 2
 
 
-def test_retry_unknown_id(ini):
+def test_retry_of_an_unknown_id_exits_1_naming_it(ini):
     code, _, err = run_cli('retry', ini, '0000000000000000.1.ab')
     assert code == 1
     assert err.startswith('pyramid-txmail: ')
@@ -200,13 +200,13 @@ def test_bad_usage_exits_2(argv):
     assert 'error: ' in err.splitlines()[-1]
 
 
-def test_missing_config_file(tmp_path):
+def test_a_missing_config_file_exits_1(tmp_path):
     code, _, err = run_cli('status', str(tmp_path / 'nope.ini'))
     assert code == 1
     assert 'config file not found' in err
 
 
-def test_missing_queue_path(tmp_path):
+def test_a_missing_queue_path_is_named(tmp_path):
     code, _, err = run_cli('status', write_ini(tmp_path))
     assert code == 1
     assert err == 'pyramid-txmail: mail.queue_path is not set in app.ini\n'

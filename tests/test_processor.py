@@ -171,7 +171,9 @@ def test_batches_share_a_connection(queue, make_smtp_server, make_processor):
     assert sorted(per_connection.values()) == [5, 10, 10]
 
 
-def test_rate_limit(queue, clock, make_smtp_server, make_processor):
+def test_rate_limit_spaces_the_messages_across_passes(
+    queue, clock, make_smtp_server, make_processor
+):
     server = make_smtp_server()
     fill(queue, 5)
     processor = make_processor(queue, server, queue_rate=4.0)
@@ -1000,7 +1002,7 @@ def test_start_sends_and_stop_ends(queue, make_smtp_server, make_thread):
     assert not thread.alive
 
 
-def test_wake(queue, make_smtp_server, make_thread):
+def test_wake_starts_a_pass_in_the_thread(queue, make_smtp_server, make_thread):
     server = make_smtp_server()
     thread = make_thread(queue, server)
     thread.wake()  # not started: nothing to wake

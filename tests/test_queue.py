@@ -148,7 +148,7 @@ def test_unusable_path_raises_queue_error_naming_it(tmp_path):
     )
 
 
-def test_repr_names_path(queue_path, make_queue):
+def test_repr_names_the_queue_path(queue_path, make_queue):
     assert repr(make_queue()) == f'<MailQueue {queue_path}>'
 
 
@@ -208,7 +208,7 @@ def test_stage_is_durable_but_invisible(queue_path, make_queue):
     assert 'smtputf8' not in meta  # written by 0.x, never read
 
 
-def test_publish_makes_visible(queue_path, make_queue):
+def test_publish_makes_staged_messages_visible(queue_path, make_queue):
     queue = make_queue()
     ids = [queue.stage(make_mail(n)) for n in range(3)]
     queue.sync_staged()
@@ -218,7 +218,7 @@ def test_publish_makes_visible(queue_path, make_queue):
     assert _mode(os.path.join(queue_path, 'new', ids[0])) == 0o600
 
 
-def test_discard_leaves_nothing(queue_path, make_queue):
+def test_discard_removes_the_staged_files(queue_path, make_queue):
     queue = make_queue()
     ids = [queue.stage(make_mail(n)) for n in range(2)]
     queue.discard([*ids, 'never-staged'])
@@ -226,7 +226,7 @@ def test_discard_leaves_nothing(queue_path, make_queue):
     assert queue.pending() == []
 
 
-def test_discard_never_raises(queue_path, make_queue, caplog):
+def test_discard_logs_instead_of_raising(queue_path, make_queue, caplog):
     queue = make_queue()
     # unlink() of a directory fails with a real EISDIR.
     os.mkdir(os.path.join(queue_path, 'tmp', 'odd'))
@@ -234,7 +234,7 @@ def test_discard_never_raises(queue_path, make_queue, caplog):
     assert 'cannot discard' in caplog.text
 
 
-def test_publish_never_raises(make_queue, caplog):
+def test_publish_logs_instead_of_raising(make_queue, caplog):
     queue = make_queue()
     [good] = [queue.stage(make_mail(1))]
     queue.publish(['1234567890123456.1.gone', good])
@@ -289,7 +289,7 @@ def test_ids_sort_in_queue_order_and_never_collide(make_queue, clock):
     assert len(rand) == 16
 
 
-def test_fsync_order(queue_path, make_queue):
+def test_file_is_fsynced_before_its_rename_and_directory_after(queue_path, make_queue):
     """The file is fsync'ed before it is renamed, the directory after."""
     from pyramid_txmail.queue import MailQueue
 
@@ -588,7 +588,7 @@ def test_forked_child_does_not_keep_the_lock(make_queue):
             os.close(fd)
 
 
-def test_close_inherited_locks(tmp_path):
+def test_a_forked_child_closes_the_lock_descriptors_it_inherits(tmp_path):
     # What the child runs after fork, run here on a descriptor of our own.
     from pyramid_txmail.queue import locks
 
@@ -618,7 +618,7 @@ def test_claim_race_between_processes(queue_path, tmp_path, make_queue):
 # -- Outcomes
 
 
-def test_done_removes(queue_path, claimed):
+def test_done_removes_the_message(queue_path, claimed):
     queue, _, claim = claimed()
     claim.done()
     assert queue.counts() == EMPTY
@@ -665,7 +665,7 @@ def test_closer_survives_a_bad_descriptor(tmp_path):
     assert not _is_open(fd)
 
 
-def test_defer(queue_path, claimed, clock):
+def test_defer_counts_the_attempt_and_sets_the_due_time(queue_path, claimed, clock):
     queue, mail_id, claim = claimed(('a@example.com', 'b@example.com'))
     data = claim.data
     claim.defer('451 4.3.0 try later', clock.now + 300)
@@ -704,7 +704,7 @@ def test_defer_again_counts_attempts(queue_path, claimed, clock):
     assert (meta['attempts'], meta['last_error']) == (2, 'second')
 
 
-def test_fail(queue_path, claimed):
+def test_fail_moves_the_message_to_failed_with_the_error(queue_path, claimed):
     queue, mail_id, claim = claimed()
     claim.fail('550 5.1.1 no such user')
     assert files(queue_path, 'failed') == [mail_id]
@@ -716,7 +716,7 @@ def test_fail(queue_path, claimed):
     assert queue.list(['queued', 'sending', 'deferred']) == []
 
 
-def test_release_returns_unchanged(queue_path, claimed):
+def test_release_returns_the_message_unchanged(queue_path, claimed):
     queue, mail_id, claim = claimed()
     path = os.path.join(queue_path, 'new', mail_id)
     claim.release()
@@ -726,7 +726,7 @@ def test_release_returns_unchanged(queue_path, claimed):
     assert os.path.exists(path)
 
 
-def test_context_manager_releases(claimed):
+def test_leaving_a_claim_block_without_an_outcome_releases_it(claimed):
     queue, mail_id, claim = claimed()
     with claim:
         assert queue.pending() == []
@@ -743,7 +743,7 @@ def test_context_manager_after_outcome(claimed):
     assert queue.counts()['queued'] == 0
 
 
-def test_second_outcome_refused(claimed):
+def test_a_second_outcome_is_refused(claimed):
     from pyramid_txmail.queue import QueueError
 
     _, _, claim = claimed()
@@ -832,7 +832,7 @@ def test_set_aside_of_file_removed_by_hand(queue_path, claimed):
     claim.abandon()  # nothing held any more: nothing to do
 
 
-def test_release_w_error(claimed):
+def test_a_release_that_cannot_rename_leaves_it_to_recovery(claimed):
     from pyramid_txmail.queue import MailQueue, QueueError
 
     class Broken(MailQueue):
@@ -1006,7 +1006,7 @@ def test_vanished_file_mid_pass_is_skipped(queue_path, make_queue, claimed):
 # -- Administration
 
 
-def test_counts(five_states):
+def test_counts_every_state(five_states):
     queue, _, _ = five_states()
     assert queue.counts() == {
         **EMPTY,
@@ -1049,7 +1049,7 @@ def test_list_skips_an_entry_gone_since_the_listing(queue_path, five_states, clo
     assert [i.id for i in queue.list(['queued', 'sending', 'deferred'])] == ids[:2]
 
 
-def test_list_failed(five_states):
+def test_list_failed_shows_the_failed_area(five_states):
     queue, ids, _ = five_states()
     infos = list(queue.list(failed=True))
     assert [(i.id, i.last_error) for i in infos] == [
@@ -1058,7 +1058,7 @@ def test_list_failed(five_states):
     ]
 
 
-def test_retry_given_ids(five_states, clock):
+def test_retry_of_given_ids_queues_them_again(five_states, clock):
     queue, ids, _ = five_states()
     clock.now += 1000
     assert queue.retry([ids[3]]) == 1
@@ -1084,7 +1084,9 @@ def test_retry_deferred_by_id_keeps_its_attempts(five_states):
     assert info.last_error == '451 later'
 
 
-def test_retry_unknown_id(queue_path, five_states):
+def test_retry_of_an_unknown_id_raises_before_changing_anything(
+    queue_path, five_states
+):
     from pyramid_txmail.queue import UnknownMessage
 
     queue, ids, _ = five_states()
@@ -1118,7 +1120,7 @@ def test_purge_given_ids_in_any_state_but_sending(five_states):
     assert queue.purge([ids[4]]) == 1
 
 
-def test_purge_failed(five_states):
+def test_purge_failed_deletes_every_failed_message(five_states):
     from pyramid_txmail.queue import UnknownMessage
 
     queue, ids, _ = five_states()
