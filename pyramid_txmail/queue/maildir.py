@@ -1,6 +1,10 @@
 """The on-disk mail queue: a Maildir-style directory, one file per message.
 
-Pure file system work: no threads, no SMTP. The committing side writes a
+:class:`MailQueue` implements the queue protocol of :mod:`.base` (the
+processor and ``pyramid-txmail`` use nothing else) and, beside it, the
+producer side that ``delivery.QueuedDelivery`` uses. Pure file system
+work, no SMTP; the one thread, which closes the descriptors of sent
+messages, belongs to :mod:`.locks`. The committing side writes a
 message into ``tmp/`` during ``tpc_vote`` (:meth:`MailQueue.stage`, then
 :meth:`MailQueue.sync_staged`) and renames it into ``new/`` in
 ``tpc_finish`` (:meth:`MailQueue.publish`). Processors take messages from
