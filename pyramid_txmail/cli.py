@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import dataclasses
 import email.policy
 import json
 import math
@@ -32,9 +33,9 @@ from pyramid import paster
 from . import suppress_processor
 from .events import Notifier
 from .exceptions import QueueError
-from .legacy import scan as scan_legacy
 from .processor import STOP_TIMEOUT, QueueProcessor
-from .queue import ALL_STATES, Info, MailQueue
+from .queue.base import STATE_NAMES, Entry, Fault, Queue
+from .queue.maildir import MailQueue
 from .settings import MailSettings, parse_settings, settings_prefix
 
 __all__ = ['main']
@@ -103,7 +104,7 @@ def _when(stamp: float) -> str:
     return time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(stamp))
 
 
-def _next_attempt(info: Info, now: float) -> str:
+def _next_attempt(info: Entry, now: float) -> str:
     if info.state == 'deferred' and info.due is not None:
         # Rounded up: "in 0s" would read as "now".
         return 'now' if info.due <= now else f'in {_age(math.ceil(info.due - now))}'
@@ -171,7 +172,7 @@ class Command:
         listing = command('list', 'one line per message, every state by default')
         listing.add_argument(
             '--state',
-            choices=list(ALL_STATES.values()),
+            choices=list(STATE_NAMES),
             help='only messages in this state',
         )
         listing.add_argument(
@@ -293,20 +294,25 @@ class Command:
             raise CommandError(f'{prefix}queue_path is not set in {name}')
         return settings
 
-    def _queue(self, args: argparse.Namespace) -> MailQueue:
+    def _queue(self, args: argparse.Namespace) -> Queue:
         """The application's queue, as it is: never created here (as root it
         would be root's, and the application could not use it)."""
         self._check_file(args.config)
         raw = self.get_settings(args.config, options=args.vars)
-        settings = self._mail_settings(args.config, raw)
-        # _mail_settings refused a missing queue_path.
-        return MailQueue(settings.queue_path, create=False)  # type: ignore[arg-type]
+        return self._open(self._mail_settings(args.config, raw), create=False)
 
-    def _fault_line(self, fault: Mapping[str, Any], now: float) -> str:
+    def _open(self, settings: MailSettings, *, create: bool) -> Queue:
+        """The queue ``settings`` name. The commands use only the queue
+        protocol (:mod:`pyramid_txmail.queue.base`), whatever the backend."""
+        # _mail_settings refused a missing queue_path.
+        path: str = settings.queue_path  # type: ignore[assignment]
+        return MailQueue(path, create=create)
+
+    def _fault_line(self, fault: Fault, now: float) -> str:
         return (
             f'sending paused by a configuration fault since '
-            f'{_when(fault["since"])} ({_age(now - fault["since"])} ago): '
-            f'{_one_line(fault["reason"])}'
+            f'{_when(fault.since)} ({_age(now - fault.since)} ago): '
+            f'{_one_line(fault.reason)}'
         )
 
     def _done(self, args: argparse.Namespace, text: str, **counts: int) -> int:
@@ -327,7 +333,7 @@ class Command:
         try:
             registry = env['registry']
             settings = self._mail_settings(args.config, registry.settings)
-            queue = MailQueue(settings.queue_path)  # type: ignore[arg-type]  # checked above
+            queue = self._open(settings, create=True)
             processor = QueueProcessor(
                 queue, settings, notify=Notifier(registry.notify)
             )
@@ -342,7 +348,7 @@ class Command:
                 if result.released and fault:
                     # Only a configuration fault keeps (releases) messages.
                     raise CommandError(
-                        f'cannot send: {_one_line(fault["reason"])}; every '
+                        f'cannot send: {_one_line(fault.reason)}; every '
                         f'message stays queued (check the mail.* settings)'
                     )
                 return 0
@@ -361,34 +367,30 @@ class Command:
 
     def cmd_status(self, args: argparse.Namespace) -> int:
         queue = self._queue(args)
-        counts: dict[str, Any] = {
-            **queue.counts(held=True),
-            'unreadable': queue.unreadable(),
-        }
-        # repoze.sendmail's files, waiting or rejected: the processor adopts them.
-        counts['legacy'] = len(scan_legacy(queue, failed=None))
+        counts = queue.counts()
         fault = queue.read_fault()
         if args.json:
-            print(json.dumps({**counts, 'fault': fault}), file=self.out)
+            record = None if fault is None else dataclasses.asdict(fault)
+            print(json.dumps({**counts, 'fault': record}), file=self.out)
             return 0
         for state in ('queued', 'deferred', 'sending', 'held', 'failed', 'unreadable'):
-            print(f'{state:<10} {counts[state]}', file=self.out)
-        if counts['legacy']:
-            print(f'{"legacy":<10} {counts["legacy"]}', file=self.out)
+            if state in counts:
+                print(f'{state:<10} {counts[state]}', file=self.out)
+        # repoze.sendmail's files, waiting or rejected: the processor adopts them.
+        for state in sorted(counts.keys() - {*STATE_NAMES, 'unreadable'}):
+            if counts[state]:
+                print(f'{state:<10} {counts[state]}', file=self.out)
         if fault:
             print(self._fault_line(fault, queue.clock()), file=self.out)
         return 0
 
     def cmd_list(self, args: argparse.Namespace) -> int:
         queue = self._queue(args)
-        state = args.state
-        infos: list[Info] = []
-        if state in (None, 'queued', 'failed'):
-            # Waiting legacy files count as queued, rejected ones as failed.
-            legacy = None if state is None else state == 'failed'
-            infos += scan_legacy(queue, failed=legacy)
-        states = list(ALL_STATES.values()) if state is None else [state]
-        infos += queue.list(states=states)
+        states = None if args.state is None else [args.state]
+        if args.state == 'queued':
+            # repoze.sendmail's waiting files too (its rejected ones are failed).
+            states = ['legacy', 'queued']
+        infos = queue.list(states)
         now = queue.clock()
         if args.json:
             rows = [

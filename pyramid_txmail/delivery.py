@@ -28,7 +28,7 @@ from .events import MailEvent, MailFailed, MailSent
 from .exceptions import DeliveryError, Refusals, TemporaryDeliveryError
 from .interfaces import IImmediateDelivery, IPendingMail, IQueueDelivery
 from .message import Envelope, PreparedMail
-from .queue import MailQueue
+from .queue.maildir import MailQueue
 from .settings import MailSettings
 from .smtp import SHOWN_REFUSALS, Outcome, Pipeline, SMTPConnection
 

@@ -39,7 +39,8 @@ from .exceptions import (
     QueueError,
     TemporaryDeliveryError,
 )
-from .queue import Claim, MaildirPass, MailQueue, install_fork_hook
+from .queue.base import Claim, Queue, QueuePass
+from .queue.locks import install_fork_hook
 from .settings import MailSettings
 from .smtp import Outcome, Pipeline, SMTPConnection
 
@@ -107,7 +108,7 @@ class QueueProcessor:
 
     def __init__(
         self,
-        queue: MailQueue,
+        queue: Queue,
         settings: MailSettings,
         *,
         connect: Callable[[], SMTPConnection] | None = None,
@@ -140,7 +141,7 @@ class QueueProcessor:
         self._unrecorded: list[Claim] = []
 
     def __repr__(self) -> str:
-        return f'<QueueProcessor {self.queue.path}>'
+        return f'<QueueProcessor {self.queue.name}>'
 
     # -- control
 
@@ -200,7 +201,7 @@ class QueueProcessor:
             try:
                 self.run_once()
             except Exception:
-                log.exception('mail queue %s: the pass failed', self.queue.path)
+                log.exception('mail queue %s: the pass failed', self.queue.name)
             if self._idle(self.settings.queue_interval):
                 break
 
@@ -230,7 +231,7 @@ class QueueProcessor:
                 break
         return result
 
-    def _session(self, first: Claim, source: MaildirPass) -> tuple[PassResult, bool]:
+    def _session(self, first: Claim, source: QueuePass) -> tuple[PassResult, bool]:
         """One SMTP session: ``first`` and the messages claimed after it.
         Returns what it did and whether the pass may go on."""
         try:
@@ -255,7 +256,7 @@ class QueueProcessor:
             conn.close()
 
     def _send(
-        self, conn: SMTPConnection, first: Claim, source: MaildirPass
+        self, conn: SMTPConnection, first: Claim, source: QueuePass
     ) -> tuple[PassResult, bool]:
         """``first`` and up to ``mail.queue_batch`` messages in all over
         ``conn``, each claimed just before it goes; record each outcome.
@@ -309,7 +310,7 @@ class QueueProcessor:
             except QueueError as exc:  # unlocked in cur/: recovery takes it
                 log.error('mail %s: %s', claim.message_id, exc)
 
-    def _next(self, source: MaildirPass) -> Claim | None:
+    def _next(self, source: QueuePass) -> Claim | None:
         """The next message to send, claimed now; None when none is left or
         the processor is stopping."""
         if self._halted:
@@ -420,7 +421,7 @@ class QueueProcessor:
             log.error(
                 'mail queue %s: cannot send: %s. Messages stay queued; '
                 'trying again in %d s. Check the mail.* settings.',
-                self.queue.path,
+                self.queue.name,
                 exc,
                 pause,
             )
@@ -527,7 +528,7 @@ class ProcessorThread:
 
     def __init__(
         self,
-        queue: MailQueue,
+        queue: Queue,
         settings: MailSettings,
         *,
         notify: Notify | None = None,
@@ -544,7 +545,7 @@ class ProcessorThread:
         _INSTANCES.add(self)
 
     def __repr__(self) -> str:
-        return f'<ProcessorThread {self.queue.path} alive={self.alive}>'
+        return f'<ProcessorThread {self.queue.name} alive={self.alive}>'
 
     @property
     def alive(self) -> bool:
@@ -594,19 +595,20 @@ _REGISTRY_LOCK = threading.Lock()
 
 
 def ensure_processor(
-    queue: MailQueue, settings: MailSettings, notify: Notify | None = None
+    queue: Queue, settings: MailSettings, notify: Notify | None = None
 ) -> ProcessorThread:
-    """The running processor thread for ``queue``'s directory in this process.
+    """The running processor thread for ``queue`` in this process.
 
-    Starts one if none runs (at most one per queue path and process; a
-    second application on the same directory shares the first one's
-    settings and notifier). Called when the application is created.
+    Starts one if none runs (at most one per queue, by its ``name``: the
+    directory's path, the outbox's URL; a second application on the same
+    queue shares the first one's settings and notifier). Called when the
+    application is created.
     """
     with _REGISTRY_LOCK:
-        thread = _REGISTRY.get(queue.path)
+        thread = _REGISTRY.get(queue.name)
         if thread is None:
             thread = ProcessorThread(queue, settings, notify=notify)
-            _REGISTRY[queue.path] = thread
+            _REGISTRY[queue.name] = thread
         thread.start()
         return thread
 

@@ -5,10 +5,13 @@ See ``tests/smtpserver.py`` for the server's options and what it records.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import transaction
@@ -95,3 +98,73 @@ def pyramid_mailer_python() -> str:
             check=True,
         )
     return str(python)
+
+
+# -- the queue protocol's backends (tests/test_queue_base.py)
+
+
+@dataclass
+class Backend:
+    """A queue backend under the protocol tests.
+
+    ``queue`` is the :class:`~pyramid_txmail.queue.base.Queue`; ``add``
+    commits one message the way the backend's delivery does and returns its
+    id; ``other`` opens a second queue object on the same storage (another
+    process's view); ``snapshot`` returns everything the backend stores, to
+    compare before and after a read-only call; ``clock`` is the queue's.
+    """
+
+    queue: Any
+    add: Callable[[Any], str]
+    other: Callable[[], Any]
+    snapshot: Callable[[], object]
+    clock: Any
+
+
+#: name -> function(tmp_path, clock) -> Backend. A backend is added by one
+#: decorated function below; every protocol test then runs against it.
+BACKENDS: dict[str, Callable[..., Backend]] = {}
+
+
+def backend_factory(
+    name: str,
+) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+    def register(factory: Callable[..., Backend]) -> Callable[..., Backend]:
+        BACKENDS[name] = factory
+        return factory
+
+    return register
+
+
+@backend_factory('maildir')
+def maildir_backend(tmp_path: Path, clock: Any) -> Backend:
+    from pyramid_txmail.queue import MailQueue
+
+    path = str(tmp_path / 'q')
+    queue = MailQueue(path, clock=clock)
+
+    def add(mail: Any) -> str:
+        [mail_id] = ids = [queue.stage(mail)]
+        queue.sync_staged()
+        queue.publish(ids)
+        return mail_id
+
+    def snapshot() -> object:
+        tree = {}
+        for where, dirs, files in os.walk(path):
+            for name in dirs + files:
+                full = os.path.join(where, name)
+                st = os.lstat(full)
+                content = Path(full).read_bytes() if name in files else None
+                tree[full] = (st.st_mode, st.st_mtime_ns, content)
+        return tree
+
+    return Backend(queue, add, lambda: MailQueue(path, clock=clock), snapshot, clock)
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tmp_path) -> Backend:
+    """Each queue backend in turn, on a fake clock (see :data:`BACKENDS`)."""
+    from tests import FakeClock
+
+    return BACKENDS[request.param](tmp_path, FakeClock())

@@ -65,352 +65,389 @@ def queue_with(path, *ns):
     return queue
 
 
-class TestMain:
-    def _callFUT(self, *argv):
-        from pyramid_txmail.cli import Command
+def run_cli(*argv, out=None):
+    """(exit status, stdout, stderr) of ``pyramid-txmail *argv``."""
+    from pyramid_txmail.cli import Command
 
-        out, err = io.StringIO(), io.StringIO()
-        code = Command(out, err).run(list(argv))
-        self.out, self.err = out.getvalue(), err.getvalue()
-        return code
+    out = out or io.StringIO()
+    err = io.StringIO()
+    code = Command(out, err).run([str(a) for a in argv])
+    text = out.getvalue() if isinstance(out, io.StringIO) else ''
+    return code, text, err.getvalue()
 
-    @pytest.fixture
-    def ini(self, tmp_path):
-        self.queue = queue_with(tmp_path / 'q', 1, 2)
-        return write_ini(tmp_path, queue_path=tmp_path / 'q', queue_processor='false')
 
-    def test_status(self, ini):
-        assert self._callFUT('status', ini) == 0
-        assert self.out.split() == [
-            'queued',
-            '2',
-            'deferred',
-            '0',
-            'sending',
-            '0',
-            'held',
-            '0',
-            'failed',
-            '0',
-            'unreadable',
-            '0',
-        ]
+@pytest.fixture
+def queue_of_two(tmp_path):
+    """A queue with two messages queued, at tmp_path/q."""
+    return queue_with(tmp_path / 'q', 1, 2)
 
-    def test_status_json(self, ini):
-        assert self._callFUT('status', ini, '--json') == 0
-        assert json.loads(self.out)['queued'] == 2
 
-    def test_list(self, ini):
-        assert self._callFUT('list', ini) == 0
-        header, *lines = self.out.splitlines()
-        assert header.split() == [
-            'ID',
-            'STATE',
-            'ATTEMPTS',
-            'NEXT',
-            'AGE',
-            'MESSAGE-ID',
-            'SUBJECT',
-            'RECIPIENTS',
-            'LAST',
-            'ERROR',
-        ]
-        assert len(lines) == 2 and 'to@example.com' in lines[0]
+@pytest.fixture
+def ini(tmp_path, queue_of_two):
+    """An .ini naming the queue of ``queue_of_two``, no processor."""
+    return write_ini(tmp_path, queue_path=tmp_path / 'q', queue_processor='false')
 
-    def test_list_failed_json_with_error(self, ini):
-        claim = self.queue.claim(self.queue.pending()[0])
-        claim.fail('550 5.1.1 no such user')
-        assert self._callFUT('list', ini, '--failed', '--json') == 0
-        (row,) = json.loads(self.out)
-        assert row['id'] == claim.id and row['last_error'] == '550 5.1.1 no such user'
-        assert self._callFUT('list', ini, '--failed') == 0
-        assert '550 5.1.1 no such user' in self.out
 
-    def test_retry_all_and_by_id(self, ini):
-        for id in self.queue.pending():
-            self.queue.claim(id).fail('554 no')
-        first = next(self.queue.list(failed=True)).id
-        assert self._callFUT('retry', ini, first) == 0
-        assert self.out.startswith('1 ')
-        assert self._callFUT('retry', ini, '--all') == 0
-        assert self.out.startswith('1 ')
-        assert self.queue.counts()['queued'] == 2
+# -- Main
 
-    def test_retry_unknown_id(self, ini):
-        assert self._callFUT('retry', ini, '0000000000000000.1.ab') == 1
-        assert self.err.startswith('pyramid-txmail: ')
-        assert '0000000000000000.1.ab' in self.err
 
-    def test_purge_by_id_and_failed(self, ini):
-        ids = self.queue.pending()
-        self.queue.claim(ids[1]).fail('554 no')
-        assert self._callFUT('purge', ini, ids[0]) == 0
-        assert self.out.startswith('1 ')
-        assert self._callFUT('purge', ini, '--failed') == 0
-        assert self.out.startswith('1 ')
-        assert self.queue.counts() == dict.fromkeys(
-            ('queued', 'sending', 'deferred', 'failed'), 0
-        )
+def test_status_counts_each_state(ini):
+    code, out, _ = run_cli('status', ini)
+    assert code == 0
+    assert out.split() == [
+        'queued',
+        '2',
+        'deferred',
+        '0',
+        'sending',
+        '0',
+        'held',
+        '0',
+        'failed',
+        '0',
+        'unreadable',
+        '0',
+    ]
 
-    @pytest.mark.parametrize(
-        'argv',
-        [
-            (),
-            ('status',),
-            ('nonsense', 'x.ini'),
-            ('retry', 'x.ini'),
-            ('retry', 'x.ini', 'ID', '--all'),
-            ('purge', 'x.ini'),
-        ],
+
+def test_status_json_gives_the_counts(ini):
+    code, out, _ = run_cli('status', ini, '--json')
+    assert code == 0
+    assert json.loads(out)['queued'] == 2
+
+
+def test_list_has_a_header_row_and_a_line_per_message(ini):
+    code, out, _ = run_cli('list', ini)
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.split() == [
+        'ID',
+        'STATE',
+        'ATTEMPTS',
+        'NEXT',
+        'AGE',
+        'MESSAGE-ID',
+        'SUBJECT',
+        'RECIPIENTS',
+        'LAST',
+        'ERROR',
+    ]
+    assert len(lines) == 2 and 'to@example.com' in lines[0]
+
+
+def test_list_failed_json_with_error(queue_of_two, ini):
+    claim = queue_of_two.claim(queue_of_two.pending()[0])
+    claim.fail('550 5.1.1 no such user')
+    code, out, _ = run_cli('list', ini, '--failed', '--json')
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row['id'] == claim.id and row['last_error'] == '550 5.1.1 no such user'
+    code, out, _ = run_cli('list', ini, '--failed')
+    assert code == 0
+    assert '550 5.1.1 no such user' in out
+
+
+def test_retry_all_and_by_id(queue_of_two, ini):
+    for id in queue_of_two.pending():
+        queue_of_two.claim(id).fail('554 no')
+    first = queue_of_two.list(['failed'])[0].id
+    code, out, _ = run_cli('retry', ini, first)
+    assert code == 0
+    assert out.startswith('1 ')
+    code, out, _ = run_cli('retry', ini, '--all')
+    assert code == 0
+    assert out.startswith('1 ')
+    assert queue_of_two.counts()['queued'] == 2
+
+
+def test_retry_of_an_unknown_id_exits_1_naming_it(ini):
+    code, _, err = run_cli('retry', ini, '0000000000000000.1.ab')
+    assert code == 1
+    assert err.startswith('pyramid-txmail: ')
+    assert '0000000000000000.1.ab' in err
+
+
+def test_purge_by_id_and_failed(queue_of_two, ini):
+    ids = queue_of_two.pending()
+    queue_of_two.claim(ids[1]).fail('554 no')
+    code, out, _ = run_cli('purge', ini, ids[0])
+    assert code == 0
+    assert out.startswith('1 ')
+    code, out, _ = run_cli('purge', ini, '--failed')
+    assert code == 0
+    assert out.startswith('1 ')
+    assert queue_of_two.counts() == dict.fromkeys(
+        ('queued', 'sending', 'deferred', 'failed', 'held', 'unreadable', 'legacy'), 0
     )
-    def test_bad_usage_exits_2(self, argv):
-        assert self._callFUT(*argv) == 2
-        # The usage line, then the problem.
-        assert self.err.startswith('usage: pyramid-txmail')
-        assert 'error: ' in self.err.splitlines()[-1]
-
-    def test_missing_config_file(self, tmp_path):
-        assert self._callFUT('status', str(tmp_path / 'nope.ini')) == 1
-        assert 'config file not found' in self.err
-
-    def test_missing_queue_path(self, tmp_path):
-        assert self._callFUT('status', write_ini(tmp_path)) == 1
-        assert self.err == 'pyramid-txmail: mail.queue_path is not set in app.ini\n'
-
-    def test_bad_setting_names_key(self, tmp_path):
-        ini = write_ini(tmp_path, queue_path=tmp_path / 'q', port='smtp')
-        assert self._callFUT('status', ini) == 1
-        assert 'mail.port' in self.err and len(self.err.splitlines()) == 1
-
-    def test_get_settings_seam_takes_a_dict(self, tmp_path):
-        from pyramid_txmail.cli import Command
-
-        queue_with(tmp_path / 'q', 1)
-        command = Command(io.StringIO(), io.StringIO())
-        command.get_settings = lambda uri, options: {
-            'mail.queue_path': str(tmp_path / 'q')
-        }
-        ini = tmp_path / 'any.ini'
-        ini.write_text('')
-        assert command.run(['status', '--json', str(ini)]) == 0
-        assert json.loads(command.out.getvalue())['queued'] == 1
-
-    def test_process_once_delivers_and_notifies_app(self, tmp_path, smtp_server):
-        queue_with(tmp_path / 'q', 1, 2)
-        ini = write_ini(
-            tmp_path,
-            logging=True,
-            queue_path=tmp_path / 'q',
-            host=smtp_server.host,
-            port=smtp_server.port,
-        )
-        EVENTS.clear()
-        assert self._callFUT('process', ini, '--once') == 0
-        assert self.out.startswith('sent 2,')
-        assert len(smtp_server.wait_for(2)) == 2
-        assert sorted(e.message_id for e in EVENTS) == ['<1@test>', '<2@test>']
-
-    def test_process_runs_until_sigterm(self, tmp_path, smtp_server):
-        queue = MailQueue(str(tmp_path / 'q'))
-        stop = make_mail(0)
-        object.__setattr__(stop, 'message_id', '<stop@test>')
-        queue.publish([queue.stage(stop)])
-        ini = write_ini(
-            tmp_path,
-            queue_path=tmp_path / 'q',
-            host=smtp_server.host,
-            port=smtp_server.port,
-            queue_interval=0.1,
-        )
-        EVENTS.clear()
-        before = signal.getsignal(signal.SIGTERM)
-        assert self._callFUT('process', ini) == 0
-        assert [e.message_id for e in EVENTS] == ['<stop@test>']
-        assert signal.getsignal(signal.SIGTERM) is before
 
 
-class TestQueueFaults:
-    """What an operator sees on a queue that is missing, unreadable, damaged
-    or not root's."""
+@pytest.mark.parametrize(
+    'argv',
+    [
+        (),
+        ('status',),
+        ('nonsense', 'x.ini'),
+        ('retry', 'x.ini'),
+        ('retry', 'x.ini', 'ID', '--all'),
+        ('purge', 'x.ini'),
+    ],
+)
+def test_bad_usage_exits_2(argv):
+    code, _, err = run_cli(*argv)
+    assert code == 2
+    # The usage line, then the problem.
+    assert err.startswith('usage: pyramid-txmail')
+    assert 'error: ' in err.splitlines()[-1]
 
-    def _callFUT(self, *argv):
-        from pyramid_txmail.cli import Command
 
-        out, err = io.StringIO(), io.StringIO()
-        code = Command(out, err).run(list(argv))
-        self.out, self.err = out.getvalue(), err.getvalue()
-        return code
+def test_a_missing_config_file_exits_1(tmp_path):
+    code, _, err = run_cli('status', str(tmp_path / 'nope.ini'))
+    assert code == 1
+    assert 'config file not found' in err
 
-    @pytest.mark.parametrize(
-        'argv',
-        [
-            ('status',),
-            ('list',),
-            ('retry', '--all'),
-            ('purge', '--failed'),
-            ('show', '0000000000000000.1.ab'),
-            ('flush',),
-            ('hold', '0000000000000000.1.ab'),
-            ('release', '0000000000000000.1.ab'),
-        ],
+
+def test_a_missing_queue_path_is_named(tmp_path):
+    code, _, err = run_cli('status', write_ini(tmp_path))
+    assert code == 1
+    assert err == 'pyramid-txmail: mail.queue_path is not set in app.ini\n'
+
+
+def test_bad_setting_names_key(tmp_path):
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q', port='smtp')
+    code, _, err = run_cli('status', ini)
+    assert code == 1
+    assert 'mail.port' in err and len(err.splitlines()) == 1
+
+
+def test_get_settings_seam_takes_a_dict(tmp_path):
+    from pyramid_txmail.cli import Command
+
+    queue_with(tmp_path / 'q', 1)
+    command = Command(io.StringIO(), io.StringIO())
+    command.get_settings = lambda uri, options: {'mail.queue_path': str(tmp_path / 'q')}
+    ini = tmp_path / 'any.ini'
+    ini.write_text('')
+    assert command.run(['status', '--json', str(ini)]) == 0
+    assert json.loads(command.out.getvalue())['queued'] == 1
+
+
+def test_process_once_delivers_and_notifies_app(tmp_path, smtp_server):
+    queue_with(tmp_path / 'q', 1, 2)
+    ini = write_ini(
+        tmp_path,
+        logging=True,
+        queue_path=tmp_path / 'q',
+        host=smtp_server.host,
+        port=smtp_server.port,
     )
-    def test_commands_never_create_the_queue(self, tmp_path, argv):
-        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
-        assert self._callFUT(argv[0], ini, *argv[1:]) == 1
-        assert self.err == (
-            f'pyramid-txmail: no mail queue at {tmp_path}/q: '
-            'nothing has been queued there yet\n'
-        )
-        assert not (tmp_path / 'q').exists()
-
-    def test_unreadable_queue_says_cannot_read(self, tmp_path):
-        (tmp_path / 'q').write_text('a file, not a queue')
-        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
-        assert self._callFUT('status', ini) == 1
-        assert self.err == (
-            f'pyramid-txmail: cannot read mail queue {tmp_path}/q: not a directory\n'
-        )
-
-    def test_list_and_status_show_bad_entries(self, tmp_path):
-        from tests.test_queue import add_bad_entries, queue_as_nobody
-
-        queue = queue_as_nobody(str(tmp_path / 'q'))
-        reasons = add_bad_entries(queue)
-        queue.publish([queue.stage(make_mail(1))])
-        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
-        assert self._callFUT('list', ini) == 0
-        _, *lines = self.out.splitlines()
-        assert len(lines) == len(reasons) + 1
-        # Root reads the first two; the others are unreadable to anyone.
-        assert sum('unreadable: ' in line for line in lines) == len(reasons) - 2
-        assert 'to@example.com' in lines[-1]
-        assert self._callFUT('list', ini, '--json') == 0
-        rows = json.loads(self.out)
-        assert [r['id'] for r in rows][:-1] == list(reasons)
-        # The application's processor sets them aside.
-        for mail_id in list(reasons):
-            assert queue.claim(mail_id) is None
-        assert self._callFUT('status', ini, '--json') == 0
-        counts = json.loads(self.out)
-        assert counts['failed'] == counts['unreadable'] == len(reasons)
-        assert self._callFUT('list', ini, '--failed') == 0
-        assert self.out.count('unreadable: ') == len(reasons)
-
-    def test_retry_as_root_keeps_the_queue_owner(self, tmp_path):
-        from tests.test_queue import NOBODY, queue_as_nobody
-
-        queue = queue_as_nobody(str(tmp_path / 'q'))
-        mail_id = queue.stage(make_mail(1))
-        queue.publish([mail_id])
-        queue.claim(mail_id).fail('554 no')
-        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
-        assert self._callFUT('retry', ini, '--all') == 0
-        path = tmp_path / 'q' / 'new' / mail_id
-        assert (path.stat().st_uid, path.stat().st_gid) == (NOBODY, NOBODY)
-        # So the application (uid 65534) can send it.
-        claim = queue.claim(mail_id)
-        assert claim is not None
-        claim.done()
+    EVENTS.clear()
+    code, out, _ = run_cli('process', ini, '--once')
+    assert code == 0
+    assert out.startswith('sent 2,')
+    assert len(smtp_server.wait_for(2)) == 2
+    assert sorted(e.message_id for e in EVENTS) == ['<1@test>', '<2@test>']
 
 
-class TestConfigFaults:
-    """A broken .ini gives one line naming the file, never a value."""
-
-    def _callFUT(self, *argv):
-        from pyramid_txmail.cli import Command
-
-        out, err = io.StringIO(), io.StringIO()
-        code = Command(out, err).run(list(argv))
-        self.out, self.err = out.getvalue(), err.getvalue()
-        return code
-
-    @pytest.mark.parametrize('command', ['status', 'process'])
-    def test_percent_in_password_is_not_shown(self, tmp_path, command):
-        ini = write_ini(tmp_path, queue_path=tmp_path / 'q', password='s3cr%et-tail')
-        assert (
-            self._callFUT(command, ini, '--once' if command == 'process' else '--json')
-            == 1
-        )
-        assert self.err == (
-            f'pyramid-txmail: {ini}: cannot read mail.password in [app:main]: '
-            'its value holds a "%" that is neither "%%" nor a "%(name)s" '
-            'reference (write a literal % as %%)\n'
-        )
-        assert 'et-tail' not in self.err
-
-    def test_percent_reference_to_nothing_is_not_shown(self, tmp_path):
-        ini = write_ini(tmp_path, queue_path=tmp_path / 'q', password='%(nope)s-tail')
-        assert self._callFUT('status', ini) == 1
-        assert 'mail.password' in self.err and 'tail' not in self.err
-
-    def test_undecodable_file_is_named(self, tmp_path):
-        ini = tmp_path / 'app.ini'
-        ini.write_bytes(b'[app:main]\nmail.password = \xff\xfe secret\n')
-        assert self._callFUT('list', str(ini)) == 1
-        assert self.err == (
-            f'pyramid-txmail: {ini}: not UTF-8 text (byte 0xff at offset 27)\n'
-        )
-
-    @pytest.mark.parametrize(
-        ('text', 'problem'),
-        [
-            ('hello secret\n', 'line 1: no [section] header before it'),
-            ('[app:main]\nuse = egg:x\npassword secret\n', 'line 3: not a "key'),
-            (
-                '[app:main]\n[app:main]\n',
-                'not a valid .ini file (DuplicateSectionError)',
-            ),
-        ],
+def test_process_runs_until_sigterm(tmp_path, smtp_server):
+    queue = MailQueue(str(tmp_path / 'q'))
+    stop = make_mail(0)
+    object.__setattr__(stop, 'message_id', '<stop@test>')
+    queue.publish([queue.stage(stop)])
+    ini = write_ini(
+        tmp_path,
+        queue_path=tmp_path / 'q',
+        host=smtp_server.host,
+        port=smtp_server.port,
+        queue_interval=0.1,
     )
-    def test_garbage_file_is_named_without_its_lines(self, tmp_path, text, problem):
-        ini = tmp_path / 'app.ini'
-        ini.write_text(text)
-        assert self._callFUT('status', str(ini)) == 1
-        assert self.err.startswith(f'pyramid-txmail: {ini}: {problem}')
-        assert len(self.err.splitlines()) == 1
-        assert 'secret' not in self.err
+    EVENTS.clear()
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, _ = run_cli('process', ini)
+    assert code == 0
+    assert [e.message_id for e in EVENTS] == ['<stop@test>']
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
-class TestConsoleScript:
-    def test_installed_script_reports_status(self, tmp_path):
-        queue_with(tmp_path / 'q', 1)
-        ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
-        script = os.path.join(os.path.dirname(sys.executable), 'pyramid-txmail')
-        result = subprocess.run(
-            [script, 'status', ini, '--json'],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={
-                **os.environ,
-                'PYTHONPATH': os.path.dirname(os.path.dirname(__file__)),
-            },
-        )
-        assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)['queued'] == 1
-
-    def test_main_uses_sys_argv(self, monkeypatch, capsys):
-        from pyramid_txmail.cli import main
-
-        monkeypatch.setattr(sys, 'argv', ['pyramid-txmail'])
-        assert main() == 2
-        assert main(['status']) == 2
+# -- QueueFaults
+# What an operator sees on a queue that is missing, unreadable, damaged
+# or not root's.
 
 
-class Test_age:
-    def _callFUT(self, seconds):
-        from pyramid_txmail.cli import _age
+@pytest.mark.parametrize(
+    'argv',
+    [
+        ('status',),
+        ('list',),
+        ('retry', '--all'),
+        ('purge', '--failed'),
+        ('show', '0000000000000000.1.ab'),
+        ('flush',),
+        ('hold', '0000000000000000.1.ab'),
+        ('release', '0000000000000000.1.ab'),
+    ],
+)
+def test_commands_never_create_the_queue(tmp_path, argv):
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    code, _, err = run_cli(argv[0], ini, *argv[1:])
+    assert code == 1
+    assert err == (
+        f'pyramid-txmail: no mail queue at {tmp_path}/q: '
+        'nothing has been queued there yet\n'
+    )
+    assert not (tmp_path / 'q').exists()
 
-        return _age(seconds)
 
-    def test_units(self):
-        assert [self._callFUT(s) for s in (-1, 59, 60, 7200, 86400 * 3)] == [
-            '0s',
-            '59s',
-            '1m',
-            '2h',
-            '3d',
-        ]
+def test_unreadable_queue_says_cannot_read(tmp_path):
+    (tmp_path / 'q').write_text('a file, not a queue')
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    code, _, err = run_cli('status', ini)
+    assert code == 1
+    assert err == (
+        f'pyramid-txmail: cannot read mail queue {tmp_path}/q: not a directory\n'
+    )
+
+
+def test_list_and_status_show_bad_entries(tmp_path):
+    from tests.test_queue import add_bad_entries, queue_as_nobody
+
+    queue = queue_as_nobody(str(tmp_path / 'q'))
+    reasons = add_bad_entries(queue)
+    queue.publish([queue.stage(make_mail(1))])
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    code, out, _ = run_cli('list', ini)
+    assert code == 0
+    _, *lines = out.splitlines()
+    assert len(lines) == len(reasons) + 1
+    # Root reads the first two; the others are unreadable to anyone.
+    assert sum('unreadable: ' in line for line in lines) == len(reasons) - 2
+    assert 'to@example.com' in lines[-1]
+    code, out, _ = run_cli('list', ini, '--json')
+    assert code == 0
+    rows = json.loads(out)
+    assert [r['id'] for r in rows][:-1] == list(reasons)
+    # The application's processor sets them aside.
+    for mail_id in list(reasons):
+        assert queue.claim(mail_id) is None
+    code, out, _ = run_cli('status', ini, '--json')
+    assert code == 0
+    counts = json.loads(out)
+    assert counts['failed'] == counts['unreadable'] == len(reasons)
+    code, out, _ = run_cli('list', ini, '--failed')
+    assert code == 0
+    assert out.count('unreadable: ') == len(reasons)
+
+
+def test_retry_as_root_keeps_the_queue_owner(tmp_path):
+    from tests.test_queue import NOBODY, queue_as_nobody
+
+    queue = queue_as_nobody(str(tmp_path / 'q'))
+    mail_id = queue.stage(make_mail(1))
+    queue.publish([mail_id])
+    queue.claim(mail_id).fail('554 no')
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    code, _, _ = run_cli('retry', ini, '--all')
+    assert code == 0
+    path = tmp_path / 'q' / 'new' / mail_id
+    assert (path.stat().st_uid, path.stat().st_gid) == (NOBODY, NOBODY)
+    # So the application (uid 65534) can send it.
+    claim = queue.claim(mail_id)
+    assert claim is not None
+    claim.done()
+
+
+# -- ConfigFaults
+# A broken .ini gives one line naming the file, never a value.
+
+
+@pytest.mark.parametrize('command', ['status', 'process'])
+def test_percent_in_password_is_not_shown(tmp_path, command):
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q', password='s3cr%et-tail')
+    option = '--once' if command == 'process' else '--json'
+    code, _, err = run_cli(command, ini, option)
+    assert code == 1
+    assert err == (
+        f'pyramid-txmail: {ini}: cannot read mail.password in [app:main]: '
+        'its value holds a "%" that is neither "%%" nor a "%(name)s" '
+        'reference (write a literal % as %%)\n'
+    )
+    assert 'et-tail' not in err
+
+
+def test_percent_reference_to_nothing_is_not_shown(tmp_path):
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q', password='%(nope)s-tail')
+    code, _, err = run_cli('status', ini)
+    assert code == 1
+    assert 'mail.password' in err and 'tail' not in err
+
+
+def test_undecodable_file_is_named(tmp_path):
+    ini = tmp_path / 'app.ini'
+    ini.write_bytes(b'[app:main]\nmail.password = \xff\xfe secret\n')
+    code, _, err = run_cli('list', str(ini))
+    assert code == 1
+    assert err == (f'pyramid-txmail: {ini}: not UTF-8 text (byte 0xff at offset 27)\n')
+
+
+@pytest.mark.parametrize(
+    ('text', 'problem'),
+    [
+        ('hello secret\n', 'line 1: no [section] header before it'),
+        ('[app:main]\nuse = egg:x\npassword secret\n', 'line 3: not a "key'),
+        (
+            '[app:main]\n[app:main]\n',
+            'not a valid .ini file (DuplicateSectionError)',
+        ),
+    ],
+)
+def test_garbage_file_is_named_without_its_lines(tmp_path, text, problem):
+    ini = tmp_path / 'app.ini'
+    ini.write_text(text)
+    code, _, err = run_cli('status', str(ini))
+    assert code == 1
+    assert err.startswith(f'pyramid-txmail: {ini}: {problem}')
+    assert len(err.splitlines()) == 1
+    assert 'secret' not in err
+
+
+# -- ConsoleScript
+
+
+def test_installed_script_reports_status(tmp_path):
+    queue_with(tmp_path / 'q', 1)
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    script = os.path.join(os.path.dirname(sys.executable), 'pyramid-txmail')
+    result = subprocess.run(
+        [script, 'status', ini, '--json'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            'PYTHONPATH': os.path.dirname(os.path.dirname(__file__)),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)['queued'] == 1
+
+
+def test_main_uses_sys_argv(monkeypatch, capsys):
+    from pyramid_txmail.cli import main
+
+    monkeypatch.setattr(sys, 'argv', ['pyramid-txmail'])
+    assert main() == 2
+    assert main(['status']) == 2
+
+
+def test_ages_are_shown_in_the_largest_whole_unit():
+    from pyramid_txmail.cli import _age
+
+    assert [_age(s) for s in (-1, 59, 60, 7200, 86400 * 3)] == [
+        '0s',
+        '59s',
+        '1m',
+        '2h',
+        '3d',
+    ]
 
 
 def test_process_ends_soon_after_sigterm_whatever_the_relay_does(tmp_path):
@@ -480,17 +517,6 @@ def test_missing_queue_path_is_named_with_the_prefix(tmp_path):
 
 
 # -- the operator's commands (issue 13): every state, show, flush, hold
-
-
-def run_cli(*argv, out=None):
-    """(exit status, stdout, stderr) of ``pyramid-txmail *argv``."""
-    from pyramid_txmail.cli import Command
-
-    out = out or io.StringIO()
-    err = io.StringIO()
-    code = Command(out, err).run([str(a) for a in argv])
-    text = out.getvalue() if isinstance(out, io.StringIO) else ''
-    return code, text, err.getvalue()
 
 
 def stored(n, subject, to=('to@example.com',)):
@@ -572,7 +598,7 @@ def test_list_failed_is_an_alias_of_state_failed(states):
     aliased = run_cli('list', ini, '--failed', '--json')
     named = run_cli('list', ini, '--state', 'failed', '--json')
     # The two runs may straddle a second: the ages may differ by one.
-    for code, out, _ in (aliased, named):
+    for code, _out, _err in (aliased, named):
         assert code == 0
     drop_age = [
         {k: v for k, v in r.items() if k != 'age'} for r in json.loads(aliased[1])
@@ -755,12 +781,14 @@ def test_retry_all_after_an_outage_takes_deferred_and_failed(states):
     _ids, queue, ini = states
     code, out, _ = run_cli('retry', ini, '--all')
     assert (code, out) == (0, '2 message(s) queued again\n')
-    assert queue.counts(held=True) == {
+    assert queue.counts() == {
         'queued': 3,
         'sending': 1,
         'deferred': 0,
-        'held': 1,
         'failed': 0,
+        'held': 1,
+        'unreadable': 0,
+        'legacy': 0,
     }
 
 
@@ -827,7 +855,7 @@ def test_purge_deletes_a_held_message(states):
     ids, queue, ini = states
     code, out, _ = run_cli('purge', ini, ids['held'], '--json')
     assert (code, json.loads(out)) == (0, {'deleted': 1})
-    assert queue.counts(held=True)['held'] == 0
+    assert queue.counts()['held'] == 0
 
 
 def test_var_value_arguments_fill_the_ini_variables(tmp_path, smtp_server):
@@ -952,3 +980,45 @@ def test_process_once_exits_1_when_the_relay_refuses_starttls(tmp_path, smtp_ser
     assert queue.counts()['queued'] == 1 and smtp_server.messages == []
     fault = json.loads(run_cli('status', ini, '--json')[1])['fault']
     assert fault['reason'] in line
+
+
+def test_commands_use_whatever_queue_the_command_opens(tmp_path):
+    # The outbox's seam: the commands use only the queue protocol, and show
+    # the states a backend has (no unreadable files in a table; sent rows).
+    from pyramid_txmail.cli import Command
+    from pyramid_txmail.queue.base import Entry, Fault
+
+    class Table:
+        name = 'postgresql://db/mail'
+
+        def clock(self):
+            return 1_700_000_060.0
+
+        def counts(self):
+            return {'queued': 1, 'sending': 0, 'sent': 4}
+
+        def read_fault(self):
+            return Fault('535 login refused', 1_700_000_000.0)
+
+        def list(self, states=None):
+            return [Entry('7', 'queued', 60.0, 0, ('a@example.com',), None)]
+
+    class TableCommand(Command):
+        def _open(self, settings, *, create):
+            assert not create  # the read-only commands never create it
+            return Table()
+
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q')
+    out, err = io.StringIO(), io.StringIO()
+    assert TableCommand(out, err).run(['status', ini]) == 0
+    assert out.getvalue() == (
+        'queued     1\n'
+        'sending    0\n'
+        'sent       4\n'
+        'sending paused by a configuration fault since 2023-11-14 22:13:20 UTC '
+        '(1m ago): 535 login refused\n'
+    )
+    out = io.StringIO()
+    assert TableCommand(out, err).run(['list', ini, '--state', 'queued']) == 0
+    assert out.getvalue().splitlines()[1].split()[:3] == ['7', 'queued', '0']
+    assert not (tmp_path / 'q').exists()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pyramid_txmail.groupsync import GroupSync
+from pyramid_txmail.queue.groupsync import GroupSync
 
 
 class Fsyncs:

@@ -23,9 +23,9 @@ import pytest
 from pyramid_txmail.cli import Command
 from pyramid_txmail.events import MailFailed, MailSent
 from pyramid_txmail.exceptions import QueueError
-from pyramid_txmail.legacy import adopt, parse, scan
 from pyramid_txmail.processor import QueueProcessor
 from pyramid_txmail.queue import MailQueue
+from pyramid_txmail.queue.legacy import adopt, parse, scan
 from tests.crashkit import run_together
 from tests.test_cli import write_ini
 

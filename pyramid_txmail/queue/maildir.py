@@ -1,6 +1,10 @@
 """The on-disk mail queue: a Maildir-style directory, one file per message.
 
-Pure file system work: no threads, no SMTP. The committing side writes a
+:class:`MailQueue` implements the queue protocol of :mod:`.base` (the
+processor and ``pyramid-txmail`` use nothing else) and, beside it, the
+producer side that ``delivery.QueuedDelivery`` uses. Pure file system
+work, no SMTP; the one thread, which closes the descriptors of sent
+messages, belongs to :mod:`.locks`. The committing side writes a
 message into ``tmp/`` during ``tpc_vote`` (:meth:`MailQueue.stage`, then
 :meth:`MailQueue.sync_staged`) and renames it into ``new/`` in
 ``tpc_finish`` (:meth:`MailQueue.publish`). Processors take messages from
@@ -31,23 +35,32 @@ import json
 import logging
 import math
 import os
-import queue as _queue
 import re
 import secrets
 import shutil
 import stat
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from types import TracebackType
-from typing import Any
 
-from .exceptions import QueueError, UnknownMessage
+from ..exceptions import QueueError, UnknownMessage
+from ..message import Envelope, PreparedMail
+from . import legacy
+from .base import Entry, Fault
 from .groupsync import GroupSync
-from .message import Envelope, PreparedMail
+from .locks import _held, _unlock, close_soon
+from .stored import FORMAT_VERSION, ID, Stored
 
-__all__ = ['Claim', 'Info', 'MailQueue', 'QueueError', 'UnknownMessage']
+__all__ = [
+    'FORMAT_VERSION',
+    'Claim',
+    'Info',
+    'MailQueue',
+    'MaildirPass',
+    'QueueError',
+    'UnknownMessage',
+]
 
 log = logging.getLogger('pyramid_txmail.queue')
 
@@ -62,11 +75,7 @@ ALL_STATES = {**STATES, HOLD: 'held'}
 FAULT_FILE = 'fault.json'
 #: Unfinished writes older than this are removed by recovery (the Maildir rule).
 TMP_MAX_AGE = 36 * 3600.0
-FORMAT_VERSION = 1
 
-# <µs, 16 digits>.<pid>.<random hex>; anything else in a directory is ignored,
-# so a stray file (an editor's backup, a rewrite in tmp/) is never a message.
-_ID = re.compile(r'\d{16}\.\d+\.[0-9a-f]+')
 # Beside failed/ID: why the processor set it aside without rewriting it.
 _REASON = '.reason'
 # Errors opening or reading an entry that concern this process or the whole
@@ -86,116 +95,8 @@ _PROCESS_ERRNOS = frozenset(
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
-@dataclass(frozen=True, slots=True)
-class Info:
-    """One message as :meth:`MailQueue.list` shows it.
-
-    ``state`` is ``queued``, ``sending``, ``deferred``, ``held`` or
-    ``failed``; ``age`` is seconds since it was queued; ``due`` the time a
-    deferred message is tried again (``None`` in other states);
-    ``subject`` the decoded Subject header (``None`` if there is none).
-    ``message_id``, ``sender`` and ``queued_at`` are the stored metadata's
-    (``None`` for an entry that cannot be read).
-    """
-
-    id: str
-    state: str
-    age: float
-    attempts: int
-    recipients: tuple[str, ...]
-    last_error: str | None
-    due: float | None = None
-    message_id: str | None = None
-    subject: str | None = None
-    sender: str | None = None
-    queued_at: float | None = None
-
-
-# Descriptors holding (or about to hold) a queue file's flock in this process.
-# A forked child inherits them, and with them the locks (a flock belongs to
-# the open file, not the process): a message its parent then releases or
-# defers would stay locked, unclaimable, for the child's lifetime. The child
-# closes its copies at once; the parent's locks are unaffected.
-_LOCK_FDS: set[int] = set()
-
-
-def _held(fd: int) -> int:
-    install_fork_hook()
-    _LOCK_FDS.add(fd)
-    return fd
-
-
-def _unlock(fd: int) -> None:
-    # Forget first: a child forked in between must not close a number that
-    # another thread has reused meanwhile.
-    _LOCK_FDS.discard(fd)
-    os.close(fd)
-
-
-class _Closer:
-    """Closes the descriptors of removed messages in a thread of its own.
-
-    Closing the last descriptor of a removed file is when the file system
-    frees it (about 70 µs on ext4, a quarter of a message's time in a
-    drain); the processor need not wait for that. The file has no name by
-    then, so nothing can find it and the moment its lock ends is moot.
-    """
-
-    def __init__(self) -> None:
-        # Bounded: a closer falling behind slows the caller down rather
-        # than letting descriptors pile up.
-        self._fds: _queue.Queue[int] = _queue.Queue(maxsize=256)
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def close(self, fd: int) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name='pyramid_txmail-closer', daemon=True
-                )
-                self._thread.start()
-        self._fds.put(fd)
-
-    def _run(self) -> None:
-        while True:
-            fd = self._fds.get()
-            # Never die: a dead closer would block every later done().
-            with contextlib.suppress(OSError):
-                _unlock(fd)
-
-
-_CLOSER = _Closer()
-
-
-def _close_inherited_locks() -> None:
-    global _CLOSER
-    for fd in list(_LOCK_FDS):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _LOCK_FDS.clear()
-    # The parent's closer thread is not here; what it had queued is closed.
-    _CLOSER = _Closer()
-
-
-_fork_hook_installed = False
-_fork_hook_lock = threading.Lock()
-
-
-def install_fork_hook() -> None:
-    """Have forked children close the lock descriptors they inherit.
-
-    Registered once, when the first lock is taken or the first processor
-    thread starts, never at import: an application with direct delivery
-    gets no hook at all.
-    """
-    global _fork_hook_installed
-    if _fork_hook_installed:  # also in a forked child, where the lock may be stale
-        return
-    with _fork_hook_lock:
-        if not _fork_hook_installed:  # pragma: no branch (else: another thread won)
-            os.register_at_fork(after_in_child=_close_inherited_locks)
-            _fork_hook_installed = True
+#: The name :class:`Entry` had before the queue protocol.
+Info = Entry
 
 
 def _cause(exc: OSError) -> str:
@@ -239,6 +140,8 @@ class MailQueue:
         create: bool = True,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
+        #: For logs, the command line and the processor registry: the path.
+        self.name = self.path
         self.clock: Callable[[], float] = clock
         self._last_micros = 0
         # Entries that could be neither read nor set aside: logged once.
@@ -310,7 +213,7 @@ class MailQueue:
             return []
         except OSError as exc:
             raise QueueError(f'cannot read mail queue {where}: {_cause(exc)}') from exc
-        return sorted(n for n in names if every or _ID.fullmatch(n))
+        return sorted(n for n in names if every or ID.fullmatch(n))
 
     # -- committing side
 
@@ -321,24 +224,19 @@ class MailQueue:
         Call :meth:`sync_staged` once after staging a transaction's messages.
         """
         mail_id = self._new_id()
-        meta = {
-            'v': FORMAT_VERSION,
-            'id': mail_id,
-            'message_id': mail.message_id,
-            'sender': mail.envelope.sender,
-            'recipients': list(mail.envelope.recipients),
-            'queued_at': self.clock(),
-            'attempts': 0,
-            'last_error': None,
-            'smtputf8': mail.envelope.smtputf8,
-        }
-        subject = _subject(mail.data)
-        if subject is not None:  # for listings, without parsing the message
-            meta['subject'] = subject
+        stored = Stored(
+            id=mail_id,
+            message_id=mail.message_id,
+            sender=mail.envelope.sender,
+            recipients=mail.envelope.recipients,
+            queued_at=self.clock(),
+            # For listings, without parsing the message.
+            subject=_subject(mail.data),
+        )
         path = self._p('tmp', mail_id)
         fd = self._create(path)
         try:
-            self._write_all(fd, path, meta, mail.data)
+            self._write_all(fd, path, stored, mail.data)
         finally:
             os.close(fd)
         return mail_id
@@ -473,10 +371,8 @@ class MailQueue:
         :meth:`recover`), adopt a repoze.sendmail queue left here, promote
         due deferred messages (see :meth:`promote_due`); the pass then
         claims what is in ``new/`` now, in queue order."""
-        from .legacy import adopt  # legacy builds on this module
-
         self.recover(stale_after)
-        adopt(self)
+        legacy.adopt(self)
         self.promote_due(horizon=horizon)
         return MaildirPass(self, self.pending())
 
@@ -515,7 +411,7 @@ class MailQueue:
                 return None  # removed by hand since we locked it
             raise
         try:
-            meta, data = _read(fd, st.st_size, self._pread)
+            stored, data = _read(fd, st.st_size, self._pread)
         except OSError as exc:
             self._unusable(exc, path, fd)
             self._set_aside('cur', mail_id, f'cannot read: {_cause(exc)}', fd)
@@ -524,7 +420,7 @@ class MailQueue:
             # Not a message we wrote, or damaged: keep it for a human.
             self._set_aside('cur', mail_id, str(exc), fd)
             return None
-        return Claim(self, mail_id, fd, meta, data)
+        return Claim(self, mail_id, fd, stored, data)
 
     def _unusable(self, exc: OSError, path: str, fd: int | None = None) -> None:
         """Raise QueueError when ``exc`` is this process's trouble, not the entry's."""
@@ -660,14 +556,13 @@ class MailQueue:
                 ) from exc
         return fd
 
-    def _write_all(self, fd: int, path: str, meta: dict[str, Any], data: bytes) -> None:
+    def _write_all(self, fd: int, path: str, stored: Stored, data: bytes) -> None:
         """Write the metadata line and ``data`` to ``fd`` and fsync it.
 
         On failure the file is removed and :class:`QueueError` raised.
         """
-        header = json.dumps(meta, ensure_ascii=True, separators=(',', ':'))
         try:
-            view = memoryview(header.encode('ascii') + b'\n' + data)
+            view = memoryview(stored.encode() + b'\n' + data)
             while view:
                 view = view[self._write(fd, view) :]
             self._fsync(fd)
@@ -703,7 +598,7 @@ class MailQueue:
         self,
         mail_id: str,
         path: str,
-        meta: dict[str, Any],
+        stored: Stored,
         data: bytes,
         dest: str,
         mtime: float,
@@ -720,7 +615,7 @@ class MailQueue:
         fd = _held(self._create(tmp))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._write_all(fd, tmp, meta, data)
+            self._write_all(fd, tmp, stored, data)
             try:
                 os.utime(fd, (mtime, mtime))
                 self._rename(tmp, path)
@@ -743,29 +638,44 @@ class MailQueue:
 
     # -- inspection and administration (the command line)
 
-    def counts(self, *, held: bool = False) -> dict[str, int]:
-        """How many messages are in each state; ``held`` too if ``held``."""
-        subs = ALL_STATES if held else STATES
-        return {state: len(self._ids(sub)) for sub, state in subs.items()}
+    def counts(self) -> dict[str, int]:
+        """How many messages are in each state (``queued``, ``sending``,
+        ``deferred``, ``failed``, ``held``); then ``unreadable``, those of
+        the failed ones the processor set aside as unreadable (see
+        :meth:`unreadable`), and ``legacy``, the repoze.sendmail files
+        here, waiting or rejected (the processor adopts them). Read-only."""
+        counts = {state: len(self._ids(sub)) for sub, state in ALL_STATES.items()}
+        counts['unreadable'] = self.unreadable()
+        counts['legacy'] = len(legacy.scan(self, failed=None))
+        return counts
 
     def list(
-        self, *, failed: bool = False, states: Iterable[str] | None = None
-    ) -> Iterator[Info]:
-        """The active queue (queued, sending, deferred) in queue order.
+        self, states: Iterable[str] | None = None, *, failed: bool = False
+    ) -> builtins.list[Entry]:
+        """The messages in ``states`` (every state by default), in queue order.
 
-        With ``failed=True``, the failed area instead; ``states`` names the
-        states to list instead (any of ``queued``, ``sending``,
-        ``deferred``, ``held``, ``failed``). The metadata line of each file
-        is read, and the message's headers only if the metadata has no
+        ``states`` are any of ``queued``, ``sending``, ``deferred``,
+        ``held``, ``failed`` and ``legacy``; ``failed=True`` is
+        ``states=['failed']``. repoze.sendmail's files come first: those
+        waiting to be adopted (state ``legacy``; one that cannot be read
+        says why in ``last_error``) and those it had rejected (``failed``),
+        their ids the files' paths in the queue directory (see
+        :func:`.legacy.scan`). The metadata line of each of our files is
+        read, and the message's headers only if the metadata has no
         ``subject`` (files written before it had one). An entry that cannot
         be read or is not a valid queue file is listed with ``last_error``
         ``'unreadable: '`` and the reason (its age from its id), never
         failing the listing. For an entry the processor set aside,
-        ``last_error`` is the reason it recorded then.
+        ``last_error`` is the reason it recorded then. Read-only.
         """
         if states is None:
-            states = ('failed',) if failed else ('queued', 'sending', 'deferred')
+            states = ('failed',) if failed else (*ALL_STATES.values(), 'legacy')
         wanted = set(states)
+        entries: builtins.list[Entry] = []
+        if 'legacy' in wanted or 'failed' in wanted:
+            # Which of scan's two kinds: waiting, rejected, or both (None).
+            kind = None if {'legacy', 'failed'} <= wanted else 'failed' in wanted
+            entries += legacy.scan(self, failed=kind)
         subs = [sub for sub, state in ALL_STATES.items() if state in wanted]
         listing = sorted((mail_id, sub) for sub in subs for mail_id in self._ids(sub))
         now = self.clock()
@@ -773,7 +683,7 @@ class MailQueue:
             path = self._p(sub, mail_id)
             noted = self._reason(mail_id) if sub == 'failed' else None
             try:
-                mtime, meta, subject = _head(path, self._opener)
+                mtime, stored, subject = _head(path, self._opener)
             except FileNotFoundError:
                 continue  # moved on since the listing
             except OSError as exc:
@@ -781,19 +691,23 @@ class MailQueue:
             except ValueError as exc:
                 reason = f'unreadable: {exc}'
             else:
-                yield _info(mail_id, ALL_STATES[sub], meta, now, mtime, noted, subject)
+                state = ALL_STATES[sub]
+                entries.append(
+                    _entry(mail_id, state, stored, now, mtime, noted, subject)
+                )
                 continue
             age = now - int(mail_id[:16]) / 1_000_000
-            yield Info(mail_id, ALL_STATES[sub], age, 0, (), noted or reason)
+            entries.append(Entry(mail_id, ALL_STATES[sub], age, 0, (), noted or reason))
+        return entries
 
-    def read(self, mail_id: str) -> tuple[Info, bytes]:
-        """One message as it is stored: its :class:`Info` and its bytes.
+    def read(self, mail_id: str) -> tuple[Entry, bytes]:
+        """One message as it is stored: its :class:`Entry` and its bytes.
 
         Read-only, and no lock is taken (a processor may be sending it).
         Raises :class:`UnknownMessage` for an id in no state, and
         :class:`QueueError` when the entry cannot be read.
         """
-        valid = _ID.fullmatch(mail_id) is not None
+        valid = ID.fullmatch(mail_id) is not None
         # A processor may move it between two states while we look: twice
         # round is enough for any move to have finished.
         for sub in [*ALL_STATES] * 2 if valid else ():
@@ -809,7 +723,7 @@ class MailQueue:
                 if not stat.S_ISREG(st.st_mode):
                     raise QueueError(f'cannot read {path}: not a regular file')
                 try:
-                    meta, data = _read(fd, st.st_size, self._pread)
+                    stored, data = _read(fd, st.st_size, self._pread)
                 except OSError as exc:
                     raise QueueError(f'cannot read {path}: {_cause(exc)}') from exc
                 except ValueError as exc:
@@ -818,11 +732,11 @@ class MailQueue:
                 os.close(fd)
             noted = self._reason(mail_id) if sub == 'failed' else None
             now = self.clock()
-            subject = meta['subject'] if 'subject' in meta else _subject(data)
-            info = _info(
-                mail_id, ALL_STATES[sub], meta, now, st.st_mtime, noted, subject
+            subject = stored.subject if stored.subject is not None else _subject(data)
+            entry = _entry(
+                mail_id, ALL_STATES[sub], stored, now, st.st_mtime, noted, subject
             )
-            return info, data
+            return entry, data
         raise UnknownMessage(f'no message {mail_id!r} in {self.path}')
 
     def unreadable(self) -> int:
@@ -871,19 +785,20 @@ class MailQueue:
                 try:
                     if not stat.S_ISREG(st.st_mode):
                         raise ValueError('not a regular file')
-                    meta, data = _read(fd, st.st_size, self._pread)
+                    stored, data = _read(fd, st.st_size, self._pread)
                 except (OSError, ValueError):
                     # Unreadable: back unchanged; a claim will fail it again.
                     os.rename(path, self._p('new', mail_id))
                 else:
-                    meta.update(attempts=0, queued_at=now)
                     # Those who have it already (the processor noted them
                     # when it could not record a partial acceptance).
                     _, delivered = self._noted(mail_id) or ('', [])
-                    left = [r for r in meta['recipients'] if r not in delivered]
+                    left = tuple(r for r in stored.recipients if r not in delivered)
                     if left:
-                        meta['recipients'] = left
-                        self._rewrite(mail_id, path, meta, data, 'new', now)
+                        stored = replace(
+                            stored, attempts=0, queued_at=now, recipients=left
+                        )
+                        self._rewrite(mail_id, path, stored, data, 'new', now)
                     else:
                         os.unlink(path)
                         log.info('%s: every recipient has it already', mail_id)
@@ -1041,7 +956,8 @@ class MailQueue:
         when is that of the first fault in a row. Never raises: a fault
         that cannot be written is logged.
         """
-        since = (self.read_fault() or {}).get('since', self.clock())
+        fault = self.read_fault()
+        since = self.clock() if fault is None else fault.since
         path = self._p(FAULT_FILE)
         tmp = self._p('tmp', f'{FAULT_FILE}.{secrets.token_hex(4)}')
         record = json.dumps({'reason': reason, 'since': since}).encode('ascii')
@@ -1067,9 +983,9 @@ class MailQueue:
         except OSError as exc:
             log.warning('cannot remove %s: %s', self._p(FAULT_FILE), _cause(exc))
 
-    def read_fault(self) -> dict[str, Any] | None:
-        """The standing configuration fault, ``{'reason': str, 'since':
-        float}``, or ``None`` when there is none (or it cannot be read)."""
+    def read_fault(self) -> Fault | None:
+        """The standing configuration fault, or ``None`` when there is none
+        (or it cannot be read). Read-only."""
         try:
             with open(self._p(FAULT_FILE), 'rb') as f:
                 record = json.loads(f.read(65536))
@@ -1081,7 +997,7 @@ class MailQueue:
             and isinstance(record.get('since'), (int, float))
         ):
             return None
-        return {'reason': record['reason'], 'since': float(record['since'])}
+        return Fault(record['reason'], float(record['since']))
 
     def _resolve(
         self, ids: Iterable[str] | None, subs: tuple[str, ...]
@@ -1091,7 +1007,7 @@ class MailQueue:
             return [(mail_id, sub) for sub in subs for mail_id in self._ids(sub)]
         found = []
         for mail_id in ids:
-            valid = _ID.fullmatch(mail_id) is not None
+            valid = ID.fullmatch(mail_id) is not None
             sub = next(
                 (s for s in subs if valid and os.path.lexists(self._p(s, mail_id))),
                 None,
@@ -1105,55 +1021,7 @@ class MailQueue:
         return found
 
 
-def _parse(line: bytes) -> dict[str, Any]:
-    """The metadata line, checked; ValueError if it is not ours.
-
-    Every field the processor and the listing use is checked for its type
-    here, so that a damaged or hand-edited entry fails here (and is set
-    aside) rather than halfway through an SMTP session.
-    """
-    try:
-        meta = json.loads(line)
-    except RecursionError:
-        raise ValueError('metadata nested too deeply') from None
-    if not isinstance(meta, dict) or meta.get('v') != FORMAT_VERSION:
-        raise ValueError(f'not a version {FORMAT_VERSION} queue file')
-    meta.setdefault('last_error', None)
-    recipients = meta.get('recipients')
-    number = meta.get('queued_at')
-    attempts = meta.get('attempts')
-    for key, ok in (
-        ('message_id', isinstance(meta.get('message_id'), str)),
-        ('sender', isinstance(meta.get('sender'), str)),
-        (
-            'recipients',
-            isinstance(recipients, list)
-            and bool(recipients)
-            and all(isinstance(r, str) for r in recipients),
-        ),
-        (
-            'queued_at',
-            isinstance(number, (int, float))
-            and not isinstance(number, bool)
-            and math.isfinite(number),
-        ),
-        (
-            'attempts',
-            isinstance(attempts, int)
-            and not isinstance(attempts, bool)
-            and attempts >= 0,
-        ),
-        ('last_error', isinstance(meta['last_error'], (str, type(None)))),
-        ('subject', isinstance(meta.get('subject', ''), str)),
-    ):
-        if not ok:
-            raise ValueError(f'bad or missing {key!r}')
-    return meta
-
-
-def _head(
-    path: str, opener: Callable[..., int]
-) -> tuple[float, dict[str, Any], str | None]:
+def _head(path: str, opener: Callable[..., int]) -> tuple[float, Stored, str | None]:
     """The mtime, checked metadata line and Subject of the queue file at
     ``path`` (the Subject from the metadata, or else the message's headers)."""
     fd = opener(path, _OPEN_FLAGS)
@@ -1162,10 +1030,10 @@ def _head(
         os.close(fd)
         raise ValueError('not a regular file')
     with open(fd, 'rb') as f:
-        meta = _parse(f.readline())
-        if 'subject' in meta:
-            return st.st_mtime, meta, meta['subject']
-        return st.st_mtime, meta, _subject(f.read(_HEADER_LIMIT))
+        stored = Stored.decode(f.readline())
+        if stored.subject is not None:
+            return st.st_mtime, stored, stored.subject
+        return st.st_mtime, stored, _subject(f.read(_HEADER_LIMIT))
 
 
 # Enough of a message to hold its headers, for the Subject of older files.
@@ -1196,33 +1064,33 @@ def _subject(data: bytes) -> str | None:
     )
 
 
-def _info(
+def _entry(
     mail_id: str,
     state: str,
-    meta: dict[str, Any],
+    stored: Stored,
     now: float,
     mtime: float,
     noted: str | None,
     subject: str | None,
-) -> Info:
-    return Info(
+) -> Entry:
+    return Entry(
         id=mail_id,
         state=state,
-        age=now - meta['queued_at'],
-        attempts=meta['attempts'],
-        recipients=tuple(meta['recipients']),
-        last_error=noted or meta['last_error'],
+        age=now - stored.queued_at,
+        attempts=stored.attempts,
+        recipients=stored.recipients,
+        last_error=noted or stored.last_error,
         due=mtime if state == 'deferred' else None,
-        message_id=meta['message_id'],
+        message_id=stored.message_id,
         subject=subject,
-        sender=meta['sender'],
-        queued_at=meta['queued_at'],
+        sender=stored.sender,
+        queued_at=stored.queued_at,
     )
 
 
 def _read(
     fd: int, size: int, pread: Callable[[int, int, int], bytes] = os.pread
-) -> tuple[dict[str, Any], bytes]:
+) -> tuple[Stored, bytes]:
     """Metadata and message bytes of the open queue file ``fd``.
 
     ``size`` is what ``fstat`` said (a queue file never changes once
@@ -1234,7 +1102,7 @@ def _read(
         chunks.append(chunk)
         offset += len(chunk)
     line, _, data = b''.join(chunks).partition(b'\n')
-    return _parse(line), data
+    return Stored.decode(line), data
 
 
 class MaildirPass:
@@ -1270,19 +1138,19 @@ class Claim:
         queue: MailQueue,
         mail_id: str,
         fd: int,
-        meta: dict[str, Any],
+        stored: Stored,
         data: bytes,
     ):
         self.queue = queue
         self.id = mail_id
         self._fd: int | None = fd
-        self._meta = meta
+        self._stored = stored
         self.data = data
-        self.message_id: str = meta['message_id']
-        self.envelope = Envelope(meta['sender'], tuple(meta['recipients']))
-        self.attempts: int = meta['attempts']
-        self.queued_at: float = meta['queued_at']
-        self.last_error: str | None = meta['last_error']
+        self.message_id = stored.message_id
+        self.envelope = Envelope(stored.sender, stored.recipients)
+        self.attempts = stored.attempts
+        self.queued_at = stored.queued_at
+        self.last_error = stored.last_error
 
     def __repr__(self) -> str:
         return f'<Claim {self.id} {self.message_id}>'
@@ -1324,10 +1192,10 @@ class Claim:
         except OSError as exc:
             self._fd = fd
             raise QueueError(f'cannot remove {self._path}: {_cause(exc)}') from exc
-        _CLOSER.close(fd)
+        close_soon(fd)
 
     def defer(
-        self, error: str, due: float, recipients: Iterable[str] | None = None
+        self, error: str, due: float, *, recipients: Iterable[str] | None = None
     ) -> None:
         """A temporary failure: try again at ``due``.
 
@@ -1349,11 +1217,11 @@ class Claim:
         recipients: Iterable[str] | None,
     ) -> None:
         fd = self._take_fd()
-        meta = dict(self._meta, attempts=self.attempts + 1, last_error=error)
+        stored = replace(self._stored, attempts=self.attempts + 1, last_error=error)
         if recipients is not None:
-            meta['recipients'] = list(recipients)
+            stored = replace(stored, recipients=tuple(recipients))
         try:
-            self.queue._rewrite(self.id, self._path, meta, self.data, dest, mtime)
+            self.queue._rewrite(self.id, self._path, stored, self.data, dest, mtime)
         except BaseException:
             self._fd = fd
             raise

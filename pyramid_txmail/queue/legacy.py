@@ -47,10 +47,16 @@ import re
 import secrets
 import stat
 from email.parser import BytesHeaderParser
+from typing import TYPE_CHECKING
 
-from .exceptions import MailError, QueueError
-from .message import Envelope, _addr_spec, parse_address
-from .queue import _ID, FORMAT_VERSION, Info, MailQueue, _held, _unlock
+from ..exceptions import MailError, QueueError
+from ..message import Envelope, _addr_spec, parse_address
+from .base import Entry
+from .locks import _held, _unlock
+from .stored import ID, Stored
+
+if TYPE_CHECKING:  # the queue calls this module, never the other way round
+    from .maildir import MailQueue
 
 __all__ = ['adopt', 'scan']
 
@@ -166,7 +172,7 @@ def _legacy_names(names: list[str]) -> list[str]:
     return [
         n
         for n in names
-        if (not n.startswith('.') or n.startswith(REJECTED)) and not _ID.fullmatch(n)
+        if (not n.startswith('.') or n.startswith(REJECTED)) and not ID.fullmatch(n)
     ]
 
 
@@ -201,7 +207,7 @@ def _cause(exc: OSError) -> str:
 # -- inspection (read-only)
 
 
-def scan(queue: MailQueue, *, failed: bool | None = False) -> list[Info]:
+def scan(queue: MailQueue, *, failed: bool | None = False) -> list[Entry]:
     """Legacy files in ``queue``'s directory, as ``list`` shows them.
 
     The waiting ones (state ``legacy``; an unreadable one says why in
@@ -220,13 +226,13 @@ def scan(queue: MailQueue, *, failed: bool | None = False) -> list[Info]:
     return [i for i in infos if i is not None]
 
 
-def _info(queue: MailQueue, where: str, rejected: bool, now: float) -> Info | None:
+def _info(queue: MailQueue, where: str, rejected: bool, now: float) -> Entry | None:
     try:
         fd = _open(queue, os.path.join(queue.path, where))
     except FileNotFoundError:
         return None  # adopted since the listing
     except OSError as exc:
-        return Info(where, 'legacy', 0.0, 0, (), f'unreadable: {_cause(exc)}')
+        return Entry(where, 'legacy', 0.0, 0, (), f'unreadable: {_cause(exc)}')
     try:
         age = now - os.fstat(fd).st_mtime
         raw = _read(fd)
@@ -235,10 +241,10 @@ def _info(queue: MailQueue, where: str, rejected: bool, now: float) -> Info | No
     try:
         envelope, _, _ = parse(raw)
     except ValueError as exc:
-        return Info(where, 'legacy', age, 0, (), f'unreadable: {exc}')
+        return Entry(where, 'legacy', age, 0, (), f'unreadable: {exc}')
     if rejected:
-        return Info(where, 'failed', age, 0, envelope.recipients, REJECTED_ERROR)
-    return Info(where, 'legacy', age, 0, envelope.recipients, None)
+        return Entry(where, 'failed', age, 0, envelope.recipients, REJECTED_ERROR)
+    return Entry(where, 'legacy', age, 0, envelope.recipients, None)
 
 
 # -- adoption (the processor)
@@ -297,8 +303,8 @@ def _adopt(queue: MailQueue, sub: str, name: str) -> int:
             return 0  # another processor is adopting it, or has
         if (st.st_dev, st.st_ino) != (now_at.st_dev, now_at.st_ino):
             return 0
-        meta, data = _meta(queue, where, _read(fd), st.st_mtime, rejected)
-        staged = _stage(queue, where, meta, data)  # 1.
+        stored, data = _stored(queue, where, _read(fd), st.st_mtime, rejected)
+        staged = _stage(queue, stored, data)  # 1.
         if not rejected and _repoze_is_sending(queue, sub, name):
             # Its processor started on it meanwhile (it takes no lock): the
             # message is its own; ours would be a duplicate.
@@ -309,17 +315,19 @@ def _adopt(queue: MailQueue, sub: str, name: str) -> int:
         queue._sync_dir(sub, raising=True)
     finally:
         _unlock(fd)
-    _publish(queue, staged, meta)  # 3.
+    _publish(queue, staged, stored.id, where, stored.last_error)  # 3.
     return 1
 
 
-def _stage(queue: MailQueue, where: str, meta: dict[str, object], data: bytes) -> str:
-    """Step 1: write the copy, then give it the one name ``where`` maps to."""
+def _stage(queue: MailQueue, stored: Stored, data: bytes) -> str:
+    """Step 1: write the copy, then give it the one name its legacy file
+    (``stored.legacy``) maps to."""
+    where = str(stored.legacy)
     staged = queue._p('new', STAGED + hashlib.sha256(where.encode()).hexdigest()[:32])
-    tmp = queue._p('tmp', f'{meta["id"]}.adopting')
+    tmp = queue._p('tmp', f'{stored.id}.adopting')
     out = queue._create(tmp)
     try:
-        queue._write_all(out, tmp, meta, data)
+        queue._write_all(out, tmp, stored, data)
     finally:
         os.close(out)
     queue._rename(tmp, staged)
@@ -336,9 +344,9 @@ def _repoze_is_sending(queue: MailQueue, sub: str, name: str) -> bool:
     return queue.clock() - st.st_mtime < SENDING_MAX_AGE
 
 
-def _meta(
+def _stored(
     queue: MailQueue, where: str, raw: bytes, mtime: float, rejected: bool
-) -> tuple[dict[str, object], bytes]:
+) -> tuple[Stored, bytes]:
     """Our metadata for a legacy file, and the bytes to keep."""
     now = queue.clock()
     # Ordered by the time repoze.sendmail queued it: before newer mail.
@@ -352,36 +360,35 @@ def _meta(
         log.error(
             'mail queue %s: %s; kept in failed/ as %s', queue.path, error, mail_id
         )
-    meta = {
-        'v': FORMAT_VERSION,
-        'id': mail_id,
-        'message_id': message_id,
-        'sender': envelope.sender,
-        'recipients': list(envelope.recipients),
+    stored = Stored(
+        id=mail_id,
+        message_id=message_id,
+        sender=envelope.sender,
+        recipients=envelope.recipients,
         # A fresh start for mail.max_age: no attempt was made before.
-        'queued_at': now,
-        'attempts': 0,
-        'last_error': error,
-        'smtputf8': envelope.smtputf8,
-        'legacy': where,
-    }
-    return meta, data
+        queued_at=now,
+        last_error=error,
+        legacy=where,
+    )
+    return stored, data
 
 
-def _publish(queue: MailQueue, staged: str, meta: dict[str, object]) -> None:
-    dest = 'new' if meta.get('last_error') is None else 'failed'
+def _publish(
+    queue: MailQueue, staged: str, mail_id: str, where: str, error: str | None
+) -> None:
+    """Step 3: the copy of ``where`` becomes message ``mail_id``, queued,
+    or failed with ``error``."""
+    dest = 'new' if error is None else 'failed'
     try:
-        queue._rename(staged, queue._p(dest, str(meta['id'])))
+        queue._rename(staged, queue._p(dest, mail_id))
     except FileNotFoundError:
         return  # another processor published it
     queue._sync_dir(dest, raising=True)
-    if dest == 'failed':
+    if error is not None:
         # Kept beside it, so that the listing shows why even where the copy
         # has no envelope to show (a file that could not be parsed).
-        queue._note(str(meta['id']), str(meta['last_error']))
-    log.info(
-        'adopted %s from repoze.sendmail as %s/%s', meta['legacy'], dest, meta['id']
-    )
+        queue._note(mail_id, error)
+    log.info('adopted %s from repoze.sendmail as %s/%s', where, dest, mail_id)
 
 
 def _publish_orphan(queue: MailQueue, name: str) -> int:
@@ -395,12 +402,16 @@ def _publish_orphan(queue: MailQueue, name: str) -> int:
         meta = json.loads(_read(fd).partition(b'\n')[0])
     finally:
         _unlock(fd)
-    if not isinstance(meta, dict) or not all(
-        isinstance(meta.get(k), str) for k in ('id', 'legacy')
+    # Not Stored.decode: the copy of a file that could not be parsed has
+    # no envelope, which a message to send must have.
+    if not (
+        isinstance(meta, dict)
+        and all(isinstance(meta.get(k), str) for k in ('id', 'legacy'))
+        and isinstance(meta.get('last_error'), (str, type(None)))
     ):
         raise ValueError('not a copy staged by pyramid_txmail')
     if os.path.lexists(os.path.join(queue.path, meta['legacy'])):
         # Stopped before step 2: the file is adopted again, replacing this.
         return 0
-    _publish(queue, staged, meta)
+    _publish(queue, staged, meta['id'], meta['legacy'], meta.get('last_error'))
     return 1
