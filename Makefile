@@ -21,7 +21,16 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: $(STAMP) $(CHROMIUM)
+# The shared outbox's tests start their own PostgreSQL from Debian's package.
+POSTGRES := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) $(shell command -v initdb))
+.PHONY: postgresql
+postgresql:
+ifeq ($(POSTGRES),)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+endif
+
+test: $(STAMP) $(CHROMIUM) postgresql
 	$(PY) -m pytest --cov=pyramid_txmail --cov-report=term-missing
 
 lint: $(STAMP)

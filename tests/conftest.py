@@ -88,3 +88,41 @@ def pyramid_mailer_python() -> str:
             check=True,
         )
     return str(python)
+
+
+# -- PostgreSQL (the shared outbox): one server per session, a database per test
+
+
+@pytest.fixture(scope='session')
+def pg_server():
+    """A real PostgreSQL on 127.0.0.1 for the whole session (see
+    ``tests/pgserver.py``), with two template databases: ``txmail_empty``
+    and ``txmail_tpl`` (the outbox schema created)."""
+    from pyramid_txmail.outbox import schema_sql
+    from tests.pgserver import running_server
+
+    with running_server() as server:
+        server.execute('CREATE DATABASE txmail_empty', 'CREATE DATABASE txmail_tpl')
+        server.execute(schema_sql(), dbname='txmail_tpl')
+        yield server
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+def _new_database(server, template: str) -> str:
+    name = f'txmail_test_{next(_databases)}'
+    server.execute(f'CREATE DATABASE {name} TEMPLATE {template}')
+    return server.url_for(name)
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a fresh database of this test's own, the outbox created."""
+    return _new_database(pg_server, 'txmail_tpl')
+
+
+@pytest.fixture
+def pg_empty_url(pg_server) -> str:
+    """The URL of a fresh, empty database of this test's own."""
+    return _new_database(pg_server, 'txmail_empty')
