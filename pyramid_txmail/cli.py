@@ -181,6 +181,13 @@ class Command:
             const='failed',
             help='only failed messages (same as --state failed)',
         )
+        listing.add_argument(
+            '--sent',
+            action='store_const',
+            dest='state',
+            const='sent',
+            help='only the sent messages the outbox keeps (mail.keep_sent)',
+        )
         json_option(listing, 'the messages')
         show = command(
             'show', 'one message: envelope, headers, history', ids='its id', nargs=1
@@ -208,6 +215,7 @@ class Command:
         purge = command('purge', 'delete messages', ids='message ids')
         purge.add_argument('--failed', action='store_true', help='every failed message')
         json_option(purge, 'the count')
+        command('initdb', 'create the outbox tables (mail.queue_url)')
         catch = commands.add_parser(
             'catch', help='a development mail catcher: SMTP and a web UI'
         )
@@ -288,10 +296,19 @@ class Command:
     def _mail_settings(self, config_uri: str, raw: Mapping[str, Any]) -> MailSettings:
         prefix = settings_prefix(raw)
         settings = parse_settings(raw, prefix=prefix)
-        if not settings.queue_path:
+        if not (settings.queue_path or settings.queue_url):
             name = os.path.basename(config_uri.split('#', 1)[0])
             raise CommandError(f'{prefix}queue_path is not set in {name}')
         return settings
+
+    @staticmethod
+    def _open_queue(settings: MailSettings, *, create: bool = True) -> Any:
+        """The Maildir queue, or the shared outbox (``mail.queue_url``)."""
+        if settings.queue_url:
+            from .outbox import OutboxQueue
+
+            return OutboxQueue(settings.queue_url, keep_sent=settings.keep_sent)
+        return MailQueue(settings.queue_path, create=create)  # type: ignore[arg-type]  # checked by _mail_settings
 
     def _queue(self, args: argparse.Namespace) -> MailQueue:
         """The application's queue, as it is: never created here (as root it
@@ -299,8 +316,7 @@ class Command:
         self._check_file(args.config)
         raw = self.get_settings(args.config, options=args.vars)
         settings = self._mail_settings(args.config, raw)
-        # _mail_settings refused a missing queue_path.
-        return MailQueue(settings.queue_path, create=False)  # type: ignore[arg-type]
+        return self._open_queue(settings, create=False)  # type: ignore[no-any-return]
 
     def _fault_line(self, fault: Mapping[str, Any], now: float) -> str:
         return (
@@ -327,7 +343,7 @@ class Command:
         try:
             registry = env['registry']
             settings = self._mail_settings(args.config, registry.settings)
-            queue = MailQueue(settings.queue_path)  # type: ignore[arg-type]  # checked above
+            queue = self._open_queue(settings)
             processor = QueueProcessor(
                 queue, settings, notify=Notifier(registry.notify)
             )
@@ -366,7 +382,9 @@ class Command:
             'unreadable': queue.unreadable(),
         }
         # repoze.sendmail's files, waiting or rejected: the processor adopts them.
-        counts['legacy'] = len(scan_legacy(queue, failed=None))
+        counts['legacy'] = (
+            len(scan_legacy(queue, failed=None)) if isinstance(queue, MailQueue) else 0
+        )
         fault = queue.read_fault()
         if args.json:
             print(json.dumps({**counts, 'fault': fault}), file=self.out)
@@ -383,7 +401,7 @@ class Command:
         queue = self._queue(args)
         state = args.state
         infos: list[Info] = []
-        if state in (None, 'queued', 'failed'):
+        if state in (None, 'queued', 'failed') and isinstance(queue, MailQueue):
             # Waiting legacy files count as queued, rejected ones as failed.
             legacy = None if state is None else state == 'failed'
             infos += scan_legacy(queue, failed=legacy)
@@ -511,6 +529,23 @@ class Command:
     def cmd_release(self, args: argparse.Namespace) -> int:
         count = self._queue(args).release(args.ids)
         return self._done(args, f'{count} message(s) released', released=count)
+
+    def cmd_initdb(self, args: argparse.Namespace) -> int:
+        self._check_file(args.config)
+        raw = self.get_settings(args.config, options=args.vars)
+        settings = parse_settings(raw, prefix=settings_prefix(raw))
+        if not settings.queue_url:
+            name = os.path.basename(args.config.split('#', 1)[0])
+            raise CommandError(f'{settings_prefix(raw)}queue_url is not set in {name}')
+        from .outbox import OutboxQueue
+
+        queue = OutboxQueue(settings.queue_url)
+        try:
+            queue.create()
+        finally:
+            queue.close()
+        print(f'the outbox tables are ready in {queue.name}', file=self.out)
+        return 0
 
     #: What ``catch`` runs while it serves, instead of waiting for SIGINT or
     #: SIGTERM (a seam for tests).
