@@ -58,7 +58,6 @@ __all__ = [
     'OutboxDelivery',
     'OutboxQueue',
     'SessionOutboxDelivery',
-    'check_url',
     'schema_sql',
 ]
 
@@ -86,20 +85,6 @@ def schema_sql() -> str:
 
 
 # -- URLs
-
-
-def check_url(url: str) -> str:
-    """``url`` if it is a PostgreSQL URL; ValueError (naming no password) if not."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ValueError('expected a postgresql:// URL') from None
-    if parts.scheme not in SCHEMES:
-        raise ValueError(
-            'expected a postgresql:// URL (or postgresql+psycopg://, for psycopg 3)'
-        )
-    return url
 
 
 def safe_name(url: str) -> str:
@@ -151,7 +136,7 @@ class _Connections:
     def get(self) -> psycopg.Connection[Any]:
         conn = getattr(self._local, 'conn', None)
         pid = getattr(self._local, 'pid', None)
-        if conn is not None and pid != os.getpid():
+        if conn is not None and pid != os.getpid():  # pragma: no cover - forked
             self._inherited.append(conn)
             conn = None
         if conn is None or conn.closed or conn.broken:
@@ -162,11 +147,10 @@ class _Connections:
 
     def drop(self) -> None:
         """Forget this thread's connection (it failed): the next use makes one."""
-        conn = getattr(self._local, 'conn', None)
-        self._local.conn = None
-        if conn is not None and getattr(self._local, 'pid', None) == os.getpid():
-            with contextlib.suppress(Exception):
-                conn.close()
+        # Only after a statement failed on it: made by get(), in this process.
+        conn, self._local.conn = self._local.conn, None
+        with contextlib.suppress(Exception):
+            conn.close()
 
     def close(self) -> None:
         for conn in list(self._all):
@@ -709,23 +693,22 @@ class Listener:
         self.callback = callback
         self.stopped = False
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = self._new_thread()
         _LISTENERS.add(self)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(
             target=self._run, name='pyramid_txmail-listener', daemon=True
         )
+
+    def start(self) -> None:
         self._thread.start()
         _install_fork_hook()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopped = True
         self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         missed = False
@@ -737,7 +720,6 @@ class Listener:
                 missed = True
                 self._stop.wait(LISTEN_RETRY)
                 continue
-            self._conn = conn
             try:
                 conn.execute(f'LISTEN {CHANNEL}')
                 if missed:
@@ -762,10 +744,10 @@ class Listener:
         except Exception:
             log.exception('waking the processor failed')
 
-    def _after_fork_in_child(self) -> None:
+    def _after_fork_in_child(self) -> None:  # pragma: no cover - in a forked child
         # The parent's thread is gone here, and its connection is the
         # parent's: keep it unused (never closed) and listen anew.
-        self._thread = None
+        self._thread = self._new_thread()
         if not self.stopped:
             self.start()
 
@@ -781,7 +763,7 @@ def _install_fork_hook() -> None:
         os.register_at_fork(after_in_child=_restart_listeners)
 
 
-def _restart_listeners() -> None:
+def _restart_listeners() -> None:  # pragma: no cover - in a forked child
     for listener in list(_LISTENERS):
         listener._after_fork_in_child()
 
@@ -811,10 +793,7 @@ _INSERT = (
 def _subject(mail: PreparedMail) -> str | None:
     """The decoded Subject, stored for ``list`` (None without one)."""
     headers = BytesHeaderParser(policy=email.policy.default).parsebytes(mail.data)
-    try:
-        subject = headers['subject']
-    except Exception:  # a header the stdlib cannot decode: listed without
-        return None
+    subject = headers['subject']
     return None if subject is None else str(subject)
 
 
@@ -858,49 +837,41 @@ class OutboxDelivery(_Producer):
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def _get(self) -> psycopg.Connection[Any]:
+    def _get(self) -> tuple[psycopg.Connection[Any], bool]:
+        """An idle connection (and True), else a new one (and False)."""
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's are not ours
-                self._idle, self._pid = [], os.getpid()
-            while self._idle:
-                conn = self._idle.pop()
-                if not (conn.closed or conn.broken):
-                    return conn
-        return connect(self.queue.url, self.queue.name, autocommit=False)
+            if self._pid != os.getpid():  # pragma: no cover - forked
+                self._idle, self._pid = [], os.getpid()  # the parent's
+            if self._idle:
+                return self._idle.pop(), True
+        return connect(self.queue.url, self.queue.name, autocommit=False), False
 
     def _put(self, conn: psycopg.Connection[Any]) -> None:
+        # As many as threads commit at once, at most.
         with self._lock:
-            if len(self._idle) < 8 and self._pid == os.getpid():
-                self._idle.append(conn)
-                return
-        conn.close()
+            self._idle.append(conn)
 
     def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
-        conn = self._get()
-        gid = f'{GID_PREFIX}{uuid.uuid4()}'
         queue = self.queue
-        try:
-            conn.tpc_begin(gid)
-            with conn.cursor() as cur:
-                cur.executemany(_INSERT, [_row(mail) for mail in mails])
-            conn.tpc_prepare()
-        except psycopg.Error as exc:
-            with contextlib.suppress(Exception):
-                conn.close()
-            cause = _cause(exc, queue.url)
-            if 'prepared transactions are disabled' in cause:
-                cause = (
-                    'the server does not allow prepared transactions '
-                    '(max_prepared_transactions = 0): raise it, or write the '
-                    "outbox through the application's session (mail.queue_session)"
-                )
-            raise QueueError(
-                f'mail.queue_url: cannot write the outbox at {queue.name}: {cause}'
-            ) from None
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise
+        rows = [_row(mail) for mail in mails]
+        gid = f'{GID_PREFIX}{uuid.uuid4()}'
+        while True:
+            conn, reused = self._get()
+            try:
+                conn.tpc_begin(gid)
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT, rows)
+                conn.tpc_prepare()
+                break
+            except psycopg.Error as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                if reused and isinstance(exc, psycopg.OperationalError):
+                    continue  # an idle connection the server dropped: a new one
+                raise QueueError(
+                    f'mail.queue_url: cannot write the outbox at {queue.name}: '
+                    f'{_vote_cause(exc, queue.url)}'
+                ) from None
         state = {'committed': False}
 
         def finish() -> None:
@@ -958,7 +929,7 @@ class OutboxDelivery(_Producer):
 
     def _notify(self) -> None:
         try:
-            conn = self._get()
+            conn, _ = self._get()
             conn.execute(f'NOTIFY {CHANNEL}')
             conn.commit()
         except Exception as exc:
@@ -966,6 +937,17 @@ class OutboxDelivery(_Producer):
             log.warning('outbox %s: NOTIFY failed: %s', self.queue.name, exc)
             return
         self._put(conn)
+
+
+def _vote_cause(exc: psycopg.Error, url: str) -> str:
+    cause = _cause(exc, url)
+    if 'prepared transactions are disabled' in cause:
+        cause = (
+            'the server does not allow prepared transactions '
+            '(max_prepared_transactions = 0): raise it, or write the '
+            "outbox through the application's session (mail.queue_session)"
+        )
+    return cause
 
 
 @implementer(IQueueDelivery)

@@ -167,7 +167,7 @@ def _duration(value: object) -> float:
     """Seconds, or a number with a unit: ``90``, ``30m``, ``12h``, ``7d``."""
     problem = 'expected a duration: seconds, or a number and s, m, h or d (7d)'
     text = str(value).strip().lower()
-    unit = _UNITS.get(text[-1:], 0) if text else 0
+    unit = _UNITS.get(text[-1:], 0)
     try:
         number = float(text[:-1] if unit else text) * (unit or 1)
     except ValueError:

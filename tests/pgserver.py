@@ -102,18 +102,24 @@ class PostgresServer:
             '--no-instructions',
         )
 
-    def start(self) -> None:
+    def start(self, **settings: object) -> None:
+        """Start the server; ``settings`` override the test tuning
+        (``max_prepared_transactions=0``, say)."""
+        tuning = {
+            'listen_addresses': '127.0.0.1',
+            'fsync': 'off',
+            'synchronous_commit': 'off',
+            'full_page_writes': 'off',
+            'max_connections': 200,
+            'max_prepared_transactions': 100,
+            'shared_buffers': '32MB',
+            **settings,
+        }
         options = ' '.join(
             [
                 f'-p {self.port}',
                 f'-k {self.root}',
-                '-c listen_addresses=127.0.0.1',
-                '-c fsync=off',
-                '-c synchronous_commit=off',
-                '-c full_page_writes=off',
-                '-c max_connections=200',
-                '-c max_prepared_transactions=100',
-                '-c shared_buffers=32MB',
+                *(f'-c {name}={value}' for name, value in tuning.items()),
             ]
         )
         result = self._run(
@@ -134,10 +140,10 @@ class PostgresServer:
     def stop(self) -> None:
         self._run('pg_ctl', '-D', self.data, '-m', 'fast', '-w', 'stop', check=False)
 
-    def restart(self) -> None:
+    def restart(self, **settings: object) -> None:
         """Stop (closing every connection) and start again on the same port."""
         self.stop()
-        self.start()
+        self.start(**settings)
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -322,6 +322,56 @@ def test_a_prepared_transaction_that_cannot_be_ended_is_named_for_the_operator(
     assert "COMMIT PREPARED 'pyramid_txmail:lost'" in caplog.text
 
 
+def test_without_prepared_transactions_the_error_says_what_to_do(pg_url, pg_server):
+    pg_server.restart(max_prepared_transactions=0)
+    try:
+        tm = transaction.TransactionManager()
+        with pytest.raises(QueueError) as info, tm:
+            outbox_mailer(pg_url, tm).send(message())
+    finally:
+        pg_server.restart()
+    assert 'max_prepared_transactions = 0' in str(info.value)
+    assert 'mail.queue_session' in str(info.value)
+    assert rows(pg_url) == []
+
+
+class KillOutboxAtFinish(KillOutboxConnections):
+    """Ends the outbox's connections once the commit is over (its
+    tpc_finish runs after the outbox's)."""
+
+    def tpc_vote(self, txn):
+        pass
+
+    def tpc_finish(self, txn):
+        KillOutboxConnections.tpc_vote(self, txn)
+
+
+def test_a_connection_lost_after_the_commit_skips_the_notify_not_the_mail(
+    pg_url, caplog
+):
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(pg_url, tm)
+    with tm:
+        mailer.send(message(subject='first'))
+        tm.get().join(KillOutboxAtFinish(tm, pg_url))
+    assert 'NOTIFY failed' in caplog.text
+    with tm:
+        mailer.send(message(subject='second'))
+    # The idle connection is dropped by the server (a restart, say): the
+    # next commit replaces it.
+    KillOutboxAtFinish(tm, pg_url).tpc_finish(None)
+    with tm:
+        mailer.send(message(subject='third'))
+    assert len(rows(pg_url)) == 3
+
+
+def test_a_nonexistent_outbox_is_an_error_of_the_queue(pg_empty_url):
+    queue = OutboxQueue(pg_empty_url)
+    with pytest.raises(QueueError, match='cannot count messages'):
+        queue.counts()
+    queue.close()
+
+
 def test_commit_then_the_processor_sends_it_once(pg_url, queue, smtp_server):
     tm = transaction.TransactionManager()
     with tm:
@@ -362,13 +412,10 @@ def app_db(pg_url):
 
 
 def session_mailer(pg_url, tm, session):
-    settings = parse_settings(
-        {'mail.queue_url': pg_url, 'mail.default_sender': 'from@example.com'}
+    mailer = Mailer(
+        queue_url=pg_url, queue_session=session, default_sender='from@example.com'
     )
-    import dataclasses
-
-    settings = dataclasses.replace(settings, queue_session=session)
-    return Mailer(settings).bind(transaction_manager=tm)
+    return mailer.bind(transaction_manager=tm)
 
 
 def add_user(session, name: str, email: str) -> None:
@@ -820,13 +867,15 @@ def test_list_sent_on_the_command_line(pg_url, smtp_server, tmp_path):
 # -- many processors
 
 
-def test_four_processor_processes_deliver_ten_thousand_messages_once(
+def test_four_processor_processes_deliver_thousands_of_messages_once(
     pg_url, smtp_server, tmp_path
 ):
     from tests.crashkit import run_together
     from tests.outboxkit import drain
 
-    count = 10_000
+    # 10,000 in the issue's words: TXMAIL_OUTBOX_MESSAGES=10000 (about two
+    # minutes on a loaded 2-core machine, the relay being the limit).
+    count = int(os.environ.get('TXMAIL_OUTBOX_MESSAGES', '2000'))
     with (
         psycopg.connect(pg_url) as conn,
         conn.cursor() as cur,
@@ -953,6 +1002,30 @@ def test_a_commit_on_another_host_wakes_the_processor_before_its_interval(
         queue.close()
         _stop_all(10)
         _REGISTRY.pop(queue.path, None)
+
+
+def test_a_commit_in_this_process_wakes_its_processor_at_once(pg_url, smtp_server):
+    from pyramid_txmail import get_mailer
+    from pyramid_txmail.processor import _REGISTRY, _stop_all
+
+    interval = 30.0
+    settings = smtp_server.mail_settings(
+        queue_url=pg_url, queue_interval=str(interval), default_sender='f@example.com'
+    )
+    config = Configurator(settings=settings)
+    config.include('pyramid_txmail')
+    app = config.make_wsgi_app()
+    mailer = get_mailer(app.registry)
+    try:
+        time.sleep(0.2)  # the processor's first pass
+        with transaction.manager:
+            mailer.send(message(subject='at once'))
+        [received] = smtp_server.wait_for(1, timeout=interval / 3)
+        assert received.message['Subject'] == 'at once'
+    finally:
+        mailer.queue_delivery.queue.close()
+        _stop_all(10)
+        _REGISTRY.pop(mailer.queue_delivery.queue.path, None)
 
 
 def test_a_listener_callback_that_raises_is_logged(pg_url, caplog):
