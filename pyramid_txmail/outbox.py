@@ -30,6 +30,7 @@ Logger: ``pyramid_txmail.outbox``.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import email.policy
 import importlib.resources
@@ -464,7 +465,9 @@ class OutboxQueue:
             raise UnknownMessage(f'no message {mail_id!r} in the outbox')
         return _entry(row[:-1]), bytes(row[-1])
 
-    def _resolve(self, ids: Iterable[str], states: tuple[str, ...]) -> list[int]:
+    def _resolve(
+        self, ids: Iterable[str], states: tuple[str, ...]
+    ) -> builtins.list[int]:
         """Check that every id is in one of ``states``, before anything
         changes: UnknownMessage, or QueueError for one being sent."""
         wanted = _ids(ids)
@@ -1026,7 +1029,7 @@ def _mark_changed(session: Any) -> None:
     """Tell zope.sqlalchemy that the session wrote (it rolls back a session
     that only ran SQL statements otherwise)."""
     try:
-        from zope.sqlalchemy import mark_changed
+        from zope.sqlalchemy import mark_changed  # type: ignore[import-untyped]  # no stubs
     except ImportError:  # pragma: no cover - the app commits its session itself
         return
     mark_changed(session)
