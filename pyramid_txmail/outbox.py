@@ -987,12 +987,22 @@ class SessionOutboxDelivery(_Producer):
 
         session = self._session(request)
         sender, recipients, subject, data = _row(mail)[1:]
+        insert = (
+            'INSERT INTO txmail_outbox '
+            '(message_id, sender, recipients, subject, data) '
+            'VALUES (:message_id, :sender, :recipients, :subject, :data)'
+        )
+        if getattr(session, 'twophase', False):
+            # PREPARE TRANSACTION refuses a transaction that notified.
+            self._local.notify_after = True
+        else:
+            # One round trip; PostgreSQL delivers the notification at commit.
+            insert = (
+                f'WITH row AS ({insert} RETURNING id) '
+                f"SELECT pg_notify('{CHANNEL}', '') FROM row"
+            )
         session.execute(
-            text(
-                'INSERT INTO txmail_outbox '
-                '(message_id, sender, recipients, subject, data) '
-                'VALUES (:message_id, :sender, :recipients, :subject, :data)'
-            ),
+            text(insert),
             {
                 'message_id': mail.message_id,
                 'sender': sender,
@@ -1002,11 +1012,6 @@ class SessionOutboxDelivery(_Producer):
             },
         )
         _mark_changed(session)
-        if getattr(session, 'twophase', False):
-            # PREPARE TRANSACTION refuses a transaction that notified.
-            self._local.notify_after = True
-        else:
-            session.execute(text(f'NOTIFY {CHANNEL}'))
 
     def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
         # The rows are in the session already; it commits them. vote runs

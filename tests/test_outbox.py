@@ -501,6 +501,21 @@ def test_session_mode_takes_a_callable_given_the_request(pg_url, app_db):
     assert len(rows(pg_url)) == 1
 
 
+def test_session_mode_notifies_at_commit_never_for_a_rollback(pg_url, app_db):
+    tm, session = app_db
+    mailer = session_mailer(pg_url, tm, session)
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute('LISTEN txmail_outbox')
+        tm.begin()
+        mailer.send(message())
+        tm.abort()
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        with tm:
+            mailer.send(message())
+        notified = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in notified] == ['txmail_outbox']
+
+
 def test_session_mode_with_a_two_phase_session_notifies_after_commit(pg_url):
     import sqlalchemy as sa
     import zope.sqlalchemy
