@@ -871,12 +871,17 @@ def test_list_sent_on_the_command_line(pg_url, smtp_server, tmp_path):
         assert Command(status, io.StringIO()).run(['status', str(ini)]) == 0
         empty = io.StringIO()
         assert Command(empty, io.StringIO()).run(['list', str(ini)]) == 0
+        [entry] = OutboxQueue(pg_url).list(['sent'])
+        shown = io.StringIO()
+        assert Command(shown, io.StringIO()).run(['show', str(ini), entry.id]) == 0
     finally:
         del Command.get_settings
     assert message_id in out.getvalue()
     assert ' sent ' in out.getvalue()
     assert 'queued     0' in status.getvalue()
     assert message_id not in empty.getvalue()
+    assert f'message-id:   {message_id}' in shown.getvalue()
+    assert 'state:        sent' in shown.getvalue()
 
 
 # -- many processors
@@ -890,7 +895,7 @@ def test_four_processor_processes_deliver_thousands_of_messages_once(
 
     # 10,000 in the issue's words: TXMAIL_OUTBOX_MESSAGES=10000 (about two
     # minutes on a loaded 2-core machine, the relay being the limit).
-    count = int(os.environ.get('TXMAIL_OUTBOX_MESSAGES', '2000'))
+    count = int(os.environ.get('TXMAIL_OUTBOX_MESSAGES', '1000'))
     with (
         psycopg.connect(pg_url) as conn,
         conn.cursor() as cur,
