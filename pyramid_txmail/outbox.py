@@ -44,7 +44,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from email.parser import BytesHeaderParser
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 from zope.interface import implementer
@@ -53,6 +53,7 @@ from .exceptions import QueueError, UnknownMessage
 from .interfaces import IPendingMail, IQueueDelivery
 from .message import Envelope, PreparedMail
 from .queue import Info
+from .settings import without_password
 
 __all__ = [
     'CHANNEL',
@@ -90,19 +91,18 @@ def schema_sql() -> str:
 
 def safe_name(url: str) -> str:
     """``url`` without its password: for logs, errors and the CLI."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition('@')[2]
-    user = parts.username or ''
-    return urlunsplit(parts._replace(netloc=f'{user}:***@{host}'))
+    return without_password(url)
 
 
 def hide_password(text: str, url: str) -> str:
-    """``text`` with the URL's password (in any spelling) replaced."""
+    """``text`` with the URL's password (wherever it appears) replaced."""
     parts = urlsplit(url)
-    if parts.password:
-        text = text.replace(url, safe_name(url)).replace(parts.password, '***')
+    secrets = [parts.password] + [
+        value for name, value in parse_qsl(parts.query) if name == 'password'
+    ]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, '***')
     return text
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class SettingsError(ConfigurationError):  # type: ignore[misc]  # pyramid is unt
 
     def __init__(self, key: str, value: object, problem: str):
         if key.endswith('queue_url') and isinstance(value, str):
-            value = _without_password(value)
+            value = without_password(value)
         shown = '<hidden>' if key.endswith('password') else repr(value)
         super().__init__(
             f'{key}: {problem}, got {shown}'
@@ -130,13 +131,15 @@ _non_negative_float = _number(
 _URL_SCHEMES = ('postgresql', 'postgres', 'postgresql+psycopg')
 
 
-def _without_password(url: str) -> str:
-    """``url`` with its password (if any) shown as ``***``."""
-    scheme, sep, rest = url.partition('://')
-    userinfo, at, host = rest.rpartition('@')
-    if at and ':' in userinfo:
-        return f'{scheme}{sep}{userinfo.split(":", 1)[0]}:***@{host}'
-    return url
+_USERINFO_PASSWORD = re.compile(r'^([^:/?#]*://[^:/?#@]*):[^@/?#]*@')
+_QUERY_PASSWORD = re.compile(r'([?&]password=)[^&#]*', re.IGNORECASE)
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password shown as ``***``, whether it is in the
+    user info (``user:secret@host``) or a ``password=`` parameter."""
+    url = _USERINFO_PASSWORD.sub(r'\1:***@', url)
+    return _QUERY_PASSWORD.sub(r'\1***', url)
 
 
 def _queue_url(value: object) -> str:
@@ -146,7 +149,7 @@ def _queue_url(value: object) -> str:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         raise ValueError('expected a postgresql:// URL') from None
-    if parts.scheme not in _URL_SCHEMES or not parts.netloc + parts.query:
+    if parts.scheme not in _URL_SCHEMES:
         raise ValueError('expected a postgresql:// URL')
     return text
 

@@ -81,6 +81,10 @@ def processor_for(queue, server, **kw) -> QueueProcessor:
 # -- settings
 
 
+def test_a_unix_socket_url_is_a_queue_url():
+    assert parse_settings({'mail.queue_url': 'postgresql:///app'}).queue_url
+
+
 def test_queue_url_selects_queued_delivery(pg_url):
     settings = parse_settings({'mail.queue_url': pg_url})
     assert settings.delivery == 'queued'
@@ -810,6 +814,21 @@ def test_the_name_hides_the_password():
     assert queue.path == queue.name
     assert repr(queue) == f'<OutboxQueue {queue.name}>'
     assert OutboxQueue('postgresql:///app').name == 'postgresql:///app'
+    assert (
+        OutboxQueue('postgresql://db/app?user=app&password=s3cret&sslmode=require').name
+        == 'postgresql://db/app?user=app&password=***&sslmode=require'
+    )
+
+
+def test_a_password_in_the_query_is_hidden_from_errors():
+    with pytest.raises(SettingsError) as info:
+        parse_settings({'mail.queue_url': 'mysql://db/app?password=s3cret'})
+    assert 's3cret' not in str(info.value)
+    queue = OutboxQueue('postgresql://127.0.0.1:1/app?password=s3cret&user=app')
+    with pytest.raises(QueueError) as info:
+        queue.counts()
+    assert 's3cret' not in str(info.value)
+    queue.close()
 
 
 def test_an_engine_is_taken_too(pg_url):
