@@ -192,6 +192,23 @@ def test_initdb_needs_queue_url(tmp_path):
     assert err.getvalue() == 'pyramid-txmail: mail.queue_url is not set in app.ini\n'
 
 
+def test_the_shipped_sql_runs_as_an_alembic_migration_runs_it(pg_empty_url):
+    from importlib.resources import files
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(
+        pg_empty_url.replace('postgresql://', 'postgresql+psycopg://')
+    )
+    for _ in range(2):  # op.execute(...) in upgrade(), twice: idempotent
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(files('pyramid_txmail').joinpath('outbox.sql').read_text())
+            )
+    engine.dispose()
+    assert sql(pg_empty_url, 'SELECT count(*) FROM txmail_outbox') == [(0,)]
+
+
 def test_the_claim_query_uses_the_due_index(pg_url):
     fill(pg_url, 50)
     with psycopg.connect(pg_url) as conn:
