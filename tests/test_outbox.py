@@ -136,6 +136,18 @@ def test_keep_sent_refuses_what_is_not_a_duration(given):
         parse_settings({'mail.keep_sent': given})
 
 
+def test_without_psycopg_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    # psycopg cannot be uninstalled for one test: hide it from imports.
+    monkeypatch.setitem(sys.modules, 'psycopg', None)
+    monkeypatch.delitem(sys.modules, 'pyramid_txmail.outbox')
+    with pytest.raises(SettingsError) as info:
+        Mailer(queue_url='postgresql:///app')
+    assert "pip install 'pyramid_txmail[postgresql]'" in str(info.value)
+    assert 'mail.queue_url' in str(info.value)
+
+
 def test_an_unreachable_database_fails_at_first_use_naming_the_key():
     from tests import free_port
 
