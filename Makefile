@@ -21,7 +21,16 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: $(STAMP) $(CHROMIUM)
+# The shared outbox's tests start their own PostgreSQL from Debian's package.
+POSTGRES := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) $(shell command -v initdb))
+.PHONY: postgresql
+postgresql:
+ifeq ($(POSTGRES),)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+endif
+
+test: $(STAMP) $(CHROMIUM) postgresql
 	$(PY) -m pytest --cov=pyramid_txmail --cov-report=term-missing
 
 lint: $(STAMP)
@@ -46,10 +55,11 @@ $(PEERS):
 	$(PEERS) -m pip install --quiet pyramid_mailer==0.15.1 repoze.sendmail==4.5 \
 	  zope.sendmail==7.3
 
-bench: $(STAMP) $(PEERS)
+bench: $(STAMP) $(PEERS) postgresql
 	[ -x /usr/sbin/smtp-sink ] || ($(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix)
 	$(PY) tests/benchmarks/bench.py $(BENCH_ARGS)
+	$(PY) tests/benchmarks/outbox_bench.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick)
 
 # `make demo HTTP_PORT=8080 SMTP_PORT=2525 CATCHER_PORT=8081` when taken.
 HTTP_PORT    ?= 6543

@@ -136,3 +136,7 @@ def _start_processor(event: ApplicationCreated) -> None:
             queued.queue, mailer.settings, Notifier(registry.notify)
         )
         queued.wake = thread.wake
+        # The shared outbox: other hosts' commits wake it too (LISTEN/NOTIFY).
+        listen = getattr(queued.queue, 'listen', None)
+        if listen is not None:
+            listen(thread.wake)

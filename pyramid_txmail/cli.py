@@ -182,6 +182,13 @@ class Command:
             const='failed',
             help='only failed messages (same as --state failed)',
         )
+        listing.add_argument(
+            '--sent',
+            action='store_const',
+            dest='state',
+            const='sent',
+            help='only the sent messages the outbox keeps (mail.keep_sent)',
+        )
         json_option(listing, 'the messages')
         show = command(
             'show', 'one message: envelope, headers, history', ids='its id', nargs=1
@@ -209,6 +216,7 @@ class Command:
         purge = command('purge', 'delete messages', ids='message ids')
         purge.add_argument('--failed', action='store_true', help='every failed message')
         json_option(purge, 'the count')
+        command('initdb', 'create the outbox tables (mail.queue_url)')
         catch = commands.add_parser(
             'catch', help='a development mail catcher: SMTP and a web UI'
         )
@@ -289,7 +297,7 @@ class Command:
     def _mail_settings(self, config_uri: str, raw: Mapping[str, Any]) -> MailSettings:
         prefix = settings_prefix(raw)
         settings = parse_settings(raw, prefix=prefix)
-        if not settings.queue_path:
+        if not (settings.queue_path or settings.queue_url):
             name = os.path.basename(config_uri.split('#', 1)[0])
             raise CommandError(f'{prefix}queue_path is not set in {name}')
         return settings
@@ -304,7 +312,11 @@ class Command:
     def _open(self, settings: MailSettings, *, create: bool) -> Queue:
         """The queue ``settings`` name. The commands use only the queue
         protocol (:mod:`pyramid_txmail.queue.base`), whatever the backend."""
-        # _mail_settings refused a missing queue_path.
+        if settings.queue_url:
+            from .queue.outbox import OutboxQueue  # psycopg only when asked for
+
+            return OutboxQueue(settings.queue_url, keep_sent=settings.keep_sent)
+        # _mail_settings refused settings with neither.
         path: str = settings.queue_path  # type: ignore[assignment]
         return MailQueue(path, create=create)
 
@@ -513,6 +525,23 @@ class Command:
     def cmd_release(self, args: argparse.Namespace) -> int:
         count = self._queue(args).release(args.ids)
         return self._done(args, f'{count} message(s) released', released=count)
+
+    def cmd_initdb(self, args: argparse.Namespace) -> int:
+        self._check_file(args.config)
+        raw = self.get_settings(args.config, options=args.vars)
+        settings = parse_settings(raw, prefix=settings_prefix(raw))
+        if not settings.queue_url:
+            name = os.path.basename(args.config.split('#', 1)[0])
+            raise CommandError(f'{settings_prefix(raw)}queue_url is not set in {name}')
+        from .queue.outbox import OutboxQueue
+
+        queue = OutboxQueue(settings.queue_url)
+        try:
+            queue.create()
+        finally:
+            queue.close()
+        print(f'the outbox tables are ready in {queue.name}', file=self.out)
+        return 0
 
     #: What ``catch`` runs while it serves, instead of waiting for SIGINT or
     #: SIGTERM (a seam for tests).

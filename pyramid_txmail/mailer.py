@@ -35,7 +35,13 @@ from .delivery import (
 from .exceptions import DeliveryError
 from .interfaces import IImmediateDelivery, IMailDelivery, IMailer
 from .message import Message, PreparedMail, parse_address, prepare
-from .settings import KEYS, PYRAMID_MAILER_ONLY, MailSettings, parse_settings
+from .settings import (
+    KEYS,
+    PYRAMID_MAILER_ONLY,
+    MailSettings,
+    SettingsError,
+    parse_settings,
+)
 from .templates import from_template
 
 log = logging.getLogger('pyramid_txmail')
@@ -103,6 +109,8 @@ class Mailer:
             direct = DirectDelivery(settings, notify)
             if settings.queue_path:
                 queue_delivery = QueuedDelivery(settings.queue_path)
+            elif settings.queue_url:
+                queue_delivery = _outbox_delivery(settings)
             if settings.delivery == 'queued':
                 delivery = queue_delivery
             elif settings.delivery == 'file':
@@ -272,8 +280,26 @@ class Mailer:
     def _join(self, delivery: IMailDelivery, message: Message | EmailMessage) -> str:
         mail = self.prepare(message)
         dm = MailDataManager.join(self.transaction_manager, self._key)
+        # The outbox through the application's session writes its row now,
+        # in that session's transaction (mail.queue_session).
+        enqueue = getattr(delivery, 'enqueue', None)
+        if enqueue is not None:
+            enqueue(mail, self.request)
         dm.add(delivery, mail)
         return mail.message_id
+
+
+def _outbox_delivery(settings: MailSettings) -> IMailDelivery:
+    """The shared outbox's delivery; psycopg is imported only here."""
+    try:
+        from .queue.outbox import delivery_from_settings
+    except ImportError:
+        raise SettingsError(
+            'mail.queue_url',
+            None,
+            "needs psycopg 3: pip install 'pyramid_txmail[postgresql]'",
+        ) from None
+    return delivery_from_settings(settings)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyramid.exceptions import ConfigurationError
+from pyramid.path import DottedNameResolver
 from pyramid.settings import falsey, truthy
 
 from .exceptions import MailError
@@ -52,12 +55,17 @@ class MailSettings:
     max_age: float = 432000.0
     file_path: str | None = None
     inline_css: bool = True
+    queue_url: str | None = field(default=None, repr=False)
+    queue_session: Any = None
+    keep_sent: float = 0.0
 
 
 class SettingsError(ConfigurationError):  # type: ignore[misc]  # pyramid is untyped
     """A bad ``mail.*`` setting; ``key`` and ``value`` name it."""
 
     def __init__(self, key: str, value: object, problem: str):
+        if key.endswith('queue_url') and isinstance(value, str):
+            value = without_password(value)
         shown = '<hidden>' if key.endswith('password') else repr(value)
         super().__init__(
             f'{key}: {problem}, got {shown}'
@@ -120,6 +128,58 @@ _non_negative_float = _number(
 )
 
 
+_URL_SCHEMES = ('postgresql', 'postgres', 'postgresql+psycopg')
+
+
+_USERINFO_PASSWORD = re.compile(r'^([^:/?#]*://[^:/?#@]*):[^@/?#]*@')
+_QUERY_PASSWORD = re.compile(r'([?&]password=)[^&#]*', re.IGNORECASE)
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password shown as ``***``, whether it is in the
+    user info (``user:secret@host``) or a ``password=`` parameter."""
+    url = _USERINFO_PASSWORD.sub(r'\1:***@', url)
+    return _QUERY_PASSWORD.sub(r'\1***', url)
+
+
+def _queue_url(value: object) -> str:
+    text = str(value)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError('expected a postgresql:// URL') from None
+    if parts.scheme not in _URL_SCHEMES:
+        raise ValueError('expected a postgresql:// URL')
+    return text
+
+
+def _dotted(value: object) -> object:
+    if not isinstance(value, str):
+        return value  # given as an object (Mailer(queue_session=...))
+    try:
+        return DottedNameResolver().resolve(value)
+    except (ImportError, ValueError) as exc:
+        raise ValueError(f'cannot import it ({exc})') from None
+
+
+_UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400}
+
+
+def _duration(value: object) -> float:
+    """Seconds, or a number with a unit: ``90``, ``30m``, ``12h``, ``7d``."""
+    problem = 'expected a duration: seconds, or a number and s, m, h or d (7d)'
+    text = str(value).strip().lower()
+    unit = _UNITS.get(text[-1:], 0)
+    try:
+        number = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        raise ValueError(problem) from None
+    if not 0 <= number < math.inf:
+        raise ValueError(problem)
+    return number
+
+
 # One entry per key: (name, converter). Defaults live on MailSettings.
 KEYS: tuple[tuple[str, Callable[[object], object]], ...] = (
     ('delivery', _delivery),
@@ -147,6 +207,9 @@ KEYS: tuple[tuple[str, Callable[[object], object]], ...] = (
     ('max_age', _positive_float),
     ('file_path', _str),
     ('inline_css', _bool),
+    ('queue_url', _queue_url),
+    ('queue_session', _dotted),
+    ('keep_sent', _duration),
 )
 PYRAMID_MAILER_ONLY = ('debug', 'sendmail_app', 'sendmail_template')
 
@@ -215,7 +278,8 @@ def parse_settings(
             )
         elif name not in known:
             log.warning('unknown setting %s is ignored', key)
-    values.setdefault('delivery', 'queued' if values.get('queue_path') else 'direct')
+    queued = values.get('queue_path') or values.get('queue_url')
+    values.setdefault('delivery', 'queued' if queued else 'direct')
     if 'message_id_domain' not in values:
         values['message_id_domain'] = _fqdn()
     result = MailSettings(**values)
@@ -228,10 +292,20 @@ def _check(s: MailSettings, prefix: str) -> None:
         raise SettingsError(
             f'{prefix}tls', None, f'{prefix}tls and {prefix}ssl are both on; choose one'
         )
-    if s.delivery == 'queued' and not s.queue_path:
+    if s.delivery == 'queued' and not (s.queue_path or s.queue_url):
         raise SettingsError(
-            f'{prefix}delivery', s.delivery, f'needs {prefix}queue_path'
+            f'{prefix}delivery',
+            s.delivery,
+            f'needs {prefix}queue_path (or {prefix}queue_url)',
         )
+    if s.queue_path and s.queue_url:
+        raise SettingsError(
+            f'{prefix}queue_url',
+            None,
+            f'{prefix}queue_path and {prefix}queue_url are both set; choose one',
+        )
+    if s.queue_session is not None and not s.queue_url:
+        raise SettingsError(f'{prefix}queue_session', None, f'needs {prefix}queue_url')
     if s.delivery == 'file' and not s.file_path:
         raise SettingsError(f'{prefix}delivery', s.delivery, f'needs {prefix}file_path')
     if s.keyfile and not s.certfile:

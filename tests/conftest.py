@@ -168,3 +168,46 @@ def backend(request, tmp_path) -> Backend:
     from tests import FakeClock
 
     return BACKENDS[request.param](tmp_path, FakeClock())
+
+
+# -- PostgreSQL (the shared outbox): one server per session, a schema per test
+
+
+@pytest.fixture(scope='session')
+def pg_server():
+    """A real PostgreSQL on 127.0.0.1 for the whole session (see
+    ``tests/pgserver.py``), with the database ``txmail`` the tests use."""
+    from tests.pgserver import running_server
+
+    with running_server() as server:
+        server.execute('CREATE DATABASE txmail')
+        yield server
+
+
+_schemas = iter(range(1, 1_000_000))
+
+
+def _new_schema(server, *, outbox: bool) -> str:
+    """A new schema in ``txmail``, and a URL whose search_path is it: a test
+    of its own, far quicker than a database of its own (CREATE DATABASE
+    copies a template: about a second on a loaded machine)."""
+    from pyramid_txmail.queue.outbox import schema_sql
+
+    name = f't_{next(_schemas)}'
+    statements = [f'CREATE SCHEMA {name}']
+    if outbox:
+        statements += [f'SET search_path = {name}', schema_sql()]
+    server.execute(*statements, dbname='txmail')
+    return server.url_for('txmail') + f'?options=-csearch_path%3D{name}'
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a fresh schema of this test's own, the outbox created in it."""
+    return _new_schema(pg_server, outbox=True)
+
+
+@pytest.fixture
+def pg_empty_url(pg_server) -> str:
+    """The URL of a fresh, empty schema of this test's own."""
+    return _new_schema(pg_server, outbox=False)

@@ -1,0 +1,1045 @@
+"""The shared outbox: the mail queue as a PostgreSQL table (``mail.queue_url``).
+
+:class:`OutboxQueue` is a queue backend (the queue protocol of the
+processor and the command line, as :class:`~pyramid_txmail.queue.MailQueue`
+is): any number of processors on any number of hosts share one table. A
+processor claims one due row at a time with ``SELECT ... FOR UPDATE SKIP
+LOCKED`` and holds it under a lease (``lease_owner``, ``lease_until``); every
+outcome is recorded only while the lease is still the claim's own, so a
+processor whose lease expired and was taken over cannot overwrite the new
+holder's outcome. A processor that dies loses its lease, and another takes
+the row once it expires.
+
+Two producers write committed mail into it (see ``docs/scaling.rst``):
+
+* :class:`OutboxDelivery` joins the transaction with a connection of its
+  own, using PostgreSQL's two-phase commit: the rows are inserted and the
+  transaction prepared in ``tpc_vote`` (durable, still invisible), and
+  committed with ``COMMIT PREPARED`` in ``tpc_finish``.
+* :class:`SessionOutboxDelivery` inserts each row through the application's
+  SQLAlchemy session when ``send()`` is called (``mail.queue_session``), so
+  it commits in the application's own database transaction: both or neither.
+
+Processors are woken at commit through ``LISTEN/NOTIFY`` on the channel
+``txmail_outbox`` (:meth:`OutboxQueue.listen`); their interval poll stays the
+fallback. psycopg 3 is used directly, one connection per thread; a dropped
+connection (a restarted server) is replaced on next use.
+
+Logger: ``pyramid_txmail.outbox``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import email.policy
+import importlib.resources
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from email.parser import BytesHeaderParser
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import psycopg
+from zope.interface import implementer
+
+from ..exceptions import QueueError, UnknownMessage
+from ..interfaces import IPendingMail, IQueueDelivery
+from ..message import Envelope, PreparedMail
+from ..settings import without_password
+from .base import Entry as Info
+from .base import Fault
+
+__all__ = [
+    'CHANNEL',
+    'OutboxDelivery',
+    'OutboxQueue',
+    'SessionOutboxDelivery',
+    'schema_sql',
+]
+
+log = logging.getLogger('pyramid_txmail.outbox')
+
+#: The NOTIFY channel a commit wakes processors on.
+CHANNEL = 'txmail_outbox'
+#: The states a row can be in, as ``counts()`` and ``list()`` name them.
+STATES = ('queued', 'sending', 'deferred', 'held', 'failed', 'sent')
+#: Prefix of the global transaction ids of :class:`OutboxDelivery`'s
+#: prepared transactions (``pg_prepared_xacts.gid``).
+GID_PREFIX = 'pyramid_txmail:'
+SCHEMES = ('postgresql', 'postgres', 'postgresql+psycopg')
+#: Seconds between the listener's attempts to reach a database that is down.
+LISTEN_RETRY = 1.0
+
+
+def schema_sql() -> str:
+    """The outbox's schema: ``pyramid_txmail/outbox.sql``, idempotent."""
+    return (
+        importlib.resources.files('pyramid_txmail.queue')
+        .joinpath('outbox.sql')
+        .read_text(encoding='utf-8')
+    )
+
+
+# -- URLs
+
+
+def safe_name(url: str) -> str:
+    """``url`` without its password: for logs, errors and the CLI."""
+    return without_password(url)
+
+
+def hide_password(text: str, url: str) -> str:
+    """``text`` with the URL's password (wherever it appears) replaced."""
+    parts = urlsplit(url)
+    secrets = [parts.password] + [
+        value for name, value in parse_qsl(parts.query) if name == 'password'
+    ]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, '***')
+    return text
+
+
+def _conninfo(url: str) -> str:
+    """What libpq reads: the URL without SQLAlchemy's ``+driver``."""
+    scheme, sep, rest = url.partition('://')
+    return 'postgresql' + sep + rest if scheme in SCHEMES else url
+
+
+def _engine_url(engine: Any) -> str:
+    """The URL of a SQLAlchemy engine, password included (for libpq only)."""
+    return str(engine.url.render_as_string(hide_password=False))
+
+
+# -- connections
+
+
+class _Connections:
+    """One autocommit connection per thread, replaced when it broke.
+
+    A connection made before a fork is never used (nor closed: closing it
+    would end the parent's session) in the child.
+    """
+
+    def __init__(self, url: str, name: str):
+        self.url = url
+        self.name = name
+        self._local = threading.local()
+        self._all: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+        self._inherited: list[Any] = []
+
+    def get(self) -> psycopg.Connection[Any]:
+        conn = getattr(self._local, 'conn', None)
+        pid = getattr(self._local, 'pid', None)
+        if conn is not None and pid != os.getpid():  # pragma: no cover - forked
+            self._inherited.append(conn)
+            conn = None
+        if conn is None or conn.closed or conn.broken:
+            conn = connect(self.url, self.name)
+            self._local.conn, self._local.pid = conn, os.getpid()
+            self._all.add(conn)
+        return conn
+
+    def drop(self) -> None:
+        """Forget this thread's connection (it failed): the next use makes one."""
+        # Only after a statement failed on it: made by get(), in this process.
+        conn, self._local.conn = self._local.conn, None
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def connect(url: str, name: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A new connection; QueueError naming ``mail.queue_url`` if none can be made."""
+    try:
+        return psycopg.connect(
+            _conninfo(url),
+            autocommit=autocommit,
+            connect_timeout=10,
+            application_name='pyramid_txmail',
+        )
+    except psycopg.Error as exc:
+        raise QueueError(
+            f'mail.queue_url: cannot connect to {name}: {_cause(exc, url)}'
+        ) from None
+
+
+def _cause(exc: BaseException, url: str) -> str:
+    text = str(exc).strip().splitlines()
+    return hide_password(text[0] if text else type(exc).__name__, url)
+
+
+_ENTRY_COLUMNS = """
+    id, state, extract(epoch from now() - queued_at), attempts, recipients,
+    last_error, extract(epoch from due), message_id, subject, sender,
+    extract(epoch from queued_at), extract(epoch from sent_at), relay_reply
+"""
+
+
+def _entry(row: Sequence[Any]) -> Info:
+    (
+        id_,
+        state,
+        age,
+        attempts,
+        recipients,
+        last_error,
+        due,
+        message_id,
+        subject,
+        sender,
+        queued_at,
+        sent_at,
+        reply,
+    ) = row
+    if state == 'sent':
+        # What support asks about a sent message: when, and what the relay said.
+        when = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(float(sent_at)))
+        last_error = f'sent {when}' + (f': {reply}' if reply else '')
+    return Info(
+        str(id_),
+        state,
+        float(age),
+        attempts,
+        tuple(recipients),
+        last_error,
+        due=float(due) if state == 'deferred' else None,
+        message_id=message_id,
+        subject=subject,
+        sender=sender,
+        queued_at=float(queued_at),
+    )
+
+
+def _ids(ids: Iterable[str]) -> list[int]:
+    """Row ids from the command line; UnknownMessage for one that is not."""
+    found = []
+    for mail_id in ids:
+        if not mail_id.isdigit() or len(mail_id) > 18:
+            raise UnknownMessage(f'no message {mail_id!r} in the outbox')
+        found.append(int(mail_id))
+    return found
+
+
+class OutboxQueue:
+    """The outbox table at ``url_or_engine`` (a URL, or a SQLAlchemy engine).
+
+    ``keep_sent`` seconds: how long sent rows are kept (``mail.keep_sent``);
+    0 deletes a row once the relay accepted it. ``clock`` is the wall clock
+    the command line shows times against; due times and leases use the
+    database's clock, so processors on hosts whose clocks differ agree.
+    """
+
+    def __init__(
+        self,
+        url_or_engine: Any,
+        *,
+        keep_sent: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        url = url_or_engine if isinstance(url_or_engine, str) else None
+        if url is None:
+            url = _engine_url(url_or_engine)
+        self.url = url
+        #: The URL without its password: for logs, the CLI, the processor registry.
+        self.name = safe_name(url)
+        # The processor keys its registry by ``path`` today.
+        self.path = self.name
+        self.keep_sent = keep_sent
+        self.clock = clock
+        self._conns = _Connections(url, self.name)
+        self._fault_maybe = True
+        self._listener: Listener | None = None
+
+    def __repr__(self) -> str:
+        return f'<OutboxQueue {self.name}>'
+
+    # -- plumbing
+
+    def _execute(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, what: str
+    ) -> psycopg.Cursor[Any]:
+        """Run one statement (its own transaction); QueueError on failure."""
+        try:
+            conn = self._conns.get()
+            return conn.execute(sql, params)
+        except QueueError:
+            raise
+        except psycopg.Error as exc:
+            self._failed(exc)
+            raise QueueError(
+                f'outbox {self.name}: cannot {what}: {_cause(exc, self.url)}'
+            ) from None
+
+    def _failed(self, exc: psycopg.Error) -> None:
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            self._conns.drop()
+
+    def close(self) -> None:
+        """Close this queue's connections and stop its listener."""
+        if self._listener is not None:
+            self._listener.stop()
+        self._conns.close()
+
+    def create(self) -> None:
+        """Create the outbox tables if missing (``pyramid-txmail initdb``)."""
+        self._execute(schema_sql(), what='create the outbox tables')
+
+    # -- the processor
+
+    def start_pass(
+        self, *, stale_after: float, horizon: float | None = None
+    ) -> OutboxPass:
+        """Begin a processor's pass: prune sent rows older than
+        ``keep_sent``; the pass then claims due rows one by one.
+
+        Nothing else up front: a row whose lease expired is due again by
+        itself. ``horizon`` (the Maildir queue's guard against a clock that
+        went back) has no use here: due times are the database's.
+        """
+        if self.keep_sent > 0:
+            self._execute(
+                "DELETE FROM txmail_outbox WHERE state = 'sent' "
+                'AND sent_at < now() - make_interval(secs => %s)',
+                (self.keep_sent,),
+                what='prune sent messages',
+            )
+        return OutboxPass(self, stale_after)
+
+    def _claim(self, stale_after: float) -> OutboxClaim | None:
+        owner = f'{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}'
+        row = self._execute(
+            """
+            UPDATE txmail_outbox SET
+                state = 'sending',
+                lease_owner = %(owner)s,
+                lease_until = now() + make_interval(secs => %(stale)s),
+                due = now() + make_interval(secs => %(stale)s)
+            WHERE id = (
+                SELECT id FROM txmail_outbox
+                WHERE state IN ('queued', 'deferred', 'sending') AND due <= now()
+                ORDER BY due, id
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING id, message_id, sender, recipients, data, attempts,
+                extract(epoch from queued_at), last_error
+            """,
+            {'owner': owner, 'stale': stale_after},
+            what='claim a message',
+        ).fetchone()
+        if row is None:
+            return None
+        return OutboxClaim(self, owner, *row)
+
+    def _outcome(self, claim: OutboxClaim, sets: str, params: dict[str, Any]) -> None:
+        """Record an outcome, while the lease is still ``claim``'s own."""
+        cur = self._execute(
+            f'UPDATE txmail_outbox SET {sets}, lease_owner = NULL, '
+            'lease_until = NULL '
+            "WHERE id = %(id)s AND lease_owner = %(owner)s AND state = 'sending'",
+            {**params, 'id': int(claim.id), 'owner': claim.owner},
+            what=f'record the outcome of {claim.id}',
+        )
+        if cur.rowcount == 0:
+            # Its lease expired and another processor took it over (or it
+            # was deleted by hand): that processor records the outcome.
+            log.warning(
+                'mail %s (%s): the lease was lost before its outcome was '
+                'recorded; left to whoever holds it now',
+                claim.id,
+                claim.message_id,
+            )
+
+    def _done(self, claim: OutboxClaim, reply: str | None) -> None:
+        if self.keep_sent > 0:
+            self._outcome(
+                claim,
+                "state = 'sent', sent_at = now(), relay_reply = %(reply)s",
+                {'reply': reply},
+            )
+            return
+        cur = self._execute(
+            'DELETE FROM txmail_outbox WHERE id = %s AND lease_owner = %s',
+            (int(claim.id), claim.owner),
+            what=f'record that {claim.id} was sent',
+        )
+        if cur.rowcount == 0:
+            log.warning(
+                'mail %s (%s): the lease was lost before it was recorded as sent',
+                claim.id,
+                claim.message_id,
+            )
+
+    # -- the standing configuration fault
+
+    def record_fault(self, reason: str) -> None:
+        """Note that sending is paused by a configuration fault (for every
+        processor and ``status`` to see); never raises."""
+        self._fault_maybe = True
+        try:
+            self._execute(
+                'INSERT INTO txmail_outbox_fault (id, reason) VALUES (1, %s) '
+                'ON CONFLICT (id) DO UPDATE SET reason = EXCLUDED.reason',
+                (reason,),
+                what='record the configuration fault',
+            )
+        except QueueError as exc:
+            log.warning('%s', exc)
+
+    def clear_fault(self) -> None:
+        """Sending works again: forget the fault. Never raises.
+
+        Called after every message sent: only this queue's first call and
+        those after a :meth:`record_fault` reach the database.
+        """
+        if not self._fault_maybe:
+            return
+        try:
+            self._execute('DELETE FROM txmail_outbox_fault', what='clear the fault')
+        except QueueError as exc:
+            log.warning('%s', exc)
+            return
+        self._fault_maybe = False
+
+    def read_fault(self) -> Fault | None:
+        """The standing fault, or None."""
+        row = self._execute(
+            'SELECT reason, extract(epoch from since) FROM txmail_outbox_fault',
+            what='read the configuration fault',
+        ).fetchone()
+        if row is None:
+            return None
+        return Fault(reason=row[0], since=float(row[1]))
+
+    # -- the command line
+
+    def counts(self) -> dict[str, int]:
+        """How many rows are in each state, ``sent`` ones kept included."""
+        rows = self._execute(
+            'SELECT state, count(*) FROM txmail_outbox GROUP BY state',
+            what='count messages',
+        ).fetchall()
+        found = dict.fromkeys(STATES, 0)
+        found.update({state: count for state, count in rows})
+        return found
+
+    def list(
+        self, states: Iterable[str] | None = None, *, failed: bool = False
+    ) -> list[Info]:
+        """Rows in ``states`` (default: every state but ``sent``; ``failed``:
+        failed) in claim order (due time, then id); sent ones newest first."""
+        if states is None:
+            states = ('failed',) if failed else [s for s in STATES if s != 'sent']
+        rows = self._execute(
+            f'SELECT {_ENTRY_COLUMNS} FROM txmail_outbox WHERE state = ANY(%s) '
+            "ORDER BY state = 'sent', sent_at DESC, due, id",
+            (list(states),),
+            what='list messages',
+        ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def read(self, mail_id: str) -> tuple[Info, bytes]:
+        """One row: its :class:`Info` and its bytes; UnknownMessage if none."""
+        [row_id] = _ids([mail_id])
+        row = self._execute(
+            f'SELECT {_ENTRY_COLUMNS}, data FROM txmail_outbox WHERE id = %s',
+            (row_id,),
+            what=f'read {mail_id}',
+        ).fetchone()
+        if row is None:
+            raise UnknownMessage(f'no message {mail_id!r} in the outbox')
+        return _entry(row[:-1]), bytes(row[-1])
+
+    def _resolve(
+        self, ids: Iterable[str], states: tuple[str, ...]
+    ) -> builtins.list[int]:
+        """Check that every id is in one of ``states``, before anything
+        changes: UnknownMessage, or QueueError for one being sent."""
+        wanted = _ids(ids)
+        rows = dict(
+            self._execute(
+                'SELECT id, state FROM txmail_outbox WHERE id = ANY(%s)',
+                (wanted,),
+                what='look up messages',
+            ).fetchall()
+        )
+        for row_id in wanted:
+            state = rows.get(row_id)
+            if state == 'sending' and 'sending' not in states:
+                raise QueueError(f'{row_id} is being sent now; try again later')
+            if state not in states:
+                raise UnknownMessage(
+                    f'no message {str(row_id)!r} in the outbox ({" or ".join(states)})'
+                )
+        return wanted
+
+    def _update(self, sql: str, params: Sequence[Any], what: str) -> int:
+        return int(self._execute(sql, params, what=what).rowcount)
+
+    def flush(self) -> int:
+        """Make every deferred message due now; return how many."""
+        return self._update(
+            "UPDATE txmail_outbox SET state = 'queued', due = now() "
+            "WHERE state = 'deferred'",
+            (),
+            'flush',
+        )
+
+    def retry(self, ids: Iterable[str] | None = None) -> int:
+        """Failed and deferred messages due now; return how many.
+
+        A failed one starts afresh (attempts 0, ``max_age`` counted from
+        now, the last error kept); one with no recipient left is deleted.
+        """
+        where = "state IN ('failed', 'deferred')"
+        params: list[Any] = []
+        if ids is not None:
+            params.append(self._resolve(ids, ('failed', 'deferred')))
+            where += ' AND id = ANY(%s)'
+        self._update(
+            f'DELETE FROM txmail_outbox WHERE {where} AND cardinality(recipients) = 0',
+            params,
+            'retry',
+        )
+        return self._update(
+            'UPDATE txmail_outbox SET due = now(), attempts = CASE WHEN '
+            "state = 'failed' THEN 0 ELSE attempts END, queued_at = CASE WHEN "
+            "state = 'failed' THEN now() ELSE queued_at END, state = 'queued' "
+            f'WHERE {where}',
+            params,
+            'retry',
+        )
+
+    def hold(self, ids: Iterable[str]) -> int:
+        """Queued or deferred messages are never sent until released."""
+        wanted = self._resolve(ids, ('queued', 'deferred', 'held'))
+        return self._update(
+            "UPDATE txmail_outbox SET state = 'held' "
+            "WHERE id = ANY(%s) AND state IN ('queued', 'deferred')",
+            (wanted,),
+            'hold',
+        )
+
+    def release(self, ids: Iterable[str]) -> int:
+        """Held messages back to queued, due now."""
+        wanted = self._resolve(ids, ('held',))
+        return self._update(
+            "UPDATE txmail_outbox SET state = 'queued', due = now() "
+            "WHERE id = ANY(%s) AND state = 'held'",
+            (wanted,),
+            'release',
+        )
+
+    def purge(self, ids: Iterable[str] | None = None, *, failed: bool = False) -> int:
+        """Delete messages (any state but sending); ``failed=True`` with no
+        ids: every failed one."""
+        if ids is None and not failed:
+            raise ValueError('purge: give message ids, or failed=True')
+        states = (
+            ('failed',) if failed else ('queued', 'deferred', 'held', 'failed', 'sent')
+        )
+        if ids is None:
+            return self._update(
+                "DELETE FROM txmail_outbox WHERE state = 'failed'", (), 'purge'
+            )
+        wanted = self._resolve(ids, states)
+        return self._update(
+            'DELETE FROM txmail_outbox WHERE id = ANY(%s) AND state = ANY(%s)',
+            (wanted, list(states)),
+            'purge',
+        )
+
+    # -- waking processors
+
+    def listen(self, callback: Callable[[], None]) -> Listener:
+        """Call ``callback`` on each commit's NOTIFY, from a daemon thread
+        (started once per queue object; again in a forked child)."""
+        if self._listener is None or self._listener.stopped:
+            self._listener = Listener(self.url, self.name, callback)
+            self._listener.start()
+        return self._listener
+
+
+class OutboxPass:
+    """One processor pass: :meth:`claim` takes the next due row, or None."""
+
+    def __init__(self, queue: OutboxQueue, stale_after: float):
+        self.queue = queue
+        self.stale_after = stale_after
+
+    def claim(self) -> OutboxClaim | None:
+        return self.queue._claim(self.stale_after)
+
+
+class OutboxClaim:
+    """A row taken for sending under a lease, until one outcome is recorded.
+
+    Each outcome raises :class:`QueueError` when it cannot be recorded (the
+    database is unreachable); the row then stays leased, and another
+    processor takes it once the lease expires.
+    """
+
+    def __init__(
+        self,
+        queue: OutboxQueue,
+        owner: str,
+        row_id: int,
+        message_id: str,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        attempts: int,
+        queued_at: Any,
+        last_error: str | None,
+    ):
+        self.queue = queue
+        self.owner = owner
+        self.id = str(row_id)
+        self.message_id = message_id
+        self.envelope = Envelope(sender, tuple(recipients))
+        self.data = bytes(data)
+        self.attempts = attempts
+        self.queued_at = float(queued_at)
+        self.last_error = last_error
+        self._open = True
+
+    def __repr__(self) -> str:
+        return f'<OutboxClaim {self.id} {self.message_id}>'
+
+    def _check(self) -> None:
+        if not self._open:
+            raise QueueError(f'the outcome of {self.id} is already recorded')
+
+    def _record(self, sets: str, params: dict[str, Any]) -> None:
+        self._check()
+        self.queue._outcome(self, sets, params)
+        self._open = False
+
+    def done(self, reply: str | None = None) -> None:
+        """The relay accepted it: deleted, or kept as ``sent`` with the
+        relay's ``reply`` when ``mail.keep_sent`` is set."""
+        self._check()
+        self.queue._done(self, reply)
+        self._open = False
+
+    def defer(
+        self, error: str, due: float, *, recipients: Iterable[str] | None = None
+    ) -> None:
+        """A temporary failure: due again ``due - clock()`` seconds from now
+        (by the database's clock), the attempt counted."""
+        delay = max(0.0, due - self.queue.clock())
+        rcpts = list(self.envelope.recipients if recipients is None else recipients)
+        self._record(
+            "state = 'deferred', attempts = attempts + 1, last_error = %(error)s, "
+            'due = now() + make_interval(secs => %(delay)s), '
+            'recipients = %(rcpts)s',
+            {'error': error, 'delay': delay, 'rcpts': rcpts},
+        )
+
+    def fail(self, error: str) -> None:
+        """A permanent failure: failed, ``error`` kept."""
+        self._record(
+            "state = 'failed', attempts = attempts + 1, last_error = %(error)s, "
+            'due = now()',
+            {'error': error},
+        )
+
+    def set_aside(self, reason: str, *, delivered: Iterable[str] = ()) -> None:
+        """Failed without counting an attempt, ``reason`` kept; the
+        recipients in ``delivered`` have it and are dropped from the row, so
+        that a retry does not send it to them again."""
+        have = set(delivered)
+        rest = [r for r in self.envelope.recipients if r not in have]
+        self._record(
+            "state = 'failed', last_error = %(reason)s, due = now(), "
+            'recipients = %(rcpts)s',
+            {'reason': reason, 'rcpts': rest},
+        )
+
+    def release(self) -> None:
+        """Back to queued, unchanged and due now."""
+        self._record("state = 'queued', due = now()", {})
+
+    def abandon(self) -> None:
+        """Leave it leased: due again when the lease expires. No I/O, so it
+        works while the database is unreachable."""
+        self._open = False
+
+
+# -- waking processors
+
+
+class Listener:
+    """``LISTEN txmail_outbox`` in a daemon thread, calling ``callback`` for
+    each notification. A lost connection is made again (every
+    :data:`LISTEN_RETRY` seconds while the database is down), and
+    ``callback`` is called once after, for what may have been missed."""
+
+    def __init__(self, url: str, name: str, callback: Callable[[], None]):
+        self.url = url
+        self.name = name
+        self.callback = callback
+        self.stopped = False
+        self._stop = threading.Event()
+        self._thread = self._new_thread()
+        _LISTENERS.add(self)
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(
+            target=self._run, name='pyramid_txmail-listener', daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+        _install_fork_hook()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopped = True
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        missed = False
+        while not self._stop.is_set():
+            try:
+                conn = connect(self.url, self.name)
+            except QueueError as exc:
+                log.warning('cannot listen for new mail: %s', exc)
+                missed = True
+                self._stop.wait(LISTEN_RETRY)
+                continue
+            try:
+                conn.execute(f'LISTEN {CHANNEL}')
+                if missed:
+                    self._call()
+                    missed = False
+                while not self._stop.is_set():
+                    for _ in conn.notifies(timeout=0.5):
+                        self._call()
+            except psycopg.Error as exc:
+                log.warning(
+                    'listening for new mail on %s: %s', self.name, _cause(exc, self.url)
+                )
+                missed = True
+                self._stop.wait(LISTEN_RETRY)
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _call(self) -> None:
+        try:
+            self.callback()
+        except Exception:
+            log.exception('waking the processor failed')
+
+    def _after_fork_in_child(self) -> None:  # pragma: no cover - in a forked child
+        # The parent's thread is gone here, and its connection is the
+        # parent's: keep it unused (never closed) and listen anew.
+        self._thread = self._new_thread()
+        if not self.stopped:
+            self.start()
+
+
+_LISTENERS: weakref.WeakSet[Listener] = weakref.WeakSet()
+_fork_hook = False
+
+
+def _install_fork_hook() -> None:
+    global _fork_hook
+    if not _fork_hook:
+        _fork_hook = True
+        os.register_at_fork(after_in_child=_restart_listeners)
+
+
+def _restart_listeners() -> None:  # pragma: no cover - in a forked child
+    for listener in list(_LISTENERS):
+        listener._after_fork_in_child()
+
+
+# -- producers
+
+
+@implementer(IPendingMail)
+class _Pending:
+    def __init__(
+        self,
+        finish: Callable[[], None] = lambda: None,
+        abort: Callable[[], None] = lambda: None,
+        after_commit: Callable[[], None] = lambda: None,
+    ):
+        self.finish = finish
+        self.abort = abort
+        self.after_commit = after_commit
+
+
+_INSERT = (
+    'INSERT INTO txmail_outbox (message_id, sender, recipients, subject, data) '
+    'VALUES (%s, %s, %s, %s, %s)'
+)
+
+
+def _subject(mail: PreparedMail) -> str | None:
+    """The decoded Subject, stored for ``list`` (None without one)."""
+    headers = BytesHeaderParser(policy=email.policy.default).parsebytes(mail.data)
+    subject = headers['subject']
+    return None if subject is None else str(subject)
+
+
+def _row(mail: PreparedMail) -> tuple[Any, ...]:
+    return (
+        mail.message_id,
+        mail.envelope.sender,
+        list(mail.envelope.recipients),
+        _subject(mail),
+        mail.data,
+    )
+
+
+class _Producer:
+    """What both producers share: the queue and the in-process wake."""
+
+    def __init__(self, queue: OutboxQueue):
+        self.queue = queue
+        self.wake: Callable[[], None] | None = None
+
+    def _wake(self) -> None:
+        if self.wake is not None:
+            self.wake()
+
+
+@implementer(IQueueDelivery)
+class OutboxDelivery(_Producer):
+    """Rows written with a connection of the outbox's own, by two-phase commit.
+
+    ``tpc_vote`` inserts the transaction's rows and runs ``PREPARE
+    TRANSACTION``: they are durable, and invisible to processors.
+    ``tpc_finish`` commits them (``COMMIT PREPARED``), ``tpc_abort`` rolls
+    them back. After the commit, ``NOTIFY`` wakes the processors (a prepared
+    transaction may not notify). Needs ``max_prepared_transactions`` > 0 on
+    the server.
+    """
+
+    def __init__(self, queue: OutboxQueue):
+        super().__init__(queue)
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _get(self) -> tuple[psycopg.Connection[Any], bool]:
+        """An idle connection (and True), else a new one (and False)."""
+        with self._lock:
+            if self._pid != os.getpid():  # pragma: no cover - forked
+                self._idle, self._pid = [], os.getpid()  # the parent's
+            if self._idle:
+                return self._idle.pop(), True
+        return connect(self.queue.url, self.queue.name, autocommit=False), False
+
+    def _put(self, conn: psycopg.Connection[Any]) -> None:
+        # As many as threads commit at once, at most.
+        with self._lock:
+            self._idle.append(conn)
+
+    def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
+        queue = self.queue
+        rows = [_row(mail) for mail in mails]
+        gid = f'{GID_PREFIX}{uuid.uuid4()}'
+        while True:
+            conn, reused = self._get()
+            try:
+                conn.tpc_begin(gid)
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT, rows)
+                conn.tpc_prepare()
+                break
+            except psycopg.Error as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                if reused and isinstance(exc, psycopg.OperationalError):
+                    continue  # an idle connection the server dropped: a new one
+                raise QueueError(
+                    f'mail.queue_url: cannot write the outbox at {queue.name}: '
+                    f'{_vote_cause(exc, queue.url)}'
+                ) from None
+        state = {'committed': False}
+
+        def finish() -> None:
+            try:
+                conn.tpc_commit()
+            except Exception as exc:
+                # The decision is commit: after_commit tries again.
+                log.error(
+                    'outbox %s: COMMIT PREPARED %r failed: %s', queue.name, gid, exc
+                )
+                with contextlib.suppress(Exception):
+                    conn.close()
+                return
+            state['committed'] = True
+            self._put(conn)
+
+        def abort() -> None:
+            try:
+                conn.tpc_rollback()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                self._resolve(gid, commit=False)
+                return
+            self._put(conn)
+
+        def after_commit() -> None:
+            if not state['committed']:
+                self._resolve(gid, commit=True)
+            self._notify()
+            self._wake()
+
+        return _Pending(finish=finish, abort=abort, after_commit=after_commit)
+
+    def _resolve(self, gid: str, *, commit: bool) -> None:
+        """End the prepared transaction ``gid`` over a new connection; if
+        that fails too, say what the operator must do."""
+        verb = 'COMMIT' if commit else 'ROLLBACK'
+        try:
+            with connect(self.queue.url, self.queue.name) as conn:
+                if commit:
+                    conn.tpc_commit(gid)
+                else:
+                    conn.tpc_rollback(gid)
+        except Exception as exc:
+            log.critical(
+                'outbox %s: the prepared transaction %r is left: run '
+                '"%s PREPARED \'%s\'" on the database (%s)',
+                self.queue.name,
+                gid,
+                verb,
+                gid,
+                exc,
+            )
+
+    def _notify(self) -> None:
+        try:
+            conn, _ = self._get()
+            conn.execute(f'NOTIFY {CHANNEL}')
+            conn.commit()
+        except Exception as exc:
+            # The processors' interval poll finds the rows anyway.
+            log.warning('outbox %s: NOTIFY failed: %s', self.queue.name, exc)
+            return
+        self._put(conn)
+
+
+def _vote_cause(exc: psycopg.Error, url: str) -> str:
+    cause = _cause(exc, url)
+    if 'prepared transactions are disabled' in cause:
+        cause = (
+            'the server does not allow prepared transactions '
+            '(max_prepared_transactions = 0): raise it, or write the '
+            "outbox through the application's session (mail.queue_session)"
+        )
+    return cause
+
+
+@implementer(IQueueDelivery)
+class SessionOutboxDelivery(_Producer):
+    """Rows written through the application's SQLAlchemy session.
+
+    ``session`` is a session or ``scoped_session`` (used as it is), or a
+    callable taking the request (None outside one) and returning the
+    session (``request.dbsession``, say). :meth:`enqueue` runs the INSERT
+    at ``send()``, in the session's open transaction, which zope.sqlalchemy
+    commits or rolls back with the request's: the row and the
+    application's own rows commit together or not at all. The session's
+    ``NOTIFY`` is delivered by PostgreSQL at that commit (after it, through
+    the outbox's own connection, for a two-phase session, which may not
+    notify).
+    """
+
+    def __init__(self, queue: OutboxQueue, session: Any):
+        super().__init__(queue)
+        self.session = session
+        self._notifier = OutboxDelivery(queue)
+        self._local = threading.local()
+
+    def _session(self, request: Any) -> Any:
+        source = self.session
+        session = source if hasattr(source, 'execute') else source(request)
+        # A scoped_session: the thread's session (its twophase flag).
+        registry = getattr(session, 'registry', None)
+        return registry() if callable(registry) else session
+
+    def enqueue(self, mail: PreparedMail, request: Any) -> None:
+        """Insert ``mail``'s row through the application's session now."""
+        from sqlalchemy import text
+
+        session = self._session(request)
+        sender, recipients, subject, data = _row(mail)[1:]
+        insert = (
+            'INSERT INTO txmail_outbox '
+            '(message_id, sender, recipients, subject, data) '
+            'VALUES (:message_id, :sender, :recipients, :subject, :data)'
+        )
+        if getattr(session, 'twophase', False):
+            # PREPARE TRANSACTION refuses a transaction that notified.
+            self._local.notify_after = True
+        else:
+            # One round trip; PostgreSQL delivers the notification at commit.
+            insert = (
+                f'WITH row AS ({insert} RETURNING id) '
+                f"SELECT pg_notify('{CHANNEL}', '') FROM row"
+            )
+        session.execute(
+            text(insert),
+            {
+                'message_id': mail.message_id,
+                'sender': sender,
+                'recipients': recipients,
+                'subject': subject,
+                'data': data,
+            },
+        )
+        _mark_changed(session)
+
+    def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
+        # The rows are in the session already; it commits them. vote runs
+        # in the thread that sent them.
+        notify = getattr(self._local, 'notify_after', False)
+        self._local.notify_after = False
+
+        def after_commit() -> None:
+            if notify:
+                self._notifier._notify()
+            self._wake()
+
+        return _Pending(abort=self._forget, after_commit=after_commit)
+
+    def _forget(self) -> None:
+        self._local.notify_after = False
+
+
+def _mark_changed(session: Any) -> None:
+    """Tell zope.sqlalchemy that the session wrote (it rolls back a session
+    that only ran SQL statements otherwise)."""
+    try:
+        from zope.sqlalchemy import mark_changed  # type: ignore[import-untyped]  # no stubs
+    except ImportError:  # pragma: no cover - the app commits its session itself
+        return
+    mark_changed(session)
+
+
+def delivery_from_settings(settings: Any) -> OutboxDelivery | SessionOutboxDelivery:
+    """The outbox delivery ``mail.queue_url`` and ``mail.queue_session`` describe."""
+    queue = OutboxQueue(settings.queue_url, keep_sent=settings.keep_sent)
+    if settings.queue_session is not None:
+        return SessionOutboxDelivery(queue, settings.queue_session)
+    return OutboxDelivery(queue)

@@ -1,0 +1,1120 @@
+"""The shared outbox (``mail.queue_url``): a real PostgreSQL, a real SMTP server.
+
+The server is the session's (``pg_server`` in tests/conftest.py); each test
+has a database of its own (``pg_url``: the outbox created; ``pg_empty_url``:
+nothing).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+import transaction
+from pyramid.config import Configurator
+
+from pyramid_txmail import Mailer
+from pyramid_txmail.exceptions import QueueError, UnknownMessage
+from pyramid_txmail.processor import QueueProcessor
+from pyramid_txmail.queue.outbox import OutboxQueue, schema_sql
+from pyramid_txmail.settings import SettingsError, parse_settings
+from tests import FailingVoteDataManager, make_mail, message
+from tests.pgserver import wait_until
+
+
+def rows(url: str, where: str = 'true') -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            f'SELECT id, state, message_id, recipients, attempts, last_error '
+            f'FROM txmail_outbox WHERE {where} ORDER BY id'
+        ).fetchall()
+
+
+def sql(url: str, statement: str, params=()) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+def prepared(url: str) -> list[str]:
+    return [gid for (gid,) in sql(url, 'SELECT gid FROM pg_prepared_xacts')]
+
+
+@pytest.fixture
+def queue(pg_url):
+    q = OutboxQueue(pg_url)
+    yield q
+    q.close()
+
+
+def fill(url: str, count: int, start: int = 0, recipients=('to@example.com',)):
+    """``count`` committed rows, written as the outbox's own producer does."""
+    from pyramid_txmail.queue.outbox import OutboxDelivery
+
+    delivery = OutboxDelivery(OutboxQueue(url))
+    mails = [make_mail(n, recipients) for n in range(start, start + count)]
+    pending = delivery.vote(mails)
+    pending.finish()
+    pending.after_commit()
+    delivery.queue.close()
+    return [m.message_id for m in mails]
+
+
+def outbox_mailer(url: str, tm, **settings) -> Mailer:
+    given = {'mail.queue_url': url, 'mail.default_sender': 'from@example.com'}
+    given.update({f'mail.{k}': v for k, v in settings.items()})
+    return Mailer.from_settings(given).bind(transaction_manager=tm)
+
+
+def processor_for(queue, server, **kw) -> QueueProcessor:
+    settings = server.settings(**kw.pop('settings', {}))
+    return QueueProcessor(queue, settings, **kw)
+
+
+# -- settings
+
+
+def test_a_unix_socket_url_is_a_queue_url():
+    assert parse_settings({'mail.queue_url': 'postgresql:///app'}).queue_url
+
+
+def test_queue_url_selects_queued_delivery(pg_url):
+    settings = parse_settings({'mail.queue_url': pg_url})
+    assert settings.delivery == 'queued'
+    assert settings.queue_url == pg_url
+
+
+@pytest.mark.parametrize(
+    'url',
+    ['mysql://u:s3cret@db/x', 'postgresql://u:s3cret@db:notaport/x', 'nonsense'],
+)
+def test_a_bad_queue_url_names_the_key_never_the_password(url):
+    with pytest.raises(SettingsError) as info:
+        parse_settings({'mail.queue_url': url})
+    assert 'mail.queue_url' in str(info.value)
+    assert 's3cret' not in str(info.value)
+
+
+def test_queue_path_and_queue_url_are_one_or_the_other(tmp_path, pg_url):
+    with pytest.raises(SettingsError, match='choose one'):
+        parse_settings({'mail.queue_url': pg_url, 'mail.queue_path': str(tmp_path)})
+
+
+def test_queue_session_needs_queue_url():
+    with pytest.raises(SettingsError, match=r'mail\.queue_session: needs'):
+        parse_settings({'mail.queue_session': 'tests.outboxkit.drain'})
+
+
+def test_queue_session_must_import():
+    with pytest.raises(SettingsError, match=r'mail\.queue_session: cannot import'):
+        parse_settings(
+            {
+                'mail.queue_url': 'postgresql://127.0.0.1/x',
+                'mail.queue_session': 'tests.no_such_module.Session',
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    ('given', 'seconds'),
+    [('0', 0.0), ('90', 90.0), ('30m', 1800.0), ('12h', 43200.0), ('7d', 604800.0)],
+)
+def test_keep_sent_takes_a_duration(given, seconds):
+    assert parse_settings({'mail.keep_sent': given}).keep_sent == seconds
+
+
+@pytest.mark.parametrize('given', ['7w', 'd', '-1', 'inf'])
+def test_keep_sent_refuses_what_is_not_a_duration(given):
+    with pytest.raises(SettingsError, match=r'mail\.keep_sent: expected a duration'):
+        parse_settings({'mail.keep_sent': given})
+
+
+def test_without_psycopg_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    # psycopg cannot be uninstalled for one test: hide it from imports.
+    monkeypatch.setitem(sys.modules, 'psycopg', None)
+    monkeypatch.delitem(sys.modules, 'pyramid_txmail.queue.outbox')
+    with pytest.raises(SettingsError) as info:
+        Mailer(queue_url='postgresql:///app')
+    assert "pip install 'pyramid_txmail[postgresql]'" in str(info.value)
+    assert 'mail.queue_url' in str(info.value)
+
+
+def test_an_unreachable_database_fails_at_first_use_naming_the_key():
+    from tests import free_port
+
+    url = f'postgresql://u:s3cret@127.0.0.1:{free_port()}/x'
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(url, tm)
+    with pytest.raises(QueueError) as info, tm:
+        mailer.send(message())
+    assert 'mail.queue_url: cannot connect to' in str(info.value)
+    assert 's3cret' not in str(info.value)
+    assert 'u:***@127.0.0.1' in str(info.value)
+
+
+# -- the schema
+
+
+def test_initdb_creates_the_tables_idempotently(pg_empty_url, tmp_path, monkeypatch):
+    from pyramid_txmail.cli import Command
+
+    out = io.StringIO()
+    ini = tmp_path / 'app.ini'
+    ini.write_text('[app:main]\n')
+    settings = {'mail.queue_url': pg_empty_url}
+    monkeypatch.setattr(Command, 'get_settings', staticmethod(lambda *a, **k: settings))
+    assert Command(out, io.StringIO()).run(['initdb', str(ini)]) == 0
+    assert Command(out, io.StringIO()).run(['initdb', str(ini)]) == 0
+    assert 'the outbox tables are ready in' in out.getvalue()
+    assert sql(pg_empty_url, 'SELECT count(*) FROM txmail_outbox') == [(0,)]
+    indexes = {
+        name
+        for (name,) in sql(
+            pg_empty_url,
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'txmail_outbox'",
+        )
+    }
+    assert {'txmail_outbox_due', 'txmail_outbox_sent'} <= indexes
+
+
+def test_initdb_needs_queue_url(tmp_path, monkeypatch):
+    from pyramid_txmail.cli import Command
+
+    err = io.StringIO()
+    ini = tmp_path / 'app.ini'
+    ini.write_text('[app:main]\n')
+    monkeypatch.setattr(Command, 'get_settings', staticmethod(lambda *a, **k: {}))
+    assert Command(io.StringIO(), err).run(['initdb', str(ini)]) == 1
+    assert err.getvalue() == 'pyramid-txmail: mail.queue_url is not set in app.ini\n'
+
+
+def test_the_shipped_sql_runs_as_an_alembic_migration_runs_it(pg_empty_url):
+    from importlib.resources import files
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(
+        pg_empty_url.replace('postgresql://', 'postgresql+psycopg://')
+    )
+    for _ in range(2):  # op.execute(...) in upgrade(), twice: idempotent
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    files('pyramid_txmail.queue').joinpath('outbox.sql').read_text()
+                )
+            )
+    engine.dispose()
+    assert sql(pg_empty_url, 'SELECT count(*) FROM txmail_outbox') == [(0,)]
+
+
+def test_the_claim_query_uses_the_due_index(pg_url):
+    fill(pg_url, 50)
+    with psycopg.connect(pg_url) as conn:
+        conn.execute('SET enable_seqscan = off')
+        plan = '\n'.join(
+            line
+            for (line,) in conn.execute(
+                'EXPLAIN SELECT id FROM txmail_outbox WHERE state IN '
+                "('queued', 'deferred', 'sending') AND due <= now() "
+                'ORDER BY due, id LIMIT 1 FOR UPDATE SKIP LOCKED'
+            )
+        )
+    assert 'txmail_outbox_due' in plan
+
+
+# -- the transaction (own connection, two-phase commit)
+
+
+def test_commit_writes_one_row(pg_url):
+    tm = transaction.TransactionManager()
+    with tm:
+        message_id = outbox_mailer(pg_url, tm).send(message(subject='Welcome'))
+    [(_, state, stored_id, recipients, attempts, _)] = rows(pg_url)
+    assert (state, stored_id, recipients, attempts) == (
+        'queued',
+        message_id,
+        ['to@example.com'],
+        0,
+    )
+    assert prepared(pg_url) == []
+
+
+def test_abort_writes_nothing(pg_url):
+    tm = transaction.TransactionManager()
+    tm.begin()
+    outbox_mailer(pg_url, tm).send(message())
+    tm.abort()
+    assert rows(pg_url) == []
+
+
+def test_an_exception_in_the_view_writes_nothing(pg_url):
+    tm = transaction.TransactionManager()
+    with pytest.raises(ZeroDivisionError), tm:
+        outbox_mailer(pg_url, tm).send(message())
+        1 / 0  # noqa: B018
+    assert rows(pg_url) == []
+
+
+def test_a_failed_vote_writes_nothing_and_leaves_no_prepared_transaction(pg_url):
+    tm = transaction.TransactionManager()
+    with pytest.raises(RuntimeError, match='refused'), tm:
+        outbox_mailer(pg_url, tm).send(message())
+        tm.get().join(FailingVoteDataManager(tm))
+    assert rows(pg_url) == []
+    assert prepared(pg_url) == []
+
+
+def test_a_rolled_back_savepoint_drops_the_mail_sent_after_it(pg_url):
+    tm = transaction.TransactionManager()
+    with tm:
+        mailer = outbox_mailer(pg_url, tm)
+        mailer.send(message(subject='kept'))
+        savepoint = tm.savepoint()
+        mailer.send(message(subject='dropped'))
+        savepoint.rollback()
+    assert len(rows(pg_url)) == 1
+
+
+def test_the_outbox_must_exist(pg_empty_url):
+    tm = transaction.TransactionManager()
+    with pytest.raises(QueueError, match='cannot write the outbox'), tm:
+        outbox_mailer(pg_empty_url, tm).send(message())
+    assert prepared(pg_empty_url) == []
+
+
+class KillOutboxConnections:
+    """A data manager voting after the outbox: it ends the outbox's
+    connections (as a restarting database or a network cut would), then
+    votes yes, or no if ``refuse``."""
+
+    def __init__(self, tm, url: str, refuse: bool = False):
+        self.transaction_manager = tm
+        self.url = url
+        self.refuse = refuse
+
+    def sortKey(self):
+        return 'zzz'
+
+    def abort(self, txn):
+        pass
+
+    tpc_begin = commit = tpc_finish = tpc_abort = abort
+
+    def tpc_vote(self, txn):
+        sql(
+            self.url,
+            'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+            "WHERE application_name = 'pyramid_txmail' AND pid <> pg_backend_pid() "
+            'AND datname = current_database()',
+        )
+        if self.refuse:
+            raise RuntimeError('refused after the outbox voted')
+
+
+def test_a_connection_lost_after_the_vote_still_commits_the_mail(pg_url, caplog):
+    tm = transaction.TransactionManager()
+    with tm:
+        outbox_mailer(pg_url, tm).send(message())
+        tm.get().join(KillOutboxConnections(tm, pg_url))
+    assert [r[1] for r in rows(pg_url)] == ['queued']
+    assert prepared(pg_url) == []
+    assert 'COMMIT PREPARED' in caplog.text
+
+
+def test_a_connection_lost_before_an_abort_still_rolls_back(pg_url):
+    tm = transaction.TransactionManager()
+    with pytest.raises(RuntimeError, match='refused'), tm:
+        outbox_mailer(pg_url, tm).send(message())
+        tm.get().join(KillOutboxConnections(tm, pg_url, refuse=True))
+    assert rows(pg_url) == []
+    assert prepared(pg_url) == []
+
+
+def test_a_prepared_transaction_that_cannot_be_ended_is_named_for_the_operator(
+    pg_url, caplog
+):
+    from pyramid_txmail.queue.outbox import OutboxDelivery
+
+    delivery = OutboxDelivery(OutboxQueue(pg_url))
+    delivery.queue.url = delivery.queue.url.replace('/txmail?', '/nonexistent?')
+    delivery._resolve('pyramid_txmail:lost', commit=True)
+    assert "COMMIT PREPARED 'pyramid_txmail:lost'" in caplog.text
+
+
+def test_without_prepared_transactions_the_error_says_what_to_do(pg_url, pg_server):
+    pg_server.restart(max_prepared_transactions=0)
+    try:
+        tm = transaction.TransactionManager()
+        with pytest.raises(QueueError) as info, tm:
+            outbox_mailer(pg_url, tm).send(message())
+    finally:
+        pg_server.restart()
+    assert 'max_prepared_transactions = 0' in str(info.value)
+    assert 'mail.queue_session' in str(info.value)
+    assert rows(pg_url) == []
+
+
+class KillOutboxAtFinish(KillOutboxConnections):
+    """Ends the outbox's connections once the commit is over (its
+    tpc_finish runs after the outbox's)."""
+
+    def tpc_vote(self, txn):
+        pass
+
+    def tpc_finish(self, txn):
+        KillOutboxConnections.tpc_vote(self, txn)
+
+
+def test_a_connection_lost_after_the_commit_skips_the_notify_not_the_mail(
+    pg_url, caplog
+):
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(pg_url, tm)
+    with tm:
+        mailer.send(message(subject='first'))
+        tm.get().join(KillOutboxAtFinish(tm, pg_url))
+    assert 'NOTIFY failed' in caplog.text
+    with tm:
+        mailer.send(message(subject='second'))
+    # The idle connection is dropped by the server (a restart, say): the
+    # next commit replaces it.
+    KillOutboxAtFinish(tm, pg_url).tpc_finish(None)
+    with tm:
+        mailer.send(message(subject='third'))
+    assert len(rows(pg_url)) == 3
+
+
+def test_a_nonexistent_outbox_is_an_error_of_the_queue(pg_empty_url):
+    queue = OutboxQueue(pg_empty_url)
+    with pytest.raises(QueueError, match='cannot count messages'):
+        queue.counts()
+    queue.close()
+
+
+def test_commit_then_the_processor_sends_it_once(pg_url, queue, smtp_server):
+    tm = transaction.TransactionManager()
+    with tm:
+        message_id = outbox_mailer(pg_url, tm).send(message(subject='Once'))
+    result = processor_for(queue, smtp_server).run_once()
+    assert result.sent == 1
+    [received] = smtp_server.wait_for(1)
+    assert received.message['Message-ID'] == message_id
+    assert processor_for(queue, smtp_server).run_once().sent == 0
+    assert len(smtp_server.messages) == 1
+    assert rows(pg_url) == []
+
+
+# -- the transaction through the application's session (mail.queue_session)
+
+
+@pytest.fixture
+def app_db(pg_url):
+    """The application's own table and a zope.sqlalchemy session on it."""
+    import sqlalchemy as sa
+    import zope.sqlalchemy
+    from sqlalchemy.orm import scoped_session, sessionmaker
+
+    engine = sa.create_engine(pg_url.replace('postgresql://', 'postgresql+psycopg://'))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                'CREATE TABLE users (name text PRIMARY KEY, email text '
+                'UNIQUE DEFERRABLE INITIALLY DEFERRED)'
+            )
+        )
+    tm = transaction.TransactionManager()
+    session = scoped_session(sessionmaker(bind=engine))
+    zope.sqlalchemy.register(session, transaction_manager=tm)
+    yield tm, session
+    session.remove()
+    engine.dispose()
+
+
+def session_mailer(pg_url, tm, session):
+    mailer = Mailer(
+        queue_url=pg_url, queue_session=session, default_sender='from@example.com'
+    )
+    return mailer.bind(transaction_manager=tm)
+
+
+def add_user(session, name: str, email: str) -> None:
+    import sqlalchemy as sa
+    import zope.sqlalchemy
+
+    session.execute(
+        sa.text('INSERT INTO users VALUES (:n, :e)'), {'n': name, 'e': email}
+    )
+    zope.sqlalchemy.mark_changed(session())
+
+
+def users(url: str) -> list[str]:
+    return [n for (n,) in sql(url, 'SELECT name FROM users ORDER BY name')]
+
+
+def test_session_mode_commits_the_row_with_the_apps_data(pg_url, app_db):
+    tm, session = app_db
+    with tm:
+        add_user(session, 'ann', 'ann@example.com')
+        session_mailer(pg_url, tm, session).send(
+            message(recipients=['ann@example.com'])
+        )
+    assert users(pg_url) == ['ann']
+    assert [r[3] for r in rows(pg_url)] == [['ann@example.com']]
+    assert prepared(pg_url) == []
+
+
+def test_session_mode_a_failing_flush_leaves_neither_row_nor_mail(
+    pg_url, app_db, smtp_server
+):
+    import sqlalchemy.exc
+
+    tm, session = app_db
+    with tm:
+        add_user(session, 'ann', 'ann@example.com')
+    with pytest.raises(sqlalchemy.exc.IntegrityError), tm:
+        session_mailer(pg_url, tm, session).send(message())
+        add_user(session, 'ann', 'again@example.com')  # the primary key: refused
+    assert users(pg_url) == ['ann']
+    assert rows(pg_url) == []
+    queue = OutboxQueue(pg_url)
+    assert processor_for(queue, smtp_server).run_once().sent == 0
+    queue.close()
+    assert smtp_server.messages == []
+
+
+def test_session_mode_a_failing_commit_leaves_neither_row_nor_mail(pg_url, app_db):
+    import sqlalchemy.exc
+
+    tm, session = app_db
+    with pytest.raises(sqlalchemy.exc.IntegrityError), tm:
+        mailer = session_mailer(pg_url, tm, session)
+        add_user(session, 'ann', 'same@example.com')
+        mailer.send(message())
+        # The deferred unique constraint fails at COMMIT, after every vote.
+        add_user(session, 'bob', 'same@example.com')
+    assert users(pg_url) == []
+    assert rows(pg_url) == []
+
+
+def test_session_mode_an_abort_leaves_neither(pg_url, app_db):
+    tm, session = app_db
+    tm.begin()
+    add_user(session, 'ann', 'ann@example.com')
+    session_mailer(pg_url, tm, session).send(message())
+    tm.abort()
+    assert users(pg_url) == []
+    assert rows(pg_url) == []
+
+
+def test_session_mode_takes_a_callable_given_the_request(pg_url, app_db):
+    tm, session = app_db
+    seen = []
+
+    def from_request(request):
+        seen.append(request)
+        return session()
+
+    with tm:
+        session_mailer(pg_url, tm, from_request).send(message())
+    assert seen == [None]  # outside a request
+    assert len(rows(pg_url)) == 1
+
+
+def test_session_mode_notifies_at_commit_never_for_a_rollback(pg_url, app_db):
+    tm, session = app_db
+    mailer = session_mailer(pg_url, tm, session)
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute('LISTEN txmail_outbox')
+        tm.begin()
+        mailer.send(message())
+        tm.abort()
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        with tm:
+            mailer.send(message())
+        notified = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in notified] == ['txmail_outbox']
+
+
+def test_session_mode_with_a_two_phase_session_notifies_after_commit(pg_url):
+    import sqlalchemy as sa
+    import zope.sqlalchemy
+    from sqlalchemy.orm import sessionmaker
+
+    engine = sa.create_engine(pg_url.replace('postgresql://', 'postgresql+psycopg://'))
+    tm = transaction.TransactionManager()
+    session = sessionmaker(bind=engine, twophase=True)()
+    zope.sqlalchemy.register(session, transaction_manager=tm)
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute('LISTEN txmail_outbox')
+        with tm:
+            session_mailer(pg_url, tm, session).send(message())
+        notified = list(listener.notifies(timeout=5, stop_after=1))
+    session.close()
+    engine.dispose()
+    assert len(rows(pg_url)) == 1
+    assert [n.channel for n in notified] == ['txmail_outbox']
+
+
+def test_queue_session_by_dotted_name_through_include(pg_url, app_db, monkeypatch):
+    import sys
+    import types
+
+    tm, session = app_db
+    module = types.ModuleType('outbox_app_models')
+    module.DBSession = session
+    monkeypatch.setitem(sys.modules, 'outbox_app_models', module)
+    config = Configurator(
+        settings={
+            'mail.queue_url': pg_url,
+            'mail.queue_session': 'outbox_app_models.DBSession',
+            'mail.queue_processor': 'false',
+            'mail.default_sender': 'from@example.com',
+        }
+    )
+    config.include('pyramid_txmail')
+    config.commit()
+    from pyramid_txmail import get_mailer
+
+    mailer = get_mailer(config.registry).bind(transaction_manager=tm)
+    with tm:
+        add_user(session, 'ann', 'ann@example.com')
+        mailer.send(message())
+    assert users(pg_url) == ['ann']
+    assert len(rows(pg_url)) == 1
+
+
+# -- the queue protocol
+
+
+def test_claims_come_in_due_then_id_order(pg_url, queue):
+    ids = fill(pg_url, 3)
+    source = queue.start_pass(stale_after=60)
+    claims = [source.claim() for _ in range(3)]
+    assert [c.message_id for c in claims] == ids
+    assert source.claim() is None
+    assert queue.counts()['sending'] == 3
+    for claim in claims:
+        claim.done()
+    assert rows(pg_url) == []
+
+
+def test_a_claim_carries_the_message(pg_url, queue):
+    fill(pg_url, 1, recipients=('a@example.com', 'b@example.com'))
+    claim = queue.start_pass(stale_after=60).claim()
+    assert claim.envelope.sender == 'from@example.com'
+    assert claim.envelope.recipients == ('a@example.com', 'b@example.com')
+    assert b'Subject: test 0' in claim.data
+    assert (claim.attempts, claim.last_error) == (0, None)
+    assert abs(claim.queued_at - time.time()) < 60
+    assert repr(claim) == f'<OutboxClaim {claim.id} <0@test>>'
+    claim.release()
+
+
+def test_one_claimer_wins_a_row(pg_url):
+    fill(pg_url, 1)
+    queues = [OutboxQueue(pg_url) for _ in range(8)]
+    got = []
+    barrier = threading.Barrier(len(queues))
+
+    def race(q):
+        barrier.wait(10)
+        got.append(q.start_pass(stale_after=60).claim())
+
+    threads = [threading.Thread(target=race, args=(q,)) for q in queues]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len([c for c in got if c is not None]) == 1
+    for q in queues:
+        q.close()
+
+
+def test_an_expired_lease_is_claimed_again_and_the_old_outcome_is_ignored(
+    pg_url, queue, caplog
+):
+    fill(pg_url, 1)
+    first = queue.start_pass(stale_after=0.2).claim()
+    assert queue.start_pass(stale_after=60).claim() is None  # leased
+    time.sleep(0.3)
+    second = queue.start_pass(stale_after=60).claim()
+    assert second.message_id == first.message_id
+    first.fail('too late')  # its lease was taken over: not recorded
+    first_done = OutboxQueue(pg_url)
+    assert queue.counts()['sending'] == 1
+    second.done()
+    assert rows(pg_url) == []
+    assert 'the lease was lost' in caplog.text
+    first_done.close()
+
+
+def test_done_after_the_lease_was_lost_is_not_recorded(pg_url, queue, caplog):
+    fill(pg_url, 1)
+    first = queue.start_pass(stale_after=0.2).claim()
+    time.sleep(0.3)
+    second = queue.start_pass(stale_after=60).claim()
+    first.done()
+    assert [r[1] for r in rows(pg_url)] == ['sending']
+    assert 'lost before it was recorded as sent' in caplog.text
+    second.release()
+
+
+def test_defer_counts_the_attempt_and_waits(pg_url, queue):
+    fill(pg_url, 1, recipients=('a@example.com', 'b@example.com'))
+    claim = queue.start_pass(stale_after=60).claim()
+    claim.defer('451 later', time.time() + 3600, recipients=['b@example.com'])
+    [entry] = queue.list()
+    assert (entry.state, entry.attempts, entry.last_error) == (
+        'deferred',
+        1,
+        '451 later',
+    )
+    assert entry.recipients == ('b@example.com',)
+    assert 3500 < entry.due - time.time() < 3700
+    assert queue.start_pass(stale_after=60).claim() is None
+    assert queue.flush() == 1
+    again = queue.start_pass(stale_after=60).claim()
+    assert (again.attempts, again.last_error) == (1, '451 later')
+    again.defer('451 again', time.time() - 10)  # due at once
+    assert queue.start_pass(stale_after=60).claim().attempts == 2
+
+
+def test_fail_keeps_the_reason_and_retry_starts_afresh(pg_url, queue):
+    [message_id] = fill(pg_url, 1)
+    claim = queue.start_pass(stale_after=60).claim()
+    claim.fail('550 no such user')
+    [entry] = queue.list(failed=True)
+    assert (entry.state, entry.attempts, entry.last_error, entry.message_id) == (
+        'failed',
+        1,
+        '550 no such user',
+        message_id,
+    )
+    assert entry.subject == 'test 0'
+    assert queue.start_pass(stale_after=60).claim() is None
+    assert queue.retry([entry.id]) == 1
+    again = queue.start_pass(stale_after=60).claim()
+    assert (again.attempts, again.last_error) == (0, '550 no such user')
+
+
+def test_an_outcome_is_recorded_once(pg_url, queue):
+    fill(pg_url, 1)
+    claim = queue.start_pass(stale_after=60).claim()
+    claim.release()
+    with pytest.raises(QueueError, match='already recorded'):
+        claim.done()
+    with pytest.raises(QueueError, match='already recorded'):
+        claim.release()
+
+
+def test_set_aside_drops_the_recipients_who_have_it(pg_url, queue):
+    fill(pg_url, 1, recipients=('a@example.com', 'b@example.com'))
+    claim = queue.start_pass(stale_after=60).claim()
+    claim.set_aside('accepted, not recorded', delivered=['a@example.com'])
+    [entry] = queue.list(['failed'])
+    assert entry.recipients == ('b@example.com',)
+    assert entry.attempts == 0
+    assert entry.last_error == 'accepted, not recorded'
+
+
+def test_retry_deletes_what_every_recipient_has(pg_url, queue):
+    fill(pg_url, 1)
+    claim = queue.start_pass(stale_after=60).claim()
+    claim.set_aside('accepted', delivered=['to@example.com'])
+    assert queue.retry() == 0
+    assert rows(pg_url) == []
+
+
+def test_abandon_leaves_it_leased_until_the_lease_expires(pg_url, queue):
+    fill(pg_url, 1)
+    claim = queue.start_pass(stale_after=0.3).claim()
+    claim.abandon()
+    assert queue.start_pass(stale_after=60).claim() is None
+    assert wait_until(lambda: queue.counts()['sending'] == 1, 1)
+    time.sleep(0.4)
+    assert queue.start_pass(stale_after=60).claim().message_id == claim.message_id
+
+
+def test_hold_and_release(pg_url, queue):
+    fill(pg_url, 2)
+    first, second = (e.id for e in queue.list())
+    assert queue.hold([first]) == 1
+    assert queue.hold([first]) == 0  # held already
+    assert queue.counts() == {
+        'queued': 1,
+        'sending': 0,
+        'deferred': 0,
+        'held': 1,
+        'failed': 0,
+        'sent': 0,
+    }
+    claim = queue.start_pass(stale_after=60).claim()
+    assert claim.id == second
+    with pytest.raises(QueueError, match='being sent now'):
+        queue.hold([second])
+    assert queue.start_pass(stale_after=60).claim() is None
+    with pytest.raises(QueueError, match='being sent now'):
+        queue.release([second])
+    assert queue.release([first]) == 1
+    assert queue.start_pass(stale_after=60).claim().id == first
+    claim.release()
+
+
+def test_unknown_ids_change_nothing(pg_url, queue):
+    fill(pg_url, 1)
+    [entry] = queue.list()
+    for bad in ('999999', 'x1', '1' * 30):
+        with pytest.raises(UnknownMessage):
+            queue.hold([entry.id, bad])
+        with pytest.raises(UnknownMessage):
+            queue.read(bad)
+    assert queue.counts()['queued'] == 1
+
+
+def test_purge(pg_url, queue):
+    fill(pg_url, 3)
+    a, b, c = (e.id for e in queue.list())
+    queue.start_pass(stale_after=60).claim().fail('550')
+    with pytest.raises(ValueError, match='give message ids'):
+        queue.purge()
+    assert queue.purge(failed=True) == 1
+    claim = queue.start_pass(stale_after=60).claim()
+    with pytest.raises(QueueError, match='being sent now'):
+        queue.purge([b])
+    assert queue.purge([c]) == 1
+    claim.release()
+    assert [r[0] for r in rows(pg_url)] == [int(b)]
+    assert a != b
+
+
+def test_read_returns_the_entry_and_the_bytes(pg_url, queue):
+    [message_id] = fill(pg_url, 1)
+    [entry] = queue.list()
+    info, data = queue.read(entry.id)
+    assert info.message_id == message_id
+    assert info.sender == 'from@example.com'
+    assert b'body 0' in data
+
+
+def test_faults_are_shared_by_every_processor(pg_url, queue):
+    assert queue.read_fault() is None
+    queue.record_fault('535 login refused')
+    queue.record_fault('535 still refused')
+    other = OutboxQueue(pg_url)
+    fault = other.read_fault()
+    assert fault.reason == '535 still refused'
+    assert abs(fault.since - time.time()) < 60
+    queue.clear_fault()
+    assert other.read_fault() is None
+    queue.clear_fault()  # nothing to clear: no query at all
+    other.close()
+
+
+def test_an_unreachable_database_raises_queue_errors(pg_url, caplog):
+    from tests import free_port
+
+    queue = OutboxQueue(f'postgresql://u:s3cret@127.0.0.1:{free_port()}/x')
+    with pytest.raises(QueueError) as info:
+        queue.counts()
+    assert 's3cret' not in str(info.value)
+    queue.record_fault('x')  # never raises
+    queue.clear_fault()  # never raises
+    assert 'cannot connect' in caplog.text
+    queue.close()
+
+
+def test_the_name_hides_the_password():
+    queue = OutboxQueue('postgresql+psycopg://app:s3cret@db.example:5432/app')
+    assert queue.name == 'postgresql+psycopg://app:***@db.example:5432/app'
+    assert queue.path == queue.name
+    assert repr(queue) == f'<OutboxQueue {queue.name}>'
+    assert OutboxQueue('postgresql:///app').name == 'postgresql:///app'
+    assert (
+        OutboxQueue('postgresql://db/app?user=app&password=s3cret&sslmode=require').name
+        == 'postgresql://db/app?user=app&password=***&sslmode=require'
+    )
+
+
+def test_a_password_in_the_query_is_hidden_from_errors():
+    with pytest.raises(SettingsError) as info:
+        parse_settings({'mail.queue_url': 'mysql://db/app?password=s3cret'})
+    assert 's3cret' not in str(info.value)
+    queue = OutboxQueue('postgresql://127.0.0.1:1/app?password=s3cret&user=app')
+    with pytest.raises(QueueError) as info:
+        queue.counts()
+    assert 's3cret' not in str(info.value)
+    queue.close()
+
+
+def test_an_engine_is_taken_too(pg_url):
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url.replace('postgresql://', 'postgresql+psycopg://'))
+    queue = OutboxQueue(engine)
+    assert queue.counts()['queued'] == 0
+    queue.close()
+    engine.dispose()
+
+
+def test_schema_sql_is_the_shipped_file():
+    assert 'CREATE TABLE IF NOT EXISTS txmail_outbox' in schema_sql()
+
+
+# -- kept history (mail.keep_sent)
+
+
+def test_keep_sent_keeps_sent_rows_and_prunes_old_ones(pg_url, smtp_server):
+    queue = OutboxQueue(pg_url, keep_sent=3600)
+    [message_id] = fill(pg_url, 1)
+    processor_for(queue, smtp_server).run_once()
+    smtp_server.wait_for(1)
+    [entry] = queue.list(['sent'])
+    assert (entry.state, entry.message_id, entry.recipients) == (
+        'sent',
+        message_id,
+        ('to@example.com',),
+    )
+    assert entry.last_error.startswith('sent 20')
+    assert queue.counts()['sent'] == 1
+    assert queue.list() == []
+    # A relay reply, when the processor passes one.
+    fill(pg_url, 1, start=1)
+    queue.start_pass(stale_after=60).claim().done('250 2.0.0 Ok: queued as ABC')
+    assert queue.list(['sent'])[0].last_error.endswith(': 250 2.0.0 Ok: queued as ABC')
+    sql(pg_url, "UPDATE txmail_outbox SET sent_at = now() - interval '2 hours'")
+    queue.start_pass(stale_after=60)
+    assert rows(pg_url) == []
+    queue.close()
+
+
+def test_list_sent_on_the_command_line(pg_url, smtp_server, tmp_path, monkeypatch):
+    from pyramid_txmail.cli import Command
+
+    queue = OutboxQueue(pg_url, keep_sent=3600)
+    [message_id] = fill(pg_url, 1)
+    processor_for(queue, smtp_server).run_once()
+    queue.close()
+    ini = tmp_path / 'app.ini'
+    ini.write_text('[app:main]\n')
+    settings = {'mail.queue_url': pg_url, 'mail.keep_sent': '1h'}
+    monkeypatch.setattr(Command, 'get_settings', staticmethod(lambda *a, **k: settings))
+    out = io.StringIO()
+    assert Command(out, io.StringIO()).run(['list', str(ini), '--sent']) == 0
+    status = io.StringIO()
+    assert Command(status, io.StringIO()).run(['status', str(ini)]) == 0
+    empty = io.StringIO()
+    assert Command(empty, io.StringIO()).run(['list', str(ini)]) == 0
+    [entry] = OutboxQueue(pg_url).list(['sent'])
+    shown = io.StringIO()
+    assert Command(shown, io.StringIO()).run(['show', str(ini), entry.id]) == 0
+    assert message_id in out.getvalue()
+    assert ' sent ' in out.getvalue()
+    assert 'queued     0' in status.getvalue()
+    assert message_id not in empty.getvalue()
+    assert f'message-id:   {message_id}' in shown.getvalue()
+    assert 'state:        sent' in shown.getvalue()
+
+
+# -- many processors
+
+
+def test_four_processor_processes_deliver_thousands_of_messages_once(
+    pg_url, smtp_server, tmp_path
+):
+    from tests.crashkit import run_together
+    from tests.outboxkit import drain
+
+    # 10,000 in the issue's words: TXMAIL_OUTBOX_MESSAGES=10000 (about two
+    # minutes on a loaded 2-core machine, the relay being the limit).
+    count = int(os.environ.get('TXMAIL_OUTBOX_MESSAGES', '1000'))
+    with (
+        psycopg.connect(pg_url) as conn,
+        conn.cursor() as cur,
+        cur.copy(
+            'COPY txmail_outbox (message_id, sender, recipients, data) FROM STDIN'
+        ) as copy,
+    ):
+        for n in range(count):
+            mail = make_mail(n)
+            copy.write_row(
+                (mail.message_id, 'from@example.com', ['to@example.com'], mail.data)
+            )
+    outs = [str(tmp_path / f'out{i}') for i in range(4)]
+    sent = run_together(
+        drain, (pg_url, smtp_server.host, smtp_server.port, 60.0), outs, timeout=180
+    )
+    received = smtp_server.wait_for(count, timeout=30)
+    ids = collections.Counter(r.message['Message-ID'] for r in received)
+    assert len(ids) == count
+    assert max(ids.values()) == 1
+    assert sum(int(s) for s in sent) == count
+    assert all(int(s) > 0 for s in sent)  # they shared the work
+    assert rows(pg_url) == []
+
+
+def test_a_killed_processors_leases_expire_and_the_rest_is_delivered(
+    pg_url, make_smtp_server
+):
+    from tests.outboxkit import drain_forever
+
+    server = make_smtp_server(delay={'DATA': 0.02})
+    ids = fill(pg_url, 150)
+    ctx = multiprocessing.get_context('spawn')
+    child = ctx.Process(
+        target=drain_forever, args=(pg_url, server.host, server.port, 1.0)
+    )
+    child.start()
+    try:
+        server.wait_for(20, timeout=60)
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+    finally:
+        child.kill()
+    leased = {r[2] for r in rows(pg_url, "state = 'sending'")}
+    assert leased  # killed mid-batch
+    queue = OutboxQueue(pg_url)
+    processor = processor_for(queue, server, stale_after=1.0)
+    assert wait_until(lambda: processor.run_once().sent == 0 and not rows(pg_url), 60)
+    queue.close()
+    received = collections.Counter(r.message['Message-ID'] for r in server.messages)
+    assert set(received) == set(ids)
+    duplicates = {mid for mid, n in received.items() if n > 1}
+    # Only those the relay may have accepted before the kill was recorded.
+    assert duplicates <= leased
+
+
+def test_a_restarted_database_is_reconnected_and_nothing_is_lost(
+    pg_url, pg_server, smtp_server
+):
+    from pyramid_txmail.processor import ProcessorThread
+
+    queue = OutboxQueue(pg_url)
+    settings = smtp_server.settings(queue_url=pg_url, queue_interval=0.1)
+    thread = ProcessorThread(
+        queue,
+        settings,
+        processor_factory=lambda q, s, notify: QueueProcessor(
+            q, s, notify=notify, stale_after=1.0
+        ),
+    )
+    woken = threading.Event()
+    queue.listen(woken.set)
+    thread.start()
+    try:
+        first = fill(pg_url, 20)
+        smtp_server.wait_for(20, timeout=30)
+        woken.clear()
+        pg_server.restart()
+        assert woken.wait(30)  # the listener is back, and says so
+        second = fill(pg_url, 20, start=20)
+        received = smtp_server.wait_for(40, timeout=30)
+    finally:
+        thread.stop(10)
+        queue.close()
+    assert {r.message['Message-ID'] for r in received} == set(first + second)
+    assert rows(pg_url) == []
+
+
+# -- waking processors (LISTEN/NOTIFY)
+
+
+def test_a_commit_on_another_host_wakes_the_processor_before_its_interval(
+    pg_url, smtp_server
+):
+    from pyramid_txmail.processor import _REGISTRY, _stop_all
+
+    interval = 30.0
+    settings = smtp_server.mail_settings(
+        queue_url=pg_url, queue_interval=str(interval), default_sender='f@example.com'
+    )
+    config = Configurator(settings=settings)
+    config.include('pyramid_txmail')
+    app = config.make_wsgi_app()
+    queue = app.registry.getUtility(
+        __import__('pyramid_txmail.interfaces').interfaces.IMailer
+    ).queue_delivery.queue
+    try:
+        # The processor's first pass is over, and it listens.
+        assert wait_until(
+            lambda: sql(
+                pg_url,
+                "SELECT 1 FROM pg_stat_activity WHERE query = 'LISTEN txmail_outbox'",
+            ),
+            10,
+        )
+        time.sleep(0.2)
+        # Another web host: a mailer of its own, not wired to this processor.
+        tm = transaction.TransactionManager()
+        with tm:
+            outbox_mailer(pg_url, tm).send(message(subject='wake up'))
+        [received] = smtp_server.wait_for(1, timeout=interval / 3)
+        assert received.message['Subject'] == 'wake up'
+    finally:
+        queue.close()
+        _stop_all(10)
+        _REGISTRY.pop(queue.path, None)
+
+
+def test_a_commit_in_this_process_wakes_its_processor_at_once(pg_url, smtp_server):
+    from pyramid_txmail import get_mailer
+    from pyramid_txmail.processor import _REGISTRY, _stop_all
+
+    interval = 30.0
+    settings = smtp_server.mail_settings(
+        queue_url=pg_url, queue_interval=str(interval), default_sender='f@example.com'
+    )
+    config = Configurator(settings=settings)
+    config.include('pyramid_txmail')
+    app = config.make_wsgi_app()
+    mailer = get_mailer(app.registry)
+    try:
+        time.sleep(0.2)  # the processor's first pass
+        with transaction.manager:
+            mailer.send(message(subject='at once'))
+        [received] = smtp_server.wait_for(1, timeout=interval / 3)
+        assert received.message['Subject'] == 'at once'
+    finally:
+        mailer.queue_delivery.queue.close()
+        _stop_all(10)
+        _REGISTRY.pop(mailer.queue_delivery.queue.path, None)
+
+
+def test_a_listener_callback_that_raises_is_logged(pg_url, caplog):
+    queue = OutboxQueue(pg_url)
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError('boom')
+
+    listener = queue.listen(broken)
+    assert queue.listen(broken) is listener  # once per queue
+    assert wait_until(
+        lambda: sql(
+            pg_url,
+            "SELECT 1 FROM pg_stat_activity WHERE query = 'LISTEN txmail_outbox'",
+        ),
+        10,
+    )
+    sql(pg_url, 'NOTIFY txmail_outbox')
+    assert wait_until(lambda: calls, 10)
+    queue.close()
+    assert 'waking the processor failed' in caplog.text
+
+
+def test_a_listener_waits_for_a_database_that_is_down(caplog):
+    from tests import free_port
+
+    queue = OutboxQueue(f'postgresql://127.0.0.1:{free_port()}/x')
+    queue.listen(lambda: None)
+    assert wait_until(lambda: 'cannot listen for new mail' in caplog.text, 10)
+    queue.close()
