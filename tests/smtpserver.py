@@ -624,6 +624,9 @@ class TricklingRelay:
         self.trickling = threading.Event()
         self._stop = threading.Event()
         self._listener = socket.create_server((HOST, 0))
+        # Closing a listening socket does not wake an accept() blocked on
+        # it. Set here, not in the thread: __exit__ may close it first.
+        self._listener.settimeout(0.05)
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
         self._clients: list[socket.socket] = []
@@ -645,8 +648,6 @@ class TricklingRelay:
             client.close()
 
     def _accept(self) -> None:
-        # Closing a listening socket does not wake an accept() blocked on it.
-        self._listener.settimeout(0.05)
         while not self._stop.is_set():
             try:
                 client, _ = self._listener.accept()
