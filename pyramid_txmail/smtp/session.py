@@ -653,6 +653,43 @@ class SMTPConnection:
         self._recover(smtp, error)
         return error
 
+    def check(self) -> bool:
+        """Whether the open session can carry another transaction: the relay
+        answers RSET with 250 within ``mail.timeout``.
+
+        For a session kept open between transactions (see :mod:`.pool`),
+        which the relay may have closed meanwhile, or answer with ``421``.
+        A session that fails the check is dropped (:meth:`drop`) and False
+        returned; nothing is raised.
+        """
+        smtp = self._smtp
+        code = None
+        if smtp is not None and self.alive:
+            try:
+                with self._deadline:
+                    code, _ = smtp.rset()
+            except (smtplib.SMTPException, OSError) as exc:
+                log.debug('the idle session with %s is gone: %s', self.where, exc)
+        if code == 250:
+            return True
+        if code is not None:
+            log.debug('the session with %s answered RSET with %s', self.where, code)
+        self.drop()
+        return False
+
+    def drop(self) -> None:
+        """Close without a word to the relay (no QUIT).
+
+        For a session whose relay has nothing more to say (it failed
+        :meth:`check`), or that belongs to another process: a child forked
+        with the parent's session open must leave the parent's conversation
+        alone, and only closes its copies of the descriptors.
+        """
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            smtp.close()
+        self._deadline.release()
+
     def close(self) -> None:
         """Say QUIT and close. Errors are ignored: what was sent was sent."""
         smtp, self._smtp = self._smtp, None
