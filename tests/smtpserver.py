@@ -78,6 +78,9 @@ first MAIL only.
     wait that many seconds before handling the stage (same keys as
     ``reply``; ``'DATA'`` delays the final reply) to provoke client
     timeouts.
+``close_sessions()``
+    closes every open session at once, without a reply (a relay restarting,
+    or dropping idle clients); the server keeps serving new ones.
 
 What arrived:
 
@@ -292,6 +295,14 @@ class SMTPTestServer:
                     )
                 self._arrived.wait(left)
             return list(self.messages)
+
+    def close_sessions(self) -> None:
+        """Close every open session without a word, as a relay that restarts
+        or drops idle clients does; new sessions are served as before."""
+        assert self._controller is not None, 'start the server first'
+        asyncio.run_coroutine_threadsafe(
+            self._close_sessions(), self._controller.loop
+        ).result(timeout=5)
 
     @property
     def cafile(self) -> str:

@@ -211,9 +211,15 @@ class _Deadline:
             if self._sock is not None:
                 watchdog.soon(due)
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         with _watchdog().cond:
             self._due = math.inf
+            fired = self.fired
+        if fired is not None and exc_type is None:
+            # Shut down during the phase: what was read last may be a reply
+            # cut short, e.g. the '250' of '250-please wait', which smtplib
+            # takes for a whole one.
+            raise smtplib.SMTPServerDisconnected(f'shut down by the deadline ({fired})')
 
     def due(self) -> float:
         """The phase's deadline or the cut, whichever comes first."""
