@@ -147,11 +147,7 @@ class DirectDelivery:
         """An open session (from the pool, if any), or None when none could
         be opened: then every message in ``unsent`` failed."""
         try:
-            if self.pool is not None:
-                return self.pool.acquire()
-            conn = self.connect()
-            conn.open()
-            return conn
+            return self._acquire()
         except DeliveryError as exc:
             # The relay is down or refuses us: trying again for every
             # message would only multiply the timeouts.
@@ -159,6 +155,14 @@ class DirectDelivery:
                 events[i] = self._failed(mail, exc)
             unsent.clear()
             return None
+
+    def _acquire(self) -> SMTPConnection:
+        """An open session: from the pool if there is one, else a new one."""
+        if self.pool is not None:
+            return self.pool.acquire()
+        conn = self.connect()
+        conn.open()
+        return conn
 
     def _release(self, conn: SMTPConnection, clean: bool) -> None:
         """Done with ``conn``: back to the pool if there is one, else closed."""
@@ -268,13 +272,10 @@ class DirectDelivery:
         return MailSent(mail.message_id, mail.data, refused)
 
     def send_now(self, mail: PreparedMail) -> Refusals:
-        conn = None if self.pool is not None else self.connect()
+        conn: SMTPConnection | None = None
         clean = False
         try:
-            if conn is None:
-                conn = self.pool.acquire()  # type: ignore[union-attr]  # see above
-            else:
-                conn.open()
+            conn = self._acquire()
             refused = conn.send(mail.envelope, mail.data)
             clean = True
             if _over_limit(refused):
