@@ -272,24 +272,26 @@ class DirectDelivery:
         return MailSent(mail.message_id, mail.data, refused)
 
     def send_now(self, mail: PreparedMail) -> Refusals:
-        conn: SMTPConnection | None = None
-        clean = False
         try:
-            conn = self._acquire()
-            refused = conn.send(mail.envelope, mail.data)
-            clean = True
-            if _over_limit(refused):
-                [(_, _, refused)], clean = self._rounds(conn, [(0, mail, refused)])
+            refused = self._send_now(self._acquire(), mail)
         except Exception as exc:
             # MailFailed drops the traceback (see events): the caller gets
             # the error raised from here.
             self.notify([MailFailed(mail.message_id, mail.data, exc, permanent=True)])
             raise
-        finally:
-            if conn is not None:
-                self._release(conn, clean)
         self.notify([MailSent(mail.message_id, mail.data, refused)])
         return refused
+
+    def _send_now(self, conn: SMTPConnection, mail: PreparedMail) -> Refusals:
+        clean = False
+        try:
+            refused = conn.send(mail.envelope, mail.data)
+            clean = True
+            if _over_limit(refused):
+                [(_, _, refused)], clean = self._rounds(conn, [(0, mail, refused)])
+            return refused
+        finally:
+            self._release(conn, clean)
 
 
 def _send_all(

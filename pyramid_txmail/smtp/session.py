@@ -117,17 +117,23 @@ class _Watchdog:
         self.wake_at = math.inf  # when the thread looks again
         self.thread: threading.Thread | None = None
 
-    def watch(self, deadline: _Deadline) -> None:
-        """Watch ``deadline`` (held: ``cond``)."""
+    def watch(self, deadline: _Deadline) -> threading.Thread | None:
+        """Watch ``deadline`` (held: ``cond``); a new thread to start, after
+        ``cond`` is released, if none runs.
+
+        Not started here: ``start()`` waits for the new thread, which may
+        first collect garbage, and a finalizer that releases a deadline needs
+        ``cond``. The thread, once started, sees whatever was watched by then.
+        """
         self.watched.add(deadline)
         if self.thread is None:
             _install_fork_hook()
             self.thread = threading.Thread(
                 target=self._run, name='pyramid_txmail-smtp-deadline', daemon=True
             )
-            self.thread.start()
-        else:
-            self.soon(deadline.due())
+            return self.thread
+        self.soon(deadline.due())
+        return None
 
     def soon(self, due: float) -> None:
         """Wake the thread if ``due`` comes before it looks again (held:
@@ -232,7 +238,9 @@ class _Deadline:
         with watchdog.cond:
             self.fired = None
             self._sock = sock.dup()
-            watchdog.watch(self)
+            thread = watchdog.watch(self)
+        if thread is not None:
+            thread.start()
 
     def expire(self, now: float) -> float:
         """Shut the socket down if its time has come (the watchdog's
