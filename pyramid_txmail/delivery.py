@@ -30,7 +30,7 @@ from .interfaces import IImmediateDelivery, IPendingMail, IQueueDelivery
 from .message import Envelope, PreparedMail
 from .queue.maildir import MailQueue
 from .settings import MailSettings
-from .smtp import SHOWN_REFUSALS, Outcome, Pipeline, SMTPConnection
+from .smtp import SHOWN_REFUSALS, Outcome, Pipeline, SessionPool, SMTPConnection
 
 log = logging.getLogger('pyramid_txmail.delivery')
 
@@ -64,6 +64,10 @@ class PendingMail:
 class DirectDelivery:
     """SMTP after the commit, all of a transaction's mail on one connection.
 
+    With ``mail.pool_size``, sessions are kept open between transactions
+    (see :class:`~pyramid_txmail.smtp.SessionPool`); a session that had an
+    error is never kept.
+
     There is no retry: a failure of any kind is logged and notified as a
     permanent ``MailFailed`` for each message it cost; it never reaches the
     request. Recipients beyond the relay's limit per transaction (refused
@@ -76,10 +80,24 @@ class DirectDelivery:
         settings: MailSettings,
         notify: Notify = ignore_events,
         connect: Callable[[], SMTPConnection] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.settings = settings
         self.notify = notify
         self.connect = connect or (lambda: SMTPConnection(settings))
+        #: The sessions kept between transactions (``mail.pool_size``), or
+        #: None: a session per transaction. ``clock`` times their idleness.
+        self.pool: SessionPool | None = None
+        if settings.pool_size:
+            self.pool = SessionPool(
+                self.connect, settings.pool_size, settings.pool_idle, clock=clock
+            )
+
+    def close(self) -> None:
+        """Close the sessions kept open (QUIT); done at interpreter exit too."""
+        if self.pool is not None:
+            self.pool.close()
 
     def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
         return PendingMail(after_commit=lambda: self.deliver(mails))
@@ -101,11 +119,14 @@ class DirectDelivery:
             # Ends: every session answers at least its first message, or
             # fails them all.
             while unsent:
-                conn = self.connect()
+                conn = self._open(unsent, events)
+                if conn is None:
+                    break
+                clean = False
                 try:
-                    self._session(conn, unsent, events)
+                    clean = self._session(conn, unsent, events)
                 finally:
-                    conn.close()
+                    self._release(conn, clean)
                 if conn.timed_out:
                     for i, mail in unsent.items():
                         events[i] = self._failed(mail, _timed_out(conn))
@@ -120,29 +141,54 @@ class DirectDelivery:
         finally:
             self.notify([events[i] for i in sorted(events)])
 
-    def _session(
-        self,
-        conn: SMTPConnection,
-        unsent: dict[int, PreparedMail],
-        events: dict[int, MailEvent],
-    ) -> None:
-        """Send ``unsent`` over ``conn``; each message with an outcome leaves
-        ``unsent`` for ``events``."""
+    def _open(
+        self, unsent: dict[int, PreparedMail], events: dict[int, MailEvent]
+    ) -> SMTPConnection | None:
+        """An open session (from the pool, if any), or None when none could
+        be opened: then every message in ``unsent`` failed."""
         try:
-            conn.open()
+            return self._acquire()
         except DeliveryError as exc:
             # The relay is down or refuses us: trying again for every
             # message would only multiply the timeouts.
             for i, mail in unsent.items():
                 events[i] = self._failed(mail, exc)
             unsent.clear()
-            return
+            return None
+
+    def _acquire(self) -> SMTPConnection:
+        """An open session: from the pool if there is one, else a new one."""
+        if self.pool is not None:
+            return self.pool.acquire()
+        conn = self.connect()
+        conn.open()
+        return conn
+
+    def _release(self, conn: SMTPConnection, clean: bool) -> None:
+        """Done with ``conn``: back to the pool if there is one, else closed."""
+        if self.pool is not None:
+            self.pool.release(conn, clean=clean)
+        else:
+            conn.close()
+
+    def _session(
+        self,
+        conn: SMTPConnection,
+        unsent: dict[int, PreparedMail],
+        events: dict[int, MailEvent],
+    ) -> bool:
+        """Send ``unsent`` over the open ``conn``; each message with an
+        outcome leaves ``unsent`` for ``events``. True when nothing failed
+        (the session may be kept)."""
         more: list[tuple[int, PreparedMail, Refusals]] = []
+        failed = False
 
         def record(outcomes: list[tuple[int, Outcome]]) -> None:
+            nonlocal failed
             for i, outcome in outcomes:
                 mail = unsent.pop(i)
                 if isinstance(outcome, DeliveryError):
+                    failed = True
                     events[i] = self._failed(mail, outcome)
                 elif _over_limit(outcome):
                     more.append((i, mail, outcome))
@@ -155,15 +201,18 @@ class DirectDelivery:
             if not conn.alive:
                 break  # the rest go over a new session
         record(pipeline.finish())
-        for i, mail, refused in self._rounds(conn, more):
+        final, rounds_clean = self._rounds(conn, more)
+        for i, mail, refused in final:
             events[i] = self._sent(mail, refused)
+        return not failed and rounds_clean
 
     @staticmethod
     def _rounds(
         conn: SMTPConnection, more: list[tuple[int, PreparedMail, Refusals]]
-    ) -> Iterable[tuple[int, PreparedMail, Refusals]]:
+    ) -> tuple[list[tuple[int, PreparedMail, Refusals]], bool]:
         """Send each message again to the recipients refused for being over
-        the relay's limit, until none is left; yield the final refusals.
+        the relay's limit, until none is left; return the final refusals,
+        and whether no round failed.
 
         Bounded: each round delivers to at least one recipient (else it
         fails, and the refusals stand), and there are at most
@@ -173,6 +222,7 @@ class DirectDelivery:
             i: (mail, refused) for i, mail, refused in more
         }
         rounds = 1
+        clean = True
         while more and conn.alive and rounds < MAX_ROUNDS:
             rounds += 1
             jobs = [
@@ -189,6 +239,7 @@ class DirectDelivery:
                 outcome = outcomes[i]
                 if isinstance(outcome, DeliveryError):
                     # This round failed: the earlier refusals stand.
+                    clean = False
                     log.warning(
                         'mail %s: sending to the rest of its recipients failed: %s',
                         mail.message_id,
@@ -201,8 +252,7 @@ class DirectDelivery:
                 final[i] = (mail, refused)
                 if _over_limit(outcome):
                     more.append((i, mail, refused))
-        for i, (mail, refused) in final.items():
-            yield i, mail, refused
+        return [(i, mail, refused) for i, (mail, refused) in final.items()], clean
 
     @staticmethod
     def _failed(mail: PreparedMail, exc: BaseException) -> MailEvent:
@@ -222,21 +272,26 @@ class DirectDelivery:
         return MailSent(mail.message_id, mail.data, refused)
 
     def send_now(self, mail: PreparedMail) -> Refusals:
-        conn = self.connect()
         try:
-            conn.open()
-            refused = conn.send(mail.envelope, mail.data)
-            if _over_limit(refused):
-                [(_, _, refused)] = self._rounds(conn, [(0, mail, refused)])
+            refused = self._send_now(self._acquire(), mail)
         except Exception as exc:
             # MailFailed drops the traceback (see events): the caller gets
             # the error raised from here.
             self.notify([MailFailed(mail.message_id, mail.data, exc, permanent=True)])
             raise
-        finally:
-            conn.close()
         self.notify([MailSent(mail.message_id, mail.data, refused)])
         return refused
+
+    def _send_now(self, conn: SMTPConnection, mail: PreparedMail) -> Refusals:
+        clean = False
+        try:
+            refused = conn.send(mail.envelope, mail.data)
+            clean = True
+            if _over_limit(refused):
+                [(_, _, refused)], clean = self._rounds(conn, [(0, mail, refused)])
+            return refused
+        finally:
+            self._release(conn, clean)
 
 
 def _send_all(

@@ -43,6 +43,8 @@ class MailSettings:
     cafile: str | None = None
     timeout: float = 30.0
     pipelining: bool = True
+    pool_size: int = 0
+    pool_idle: float = 60.0
     default_sender: str | None = None
     message_id_domain: str = 'localhost'
     queue_path: str | None = None
@@ -120,6 +122,7 @@ def _number(
 
 _port = _number(int, lambda n: 1 <= n <= 65535, 'expected an integer from 1 to 65535')
 _positive_int = _number(int, lambda n: n >= 1, 'expected a positive integer')
+_non_negative_int = _number(int, lambda n: n >= 0, 'expected an integer, 0 or more')
 _positive_float = _number(
     float, lambda n: 0 < n < math.inf, 'expected a positive number of seconds'
 )
@@ -195,6 +198,8 @@ KEYS: tuple[tuple[str, Callable[[object], object]], ...] = (
     ('cafile', _str),
     ('timeout', _positive_float),
     ('pipelining', _bool),
+    ('pool_size', _non_negative_int),
+    ('pool_idle', _positive_float),
     ('default_sender', _str),
     ('message_id_domain', _str),
     ('queue_path', _str),

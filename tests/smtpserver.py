@@ -78,6 +78,9 @@ first MAIL only.
     wait that many seconds before handling the stage (same keys as
     ``reply``; ``'DATA'`` delays the final reply) to provoke client
     timeouts.
+``close_sessions()``
+    closes every open session at once, without a reply (a relay restarting,
+    or dropping idle clients); the server keeps serving new ones.
 
 What arrived:
 
@@ -292,6 +295,14 @@ class SMTPTestServer:
                     )
                 self._arrived.wait(left)
             return list(self.messages)
+
+    def close_sessions(self) -> None:
+        """Close every open session without a word, as a relay that restarts
+        or drops idle clients does; new sessions are served as before."""
+        assert self._controller is not None, 'start the server first'
+        asyncio.run_coroutine_threadsafe(
+            self._close_sessions(), self._controller.loop
+        ).result(timeout=5)
 
     @property
     def cafile(self) -> str:
@@ -624,6 +635,9 @@ class TricklingRelay:
         self.trickling = threading.Event()
         self._stop = threading.Event()
         self._listener = socket.create_server((HOST, 0))
+        # Closing a listening socket does not wake an accept() blocked on
+        # it. Set here, not in the thread: __exit__ may close it first.
+        self._listener.settimeout(0.05)
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
         self._clients: list[socket.socket] = []
@@ -645,8 +659,6 @@ class TricklingRelay:
             client.close()
 
     def _accept(self) -> None:
-        # Closing a listening socket does not wake an accept() blocked on it.
-        self._listener.settimeout(0.05)
         while not self._stop.is_set():
             try:
                 client, _ = self._listener.accept()

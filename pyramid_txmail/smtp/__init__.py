@@ -7,6 +7,9 @@
 :mod:`.pipeline`
     :class:`Pipeline`: RFC 2920 pipelining of many messages over a session,
     pushed one at a time, each outcome returned as soon as it is known.
+:mod:`.pool`
+    :class:`SessionPool`: open sessions kept between transactions
+    (``mail.pool_size``), checked before reuse, per process.
 
 Every failure leaves this package as a :class:`DeliveryError`: a
 :class:`TemporaryDeliveryError`, :class:`PermanentDeliveryError` or
@@ -22,6 +25,7 @@ from pyramid_txmail.exceptions import (
 )
 
 from .pipeline import Outcome, Pipeline
+from .pool import SessionPool
 from .session import AUTH_MECHANISMS, SHOWN_REFUSALS, SMTPConnection, make_ssl_context
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     'PermanentDeliveryError',
     'Pipeline',
     'SMTPConnection',
+    'SessionPool',
     'TemporaryDeliveryError',
     'make_ssl_context',
 ]

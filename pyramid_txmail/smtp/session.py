@@ -38,6 +38,7 @@ import contextlib
 import hmac
 import logging
 import math
+import os
 import re
 import smtplib
 import socket
@@ -98,17 +99,102 @@ def make_ssl_context(settings: MailSettings) -> ssl.SSLContext:
     return context
 
 
+class _Watchdog:
+    """The one thread of a process that ends sessions past their deadline.
+
+    Every open session's :class:`_Deadline` is watched by it, so that a pool
+    of sessions, or many requests sending at once, cost one thread, not one
+    each. It starts with the first session watched and ends when none is
+    left; a forked child gets a watchdog of its own.
+    """
+
+    def __init__(self) -> None:
+        # Re-entrant: cut() may run in a signal handler that interrupted a
+        # phase of the same thread. One lock for every session's deadline:
+        # it is held for a few assignments per phase.
+        self.cond = threading.Condition(threading.RLock())
+        self.watched: set[_Deadline] = set()
+        self.wake_at = math.inf  # when the thread looks again
+        self.thread: threading.Thread | None = None
+
+    def watch(self, deadline: _Deadline) -> threading.Thread | None:
+        """Watch ``deadline`` (held: ``cond``); a new thread to start, after
+        ``cond`` is released, if none runs.
+
+        Not started here: ``start()`` waits for the new thread, which may
+        first collect garbage, and a finalizer that releases a deadline needs
+        ``cond``. The thread, once started, sees whatever was watched by then.
+        """
+        self.watched.add(deadline)
+        if self.thread is None:
+            _install_fork_hook()
+            self.thread = threading.Thread(
+                target=self._run, name='pyramid_txmail-smtp-deadline', daemon=True
+            )
+            return self.thread
+        self.soon(deadline.due())
+        return None
+
+    def soon(self, due: float) -> None:
+        """Wake the thread if ``due`` comes before it looks again (held:
+        ``cond``). Most phases end long before it wakes; it then sees the
+        new deadline. Waking it for each phase would cost a switch."""
+        if due < self.wake_at:
+            self.cond.notify()
+
+    def _run(self) -> None:
+        with self.cond:
+            while self.watched:
+                now = time.monotonic()
+                soonest = math.inf
+                for deadline in list(self.watched):
+                    soonest = min(soonest, deadline.expire(now))
+                self.wake_at = soonest
+                self.cond.wait(None if soonest == math.inf else soonest - now)
+            # Under the lock: the next watch() starts a new thread.
+            self.thread = None
+            self.wake_at = math.inf
+
+
+_WATCHDOG = _Watchdog()  # no thread until a session is watched
+_fork_hook_installed = False
+
+
+def _watchdog() -> _Watchdog:
+    """This process's watchdog."""
+    return _WATCHDOG
+
+
+def _install_fork_hook() -> None:
+    """Give forked children a watchdog of their own; registered when the
+    first watchdog thread starts, never at import (a child inherits it)."""
+    global _fork_hook_installed
+    if not _fork_hook_installed:
+        os.register_at_fork(after_in_child=_forget_watchdog)
+        _fork_hook_installed = True
+
+
+def _forget_watchdog() -> None:
+    """In a forked child: the parent's watchdog has no thread here, and its
+    lock may have been held at the fork. Sessions inherited from the parent
+    are not watched by the child's (they belong to the parent: see
+    :mod:`.pool`)."""
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog()
+
+
 class _Deadline:
     """Shuts a session's socket down when a phase runs past its deadline.
 
     smtplib's timeout bounds each socket read, so a relay answering a byte
     at a time could hold a session for as long as it likes. Used as a
     context manager, this gives the phase inside ``timeout`` seconds in all:
-    its thread (one per open session, started by :meth:`watch`) shuts the
-    socket down at the deadline, which ends any read, write or TLS handshake
+    the process's one watchdog thread (:class:`_Watchdog`, watching every
+    open session from :meth:`watch` to :meth:`release`) shuts the socket
+    down at the deadline, which ends any read, write or TLS handshake
     waiting on it. :meth:`cut` sets a deadline for the whole session.
 
-    The thread shuts down a duplicate of the socket, which only
+    The watchdog shuts down a duplicate of the socket, which only
     :meth:`release` closes: smtplib may close its own descriptor at any
     moment, and a shutdown by number could then reach whatever file the
     system gave that number next.
@@ -116,79 +202,87 @@ class _Deadline:
 
     def __init__(self, timeout: float):
         self.timeout = timeout
-        # Re-entrant: cut() may run in a signal handler that interrupted a
-        # phase of the same thread.
-        self._cond = threading.Condition(threading.RLock())
+        # All guarded by the watchdog's lock.
         self._sock: socket.socket | None = None
         self._due = math.inf  # end of the current phase
         self._cutoff = math.inf  # end of the session (cut)
-        self._wake_at = math.inf  # when the thread looks again
         #: Why the socket was shut down: ``'timeout'``, ``'cut'`` or None.
         self.fired: str | None = None
 
     def __enter__(self) -> None:
         due = time.monotonic() + self.timeout
-        with self._cond:
+        watchdog = _watchdog()
+        with watchdog.cond:
             self._due = due
-            # Most phases end long before the thread wakes; it then sees the
-            # new deadline. Waking it for each phase would cost a switch.
-            if due < self._wake_at:
-                self._cond.notify()
+            if self._sock is not None:
+                watchdog.soon(due)
 
-    def __exit__(self, *exc_info: object) -> None:
-        with self._cond:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        with _watchdog().cond:
             self._due = math.inf
+            fired = self.fired
+        if fired is not None and exc_type is None:
+            # Shut down during the phase: what was read last may be a reply
+            # cut short, e.g. the '250' of '250-please wait', which smtplib
+            # takes for a whole one.
+            raise smtplib.SMTPServerDisconnected(f'shut down by the deadline ({fired})')
+
+    def due(self) -> float:
+        """The phase's deadline or the cut, whichever comes first."""
+        return min(self._due, self._cutoff)
 
     def watch(self, sock: socket.socket) -> None:
         """Guard ``sock`` until :meth:`release`."""
         self.release()
-        with self._cond:
+        watchdog = _watchdog()
+        with watchdog.cond:
             self.fired = None
             self._sock = sock.dup()
-            thread = threading.Thread(
-                target=self._run,
-                args=(self._sock,),
-                name='pyramid_txmail-smtp-deadline',
-                daemon=True,
-            )
+            thread = watchdog.watch(self)
+        if thread is not None:
             thread.start()
+
+    def expire(self, now: float) -> float:
+        """Shut the socket down if its time has come (the watchdog's
+        thread, holding its lock); return when to look again."""
+        if self.fired is not None or self._sock is None:
+            return math.inf
+        due = self.due()
+        if now < due:
+            return due
+        self.fired = 'cut' if self._cutoff <= now else 'timeout'
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        return math.inf
 
     def left(self) -> float:
         """Seconds until the phase's deadline or the cut, whichever comes
         first (for the connect, which runs before there is a socket to
         watch); a cut whose time has come is marked as fired."""
         now = time.monotonic()
-        with self._cond:
+        with _watchdog().cond:
             if now >= self._cutoff and self.fired is None:
                 self.fired = 'cut'
-            return max(0.0, min(self._due, self._cutoff) - now)
+            return max(0.0, self.due() - now)
 
     def cut(self, after: float) -> None:
-        with self._cond:
+        watchdog = _watchdog()
+        with watchdog.cond:
             self._cutoff = min(self._cutoff, time.monotonic() + after)
-            self._cond.notify()
+            if self._sock is not None:
+                watchdog.soon(self._cutoff)
 
     def release(self) -> None:
-        """Stop guarding; the thread ends."""
-        with self._cond:
+        """Stop guarding; the watchdog forgets this session."""
+        watchdog = _watchdog()
+        with watchdog.cond:
             sock, self._sock = self._sock, None
-            self._cond.notify()
+            if self in watchdog.watched:
+                watchdog.watched.discard(self)
+                # Its thread ends once nothing is left to watch.
+                watchdog.cond.notify()
         if sock is not None:
             sock.close()
-
-    def _run(self, sock: socket.socket) -> None:
-        with self._cond:
-            while self._sock is sock:
-                now = time.monotonic()
-                due = min(self._due, self._cutoff)
-                if now < due:
-                    self._wake_at = due
-                    self._cond.wait(None if due == math.inf else due - now)
-                    continue
-                self.fired = 'cut' if self._cutoff <= now else 'timeout'
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                return
 
 
 class SMTPConnection:
@@ -572,6 +666,43 @@ class SMTPConnection:
         error.__cause__ = exc
         self._recover(smtp, error)
         return error
+
+    def check(self) -> bool:
+        """Whether the open session can carry another transaction: the relay
+        answers RSET with 250 within ``mail.timeout``.
+
+        For a session kept open between transactions (see :mod:`.pool`),
+        which the relay may have closed meanwhile, or answer with ``421``.
+        A session that fails the check is dropped (:meth:`drop`) and False
+        returned; nothing is raised.
+        """
+        smtp = self._smtp
+        code = None
+        if smtp is not None and self.alive:
+            try:
+                with self._deadline:
+                    code, _ = smtp.rset()
+            except (smtplib.SMTPException, OSError) as exc:
+                log.debug('the idle session with %s is gone: %s', self.where, exc)
+        if code == 250:
+            return True
+        if code is not None:
+            log.debug('the session with %s answered RSET with %s', self.where, code)
+        self.drop()
+        return False
+
+    def drop(self) -> None:
+        """Close without a word to the relay (no QUIT).
+
+        For a session whose relay has nothing more to say (it failed
+        :meth:`check`), or that belongs to another process: a child forked
+        with the parent's session open must leave the parent's conversation
+        alone, and only closes its copies of the descriptors.
+        """
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            smtp.close()
+        self._deadline.release()
 
     def close(self) -> None:
         """Say QUIT and close. Errors are ignored: what was sent was sent."""

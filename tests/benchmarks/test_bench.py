@@ -30,6 +30,8 @@ def server(smtp_server):
         bench.txmail_drain,
         bench.txmail_direct,
         bench.txmail_direct_email,
+        bench.txmail_direct_pool,
+        bench.txmail_direct_pool_email,
     ],
 )
 def test_sending_figures_deliver_every_message(figure, server, tmp_path):
@@ -224,6 +226,21 @@ def test_issue_14_targets_are_checked():
     ] = 1.5
     targets = {t['target']: t for t in bench.check_targets(results, scale)}
     assert targets['8 concurrent committers: <= 1.5 fsyncs per message']['met']
+
+
+def test_issue_14_pool_targets_are_checked():
+    results = {
+        'pyramid_txmail: direct send + commit (pool)': {'median': 3100.0},
+        'zope.sendmail: direct send + commit': {'median': 1000.0},
+        'pyramid_txmail: direct send + commit (pool, EmailMessage)': {'median': 2900.0},
+        'zope.sendmail: direct send + commit (EmailMessage)': {'median': 1000.0},
+    }
+    scale = {
+        'one_transaction': {'messages': 10, 'open_fds_before': 6, 'open_fds_most': 6}
+    }
+    met = {t['target']: t['met'] for t in bench.check_targets(results, scale)}
+    assert met['direct + commit (pool) >= 3x zope.sendmail, Message'] is True
+    assert met['direct + commit (pool) >= 3x zope.sendmail, EmailMessage'] is False
 
 
 def test_a_ratio_just_under_the_target_is_not_met():
