@@ -205,12 +205,17 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class PreparedMail:
-    """A validated message, serialized once, as it travels to a delivery."""
+    """A validated message, serialized once, as it travels to a delivery.
+
+    ``subject`` is the Subject as a reader of ``data`` sees it, where
+    :func:`prepare` could tell without reading ``data`` (else None).
+    """
 
     message_id: str
     envelope: Envelope
     data: bytes
     original: object = None
+    subject: str | None = None
 
 
 # Line breaks for str.splitlines() or for some receiver (NUL, VT, FF, FS,
@@ -1116,7 +1121,7 @@ def _from_email(
             ) from None
         _header_value(name, value)
         if key in _ADDRESS_KEYS:
-            parsed[key] = (value, cast(AddressHeader, header))
+            parsed[key] = (value, header)
     for name in _ONCE:
         count = counts.get(name.lower(), 0)
         if count > 1:
@@ -1200,10 +1205,11 @@ def _header_addresses(
     """The checked addresses of the address list header value ``value``:
     from ``parsed`` when given (its header object, or what
     :func:`_simple_list` read), else parsed here."""
+    defects: list[object] = []
     if isinstance(parsed, list):
-        addresses, defects = parsed, []
+        addresses = parsed
     else:
-        addresses, defects = [], []
+        addresses = []
         if parsed is not None:
             addresses, defects = list(parsed.addresses), _defects(parsed)
         if parsed is None or defects:
@@ -1223,9 +1229,11 @@ def _header_addresses(
     return [_checked(field, a, repr(value)) for a in addresses]
 
 
-def _defects(header: BaseHeader) -> list[object]:
+def _defects(header: BaseHeader | AddressHeader) -> list[object]:
     # A non-ASCII local part is legal with SMTPUTF8, which we use for it.
-    return [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
+    # (typeshed declares AddressHeader apart from BaseHeader, its base.)
+    found = cast(BaseHeader, header).defects
+    return [d for d in found if not isinstance(d, NonASCIILocalPartDefect)]
 
 
 def _message_id(stored: object) -> str:
@@ -1348,11 +1356,28 @@ def prepare(
     out = io.BytesIO()
     BytesGenerator(out, policy=policy).flatten(msg)
     data = out.getvalue()
-    crlf = data.count(b'\r\n')
-    if data.count(b'\r') != crlf or data.count(b'\n') != crlf:
+    pairs = data.count(b'\r\n')
+    if data.count(b'\r') != pairs or data.count(b'\n') != pairs:
         # A bare CR or LF from a payload the generator writes as it is.
         data = _CRLF.sub(b'\r\n', data)
-    return PreparedMail(message_id, envelope, data, message)
+    return PreparedMail(message_id, envelope, data, message, _listed_subject(stored))
+
+
+def _listed_subject(stored: dict[str, Any]) -> str | None:
+    """The Subject a reader sees, for the queue's listings, where it is
+    written as it is stored: printable ASCII on one line, no encoded word."""
+    value = stored.get('subject')
+    if value is None:
+        return None
+    text = str(value)
+    if (
+        text.isascii()
+        and text.isprintable()
+        and '=?' not in text
+        and len('Subject: ') + len(text) <= (_SMTP.max_line_length or 998)
+    ):
+        return text.strip()
+    return None
 
 
 _CRLF = re.compile(rb'\r\n|\r|\n')

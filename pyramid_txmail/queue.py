@@ -332,7 +332,7 @@ class MailQueue:
             'last_error': None,
             'smtputf8': mail.envelope.smtputf8,
         }
-        subject = _subject(mail.data)
+        subject = _subject(mail.data) if mail.subject is None else mail.subject
         if subject is not None:  # for listings, without parsing the message
             meta['subject'] = subject
         path = self._p('tmp', mail_id)
