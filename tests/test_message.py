@@ -1199,3 +1199,16 @@ def test_the_queue_lists_the_subject_a_reader_sees(tmp_path, subject):
     listed = {i.id: i.subject for i in queue.list()}
     assert listed[ids[0]] == listed[ids[1]]
     assert listed[ids[0]] is not None
+
+
+def test_multipart_body_without_its_boundary_goes_out_with_crlf_only():
+    # The parser keeps such a body as text, which the generator writes as it
+    # is, with the line ends it was read with.
+    msg = email.message_from_bytes(
+        b'From: a@example.com\nTo: b@example.com\n'
+        b'Content-Type: multipart/mixed; boundary="x"\n\nno parts\nhere\n',
+        policy=email.policy.default,
+    )
+    _, data = _prepared(msg)
+    assert data.endswith(b'\r\n\r\nno parts\r\nhere\r\n')
+    assert re.search(rb'(?<!\r)\n|\r(?!\n)', data) is None
