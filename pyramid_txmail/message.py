@@ -8,7 +8,6 @@ to the exact bytes that go on the wire (CRLF line endings, no Bcc header).
 from __future__ import annotations
 
 import codecs
-import copy
 import email.message
 import email.utils
 import functools
@@ -120,6 +119,24 @@ class _WirePolicy(EmailPolicy):
         return self.linesep.join(lines) + self.linesep
 
 
+class _GeneratorPolicy(_WirePolicy):
+    """:class:`_WirePolicy` for the generator's pass over a finished message.
+
+    The generator reads a part's ``Content-Type`` and
+    ``Content-Transfer-Encoding`` only as strings (split at ``;`` and
+    ``/``, parameters read by the compat32 helpers), never through a parsed
+    header's attributes. So a value stored as printable ASCII text is
+    handed back as it is: parsing it would give the same string, and the
+    multipart ``Content-Type`` carrying a message's own random boundary
+    would be parsed once per message, in vain.
+    """
+
+    def header_fetch_parse(self, name: str, value: Any) -> Any:
+        if isinstance(value, str) and value.isascii() and value.isprintable():
+            return value
+        return super().header_fetch_parse(name, value)
+
+
 def _folds_intact(name: str, text: str, folded: str) -> bool:
     """Whether ``folded`` (``Name: ...`` with line breaks) has lines of at
     most 998 characters and names the same mailboxes as ``text``."""
@@ -164,7 +181,8 @@ def _parsed(name: str, value: str) -> BaseHeader:
 
 _HEADERS = _HeaderClasses()
 _SMTP = _WirePolicy(linesep='\r\n', header_factory=_HEADERS)
-_SMTPUTF8 = _SMTP.clone(utf8=True)
+_WRITE = _GeneratorPolicy(linesep='\r\n', header_factory=_HEADERS)
+_WRITE_UTF8 = _WRITE.clone(utf8=True)
 _HEADER_FACTORY = _HEADERS
 
 
@@ -187,12 +205,17 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class PreparedMail:
-    """A validated message, serialized once, as it travels to a delivery."""
+    """A validated message, serialized once, as it travels to a delivery.
+
+    ``subject`` is the Subject as a reader of ``data`` sees it, where
+    :func:`prepare` could tell without reading ``data`` (else None).
+    """
 
     message_id: str
     envelope: Envelope
     data: bytes
     original: object = None
+    subject: str | None = None
 
 
 # Line breaks for str.splitlines() or for some receiver (NUL, VT, FF, FS,
@@ -942,7 +965,9 @@ def _headers(
 
     def address_list(key: str) -> list[Address]:
         field, value, header = given(key)
-        return _header_addresses(field, value) if header else _addresses(field, value)
+        if header:
+            return _header_addresses(field, value, _simple_list(value))
+        return _addresses(field, value)
 
     field, value, _ = given('from')
     sender = _parse_address(field, value) if value else default
@@ -1059,33 +1084,56 @@ _ONCE = (
 )
 
 
+# The fields whose addresses make the envelope; written anew from them.
+_ADDRESS_FIELDS = ('From', 'Sender', 'To', 'Cc', 'Bcc', 'Reply-To')
+_ADDRESS_KEYS = frozenset(name.lower() for name in _ADDRESS_FIELDS)
+
+
 def _from_email(
     message: EmailMessage, default: Address | None
 ) -> tuple[EmailMessage, Address, list[Address]]:
-    msg = _copy(message)
-    msg.policy = _SMTP  # so that the address fields below stay as written
-    for name, raw in msg.raw_items():
+    # Each field is read once. Address fields are parsed at most once: a
+    # header object that the message's policy made already holds its
+    # addresses, and the field is then written from the very addresses the
+    # envelope is made of.
+    fields: list[tuple[str, str, Any]] = []
+    parsed: dict[str, tuple[str, AddressHeader | list[Address]]] = {}
+    counts: dict[str, int] = {}
+    for name, raw in message.raw_items():
         _field_name(name)
+        key = name.lower()
+        counts[key] = counts.get(key, 0) + 1
+        fields.append((name, key, raw))
+        if key in _ADDRESS_KEYS:
+            simple = _simple_list(raw) if type(raw) is str else None
+            if simple is not None:
+                parsed[key] = (raw, simple)
+                continue
         try:
-            value = str(msg.policy.header_fetch_parse(name, raw))
+            if key in _ADDRESS_KEYS and isinstance(raw, AddressHeader):
+                header = raw
+            else:
+                header = _SMTP.header_fetch_parse(name, raw)
+            value = str(header)
         except Exception:  # the parser raises assorted errors on garbage
             raise MailError(
                 f'{name}: unparsable value {raw!r}', field=name, value=raw
             ) from None
         _header_value(name, value)
+        if key in _ADDRESS_KEYS:
+            parsed[key] = (value, header)
     for name in _ONCE:
-        count = len(msg.get_all(name) or ())
+        count = counts.get(name.lower(), 0)
         if count > 1:
             raise MailError(
                 f'{name}: {count} {name} fields; a message has at most one',
                 field=name,
             )
     found: dict[str, list[Address]] = {}
-    for name in ('From', 'Sender', 'To', 'Cc', 'Bcc', 'Reply-To'):
-        if name in msg:
-            found[name] = addresses = _header_addresses(name, str(msg[name]))
-            # Rewritten as the envelope names them, in place.
-            msg.replace_header(name, _AddressList(map(_shown, addresses)))
+    for name in _ADDRESS_FIELDS:
+        key = name.lower()
+        if key in parsed:
+            found[name] = _header_addresses(name, *parsed[key])
     field = 'Sender' if 'Sender' in found else 'From'
     senders = found.get(field)
     if senders is not None and len(senders) != 1:
@@ -1097,26 +1145,36 @@ def _from_email(
     sender = senders[0] if senders else default
     if sender is None:
         raise MailError('no sender: set From or mail.default_sender', field='sender')
-    if 'From' not in msg:
-        msg['From'] = _AddressList([_shown(sender)])
+    # Rewritten as the envelope names them; Bcc only in the envelope.
+    shown = {
+        name.lower(): _AddressList(map(_shown, addresses))
+        for name, addresses in found.items()
+    }
+    headers = [(name, shown.get(key, raw)) for name, key, raw in fields if key != 'bcc']
+    if 'from' not in counts:
+        headers.append(('From', _AddressList([_shown(sender)])))
+    msg = _copy(message, headers)
     recipients = [a for name in ('To', 'Cc', 'Bcc') for a in found.get(name, ())]
-    del msg['Bcc']
     return msg, sender, recipients
 
 
-def _copy(part: _Part_T) -> _Part_T:
+def _copy(part: _Part_T, headers: list[tuple[str, Any]] | None = None) -> _Part_T:
     """A copy of ``part`` that ``prepare()`` may change without touching the
-    caller's object: each (sub)part gets its own header list (fields are
-    replaced and added here, and a missing boundary is set), while header
-    values and payload strings, which nothing changes in place, are shared.
+    caller's object, with ``headers`` as its header fields if given, and
+    the wire policy: each (sub)part gets its own header list (a missing
+    boundary is set here, and the generator sets each part's policy while
+    it writes), while header values and payload strings, which nothing
+    changes in place, are shared.
 
     ``copy.deepcopy`` did the same at four times the cost: it also copies
     every string, policy and header object.
     """
-    new = copy.copy(part)
-    # The stdlib keeps both in these attributes; copy.copy shares the lists.
+    new = part.__class__.__new__(part.__class__)
+    # What copy.copy does, without its protocol lookups.
     state = vars(new)
-    state['_headers'] = list(state['_headers'])
+    state.update(vars(part))
+    state['_headers'] = list(state['_headers'] if headers is None else headers)
+    state['policy'] = _SMTP
     if isinstance(state['_payload'], list):
         state['_payload'] = [_copy(sub) for sub in state['_payload']]
     return new
@@ -1125,23 +1183,57 @@ def _copy(part: _Part_T) -> _Part_T:
 _Part_T = TypeVar('_Part_T', bound=email.message.Message)
 
 
-def _header_addresses(field: str, value: str) -> list[Address]:
-    """The checked addresses of an address list header value."""
-    _header_value(field, value)
-    defects: list[object]
-    try:
-        header = _HEADER_FACTORY(field, value)
-        addresses = list(cast(AddressHeader, header).addresses)
-        defects = [
-            d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)
-        ]
-    except Exception:  # the parser raises assorted errors on garbage
-        addresses, defects = [], ['unparsable']
+def _simple_list(value: str) -> list[Address] | None:
+    """The addresses of an address list written in the common forms only
+    (``a@example.com, Ann Lee <ann@example.com>``), as the stdlib's parser
+    reads them; None for anything else, which takes the full parse."""
+    if not value.isascii() or '"' in value or '(' in value:
+        return None
+    addresses = []
+    for item in value.split(','):
+        simple = _SIMPLE_ADDRESS.fullmatch(item.strip(' '))
+        if simple is None:
+            return None
+        name, username, domain = simple.group('name', 'username', 'domain')
+        addresses.append(Address(name or '', username, domain))
+    return addresses
+
+
+def _header_addresses(
+    field: str, value: str, parsed: AddressHeader | list[Address] | None = None
+) -> list[Address]:
+    """The checked addresses of the address list header value ``value``:
+    from ``parsed`` when given (its header object, or what
+    :func:`_simple_list` read), else parsed here."""
+    defects: list[object] = []
+    if isinstance(parsed, list):
+        addresses = parsed
+    else:
+        addresses = []
+        if parsed is not None:
+            addresses, defects = list(parsed.addresses), _defects(parsed)
+        if parsed is None or defects:
+            # Read from the text as it shows: where the first reading found
+            # defects, this one may still read all of it (a leading comma, an
+            # obsolete phrase such as "J.R. Smith", undecodable bytes).
+            _header_value(field, value)
+            try:
+                header = cast(AddressHeader, _HEADER_FACTORY(field, value))
+                addresses, defects = list(header.addresses), _defects(header)
+            except Exception:  # the parser raises assorted errors on garbage
+                addresses, defects = [], ['unparsable']
     if not addresses or defects:
         raise MailError(
             f'{field}: unparsable address list {value!r}', field=field, value=value
         )
     return [_checked(field, a, repr(value)) for a in addresses]
+
+
+def _defects(header: BaseHeader | AddressHeader) -> list[object]:
+    # A non-ASCII local part is legal with SMTPUTF8, which we use for it.
+    # (typeshed declares AddressHeader apart from BaseHeader, its base.)
+    found = cast(BaseHeader, header).defects
+    return [d for d in found if not isinstance(d, NonASCIILocalPartDefect)]
 
 
 def _message_id(stored: object) -> str:
@@ -1243,7 +1335,7 @@ def prepare(
     for address in recipients:
         seen.setdefault(_addr_spec(address), None)
     envelope = Envelope(_addr_spec(sender), tuple(seen))
-    policy = _SMTPUTF8 if envelope.smtputf8 else _SMTP
+    policy = _WRITE_UTF8 if envelope.smtputf8 else _WRITE
     if not envelope.smtputf8:
         for name, value in msg.raw_items():
             if isinstance(value, _AddressList) and not value.isascii():
@@ -1263,8 +1355,29 @@ def prepare(
             part.set_boundary('=_' + secrets.token_urlsafe(16))
     out = io.BytesIO()
     BytesGenerator(out, policy=policy).flatten(msg)
-    data = _CRLF.sub(b'\r\n', out.getvalue())
-    return PreparedMail(message_id, envelope, data, message)
+    data = out.getvalue()
+    pairs = data.count(b'\r\n')
+    if data.count(b'\r') != pairs or data.count(b'\n') != pairs:
+        # A bare CR or LF from a payload the generator writes as it is.
+        data = _CRLF.sub(b'\r\n', data)
+    return PreparedMail(message_id, envelope, data, message, _listed_subject(stored))
+
+
+def _listed_subject(stored: dict[str, Any]) -> str | None:
+    """The Subject a reader sees, for the queue's listings, where it is
+    written as it is stored: printable ASCII on one line, no encoded word."""
+    value = stored.get('subject')
+    if value is None:
+        return None
+    text = str(value)
+    if (
+        text.isascii()
+        and text.isprintable()
+        and '=?' not in text
+        and len('Subject: ') + len(text) <= (_SMTP.max_line_length or 998)
+    ):
+        return text.strip()
+    return None
 
 
 _CRLF = re.compile(rb'\r\n|\r|\n')

@@ -12,6 +12,7 @@ import email
 import email.policy
 import re
 from email.headerregistry import Address
+from email.message import EmailMessage
 from email.message import Message as LegacyMessage
 from email.mime.text import MIMEText
 
@@ -676,3 +677,20 @@ def test_typed_address_longer_than_a_header_line_is_refused(
     error = assert_refused(mailer, server, msg, field)
     assert 'longer than 998 characters' in str(error)
     assert len(str(error)) < 200  # the value is not quoted whole
+
+
+@pytest.mark.parametrize(
+    'domain',
+    ['attacker.example>, <victim@attacker.example', 'exa mple.com', 'example.com>'],
+)
+def test_address_object_built_from_typed_parts_cannot_add_a_recipient(
+    mailer, server, domain
+):
+    # An app may build an Address from form fields; its text, read again,
+    # would name other mailboxes than the object does.
+    msg = EmailMessage()
+    msg['From'] = 'from@example.com'
+    msg['To'] = Address('Ann', 'ann', domain)
+    msg.set_content('hello')
+    error = assert_refused(mailer, server, msg, 'To')
+    assert 'domain' in str(error)

@@ -179,7 +179,9 @@ def test_thousands_of_messages_hold_no_file_descriptor_each(tmp_path):
         before = len(os.listdir('/proc/self/fd'))
         for _ in range(3000):
             mailer.send(message())
-        assert len(os.listdir('/proc/self/fd')) == before
+        # Other tests' threads may open or close a few meanwhile; one per
+        # message would be thousands.
+        assert len(os.listdir('/proc/self/fd')) < before + 50
     assert len(os.listdir(tmp_path / 'q' / 'new')) == 3001
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 import io
 import re
@@ -1013,3 +1014,194 @@ def test_to_message_output_survives_deepcopy():
     again = copy.deepcopy(msg)
     assert again['To'] == 'b@example.com, c@ex.com'
     assert again.as_bytes() == msg.as_bytes()
+
+
+# -- prepare() reads each field once: every input form, the same bytes
+
+_FIXED = {'Message-ID': '<1@test.example>', 'Date': 'Sat, 28 Nov 2026 12:00:00 +0000'}
+
+
+def _email(policy=email.policy.default, **fields):
+    msg = EmailMessage(policy=policy)
+    for name, value in {**_FIXED, **fields}.items():
+        msg[name] = value
+    if policy is email.policy.compat32:  # no content manager: the same fields
+        msg['Content-Type'] = 'text/plain; charset="utf-8"'
+        msg['Content-Transfer-Encoding'] = '7bit'
+        msg['MIME-Version'] = '1.0'
+        msg.set_payload('Hello\n')
+    else:
+        msg.set_content('Hello\n')
+    return msg
+
+
+def _prepared(msg):
+    from pyramid_txmail.message import prepare
+
+    mail = prepare(msg, message_id_domain='test.example')
+    return mail.envelope, mail.data
+
+
+@pytest.mark.parametrize('name', ['Ann Lee', 'Zoë Ünal'])
+def test_address_fields_as_strings_objects_or_parsed_text_give_the_same_bytes(name):
+    encoded = email.header.Header(name, 'utf-8').encode()
+    to = f'{name} <zoe@example.com>, "Lee, Ann" <ann@example.com>, b@example.com'
+    as_text = _email(From='Shop <shop@example.com>', To=to, Cc='c@example.com')
+    expected = _prepared(as_text)
+    objects = (
+        Address(name, 'zoe', 'example.com'),
+        Address('Lee, Ann', addr_spec='ann@example.com'),
+        Address(addr_spec='b@example.com'),
+    )
+    as_objects = _email(
+        From=Address('Shop', 'shop', 'example.com'),
+        To=objects,
+        Cc=Address(addr_spec='c@example.com'),
+    )
+    other = _email(To=to)
+    as_header_objects = _email(
+        From='Shop <shop@example.com>', To=other['To'], Cc='c@example.com'
+    )
+    from_bytes = email.message_from_bytes(
+        as_text.as_bytes(policy=email.policy.SMTPUTF8), policy=email.policy.default
+    )
+    legacy_policy = _email(
+        email.policy.compat32,
+        From='Shop <shop@example.com>',
+        To=to.replace(name, encoded),
+        Cc='c@example.com',
+    )
+    for msg in (as_objects, as_header_objects, from_bytes, legacy_policy):
+        assert _prepared(msg) == expected
+    assert expected[0].recipients == (
+        'zoe@example.com',
+        'ann@example.com',
+        'b@example.com',
+        'c@example.com',
+    )
+    if name.isascii():
+        # What the stdlib writes for the message as given (it encodes a
+        # non-ASCII name as quoted-printable, prepare() as base64).
+        assert expected[1] == as_text.as_bytes(policy=email.policy.SMTP)
+    assert parse(expected[1])['To'].addresses[0].display_name == name
+
+
+def test_non_ascii_display_names_arrive_as_given():
+    names = ['Zoë Ünal', 'Ünal, Zoë', '李小龙', 'Ann "the" Lee']
+    msg = _email(
+        From='shop@example.com',
+        To=[Address(n, f'u{i}', 'example.com') for i, n in enumerate(names)],
+    )
+    envelope, data = _prepared(msg)
+    assert data.isascii()
+    assert [a.display_name for a in parse(data)['To'].addresses] == names
+    assert envelope.recipients == tuple(f'u{i}@example.com' for i in range(4))
+
+
+def test_groups_arrive_as_their_addresses_and_all_are_recipients():
+    as_group = _email(
+        From='shop@example.com',
+        To='friends: a@example.com, Bo <b@example.com>;, c@example.com',
+    )
+    as_list = _email(
+        From='shop@example.com', To='a@example.com, Bo <b@example.com>, c@example.com'
+    )
+    envelope, data = _prepared(as_group)
+    assert (envelope, data) == _prepared(as_list)
+    assert envelope.recipients == ('a@example.com', 'b@example.com', 'c@example.com')
+    assert b'friends' not in data
+
+
+@pytest.mark.parametrize(
+    'value',
+    [
+        'J.R. Smith <jr@example.com>',  # an obsolete phrase: parsed with a defect
+        ', jr@example.com',  # a leading comma: parsed with a defect
+    ],
+)
+def test_address_fields_the_parser_reads_with_defects_are_read_as_before(value):
+    msg = _email(From='shop@example.com', To=value)
+    envelope, data = _prepared(msg)
+    assert envelope.recipients == ('jr@example.com',)
+    assert parse(data)['To'].addresses[0].addr_spec == 'jr@example.com'
+
+
+def test_address_list_given_as_a_raw_header_string_in_extra_headers():
+    from pyramid_txmail.message import prepare
+
+    raw = 'Ann Lee <ann@example.com>, bob@example.com,"Zoë" <zoe@example.com>'
+    given = prepare(message(recipients=[], extra_headers={'To': raw, **_FIXED}))
+    typed = prepare(
+        message(
+            recipients=[
+                'Ann Lee <ann@example.com>',
+                'bob@example.com',
+                'Zoë <zoe@example.com>',
+            ],
+            extra_headers=_FIXED,
+        )
+    )
+    assert (given.envelope, given.data) == (typed.envelope, typed.data)
+    assert given.envelope.recipients == (
+        'ann@example.com',
+        'bob@example.com',
+        'zoe@example.com',
+    )
+
+
+def test_display_name_that_reads_like_an_encoded_word_arrives_as_given():
+    # The name is the text the caller gave, not what decoding it would show.
+    name = '=?utf-8?q?x?='
+    msg = _email(From='shop@example.com', To=Address(name, 'a', 'example.com'))
+    _, data = _prepared(msg)
+    assert parse(data)['To'].addresses[0].display_name == name
+
+
+def test_prepare_leaves_a_callers_compat32_email_message_unchanged():
+    msg = _email(
+        email.policy.compat32,
+        From='shop@example.com',
+        To='a@example.com',
+        Bcc='audit@example.com',
+    )
+    del msg['Message-ID']
+    msg.make_mixed()
+    before = shape(msg)
+    envelope, data = _prepared(msg)
+    assert shape(msg) == before
+    assert envelope.recipients == ('a@example.com', 'audit@example.com')
+    assert b'audit' not in data
+
+
+@pytest.mark.parametrize(
+    'subject',
+    ['Your order', '', '  spaced  out  ', 'x' * 100, 'Grüße', '=?utf-8?q?a?='],
+)
+def test_the_queue_lists_the_subject_a_reader_sees(tmp_path, subject):
+    import dataclasses
+
+    from pyramid_txmail.message import prepare
+    from pyramid_txmail.queue import MailQueue
+
+    mail = prepare(message(subject=subject))
+    queue = MailQueue(str(tmp_path / 'q'))
+    # The same bytes, without the Subject that prepare() passes along.
+    ids = [queue.stage(mail), queue.stage(dataclasses.replace(mail, subject=None))]
+    queue.sync_staged()
+    queue.publish(ids)
+    listed = {i.id: i.subject for i in queue.list()}
+    assert listed[ids[0]] == listed[ids[1]]
+    assert listed[ids[0]] is not None
+
+
+def test_multipart_body_without_its_boundary_goes_out_with_crlf_only():
+    # The parser keeps such a body as text, which the generator writes as it
+    # is, with the line ends it was read with.
+    msg = email.message_from_bytes(
+        b'From: a@example.com\nTo: b@example.com\n'
+        b'Content-Type: multipart/mixed; boundary="x"\n\nno parts\nhere\n',
+        policy=email.policy.default,
+    )
+    _, data = _prepared(msg)
+    assert data.endswith(b'\r\n\r\nno parts\r\nhere\r\n')
+    assert re.search(rb'(?<!\r)\n|\r(?!\n)', data) is None

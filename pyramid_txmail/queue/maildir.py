@@ -231,7 +231,7 @@ class MailQueue:
             recipients=mail.envelope.recipients,
             queued_at=self.clock(),
             # For listings, without parsing the message.
-            subject=_subject(mail.data),
+            subject=_subject(mail.data) if mail.subject is None else mail.subject,
         )
         path = self._p('tmp', mail_id)
         fd = self._create(path)
