@@ -56,7 +56,7 @@ def queue(pg_url):
 
 def fill(url: str, count: int, start: int = 0, recipients=('to@example.com',)):
     """``count`` committed rows, written as the outbox's own producer does."""
-    from pyramid_txmail.queue.outbox import OutboxDelivery
+    from pyramid_txmail.delivery import OutboxDelivery
 
     delivery = OutboxDelivery(OutboxQueue(url))
     mails = [make_mail(n, recipients) for n in range(start, start + count)]
@@ -342,7 +342,7 @@ def test_a_connection_lost_before_an_abort_still_rolls_back(pg_url):
 def test_a_prepared_transaction_that_cannot_be_ended_is_named_for_the_operator(
     pg_url, caplog
 ):
-    from pyramid_txmail.queue.outbox import OutboxDelivery
+    from pyramid_txmail.delivery import OutboxDelivery
 
     delivery = OutboxDelivery(OutboxQueue(pg_url))
     delivery.queue.url = delivery.queue.url.replace('/txmail?', '/nonexistent?')
@@ -835,7 +835,6 @@ def test_an_unreachable_database_raises_queue_errors(pg_url, caplog):
 def test_the_name_hides_the_password():
     queue = OutboxQueue('postgresql+psycopg://app:s3cret@db.example:5432/app')
     assert queue.name == 'postgresql+psycopg://app:***@db.example:5432/app'
-    assert queue.path == queue.name
     assert repr(queue) == f'<OutboxQueue {queue.name}>'
     assert OutboxQueue('postgresql:///app').name == 'postgresql:///app'
     assert (
@@ -888,7 +887,7 @@ def test_keep_sent_keeps_sent_rows_and_prunes_old_ones(pg_url, smtp_server):
     assert queue.list() == []
     # A relay reply, when the processor passes one.
     fill(pg_url, 1, start=1)
-    queue.start_pass(stale_after=60).claim().done('250 2.0.0 Ok: queued as ABC')
+    queue.start_pass(stale_after=60).claim().done(reply='250 2.0.0 Ok: queued as ABC')
     assert queue.list(['sent'])[0].last_error.endswith(': 250 2.0.0 Ok: queued as ABC')
     sql(pg_url, "UPDATE txmail_outbox SET sent_at = now() - interval '2 hours'")
     queue.start_pass(stale_after=60)
@@ -1061,7 +1060,7 @@ def test_a_commit_on_another_host_wakes_the_processor_before_its_interval(
     finally:
         queue.close()
         _stop_all(10)
-        _REGISTRY.pop(queue.path, None)
+        _REGISTRY.pop(queue.name, None)
 
 
 def test_a_commit_in_this_process_wakes_its_processor_at_once(pg_url, smtp_server):
@@ -1085,7 +1084,7 @@ def test_a_commit_in_this_process_wakes_its_processor_at_once(pg_url, smtp_serve
     finally:
         mailer.queue_delivery.queue.close()
         _stop_all(10)
-        _REGISTRY.pop(mailer.queue_delivery.queue.path, None)
+        _REGISTRY.pop(mailer.queue_delivery.queue.name, None)
 
 
 def test_a_listener_callback_that_raises_is_logged(pg_url, caplog):
