@@ -532,6 +532,14 @@ class OutboxDelivery(_Producer):
         with self._lock:
             self._idle.append(conn)
 
+    def close(self) -> None:
+        """Close the idle connections (a later commit makes new ones)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
         import psycopg
 
