@@ -829,34 +829,6 @@ def test_keep_sent_keeps_sent_rows_with_the_relays_reply_and_prunes_old_ones(
     queue.close()
 
 
-def test_list_sent_on_the_command_line(pg_url, smtp_server, tmp_path, monkeypatch):
-    from pyramid_txmail.cli import Command
-
-    queue = OutboxQueue(pg_url, keep_sent=3600)
-    [message_id] = fill(pg_url, 1)
-    processor_for(queue, smtp_server).run_once()
-    queue.close()
-    ini = tmp_path / 'app.ini'
-    ini.write_text('[app:main]\n')
-    settings = {'mail.queue_url': pg_url, 'mail.keep_sent': '1h'}
-    monkeypatch.setattr(Command, 'get_settings', staticmethod(lambda *a, **k: settings))
-    out = io.StringIO()
-    assert Command(out, io.StringIO()).run(['list', str(ini), '--sent']) == 0
-    status = io.StringIO()
-    assert Command(status, io.StringIO()).run(['status', str(ini)]) == 0
-    empty = io.StringIO()
-    assert Command(empty, io.StringIO()).run(['list', str(ini)]) == 0
-    [entry] = OutboxQueue(pg_url).list(['sent'])
-    shown = io.StringIO()
-    assert Command(shown, io.StringIO()).run(['show', str(ini), entry.id]) == 0
-    assert message_id in out.getvalue()
-    assert ' sent ' in out.getvalue()
-    assert 'queued     0' in status.getvalue()
-    assert message_id not in empty.getvalue()
-    assert f'message-id:   {message_id}' in shown.getvalue()
-    assert 'state:        sent' in shown.getvalue()
-
-
 # -- many processors
 
 

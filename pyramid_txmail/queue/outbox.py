@@ -47,7 +47,7 @@ from ..exceptions import QueueError, UnknownMessage
 from ..message import Envelope
 from ..settings import without_password
 from .base import Entry as Info
-from .base import Fault
+from .base import STATE_NAMES, Fault
 
 __all__ = [
     'CHANNEL',
@@ -65,8 +65,10 @@ log = logging.getLogger('pyramid_txmail.outbox')
 
 #: The NOTIFY channel a commit wakes processors on.
 CHANNEL = 'txmail_outbox'
-#: The states a row can be in, as ``counts()`` and ``list()`` name them.
-STATES = ('queued', 'sending', 'deferred', 'held', 'failed', 'sent')
+#: The states a row can be in, as ``counts()`` and ``list()`` name them:
+#: the protocol's, and ``sent`` (kept for ``mail.keep_sent``, archival:
+#: ``list()`` shows them only when asked).
+STATES = (*STATE_NAMES, 'sent')
 #: Prefix of the global transaction ids of :class:`OutboxDelivery`'s
 #: prepared transactions (``pg_prepared_xacts.gid``).
 GID_PREFIX = 'pyramid_txmail:'
@@ -441,7 +443,8 @@ class OutboxQueue:
     # -- the command line
 
     def counts(self) -> dict[str, int]:
-        """How many rows are in each state, ``sent`` ones kept included."""
+        """How many rows are in each state: every state of :data:`STATES`,
+        0 for none (as the queue directory's counts), ``sent`` included."""
         rows = self._execute(
             'SELECT state, count(*) FROM txmail_outbox GROUP BY state',
             what='count messages',
