@@ -46,8 +46,8 @@ import psycopg
 from ..exceptions import QueueError, UnknownMessage
 from ..message import Envelope
 from ..settings import without_password
-from .base import Entry as Info
 from .base import STATE_NAMES, Fault
+from .base import Entry as Info
 
 __all__ = [
     'CHANNEL',
