@@ -1127,7 +1127,7 @@ def test_outbox_flush(outbox_ini, outbox):
 
 
 def test_outbox_purge(outbox_ini, outbox):
-    [first, second] = outbox.list()
+    [_, second] = outbox.list()
     claimed(outbox).fail('554 no')
     code, out, _ = run_cli('purge', outbox_ini, second.id)
     assert (code, out) == (0, '1 message(s) deleted\n')
