@@ -149,6 +149,24 @@ def test_without_psycopg_the_error_says_what_to_install(monkeypatch):
     assert 'mail.queue_url' in str(info.value)
 
 
+def test_an_app_without_queue_url_never_imports_psycopg(tmp_path):
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from pyramid.config import Configurator
+import pyramid_txmail.cli, pyramid_txmail.delivery, pyramid_txmail.processor
+
+settings = {'mail.queue_path': sys.argv[1], 'mail.queue_processor': 'false'}
+config = Configurator(settings=settings)
+config.include('pyramid_txmail')
+config.make_wsgi_app()
+assert 'psycopg' not in sys.modules, 'psycopg was imported'
+"""
+    subprocess.run([sys.executable, '-c', script, str(tmp_path / 'q')], check=True)
+
+
 def test_an_unreachable_database_fails_at_first_use_naming_the_key():
     from tests import free_port
 
