@@ -849,6 +849,7 @@ def test_keep_sent_keeps_sent_rows_with_the_relays_reply_and_prunes_old_ones(
 # -- many processors
 
 
+@pytest.mark.slow
 def test_four_processor_processes_deliver_thousands_of_messages_once(
     pg_url, smtp_server, tmp_path
 ):
@@ -888,6 +889,7 @@ def test_four_processor_processes_deliver_thousands_of_messages_once(
     assert rows(pg_url) == []
 
 
+@pytest.mark.slow
 def test_a_killed_processors_leases_expire_and_the_rest_is_delivered(
     pg_url, make_smtp_server
 ):
