@@ -139,7 +139,7 @@ def recording_smtp(writes: list[bytes], *, break_writes=None):
     return RecordingSMTP
 
 
-# -- one connection, in every mode
+# -- one connection; each test that reaches the relay runs in every mode
 
 
 def test_send_plain_arrives_byte_exact(make_server, opened):
@@ -1329,7 +1329,8 @@ def test_null_reverse_path_is_a_valid_sender(make_smtp_server, connect):
     assert received.mail_from == '<>'  # as aiosmtpd records the null path
 
 
-# -- a deadline for each phase, against a relay answering a byte at a time
+# -- a deadline for each phase, against a relay answering a byte at a time:
+# mail.timeout bounds each phase as a whole, not each socket read
 
 
 def assert_no_secret(secrets, *, errors=(), records=(), objects=()):
@@ -1377,9 +1378,6 @@ def _secrets(user: str, password: str) -> list[str]:
 
     u, p = user.encode(), password.encode()
     return [password, b64(p), b64(b'\0' + u + b'\0' + p), p.hex()]
-
-
-# mail.timeout bounds each phase as a whole, not each socket read.
 
 
 @pytest.fixture
@@ -1507,7 +1505,7 @@ def test_a_cut_connection_cannot_open_again(connect, relay):
         conn.open()
 
 
-# -- AUTH
+# -- AUTH against a relay that trickles or garbles
 
 
 def test_trickled_auth_fails_in_time_and_shows_no_secret(connect, caplog, relay):
@@ -1754,13 +1752,11 @@ def _open_in_thread(conn):
     return thread, outcome
 
 
-def test_a_connect_nobody_answers_fails_within_the_timeout(unanswered_port):
+def test_a_connect_nobody_answers_fails_within_the_timeout(connect, unanswered_port):
     from pyramid_txmail.settings import MailSettings
-    from pyramid_txmail.smtp import SMTPConnection, TemporaryDeliveryError
+    from pyramid_txmail.smtp import TemporaryDeliveryError
 
-    conn = SMTPConnection(
-        MailSettings(host='127.0.0.1', port=unanswered_port, timeout=0.5)
-    )
+    conn = connect(MailSettings(host='127.0.0.1', port=unanswered_port, timeout=0.5))
     thread, outcome = _open_in_thread(conn)
     thread.join(20)
     assert not thread.is_alive()
@@ -1771,14 +1767,12 @@ def test_a_connect_nobody_answers_fails_within_the_timeout(unanswered_port):
     )
 
 
-def test_a_cut_ends_a_connect_nobody_answers(unanswered_port):
+def test_a_cut_ends_a_connect_nobody_answers(connect, unanswered_port):
     from pyramid_txmail.settings import MailSettings
-    from pyramid_txmail.smtp import SMTPConnection, TemporaryDeliveryError
+    from pyramid_txmail.smtp import TemporaryDeliveryError
 
     # mail.timeout is an hour: only the cut can end the connect.
-    conn = SMTPConnection(
-        MailSettings(host='127.0.0.1', port=unanswered_port, timeout=3600.0)
-    )
+    conn = connect(MailSettings(host='127.0.0.1', port=unanswered_port, timeout=3600.0))
     conn.cut(0.5)
     thread, outcome = _open_in_thread(conn)
     thread.join(20)
