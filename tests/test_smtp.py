@@ -1138,13 +1138,12 @@ def test_pipeline_with_pipelining_turned_off_goes_lock_step(make_smtp_server, co
         ('b@example.com', {}),
     ]
     # MAIL, RCPT, DATA and the content apart, for each message.
-    lines = [w if isinstance(w, bytes) else w.encode() for w in writes]
-    assert [line[:9] for line in lines[:3]] == [
+    assert [line[:9] for line in writes[:3]] == [
         b'mail FROM',
         b'rcpt TO:<',
         b'data\r\n',
     ]
-    assert lines[3].endswith(b'\r\n.\r\n')
+    assert writes[3].endswith(b'\r\n.\r\n')
     assert len(writes) == 8
     assert len(server.wait_for(2)) == 2
 
