@@ -283,12 +283,18 @@ class DirectDelivery:
         return refused
 
     def _send_now(self, conn: SMTPConnection, mail: PreparedMail) -> Refusals:
+        # Kept only once every round has returned: an exception raised in
+        # one (a signal handler's time limit) may leave a transaction in
+        # flight, whose replies the next caller would read as its own.
         clean = False
         try:
             refused = conn.send(mail.envelope, mail.data)
-            clean = True
+            rounds_clean = True
             if _over_limit(refused):
-                [(_, _, refused)], clean = self._rounds(conn, [(0, mail, refused)])
+                [(_, _, refused)], rounds_clean = self._rounds(
+                    conn, [(0, mail, refused)]
+                )
+            clean = rounds_clean
             return refused
         finally:
             self._release(conn, clean)

@@ -572,3 +572,56 @@ def test_mailer_takes_pool_size_as_a_keyword(smtp_server):
     finally:
         mailer.delivery.close()
     assert [r.connection for r in smtp_server.wait_for(2)] == [1, 1]
+
+
+# -- found in review
+
+
+class _Interrupted(Exception):
+    """What a signal handler raises: a time limit (Celery's soft limit, a
+    SIGALRM request timeout) ending the work in the middle of a send."""
+
+
+def test_a_send_interrupted_in_its_extra_round_is_not_kept(
+    make_smtp_server, make_mailer
+):
+    # send_immediately() to two recipients of a relay taking one per
+    # transaction: the second goes in another transaction, interrupted
+    # while its MAIL, RCPT and DATA await their replies. The session, the
+    # relay waiting for content, must not be given to the next caller.
+    import signal
+    import time
+
+    server = make_smtp_server(max_recipients=1, delay={'MAIL': [None, 1.0]})
+    mailer = make_mailer(server, pool_size=1, timeout=3.0)
+    main = threading.get_ident()
+
+    def interrupt() -> None:
+        for _ in range(1000):  # bounded: 10 s
+            if _verbs(server, 'MAIL') == [1, 1]:
+                signal.pthread_kill(main, signal.SIGUSR1)
+                return
+            time.sleep(0.01)
+
+    def raise_interrupted(signum, frame):
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+    interrupter = threading.Thread(target=interrupt)
+    try:
+        interrupter.start()
+        with pytest.raises(_Interrupted):
+            mailer.send_immediately(
+                message(subject='first', recipients=['a@example.com', 'b@example.com'])
+            )
+    finally:
+        interrupter.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+    mailer.send_immediately(message(subject='second', recipients=['c@example.com']))
+    received = server.wait_for(2)
+    assert [(r.message['Subject'], r.rcpt_tos, r.connection) for r in received] == [
+        ('first', ['a@example.com'], 1),
+        ('second', ['c@example.com'], 2),
+    ]
+    mailer.delivery.close()
+    assert len(server.messages) == 2  # nothing else, to anybody
