@@ -625,3 +625,54 @@ def test_a_send_interrupted_in_its_extra_round_is_not_kept(
     ]
     mailer.delivery.close()
     assert len(server.messages) == 2  # nothing else, to anybody
+
+
+def test_a_reused_session_answered_421_to_mail_sends_on_a_new_one(
+    smtp_server, make_delivery
+):
+    # Relays limit the messages of one connection (Exim's
+    # smtp_accept_max_per_connection, Exchange's MaxMessagesPerConnection):
+    # past it, RSET still gets 250 and MAIL a 421. Nothing was accepted: the
+    # message goes over a new session rather than fail for good.
+    delivery = make_delivery(smtp_server)
+    delivery.deliver([make_mail(1)])
+    smtp_server.reply = {'MAIL': ['421 4.7.0 too many messages in this connection']}
+    delivery.deliver([make_mail(2), make_mail(3)])
+    received = smtp_server.wait_for(3)
+    assert [(r.message['Message-ID'], r.connection) for r in received] == [
+        ('<1@test>', 1),
+        ('<2@test>', 2),
+        ('<3@test>', 2),
+    ]
+    assert _sent(delivery.events) == ['<1@test>', '<2@test>', '<3@test>']
+
+
+def test_send_immediately_on_a_reused_session_answered_421_sends_on_a_new_one(
+    smtp_server, make_mailer
+):
+    mailer = make_mailer(smtp_server, pool_size=1)
+    mailer.send_immediately(message(subject='first'))
+    smtp_server.reply = {'MAIL': ['421 4.7.0 too many messages in this connection']}
+    mailer.send_immediately(message(subject='second'))
+    received = smtp_server.wait_for(2)
+    assert [(r.message['Subject'], r.connection) for r in received] == [
+        ('first', 1),
+        ('second', 2),
+    ]
+    assert len(_sent(mailer.events)) == 2
+
+
+def test_a_new_session_answered_421_to_mail_fails_the_message(
+    smtp_server, make_delivery
+):
+    # Only a session kept from earlier use is suspected: a new one refused
+    # at once is the relay's answer, and trying again would only repeat it.
+    from pyramid_txmail.events import MailFailed
+
+    delivery = make_delivery(smtp_server)
+    smtp_server.reply = {'MAIL': ['421 4.3.2 not now']}
+    delivery.deliver([make_mail(1), make_mail(2)])
+    failed, sent = delivery.events
+    assert isinstance(failed, MailFailed) and failed.error.code == 421
+    assert sent.message_id == '<2@test>'
+    assert [r.connection for r in smtp_server.wait_for(1)] == [2]
