@@ -239,8 +239,19 @@ class _Deadline:
             self.fired = None
             self._sock = sock.dup()
             thread = watchdog.watch(self)
-        if thread is not None:
+        if thread is None:
+            return
+        try:
             thread.start()
+        except RuntimeError as exc:  # the process is at its limit of threads
+            # Else every later session would take the thread for running,
+            # and no deadline would ever fire again. (Only a thread that ran
+            # puts another in its place.)
+            with watchdog.cond:
+                watchdog.thread = None
+            raise TemporaryDeliveryError(
+                f'cannot start the thread that bounds each SMTP phase ({exc})'
+            ) from None
 
     def expire(self, now: float) -> float:
         """Shut the socket down if its time has come (the watchdog's
