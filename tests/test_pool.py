@@ -631,9 +631,9 @@ def test_a_reused_session_answered_421_to_mail_sends_on_a_new_one(
     smtp_server, make_delivery
 ):
     # Relays limit the messages of one connection (Exim's
-    # smtp_accept_max_per_connection, Exchange's MaxMessagesPerConnection):
-    # past it, RSET still gets 250 and MAIL a 421. Nothing was accepted: the
-    # message goes over a new session rather than fail for good.
+    # smtp_accept_max_per_connection): past it, RSET still gets 250 and MAIL
+    # a 421. Nothing was accepted: the message goes over a new session
+    # rather than fail for good.
     delivery = make_delivery(smtp_server)
     delivery.deliver([make_mail(1)])
     smtp_server.reply = {'MAIL': ['421 4.7.0 too many messages in this connection']}
@@ -676,3 +676,23 @@ def test_a_new_session_answered_421_to_mail_fails_the_message(
     assert isinstance(failed, MailFailed) and failed.error.code == 421
     assert sent.message_id == '<2@test>'
     assert [r.connection for r in smtp_server.wait_for(1)] == [2]
+
+
+def test_a_check_not_answered_in_time_drops_the_other_idle_sessions(
+    smtp_server, make_delivery
+):
+    # A relay that stops answering would cost mail.timeout for the check of
+    # each idle session before a new one is even tried: the request waits
+    # pool_size times as long as without a pool. One check not answered in
+    # time is enough to leave the other idle sessions unchecked (closed
+    # without a word: QUIT would wait as long).
+    delivery = make_delivery(smtp_server, pool_size=3, timeout=0.5)
+    sessions = [delivery.pool.acquire() for _ in range(3)]
+    for conn in sessions:
+        delivery.pool.release(conn, clean=True)
+    smtp_server.delay = {'RSET': [5.0, 5.0, 5.0]}
+    delivery.deliver([make_mail(1)])
+    assert [r.connection for r in smtp_server.wait_for(1)] == [4]
+    assert _sent(delivery.events) == ['<1@test>']
+    assert _verbs(smtp_server, 'RSET') == [3]  # the most recently used only
+    assert _verbs(smtp_server, 'QUIT') == []

@@ -14,6 +14,9 @@ The rules, each guarding against a session that cannot be trusted:
   that limits the messages of one connection answers RSET and refuses the
   next MAIL with ``421``: direct delivery then sends that message over a
   new session, as ``421`` means nothing was accepted.
+* A check the relay does not answer within ``mail.timeout`` ends the
+  checks: the other idle sessions are dropped unchecked (each check would
+  cost as long), and a new session is opened.
 * A session idle for more than ``mail.pool_idle`` seconds is closed (QUIT)
   instead of reused: relays close idle sessions themselves (Postfix after
   300 seconds), and a session that old is more likely gone than not.
@@ -99,6 +102,18 @@ class SessionPool:
                 return None
             if conn.check():
                 return conn
+            if conn.unanswered:
+                # The relay did not answer in time: each other check would
+                # cost as long, before a new session is even tried.
+                self._drop_idle()
+                return None
+
+    def _drop_idle(self) -> None:
+        """Close every idle session without a word (QUIT would wait too)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            conn.drop()
 
     def release(self, conn: SMTPConnection, *, clean: bool) -> None:
         """Take back a session after use: kept for the next caller if it was
