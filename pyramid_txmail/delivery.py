@@ -9,30 +9,46 @@ whose ``finish``/``abort``/``after_commit`` the data manager calls (see
 * :class:`QueuedDelivery` writes into the queue directory during the vote and
   publishes it in ``tpc_finish``; the processor sends.
 * :class:`FileDelivery` writes one ``.eml`` file per message.
+* :class:`OutboxDelivery` and :class:`SessionOutboxDelivery` write into the
+  shared outbox (``mail.queue_url``, :mod:`pyramid_txmail.queue.outbox`):
+  by PostgreSQL's two-phase commit over a connection of their own, or
+  through the application's SQLAlchemy session (``mail.queue_session``).
+  psycopg is imported only when one is made, never by an application
+  without ``mail.queue_url``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import email.policy
 import logging
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from email.parser import BytesHeaderParser
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
 from .events import MailEvent, MailFailed, MailSent
-from .exceptions import DeliveryError, Refusals, TemporaryDeliveryError
+from .exceptions import DeliveryError, QueueError, Refusals, TemporaryDeliveryError
 from .interfaces import IImmediateDelivery, IPendingMail, IQueueDelivery
 from .message import Envelope, PreparedMail
 from .queue.maildir import MailQueue
-from .settings import MailSettings
+from .settings import MailSettings, SettingsError
 from .smtp import SHOWN_REFUSALS, Outcome, Pipeline, SessionPool, SMTPConnection
 
+if TYPE_CHECKING:  # psycopg is optional: imported where an outbox is used
+    import psycopg
+
+    from .queue.outbox import OutboxQueue
+
 log = logging.getLogger('pyramid_txmail.delivery')
+#: The outbox producers' logger (the outbox backend's too).
+outbox_log = logging.getLogger('pyramid_txmail.outbox')
 
 #: Most transactions one message takes when the relay limits the recipients
 #: of each (``452`` to the rest, RFC 5321, 4.5.3.1.10).
@@ -323,7 +339,7 @@ class DirectDelivery:
         # flight, whose replies the next caller would read as its own.
         clean = False
         try:
-            refused = conn.send(mail.envelope, mail.data)
+            refused: Refusals = conn.send(mail.envelope, mail.data)
             rounds_clean = True
             if _over_limit(refused):
                 [(_, _, refused)], rounds_clean = self._rounds(
@@ -483,3 +499,301 @@ class FileDelivery:
         for path in paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+# -- the shared outbox (mail.queue_url): psycopg only when one is configured
+
+
+_INSERT = (
+    'INSERT INTO txmail_outbox (message_id, sender, recipients, subject, data) '
+    'VALUES (%s, %s, %s, %s, %s)'
+)
+
+
+def _subject(mail: PreparedMail) -> str | None:
+    """The decoded Subject, stored for ``list`` (None without one)."""
+    headers = BytesHeaderParser(policy=email.policy.default).parsebytes(mail.data)
+    subject = headers['subject']
+    return None if subject is None else str(subject)
+
+
+def _row(mail: PreparedMail) -> tuple[Any, ...]:
+    return (
+        mail.message_id,
+        mail.envelope.sender,
+        list(mail.envelope.recipients),
+        _subject(mail),
+        mail.data,
+    )
+
+
+class _Producer:
+    """What both producers share: the queue and the in-process wake."""
+
+    def __init__(self, queue: OutboxQueue):
+        self.queue = queue
+        self.wake: Callable[[], None] | None = None
+
+    def _wake(self) -> None:
+        if self.wake is not None:
+            self.wake()
+
+
+@implementer(IQueueDelivery)
+class OutboxDelivery(_Producer):
+    """Rows written with a connection of the outbox's own, by two-phase commit.
+
+    ``tpc_vote`` inserts the transaction's rows and runs ``PREPARE
+    TRANSACTION``: they are durable, and invisible to processors.
+    ``tpc_finish`` commits them (``COMMIT PREPARED``), ``tpc_abort`` rolls
+    them back. After the commit, ``NOTIFY`` wakes the processors (a prepared
+    transaction may not notify). Needs ``max_prepared_transactions`` > 0 on
+    the server.
+    """
+
+    def __init__(self, queue: OutboxQueue):
+        super().__init__(queue)
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _get(self) -> tuple[psycopg.Connection[Any], bool]:
+        """An idle connection (and True), else a new one (and False)."""
+        with self._lock:
+            if self._pid != os.getpid():  # pragma: no cover - forked
+                self._idle, self._pid = [], os.getpid()  # the parent's
+            if self._idle:
+                return self._idle.pop(), True
+        from .queue.outbox import connect
+
+        return connect(self.queue.url, self.queue.name, autocommit=False), False
+
+    def _put(self, conn: psycopg.Connection[Any]) -> None:
+        # As many as threads commit at once, at most.
+        with self._lock:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        """Close the idle connections (a later commit makes new ones)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
+        import psycopg
+
+        from .queue.outbox import GID_PREFIX
+
+        queue = self.queue
+        rows = [_row(mail) for mail in mails]
+        gid = f'{GID_PREFIX}{uuid.uuid4()}'
+        while True:
+            conn, reused = self._get()
+            try:
+                conn.tpc_begin(gid)
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT, rows)
+                conn.tpc_prepare()
+                break
+            except psycopg.Error as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                if reused and isinstance(exc, psycopg.OperationalError):
+                    continue  # an idle connection the server dropped: a new one
+                raise QueueError(
+                    f'mail.queue_url: cannot write the outbox at {queue.name}: '
+                    f'{_vote_cause(exc, queue.url)}'
+                ) from None
+        state = {'committed': False}
+
+        def finish() -> None:
+            try:
+                conn.tpc_commit()
+            except Exception as exc:
+                # The decision is commit: after_commit tries again.
+                outbox_log.error(
+                    'outbox %s: COMMIT PREPARED %r failed: %s', queue.name, gid, exc
+                )
+                with contextlib.suppress(Exception):
+                    conn.close()
+                return
+            state['committed'] = True
+            self._put(conn)
+
+        def abort() -> None:
+            try:
+                conn.tpc_rollback()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                self._resolve(gid, commit=False)
+                return
+            self._put(conn)
+
+        def after_commit() -> None:
+            if not state['committed']:
+                self._resolve(gid, commit=True)
+            self._notify()
+            self._wake()
+
+        return PendingMail(finish=finish, abort=abort, after_commit=after_commit)
+
+    def _resolve(self, gid: str, *, commit: bool) -> None:
+        """End the prepared transaction ``gid`` over a new connection; if
+        that fails too, say what the operator must do."""
+        from .queue.outbox import connect
+
+        verb = 'COMMIT' if commit else 'ROLLBACK'
+        try:
+            with connect(self.queue.url, self.queue.name) as conn:
+                if commit:
+                    conn.tpc_commit(gid)
+                else:
+                    conn.tpc_rollback(gid)
+        except Exception as exc:
+            outbox_log.critical(
+                'outbox %s: the prepared transaction %r is left: run '
+                '"%s PREPARED \'%s\'" on the database (%s)',
+                self.queue.name,
+                gid,
+                verb,
+                gid,
+                exc,
+            )
+
+    def _notify(self) -> None:
+        from .queue.outbox import CHANNEL
+
+        try:
+            conn, _ = self._get()
+            conn.execute(f'NOTIFY {CHANNEL}')
+            conn.commit()
+        except Exception as exc:
+            # The processors' interval poll finds the rows anyway.
+            outbox_log.warning('outbox %s: NOTIFY failed: %s', self.queue.name, exc)
+            return
+        self._put(conn)
+
+
+def _vote_cause(exc: psycopg.Error, url: str) -> str:
+    from .queue.outbox import error_text
+
+    cause = error_text(exc, url)
+    if 'prepared transactions are disabled' in cause:
+        cause = (
+            'the server does not allow prepared transactions '
+            '(max_prepared_transactions = 0): raise it, or write the '
+            "outbox through the application's session (mail.queue_session)"
+        )
+    return cause
+
+
+@implementer(IQueueDelivery)
+class SessionOutboxDelivery(_Producer):
+    """Rows written through the application's SQLAlchemy session.
+
+    ``session`` is a session or ``scoped_session`` (used as it is), or a
+    callable taking the request (None outside one) and returning the
+    session (``request.dbsession``, say). :meth:`enqueue` runs the INSERT
+    at ``send()``, in the session's open transaction, which zope.sqlalchemy
+    commits or rolls back with the request's: the row and the
+    application's own rows commit together or not at all. The session's
+    ``NOTIFY`` is delivered by PostgreSQL at that commit (after it, through
+    the outbox's own connection, for a two-phase session, which may not
+    notify).
+    """
+
+    def __init__(self, queue: OutboxQueue, session: Any):
+        super().__init__(queue)
+        self.session = session
+        self._notifier = OutboxDelivery(queue)
+        self._local = threading.local()
+
+    def _session(self, request: Any) -> Any:
+        source = self.session
+        session = source if hasattr(source, 'execute') else source(request)
+        # A scoped_session: the thread's session (its twophase flag).
+        registry = getattr(session, 'registry', None)
+        return registry() if callable(registry) else session
+
+    def enqueue(self, mail: PreparedMail, request: Any) -> None:
+        """Insert ``mail``'s row through the application's session now."""
+        from sqlalchemy import text
+
+        from .queue.outbox import CHANNEL
+
+        session = self._session(request)
+        sender, recipients, subject, data = _row(mail)[1:]
+        insert = (
+            'INSERT INTO txmail_outbox '
+            '(message_id, sender, recipients, subject, data) '
+            'VALUES (:message_id, :sender, :recipients, :subject, :data)'
+        )
+        if getattr(session, 'twophase', False):
+            # PREPARE TRANSACTION refuses a transaction that notified.
+            self._local.notify_after = True
+        else:
+            # One round trip; PostgreSQL delivers the notification at commit.
+            insert = (
+                f'WITH row AS ({insert} RETURNING id) '
+                f"SELECT pg_notify('{CHANNEL}', '') FROM row"
+            )
+        session.execute(
+            text(insert),
+            {
+                'message_id': mail.message_id,
+                'sender': sender,
+                'recipients': recipients,
+                'subject': subject,
+                'data': data,
+            },
+        )
+        _mark_changed(session)
+
+    def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
+        # The rows are in the session already; it commits them. vote runs
+        # in the thread that sent them.
+        notify = getattr(self._local, 'notify_after', False)
+        self._local.notify_after = False
+
+        def after_commit() -> None:
+            if notify:
+                self._notifier._notify()
+            self._wake()
+
+        return PendingMail(abort=self._forget, after_commit=after_commit)
+
+    def _forget(self) -> None:
+        self._local.notify_after = False
+
+
+def _mark_changed(session: Any) -> None:
+    """Tell zope.sqlalchemy that the session wrote (it rolls back a session
+    that only ran SQL statements otherwise)."""
+    try:
+        from zope.sqlalchemy import mark_changed  # type: ignore[import-untyped]  # no stubs
+    except ImportError:  # pragma: no cover - the app commits its session itself
+        return
+    mark_changed(session)
+
+
+def delivery_from_settings(
+    settings: MailSettings,
+) -> OutboxDelivery | SessionOutboxDelivery:
+    """The outbox delivery ``mail.queue_url`` and ``mail.queue_session``
+    describe; :class:`~pyramid_txmail.settings.SettingsError` naming what to
+    install when psycopg is missing."""
+    try:
+        from .queue.outbox import OutboxQueue
+    except ImportError:
+        raise SettingsError(
+            'mail.queue_url',
+            None,
+            "needs psycopg 3: pip install 'pyramid_txmail[postgresql]'",
+        ) from None
+    queue = OutboxQueue(settings.queue_url, keep_sent=settings.keep_sent)
+    if settings.queue_session is not None:
+        return SessionOutboxDelivery(queue, settings.queue_session)
+    return OutboxDelivery(queue)

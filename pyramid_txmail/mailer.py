@@ -30,6 +30,7 @@ from .delivery import (
     FileDelivery,
     Notify,
     QueuedDelivery,
+    delivery_from_settings,
     ignore_events,
 )
 from .exceptions import DeliveryError
@@ -39,7 +40,6 @@ from .settings import (
     KEYS,
     PYRAMID_MAILER_ONLY,
     MailSettings,
-    SettingsError,
     parse_settings,
 )
 from .templates import from_template
@@ -110,7 +110,7 @@ class Mailer:
             if settings.queue_path:
                 queue_delivery = QueuedDelivery(settings.queue_path)
             elif settings.queue_url:
-                queue_delivery = _outbox_delivery(settings)
+                queue_delivery = delivery_from_settings(settings)
             if settings.delivery == 'queued':
                 delivery = queue_delivery
             elif settings.delivery == 'file':
@@ -287,19 +287,6 @@ class Mailer:
             enqueue(mail, self.request)
         dm.add(delivery, mail)
         return mail.message_id
-
-
-def _outbox_delivery(settings: MailSettings) -> IMailDelivery:
-    """The shared outbox's delivery; psycopg is imported only here."""
-    try:
-        from .queue.outbox import delivery_from_settings
-    except ImportError:
-        raise SettingsError(
-            'mail.queue_url',
-            None,
-            "needs psycopg 3: pip install 'pyramid_txmail[postgresql]'",
-        ) from None
-    return delivery_from_settings(settings)
 
 
 def __getattr__(name: str) -> Any:

@@ -42,7 +42,7 @@ from .exceptions import (
 from .queue.base import Claim, Queue, QueuePass
 from .queue.locks import install_fork_hook
 from .settings import MailSettings
-from .smtp import Outcome, Pipeline, SMTPConnection
+from .smtp import Accepted, Outcome, Pipeline, SMTPConnection
 
 __all__ = ['PassResult', 'ProcessorThread', 'QueueProcessor', 'ensure_processor']
 
@@ -335,8 +335,10 @@ class QueueProcessor:
 
     # -- outcomes
 
-    def _sent(self, claim: Claim, refused: Mapping[str, tuple[int, str]]) -> PassResult:
-        """The relay took the message, for some or all of its recipients."""
+    def _sent(self, claim: Claim, refused: Accepted) -> PassResult:
+        """The relay took the message, for some or all of its recipients
+        (``refused``: the others; ``refused.reply``: what it said, which the
+        queue may keep)."""
         later = [r for r, (code, _) in refused.items() if 400 <= code < 500]
         # First, before anything else can fail: the record that the relay
         # has it, so that it is never sent again to those who accepted.
@@ -353,7 +355,7 @@ class QueueProcessor:
                     _when(due),
                 )
             else:
-                claim.done()
+                claim.done(reply=refused.reply)
         except QueueError as exc:
             accepted = [r for r in claim.envelope.recipients if r not in refused]
             self._set_aside(claim, accepted, exc)

@@ -121,8 +121,9 @@ class Backend:
     clock: Any
 
 
-#: name -> function(tmp_path, clock) -> Backend. A backend is added by one
-#: decorated function below; every protocol test then runs against it.
+#: name -> function(request, tmp_path, clock) -> Backend. A backend is added
+#: by one decorated function below; every protocol test then runs against it.
+#: A backend that needs a fixture (a server) asks ``request`` for it.
 BACKENDS: dict[str, Callable[..., Backend]] = {}
 
 
@@ -137,7 +138,7 @@ def backend_factory(
 
 
 @backend_factory('maildir')
-def maildir_backend(tmp_path: Path, clock: Any) -> Backend:
+def maildir_backend(request: Any, tmp_path: Path, clock: Any) -> Backend:
     from pyramid_txmail.queue import MailQueue
 
     path = str(tmp_path / 'q')
@@ -162,12 +163,63 @@ def maildir_backend(tmp_path: Path, clock: Any) -> Backend:
     return Backend(queue, add, lambda: MailQueue(path, clock=clock), snapshot, clock)
 
 
+@backend_factory('outbox')
+def outbox_backend(request: Any, tmp_path: Path, clock: Any) -> Backend:
+    """The outbox in a fresh schema of the session's PostgreSQL, on the fake
+    clock (OutboxQueue stamps and compares with a given clock instead of the
+    database's ``now()``)."""
+    import psycopg
+
+    from pyramid_txmail.delivery import OutboxDelivery
+    from pyramid_txmail.queue.outbox import OutboxQueue
+
+    url = request.getfixturevalue('pg_url')
+    opened: list[Any] = []
+
+    def open_queue() -> Any:
+        opened.append(OutboxQueue(url, clock=clock))
+        return opened[-1]
+
+    queue = open_queue()
+    delivery = OutboxDelivery(queue)
+
+    def close_all() -> None:
+        delivery.close()
+        for each in opened:
+            each.close()
+
+    request.addfinalizer(close_all)
+
+    def add(mail: Any) -> str:
+        pending = delivery.vote([mail])
+        pending.finish()
+        pending.after_commit()
+        # The producer stamps with the database's clock: the fake one instead.
+        with psycopg.connect(url, autocommit=True) as conn:
+            [(row_id,)] = conn.execute(
+                'UPDATE txmail_outbox SET queued_at = to_timestamp(%s), '
+                'due = to_timestamp(%s) WHERE id = (SELECT max(id) FROM '
+                'txmail_outbox) RETURNING id',
+                (clock.now, clock.now),
+            ).fetchall()
+        return str(row_id)
+
+    def snapshot() -> object:
+        with psycopg.connect(url) as conn:
+            return [
+                conn.execute(f'SELECT * FROM {table} ORDER BY 1').fetchall()
+                for table in ('txmail_outbox', 'txmail_outbox_fault')
+            ]
+
+    return Backend(queue, add, open_queue, snapshot, clock)
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tmp_path) -> Backend:
     """Each queue backend in turn, on a fake clock (see :data:`BACKENDS`)."""
     from tests import FakeClock
 
-    return BACKENDS[request.param](tmp_path, FakeClock())
+    return BACKENDS[request.param](request, tmp_path, FakeClock())
 
 
 # -- PostgreSQL (the shared outbox): one server per session, a schema per test

@@ -22,12 +22,14 @@ from tests import make_mail
 CHILD_DEADLINE = 30.0
 
 
-def run_together(target, args, outs: list[str], timeout: float = 60.0) -> list[str]:
+def run_together(
+    target, args, outs: list[str], timeout: float = 60.0, ctx=None
+) -> list[str]:
     """Run ``target(*args, barrier, out)`` in one spawned process per
-    ``out``, all released at once by a barrier; return what each wrote to
-    its ``out`` file. Every process is killed by the end, and each must
-    have exited 0."""
-    ctx = multiprocessing.get_context('spawn')
+    ``out`` (or one of the multiprocessing context ``ctx``), all released at
+    once by a barrier; return what each wrote to its ``out`` file. Every
+    process is killed by the end, and each must have exited 0."""
+    ctx = ctx or multiprocessing.get_context('spawn')
     barrier = ctx.Barrier(len(outs))
     procs = [ctx.Process(target=target, args=(*args, barrier, out)) for out in outs]
     for proc in procs:

@@ -1024,3 +1024,142 @@ def test_commands_use_whatever_queue_the_command_opens(tmp_path):
     assert TableCommand(out, err).run(['list', ini, '--state', 'queued']) == 0
     assert out.getvalue().splitlines()[1].split()[:3] == ['7', 'queued', '0']
     assert not (tmp_path / 'q').exists()
+
+
+# -- the shared outbox (mail.queue_url): each command once, through the .ini
+
+
+def outbox_with(url, *ns):
+    """An outbox holding ``ns``'s messages, committed as the app commits them."""
+    from pyramid_txmail.delivery import OutboxDelivery
+    from pyramid_txmail.queue.outbox import OutboxQueue
+
+    delivery = OutboxDelivery(OutboxQueue(url))
+    pending = delivery.vote([make_mail(n) for n in ns])
+    pending.finish()
+    delivery.close()
+    return delivery.queue
+
+
+@pytest.fixture
+def outbox(pg_url):
+    """The outbox with messages 1 and 2 queued; closed after the test."""
+    queue = outbox_with(pg_url, 1, 2)
+    yield queue
+    queue.close()
+
+
+@pytest.fixture
+def outbox_ini(tmp_path, pg_url, outbox):
+    """An .ini naming the outbox of ``outbox``, sent rows kept, no processor."""
+    # The URL's %3D is an .ini interpolation unless doubled.
+    url = pg_url.replace('%', '%%')
+    return write_ini(tmp_path, queue_url=url, queue_processor='false', keep_sent='1h')
+
+
+def claimed(queue):
+    return queue.start_pass(stale_after=60).claim()
+
+
+def test_outbox_status(outbox_ini, outbox):
+    outbox.record_fault('535 login refused')
+    code, out, _ = run_cli('status', outbox_ini)
+    assert code == 0
+    assert out.splitlines()[:5] == [
+        'queued     2',
+        'deferred   0',
+        'sending    0',
+        'held       0',
+        'failed     0',
+    ]
+    assert 'sending paused by a configuration fault' in out
+    assert '535 login refused' in out
+
+
+def test_outbox_list(outbox_ini, outbox):
+    claimed(outbox).fail('550 5.1.1 no such user')
+    code, out, _ = run_cli('list', outbox_ini)
+    assert code == 0
+    _, *lines = out.splitlines()
+    assert [line.split()[1] for line in lines] == ['queued', 'failed']
+    assert '550 5.1.1 no such user' in lines[1]
+    code, out, _ = run_cli('list', outbox_ini, '--state', 'failed', '--json')
+    assert [row['message_id'] for row in json.loads(out)] == ['<1@test>']
+
+
+def test_outbox_show(outbox_ini, outbox, tmp_path):
+    [first, _] = outbox.list()
+    code, out, _ = run_cli('show', outbox_ini, first.id)
+    assert code == 0
+    assert 'message-id:   <1@test>' in out
+    assert 'state:        queued' in out
+    raw = tmp_path / 'raw'
+    with open(raw, 'w') as f:
+        code, _, _ = run_cli('show', outbox_ini, first.id, '--raw', out=f)
+    assert code == 0
+    assert raw.read_bytes() == make_mail(1).data
+
+
+def test_outbox_retry(outbox_ini, outbox):
+    claim = claimed(outbox)
+    claim.fail('554 no')
+    code, out, _ = run_cli('retry', outbox_ini, claim.id)
+    assert (code, out) == (0, '1 message(s) queued again\n')
+    code, _, err = run_cli('retry', outbox_ini, '999999')
+    assert code == 1
+    assert '999999' in err
+    assert outbox.counts()['queued'] == 2
+
+
+def test_outbox_hold_and_release(outbox_ini, outbox):
+    [first, second] = outbox.list()
+    code, out, _ = run_cli('hold', outbox_ini, first.id)
+    assert (code, out) == (0, '1 message(s) held\n')
+    assert claimed(outbox).id == second.id  # the held one is not sent
+    code, out, _ = run_cli('release', outbox_ini, first.id)
+    assert (code, out) == (0, '1 message(s) released\n')
+    assert outbox.counts()['queued'] == 1
+
+
+def test_outbox_flush(outbox_ini, outbox):
+    claimed(outbox).defer('451 later', outbox.clock() + 3600)
+    code, out, _ = run_cli('flush', outbox_ini)
+    assert (code, out) == (0, '1 deferred message(s) due now\n')
+    assert outbox.counts()['queued'] == 2
+
+
+def test_outbox_purge(outbox_ini, outbox):
+    [_, second] = outbox.list()
+    claimed(outbox).fail('554 no')
+    code, out, _ = run_cli('purge', outbox_ini, second.id)
+    assert (code, out) == (0, '1 message(s) deleted\n')
+    code, out, _ = run_cli('purge', outbox_ini, '--failed')
+    assert (code, out) == (0, '1 message(s) deleted\n')
+    assert outbox.list() == []
+
+
+def test_outbox_process_once_keeps_what_the_relay_said(
+    tmp_path, pg_url, outbox, smtp_server
+):
+    url = pg_url.replace('%', '%%')
+    ini = write_ini(
+        tmp_path,
+        queue_url=url,
+        keep_sent='1h',
+        host=smtp_server.host,
+        port=smtp_server.port,
+    )
+    EVENTS.clear()
+    code, out, _ = run_cli('process', ini, '--once')
+    assert code == 0
+    assert out.startswith('sent 2,')
+    assert len(smtp_server.wait_for(2)) == 2
+    assert sorted(e.message_id for e in EVENTS) == ['<1@test>', '<2@test>']
+    code, out, _ = run_cli('list', ini, '--sent')
+    _, *lines = out.splitlines()
+    assert len(lines) == 2
+    assert all(line.endswith(' UTC: 250 2.0.0 OK: queued') for line in lines)
+    [entry, _] = outbox.list(['sent'])
+    code, out, _ = run_cli('show', ini, entry.id)
+    assert 'state:        sent' in out
+    assert '250 2.0.0 OK: queued' in out

@@ -253,6 +253,7 @@ def drain_legacy(path: str, port: int, barrier, out: str) -> None:
         f.write(str(sent))
 
 
+@pytest.mark.slow
 def test_several_processor_processes_send_each_message_once(
     pyramid_mailer_python, smtp_server, tmp_path
 ):

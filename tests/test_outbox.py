@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import io
-import multiprocessing
 import os
 import signal
 import threading
@@ -56,13 +55,14 @@ def queue(pg_url):
 
 def fill(url: str, count: int, start: int = 0, recipients=('to@example.com',)):
     """``count`` committed rows, written as the outbox's own producer does."""
-    from pyramid_txmail.queue.outbox import OutboxDelivery
+    from pyramid_txmail.delivery import OutboxDelivery
 
     delivery = OutboxDelivery(OutboxQueue(url))
     mails = [make_mail(n, recipients) for n in range(start, start + count)]
     pending = delivery.vote(mails)
     pending.finish()
     pending.after_commit()
+    delivery.close()
     delivery.queue.close()
     return [m.message_id for m in mails]
 
@@ -146,6 +146,24 @@ def test_without_psycopg_the_error_says_what_to_install(monkeypatch):
         Mailer(queue_url='postgresql:///app')
     assert "pip install 'pyramid_txmail[postgresql]'" in str(info.value)
     assert 'mail.queue_url' in str(info.value)
+
+
+def test_an_app_without_queue_url_never_imports_psycopg(tmp_path):
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from pyramid.config import Configurator
+import pyramid_txmail.cli, pyramid_txmail.delivery, pyramid_txmail.processor
+
+settings = {'mail.queue_path': sys.argv[1], 'mail.queue_processor': 'false'}
+config = Configurator(settings=settings)
+config.include('pyramid_txmail')
+config.make_wsgi_app()
+assert 'psycopg' not in sys.modules, 'psycopg was imported'
+"""
+    subprocess.run([sys.executable, '-c', script, str(tmp_path / 'q')], check=True)
 
 
 def test_an_unreachable_database_fails_at_first_use_naming_the_key():
@@ -342,7 +360,7 @@ def test_a_connection_lost_before_an_abort_still_rolls_back(pg_url):
 def test_a_prepared_transaction_that_cannot_be_ended_is_named_for_the_operator(
     pg_url, caplog
 ):
-    from pyramid_txmail.queue.outbox import OutboxDelivery
+    from pyramid_txmail.delivery import OutboxDelivery
 
     delivery = OutboxDelivery(OutboxQueue(pg_url))
     delivery.queue.url = delivery.queue.url.replace('/txmail?', '/nonexistent?')
@@ -595,30 +613,6 @@ def test_queue_session_by_dotted_name_through_include(pg_url, app_db, monkeypatc
 # -- the queue protocol
 
 
-def test_claims_come_in_due_then_id_order(pg_url, queue):
-    ids = fill(pg_url, 3)
-    source = queue.start_pass(stale_after=60)
-    claims = [source.claim() for _ in range(3)]
-    assert [c.message_id for c in claims] == ids
-    assert source.claim() is None
-    assert queue.counts()['sending'] == 3
-    for claim in claims:
-        claim.done()
-    assert rows(pg_url) == []
-
-
-def test_a_claim_carries_the_message(pg_url, queue):
-    fill(pg_url, 1, recipients=('a@example.com', 'b@example.com'))
-    claim = queue.start_pass(stale_after=60).claim()
-    assert claim.envelope.sender == 'from@example.com'
-    assert claim.envelope.recipients == ('a@example.com', 'b@example.com')
-    assert b'Subject: test 0' in claim.data
-    assert (claim.attempts, claim.last_error) == (0, None)
-    assert abs(claim.queued_at - time.time()) < 60
-    assert repr(claim) == f'<OutboxClaim {claim.id} <0@test>>'
-    claim.release()
-
-
 def test_one_claimer_wins_a_row(pg_url):
     fill(pg_url, 1)
     queues = [OutboxQueue(pg_url) for _ in range(8)]
@@ -639,28 +633,40 @@ def test_one_claimer_wins_a_row(pg_url):
         q.close()
 
 
+@pytest.fixture
+def clocked(pg_url):
+    """The outbox on a fake clock that starts now (rows are stamped with
+    the database's clock when written)."""
+    from tests import FakeClock
+
+    clock = FakeClock(time.time() + 1)
+    q = OutboxQueue(pg_url, clock=clock)
+    yield q, clock
+    q.close()
+
+
 def test_an_expired_lease_is_claimed_again_and_the_old_outcome_is_ignored(
-    pg_url, queue, caplog
+    pg_url, clocked, caplog
 ):
+    queue, clock = clocked
     fill(pg_url, 1)
-    first = queue.start_pass(stale_after=0.2).claim()
+    first = queue.start_pass(stale_after=60).claim()
     assert queue.start_pass(stale_after=60).claim() is None  # leased
-    time.sleep(0.3)
+    clock.now += 61
     second = queue.start_pass(stale_after=60).claim()
     assert second.message_id == first.message_id
     first.fail('too late')  # its lease was taken over: not recorded
-    first_done = OutboxQueue(pg_url)
     assert queue.counts()['sending'] == 1
     second.done()
     assert rows(pg_url) == []
     assert 'the lease was lost' in caplog.text
-    first_done.close()
 
 
-def test_done_after_the_lease_was_lost_is_not_recorded(pg_url, queue, caplog):
+def test_done_after_the_lease_was_lost_is_not_recorded(pg_url, clocked, caplog):
+    queue, clock = clocked
     fill(pg_url, 1)
-    first = queue.start_pass(stale_after=0.2).claim()
-    time.sleep(0.3)
+    first = queue.start_pass(stale_after=60).claim()
+    clock.now += 61
     second = queue.start_pass(stale_after=60).claim()
     first.done()
     assert [r[1] for r in rows(pg_url)] == ['sending']
@@ -668,22 +674,18 @@ def test_done_after_the_lease_was_lost_is_not_recorded(pg_url, queue, caplog):
     second.release()
 
 
-def test_defer_counts_the_attempt_and_waits(pg_url, queue):
-    fill(pg_url, 1, recipients=('a@example.com', 'b@example.com'))
+def test_by_default_due_times_are_the_databases_clock(pg_url, queue):
+    fill(pg_url, 1)
     claim = queue.start_pass(stale_after=60).claim()
-    claim.defer('451 later', time.time() + 3600, recipients=['b@example.com'])
+    assert repr(claim) == f'<OutboxClaim {claim.id} <0@test>>'
+    # A due time of this host's clock becomes a delay on the database's.
+    claim.defer('451 later', time.time() + 3600)
     [entry] = queue.list()
-    assert (entry.state, entry.attempts, entry.last_error) == (
-        'deferred',
-        1,
-        '451 later',
-    )
-    assert entry.recipients == ('b@example.com',)
     assert 3500 < entry.due - time.time() < 3700
+    assert abs(entry.queued_at - time.time()) < 60
     assert queue.start_pass(stale_after=60).claim() is None
     assert queue.flush() == 1
     again = queue.start_pass(stale_after=60).claim()
-    assert (again.attempts, again.last_error) == (1, '451 later')
     again.defer('451 again', time.time() - 10)  # due at once
     assert queue.start_pass(stale_after=60).claim().attempts == 2
 
@@ -706,42 +708,12 @@ def test_fail_keeps_the_reason_and_retry_starts_afresh(pg_url, queue):
     assert (again.attempts, again.last_error) == (0, '550 no such user')
 
 
-def test_an_outcome_is_recorded_once(pg_url, queue):
-    fill(pg_url, 1)
-    claim = queue.start_pass(stale_after=60).claim()
-    claim.release()
-    with pytest.raises(QueueError, match='already recorded'):
-        claim.done()
-    with pytest.raises(QueueError, match='already recorded'):
-        claim.release()
-
-
-def test_set_aside_drops_the_recipients_who_have_it(pg_url, queue):
-    fill(pg_url, 1, recipients=('a@example.com', 'b@example.com'))
-    claim = queue.start_pass(stale_after=60).claim()
-    claim.set_aside('accepted, not recorded', delivered=['a@example.com'])
-    [entry] = queue.list(['failed'])
-    assert entry.recipients == ('b@example.com',)
-    assert entry.attempts == 0
-    assert entry.last_error == 'accepted, not recorded'
-
-
 def test_retry_deletes_what_every_recipient_has(pg_url, queue):
     fill(pg_url, 1)
     claim = queue.start_pass(stale_after=60).claim()
     claim.set_aside('accepted', delivered=['to@example.com'])
     assert queue.retry() == 0
     assert rows(pg_url) == []
-
-
-def test_abandon_leaves_it_leased_until_the_lease_expires(pg_url, queue):
-    fill(pg_url, 1)
-    claim = queue.start_pass(stale_after=0.3).claim()
-    claim.abandon()
-    assert queue.start_pass(stale_after=60).claim() is None
-    assert wait_until(lambda: queue.counts()['sending'] == 1, 1)
-    time.sleep(0.4)
-    assert queue.start_pass(stale_after=60).claim().message_id == claim.message_id
 
 
 def test_hold_and_release(pg_url, queue):
@@ -796,29 +768,6 @@ def test_purge(pg_url, queue):
     assert a != b
 
 
-def test_read_returns_the_entry_and_the_bytes(pg_url, queue):
-    [message_id] = fill(pg_url, 1)
-    [entry] = queue.list()
-    info, data = queue.read(entry.id)
-    assert info.message_id == message_id
-    assert info.sender == 'from@example.com'
-    assert b'body 0' in data
-
-
-def test_faults_are_shared_by_every_processor(pg_url, queue):
-    assert queue.read_fault() is None
-    queue.record_fault('535 login refused')
-    queue.record_fault('535 still refused')
-    other = OutboxQueue(pg_url)
-    fault = other.read_fault()
-    assert fault.reason == '535 still refused'
-    assert abs(fault.since - time.time()) < 60
-    queue.clear_fault()
-    assert other.read_fault() is None
-    queue.clear_fault()  # nothing to clear: no query at all
-    other.close()
-
-
 def test_an_unreachable_database_raises_queue_errors(pg_url, caplog):
     from tests import free_port
 
@@ -835,7 +784,6 @@ def test_an_unreachable_database_raises_queue_errors(pg_url, caplog):
 def test_the_name_hides_the_password():
     queue = OutboxQueue('postgresql+psycopg://app:s3cret@db.example:5432/app')
     assert queue.name == 'postgresql+psycopg://app:***@db.example:5432/app'
-    assert queue.path == queue.name
     assert repr(queue) == f'<OutboxQueue {queue.name}>'
     assert OutboxQueue('postgresql:///app').name == 'postgresql:///app'
     assert (
@@ -872,10 +820,14 @@ def test_schema_sql_is_the_shipped_file():
 # -- kept history (mail.keep_sent)
 
 
-def test_keep_sent_keeps_sent_rows_and_prunes_old_ones(pg_url, smtp_server):
+@pytest.mark.parametrize('pipelining', [True, False])
+def test_keep_sent_keeps_sent_rows_with_the_relays_reply_and_prunes_old_ones(
+    pg_url, smtp_server, pipelining
+):
     queue = OutboxQueue(pg_url, keep_sent=3600)
     [message_id] = fill(pg_url, 1)
-    processor_for(queue, smtp_server).run_once()
+    settings = {'pipelining': pipelining}
+    processor_for(queue, smtp_server, settings=settings).run_once()
     smtp_server.wait_for(1)
     [entry] = queue.list(['sent'])
     assert (entry.state, entry.message_id, entry.recipients) == (
@@ -883,59 +835,30 @@ def test_keep_sent_keeps_sent_rows_and_prunes_old_ones(pg_url, smtp_server):
         message_id,
         ('to@example.com',),
     )
+    # When, and what the relay answered to the data.
     assert entry.last_error.startswith('sent 20')
+    assert entry.last_error.endswith(' UTC: 250 2.0.0 OK: queued')
     assert queue.counts()['sent'] == 1
     assert queue.list() == []
-    # A relay reply, when the processor passes one.
-    fill(pg_url, 1, start=1)
-    queue.start_pass(stale_after=60).claim().done('250 2.0.0 Ok: queued as ABC')
-    assert queue.list(['sent'])[0].last_error.endswith(': 250 2.0.0 Ok: queued as ABC')
     sql(pg_url, "UPDATE txmail_outbox SET sent_at = now() - interval '2 hours'")
     queue.start_pass(stale_after=60)
     assert rows(pg_url) == []
     queue.close()
 
 
-def test_list_sent_on_the_command_line(pg_url, smtp_server, tmp_path, monkeypatch):
-    from pyramid_txmail.cli import Command
-
-    queue = OutboxQueue(pg_url, keep_sent=3600)
-    [message_id] = fill(pg_url, 1)
-    processor_for(queue, smtp_server).run_once()
-    queue.close()
-    ini = tmp_path / 'app.ini'
-    ini.write_text('[app:main]\n')
-    settings = {'mail.queue_url': pg_url, 'mail.keep_sent': '1h'}
-    monkeypatch.setattr(Command, 'get_settings', staticmethod(lambda *a, **k: settings))
-    out = io.StringIO()
-    assert Command(out, io.StringIO()).run(['list', str(ini), '--sent']) == 0
-    status = io.StringIO()
-    assert Command(status, io.StringIO()).run(['status', str(ini)]) == 0
-    empty = io.StringIO()
-    assert Command(empty, io.StringIO()).run(['list', str(ini)]) == 0
-    [entry] = OutboxQueue(pg_url).list(['sent'])
-    shown = io.StringIO()
-    assert Command(shown, io.StringIO()).run(['show', str(ini), entry.id]) == 0
-    assert message_id in out.getvalue()
-    assert ' sent ' in out.getvalue()
-    assert 'queued     0' in status.getvalue()
-    assert message_id not in empty.getvalue()
-    assert f'message-id:   {message_id}' in shown.getvalue()
-    assert 'state:        sent' in shown.getvalue()
-
-
 # -- many processors
 
 
+@pytest.mark.slow
 def test_four_processor_processes_deliver_thousands_of_messages_once(
     pg_url, smtp_server, tmp_path
 ):
     from tests.crashkit import run_together
-    from tests.outboxkit import drain
+    from tests.outboxkit import drain, forkserver
 
-    # 10,000 in the issue's words: TXMAIL_OUTBOX_MESSAGES=10000 (about two
-    # minutes on a loaded 2-core machine, the relay being the limit).
-    count = int(os.environ.get('TXMAIL_OUTBOX_MESSAGES', '1000'))
+    # 10,000, as issue #12 asks: about 40 s on a loaded 2-core machine (the
+    # test relay is the limit); TXMAIL_OUTBOX_MESSAGES=400 for a quick run.
+    count = int(os.environ.get('TXMAIL_OUTBOX_MESSAGES', '10000'))
     with (
         psycopg.connect(pg_url) as conn,
         conn.cursor() as cur,
@@ -949,9 +872,14 @@ def test_four_processor_processes_deliver_thousands_of_messages_once(
                 (mail.message_id, 'from@example.com', ['to@example.com'], mail.data)
             )
     outs = [str(tmp_path / f'out{i}') for i in range(4)]
-    sent = run_together(
-        drain, (pg_url, smtp_server.host, smtp_server.port, 60.0), outs, timeout=180
-    )
+    with forkserver() as ctx:
+        sent = run_together(
+            drain,
+            (pg_url, smtp_server.host, smtp_server.port, 60.0),
+            outs,
+            timeout=180,
+            ctx=ctx,
+        )
     received = smtp_server.wait_for(count, timeout=30)
     ids = collections.Counter(r.message['Message-ID'] for r in received)
     assert len(ids) == count
@@ -961,24 +889,25 @@ def test_four_processor_processes_deliver_thousands_of_messages_once(
     assert rows(pg_url) == []
 
 
+@pytest.mark.slow
 def test_a_killed_processors_leases_expire_and_the_rest_is_delivered(
     pg_url, make_smtp_server
 ):
-    from tests.outboxkit import drain_forever
+    from tests.outboxkit import drain_forever, forkserver
 
     server = make_smtp_server(delay={'DATA': 0.02})
-    ids = fill(pg_url, 150)
-    ctx = multiprocessing.get_context('spawn')
-    child = ctx.Process(
-        target=drain_forever, args=(pg_url, server.host, server.port, 1.0)
-    )
-    child.start()
-    try:
-        server.wait_for(20, timeout=60)
-        os.kill(child.pid, signal.SIGKILL)
-        child.join(10)
-    finally:
-        child.kill()
+    ids = fill(pg_url, 60)
+    with forkserver() as ctx:
+        child = ctx.Process(
+            target=drain_forever, args=(pg_url, server.host, server.port, 1.0)
+        )
+        child.start()
+        try:
+            server.wait_for(10, timeout=60)
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(10)
+        finally:
+            child.kill()
     leased = {r[2] for r in rows(pg_url, "state = 'sending'")}
     assert leased  # killed mid-batch
     queue = OutboxQueue(pg_url)
@@ -1061,7 +990,7 @@ def test_a_commit_on_another_host_wakes_the_processor_before_its_interval(
     finally:
         queue.close()
         _stop_all(10)
-        _REGISTRY.pop(queue.path, None)
+        _REGISTRY.pop(queue.name, None)
 
 
 def test_a_commit_in_this_process_wakes_its_processor_at_once(pg_url, smtp_server):
@@ -1085,7 +1014,7 @@ def test_a_commit_in_this_process_wakes_its_processor_at_once(pg_url, smtp_serve
     finally:
         mailer.queue_delivery.queue.close()
         _stop_all(10)
-        _REGISTRY.pop(mailer.queue_delivery.queue.path, None)
+        _REGISTRY.pop(mailer.queue_delivery.queue.name, None)
 
 
 def test_a_listener_callback_that_raises_is_logged(pg_url, caplog):

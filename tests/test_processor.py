@@ -1157,6 +1157,7 @@ def test_ensure_processor_one_per_queue_path(
 # -- ManyProcesses
 
 
+@pytest.mark.slow
 def test_four_processes_drain_one_queue_without_duplicates(
     queue, make_smtp_server, tmp_path
 ):
@@ -1207,6 +1208,7 @@ def kill(proc):
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_processor_killed_while_draining(queue, clock, make_smtp_server, tmp_path):
     from pyramid_txmail.processor import QueueProcessor
     from pyramid_txmail.queue import MailQueue
@@ -1249,6 +1251,7 @@ def test_processor_killed_while_draining(queue, clock, make_smtp_server, tmp_pat
     assert duplicated <= in_flight
 
 
+@pytest.mark.slow
 def test_committer_killed_loses_nothing_committed(queue, tmp_path):
     from pyramid_txmail.queue import MailQueue
 

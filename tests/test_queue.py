@@ -599,6 +599,7 @@ def test_a_forked_child_closes_the_lock_descriptors_it_inherits(tmp_path):
     os.close(os.open(tmp_path, os.O_RDONLY))  # the number is reusable
 
 
+@pytest.mark.slow
 def test_claim_race_between_processes(queue_path, tmp_path, make_queue):
     """4 processes, one queue of 2000 messages: each claimed exactly once."""
     from tests.crashkit import claim_everything

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 
 from pyramid_txmail.exceptions import QueueError, UnknownMessage
-from pyramid_txmail.queue.base import Entry, Fault
+from pyramid_txmail.queue.base import STATE_NAMES, Entry, Fault
 from tests import make_mail
 
 STALE = 600.0
@@ -173,6 +173,29 @@ def test_hold_release_flush_retry_and_purge_say_how_many(backend):
     assert queue.purge(failed=True) == 0
     assert states(queue) == {'queued': 3}
     assert [claim.id for claim in claims(queue)] == [c, d, e]
+
+
+def test_counts_name_every_state_even_an_empty_one(backend):
+    counts = backend.queue.counts()
+    assert set(STATE_NAMES) <= set(counts)
+    assert set(counts.values()) == {0}
+
+
+def test_list_shows_every_state_by_default_in_queue_order(backend):
+    queue = backend.queue
+    ids = [backend.add(make_mail(n)) for n in range(5)]
+    queued, sending, deferred, failed, held = claims(queue)
+    queued.release()
+    deferred.defer('451 later', backend.clock.now + 60)
+    failed.fail('550 no')
+    held.release()
+    assert queue.hold([held.id]) == 1
+    shown = {entry.id: entry.state for entry in queue.list()}
+    assert shown == dict(
+        zip(ids, ['queued', 'sending', 'deferred', 'failed', 'held'], strict=True)
+    )
+    assert [entry.id for entry in queue.list(['held', 'queued'])] == [ids[0], ids[4]]
+    sending.release()
 
 
 def test_read_only_methods_change_nothing(backend):

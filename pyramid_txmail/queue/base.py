@@ -94,8 +94,10 @@ class Claim(Protocol):
     queued_at: float
     last_error: str | None
 
-    def done(self) -> None:
-        """The relay accepted it: it leaves the queue."""
+    def done(self, *, reply: str | None = None) -> None:
+        """The relay accepted it: it leaves the queue. ``reply`` is the
+        relay's answer to the message's data (``250 2.0.0 Ok: queued as
+        4XyZ``), for a backend that keeps a record of sent messages."""
 
     def defer(
         self, error: str, due: float, *, recipients: Iterable[str] | None = None

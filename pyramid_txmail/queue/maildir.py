@@ -1184,8 +1184,9 @@ class Claim:
             raise QueueError(f'the outcome of {self.id} is already recorded')
         return fd
 
-    def done(self) -> None:
-        """The relay accepted it: remove it from the queue."""
+    def done(self, *, reply: str | None = None) -> None:
+        """The relay accepted it: remove it from the queue (the relay's
+        ``reply`` is not kept: nothing of a sent message is)."""
         fd = self._take_fd()
         try:
             os.unlink(self._path)

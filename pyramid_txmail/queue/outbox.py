@@ -10,15 +10,12 @@ processor whose lease expired and was taken over cannot overwrite the new
 holder's outcome. A processor that dies loses its lease, and another takes
 the row once it expires.
 
-Two producers write committed mail into it (see ``docs/scaling.rst``):
-
-* :class:`OutboxDelivery` joins the transaction with a connection of its
-  own, using PostgreSQL's two-phase commit: the rows are inserted and the
-  transaction prepared in ``tpc_vote`` (durable, still invisible), and
-  committed with ``COMMIT PREPARED`` in ``tpc_finish``.
-* :class:`SessionOutboxDelivery` inserts each row through the application's
-  SQLAlchemy session when ``send()`` is called (``mail.queue_session``), so
-  it commits in the application's own database transaction: both or neither.
+This module is the backend only. The producers that write committed mail
+into the table (:class:`~pyramid_txmail.delivery.OutboxDelivery`, by
+two-phase commit, and :class:`~pyramid_txmail.delivery.SessionOutboxDelivery`,
+through the application's session) live in :mod:`pyramid_txmail.delivery`,
+beside the queue directory's; they use :func:`connect`, :data:`CHANNEL`
+and :data:`GID_PREFIX` from here.
 
 Processors are woken at commit through ``LISTEN/NOTIFY`` on the channel
 ``txmail_outbox`` (:meth:`OutboxQueue.listen`); their interval poll stays the
@@ -32,7 +29,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import email.policy
 import importlib.resources
 import logging
 import os
@@ -42,25 +38,26 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from email.parser import BytesHeaderParser
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
-from zope.interface import implementer
 
 from ..exceptions import QueueError, UnknownMessage
-from ..interfaces import IPendingMail, IQueueDelivery
-from ..message import Envelope, PreparedMail
+from ..message import Envelope
 from ..settings import without_password
+from .base import STATE_NAMES, Fault
 from .base import Entry as Info
-from .base import Fault
 
 __all__ = [
     'CHANNEL',
-    'OutboxDelivery',
+    'GID_PREFIX',
+    'Listener',
+    'OutboxClaim',
+    'OutboxPass',
     'OutboxQueue',
-    'SessionOutboxDelivery',
+    'connect',
+    'error_text',
     'schema_sql',
 ]
 
@@ -68,8 +65,10 @@ log = logging.getLogger('pyramid_txmail.outbox')
 
 #: The NOTIFY channel a commit wakes processors on.
 CHANNEL = 'txmail_outbox'
-#: The states a row can be in, as ``counts()`` and ``list()`` name them.
-STATES = ('queued', 'sending', 'deferred', 'held', 'failed', 'sent')
+#: The states a row can be in, as ``counts()`` and ``list()`` name them:
+#: the protocol's, and ``sent`` (kept for ``mail.keep_sent``, archival:
+#: ``list()`` shows them only when asked).
+STATES = (*STATE_NAMES, 'sent')
 #: Prefix of the global transaction ids of :class:`OutboxDelivery`'s
 #: prepared transactions (``pg_prepared_xacts.gid``).
 GID_PREFIX = 'pyramid_txmail:'
@@ -171,17 +170,18 @@ def connect(url: str, name: str, *, autocommit: bool = True) -> psycopg.Connecti
         )
     except psycopg.Error as exc:
         raise QueueError(
-            f'mail.queue_url: cannot connect to {name}: {_cause(exc, url)}'
+            f'mail.queue_url: cannot connect to {name}: {error_text(exc, url)}'
         ) from None
 
 
-def _cause(exc: BaseException, url: str) -> str:
+def error_text(exc: BaseException, url: str) -> str:
+    """The first line of a database error, the URL's password hidden."""
     text = str(exc).strip().splitlines()
     return hide_password(text[0] if text else type(exc).__name__, url)
 
 
 _ENTRY_COLUMNS = """
-    id, state, extract(epoch from now() - queued_at), attempts, recipients,
+    id, state, extract(epoch from {now} - queued_at), attempts, recipients,
     last_error, extract(epoch from due), message_id, subject, sender,
     extract(epoch from queued_at), extract(epoch from sent_at), relay_reply
 """
@@ -236,9 +236,15 @@ class OutboxQueue:
     """The outbox table at ``url_or_engine`` (a URL, or a SQLAlchemy engine).
 
     ``keep_sent`` seconds: how long sent rows are kept (``mail.keep_sent``);
-    0 deletes a row once the relay accepted it. ``clock`` is the wall clock
-    the command line shows times against; due times and leases use the
-    database's clock, so processors on hosts whose clocks differ agree.
+    0 deletes a row once the relay accepted it.
+
+    Due times, leases, sent times and ages are the database's clock
+    (``now()``), so that processors on hosts whose clocks differ agree;
+    :meth:`clock` is then this host's wall clock (``time.time``), which the
+    command line shows times against and the processor's due times are
+    converted from. Given a ``clock``, the queue stamps and compares with it
+    instead, in every statement (the protocol tests drive it with a fake
+    clock, as they drive the queue directory).
     """
 
     def __init__(
@@ -246,7 +252,7 @@ class OutboxQueue:
         url_or_engine: Any,
         *,
         keep_sent: float = 0.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ):
         url = url_or_engine if isinstance(url_or_engine, str) else None
         if url is None:
@@ -254,10 +260,9 @@ class OutboxQueue:
         self.url = url
         #: The URL without its password: for logs, the CLI, the processor registry.
         self.name = safe_name(url)
-        # The processor keys its registry by ``path`` today.
-        self.path = self.name
         self.keep_sent = keep_sent
-        self.clock = clock
+        self.clock = time.time if clock is None else clock
+        self._given_clock = clock
         self._conns = _Connections(url, self.name)
         self._fault_maybe = True
         self._listener: Listener | None = None
@@ -266,6 +271,13 @@ class OutboxQueue:
         return f'<OutboxQueue {self.name}>'
 
     # -- plumbing
+
+    def _now(self) -> str:
+        """The SQL for "now": the database's clock, or the given one."""
+        if self._given_clock is None:
+            return 'now()'
+        # A float, formatted here: nothing a user typed.
+        return f'to_timestamp({float(self._given_clock())!r})'
 
     def _execute(
         self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, what: str
@@ -279,12 +291,15 @@ class OutboxQueue:
         except psycopg.Error as exc:
             self._failed(exc)
             raise QueueError(
-                f'outbox {self.name}: cannot {what}: {_cause(exc, self.url)}'
+                f'outbox {self.name}: cannot {what}: {error_text(exc, self.url)}'
             ) from None
 
     def _failed(self, exc: psycopg.Error) -> None:
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             self._conns.drop()
+
+    def _columns(self) -> str:
+        return _ENTRY_COLUMNS.format(now=self._now())
 
     def close(self) -> None:
         """Close this queue's connections and stop its listener."""
@@ -311,7 +326,7 @@ class OutboxQueue:
         if self.keep_sent > 0:
             self._execute(
                 "DELETE FROM txmail_outbox WHERE state = 'sent' "
-                'AND sent_at < now() - make_interval(secs => %s)',
+                f'AND sent_at < {self._now()} - make_interval(secs => %s)',
                 (self.keep_sent,),
                 what='prune sent messages',
             )
@@ -319,16 +334,17 @@ class OutboxQueue:
 
     def _claim(self, stale_after: float) -> OutboxClaim | None:
         owner = f'{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}'
+        now = self._now()
         row = self._execute(
-            """
+            f"""
             UPDATE txmail_outbox SET
                 state = 'sending',
                 lease_owner = %(owner)s,
-                lease_until = now() + make_interval(secs => %(stale)s),
-                due = now() + make_interval(secs => %(stale)s)
+                lease_until = {now} + make_interval(secs => %(stale)s),
+                due = {now} + make_interval(secs => %(stale)s)
             WHERE id = (
                 SELECT id FROM txmail_outbox
-                WHERE state IN ('queued', 'deferred', 'sending') AND due <= now()
+                WHERE state IN ('queued', 'deferred', 'sending') AND due <= {now}
                 ORDER BY due, id
                 LIMIT 1
                 FOR UPDATE SKIP LOCKED
@@ -366,7 +382,7 @@ class OutboxQueue:
         if self.keep_sent > 0:
             self._outcome(
                 claim,
-                "state = 'sent', sent_at = now(), relay_reply = %(reply)s",
+                f"state = 'sent', sent_at = {self._now()}, relay_reply = %(reply)s",
                 {'reply': reply},
             )
             return
@@ -390,7 +406,8 @@ class OutboxQueue:
         self._fault_maybe = True
         try:
             self._execute(
-                'INSERT INTO txmail_outbox_fault (id, reason) VALUES (1, %s) '
+                'INSERT INTO txmail_outbox_fault (id, reason, since) '
+                f'VALUES (1, %s, {self._now()}) '
                 'ON CONFLICT (id) DO UPDATE SET reason = EXCLUDED.reason',
                 (reason,),
                 what='record the configuration fault',
@@ -426,7 +443,8 @@ class OutboxQueue:
     # -- the command line
 
     def counts(self) -> dict[str, int]:
-        """How many rows are in each state, ``sent`` ones kept included."""
+        """How many rows are in each state: every state of :data:`STATES`,
+        0 for none (as the queue directory's counts), ``sent`` included."""
         rows = self._execute(
             'SELECT state, count(*) FROM txmail_outbox GROUP BY state',
             what='count messages',
@@ -443,7 +461,7 @@ class OutboxQueue:
         if states is None:
             states = ('failed',) if failed else [s for s in STATES if s != 'sent']
         rows = self._execute(
-            f'SELECT {_ENTRY_COLUMNS} FROM txmail_outbox WHERE state = ANY(%s) '
+            f'SELECT {self._columns()} FROM txmail_outbox WHERE state = ANY(%s) '
             "ORDER BY state = 'sent', sent_at DESC, due, id",
             (list(states),),
             what='list messages',
@@ -454,7 +472,7 @@ class OutboxQueue:
         """One row: its :class:`Info` and its bytes; UnknownMessage if none."""
         [row_id] = _ids([mail_id])
         row = self._execute(
-            f'SELECT {_ENTRY_COLUMNS}, data FROM txmail_outbox WHERE id = %s',
+            f'SELECT {self._columns()}, data FROM txmail_outbox WHERE id = %s',
             (row_id,),
             what=f'read {mail_id}',
         ).fetchone()
@@ -491,7 +509,7 @@ class OutboxQueue:
     def flush(self) -> int:
         """Make every deferred message due now; return how many."""
         return self._update(
-            "UPDATE txmail_outbox SET state = 'queued', due = now() "
+            f"UPDATE txmail_outbox SET state = 'queued', due = {self._now()} "
             "WHERE state = 'deferred'",
             (),
             'flush',
@@ -513,10 +531,11 @@ class OutboxQueue:
             params,
             'retry',
         )
+        now = self._now()
         return self._update(
-            'UPDATE txmail_outbox SET due = now(), attempts = CASE WHEN '
+            f'UPDATE txmail_outbox SET due = {now}, attempts = CASE WHEN '
             "state = 'failed' THEN 0 ELSE attempts END, queued_at = CASE WHEN "
-            "state = 'failed' THEN now() ELSE queued_at END, state = 'queued' "
+            f"state = 'failed' THEN {now} ELSE queued_at END, state = 'queued' "
             f'WHERE {where}',
             params,
             'retry',
@@ -536,7 +555,7 @@ class OutboxQueue:
         """Held messages back to queued, due now."""
         wanted = self._resolve(ids, ('held',))
         return self._update(
-            "UPDATE txmail_outbox SET state = 'queued', due = now() "
+            f"UPDATE txmail_outbox SET state = 'queued', due = {self._now()} "
             "WHERE id = ANY(%s) AND state = 'held'",
             (wanted,),
             'release',
@@ -627,7 +646,7 @@ class OutboxClaim:
         self.queue._outcome(self, sets, params)
         self._open = False
 
-    def done(self, reply: str | None = None) -> None:
+    def done(self, *, reply: str | None = None) -> None:
         """The relay accepted it: deleted, or kept as ``sent`` with the
         relay's ``reply`` when ``mail.keep_sent`` is set."""
         self._check()
@@ -643,7 +662,7 @@ class OutboxClaim:
         rcpts = list(self.envelope.recipients if recipients is None else recipients)
         self._record(
             "state = 'deferred', attempts = attempts + 1, last_error = %(error)s, "
-            'due = now() + make_interval(secs => %(delay)s), '
+            f'due = {self.queue._now()} + make_interval(secs => %(delay)s), '
             'recipients = %(rcpts)s',
             {'error': error, 'delay': delay, 'rcpts': rcpts},
         )
@@ -652,7 +671,7 @@ class OutboxClaim:
         """A permanent failure: failed, ``error`` kept."""
         self._record(
             "state = 'failed', attempts = attempts + 1, last_error = %(error)s, "
-            'due = now()',
+            f'due = {self.queue._now()}',
             {'error': error},
         )
 
@@ -663,14 +682,14 @@ class OutboxClaim:
         have = set(delivered)
         rest = [r for r in self.envelope.recipients if r not in have]
         self._record(
-            "state = 'failed', last_error = %(reason)s, due = now(), "
+            f"state = 'failed', last_error = %(reason)s, due = {self.queue._now()}, "
             'recipients = %(rcpts)s',
             {'reason': reason, 'rcpts': rest},
         )
 
     def release(self) -> None:
         """Back to queued, unchanged and due now."""
-        self._record("state = 'queued', due = now()", {})
+        self._record(f"state = 'queued', due = {self.queue._now()}", {})
 
     def abandon(self) -> None:
         """Leave it leased: due again when the lease expires. No I/O, so it
@@ -730,7 +749,9 @@ class Listener:
                         self._call()
             except psycopg.Error as exc:
                 log.warning(
-                    'listening for new mail on %s: %s', self.name, _cause(exc, self.url)
+                    'listening for new mail on %s: %s',
+                    self.name,
+                    error_text(exc, self.url),
                 )
                 missed = True
                 self._stop.wait(LISTEN_RETRY)
@@ -766,280 +787,3 @@ def _install_fork_hook() -> None:
 def _restart_listeners() -> None:  # pragma: no cover - in a forked child
     for listener in list(_LISTENERS):
         listener._after_fork_in_child()
-
-
-# -- producers
-
-
-@implementer(IPendingMail)
-class _Pending:
-    def __init__(
-        self,
-        finish: Callable[[], None] = lambda: None,
-        abort: Callable[[], None] = lambda: None,
-        after_commit: Callable[[], None] = lambda: None,
-    ):
-        self.finish = finish
-        self.abort = abort
-        self.after_commit = after_commit
-
-
-_INSERT = (
-    'INSERT INTO txmail_outbox (message_id, sender, recipients, subject, data) '
-    'VALUES (%s, %s, %s, %s, %s)'
-)
-
-
-def _subject(mail: PreparedMail) -> str | None:
-    """The decoded Subject, stored for ``list`` (None without one)."""
-    headers = BytesHeaderParser(policy=email.policy.default).parsebytes(mail.data)
-    subject = headers['subject']
-    return None if subject is None else str(subject)
-
-
-def _row(mail: PreparedMail) -> tuple[Any, ...]:
-    return (
-        mail.message_id,
-        mail.envelope.sender,
-        list(mail.envelope.recipients),
-        _subject(mail),
-        mail.data,
-    )
-
-
-class _Producer:
-    """What both producers share: the queue and the in-process wake."""
-
-    def __init__(self, queue: OutboxQueue):
-        self.queue = queue
-        self.wake: Callable[[], None] | None = None
-
-    def _wake(self) -> None:
-        if self.wake is not None:
-            self.wake()
-
-
-@implementer(IQueueDelivery)
-class OutboxDelivery(_Producer):
-    """Rows written with a connection of the outbox's own, by two-phase commit.
-
-    ``tpc_vote`` inserts the transaction's rows and runs ``PREPARE
-    TRANSACTION``: they are durable, and invisible to processors.
-    ``tpc_finish`` commits them (``COMMIT PREPARED``), ``tpc_abort`` rolls
-    them back. After the commit, ``NOTIFY`` wakes the processors (a prepared
-    transaction may not notify). Needs ``max_prepared_transactions`` > 0 on
-    the server.
-    """
-
-    def __init__(self, queue: OutboxQueue):
-        super().__init__(queue)
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-
-    def _get(self) -> tuple[psycopg.Connection[Any], bool]:
-        """An idle connection (and True), else a new one (and False)."""
-        with self._lock:
-            if self._pid != os.getpid():  # pragma: no cover - forked
-                self._idle, self._pid = [], os.getpid()  # the parent's
-            if self._idle:
-                return self._idle.pop(), True
-        return connect(self.queue.url, self.queue.name, autocommit=False), False
-
-    def _put(self, conn: psycopg.Connection[Any]) -> None:
-        # As many as threads commit at once, at most.
-        with self._lock:
-            self._idle.append(conn)
-
-    def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
-        queue = self.queue
-        rows = [_row(mail) for mail in mails]
-        gid = f'{GID_PREFIX}{uuid.uuid4()}'
-        while True:
-            conn, reused = self._get()
-            try:
-                conn.tpc_begin(gid)
-                with conn.cursor() as cur:
-                    cur.executemany(_INSERT, rows)
-                conn.tpc_prepare()
-                break
-            except psycopg.Error as exc:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                if reused and isinstance(exc, psycopg.OperationalError):
-                    continue  # an idle connection the server dropped: a new one
-                raise QueueError(
-                    f'mail.queue_url: cannot write the outbox at {queue.name}: '
-                    f'{_vote_cause(exc, queue.url)}'
-                ) from None
-        state = {'committed': False}
-
-        def finish() -> None:
-            try:
-                conn.tpc_commit()
-            except Exception as exc:
-                # The decision is commit: after_commit tries again.
-                log.error(
-                    'outbox %s: COMMIT PREPARED %r failed: %s', queue.name, gid, exc
-                )
-                with contextlib.suppress(Exception):
-                    conn.close()
-                return
-            state['committed'] = True
-            self._put(conn)
-
-        def abort() -> None:
-            try:
-                conn.tpc_rollback()
-            except Exception:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                self._resolve(gid, commit=False)
-                return
-            self._put(conn)
-
-        def after_commit() -> None:
-            if not state['committed']:
-                self._resolve(gid, commit=True)
-            self._notify()
-            self._wake()
-
-        return _Pending(finish=finish, abort=abort, after_commit=after_commit)
-
-    def _resolve(self, gid: str, *, commit: bool) -> None:
-        """End the prepared transaction ``gid`` over a new connection; if
-        that fails too, say what the operator must do."""
-        verb = 'COMMIT' if commit else 'ROLLBACK'
-        try:
-            with connect(self.queue.url, self.queue.name) as conn:
-                if commit:
-                    conn.tpc_commit(gid)
-                else:
-                    conn.tpc_rollback(gid)
-        except Exception as exc:
-            log.critical(
-                'outbox %s: the prepared transaction %r is left: run '
-                '"%s PREPARED \'%s\'" on the database (%s)',
-                self.queue.name,
-                gid,
-                verb,
-                gid,
-                exc,
-            )
-
-    def _notify(self) -> None:
-        try:
-            conn, _ = self._get()
-            conn.execute(f'NOTIFY {CHANNEL}')
-            conn.commit()
-        except Exception as exc:
-            # The processors' interval poll finds the rows anyway.
-            log.warning('outbox %s: NOTIFY failed: %s', self.queue.name, exc)
-            return
-        self._put(conn)
-
-
-def _vote_cause(exc: psycopg.Error, url: str) -> str:
-    cause = _cause(exc, url)
-    if 'prepared transactions are disabled' in cause:
-        cause = (
-            'the server does not allow prepared transactions '
-            '(max_prepared_transactions = 0): raise it, or write the '
-            "outbox through the application's session (mail.queue_session)"
-        )
-    return cause
-
-
-@implementer(IQueueDelivery)
-class SessionOutboxDelivery(_Producer):
-    """Rows written through the application's SQLAlchemy session.
-
-    ``session`` is a session or ``scoped_session`` (used as it is), or a
-    callable taking the request (None outside one) and returning the
-    session (``request.dbsession``, say). :meth:`enqueue` runs the INSERT
-    at ``send()``, in the session's open transaction, which zope.sqlalchemy
-    commits or rolls back with the request's: the row and the
-    application's own rows commit together or not at all. The session's
-    ``NOTIFY`` is delivered by PostgreSQL at that commit (after it, through
-    the outbox's own connection, for a two-phase session, which may not
-    notify).
-    """
-
-    def __init__(self, queue: OutboxQueue, session: Any):
-        super().__init__(queue)
-        self.session = session
-        self._notifier = OutboxDelivery(queue)
-        self._local = threading.local()
-
-    def _session(self, request: Any) -> Any:
-        source = self.session
-        session = source if hasattr(source, 'execute') else source(request)
-        # A scoped_session: the thread's session (its twophase flag).
-        registry = getattr(session, 'registry', None)
-        return registry() if callable(registry) else session
-
-    def enqueue(self, mail: PreparedMail, request: Any) -> None:
-        """Insert ``mail``'s row through the application's session now."""
-        from sqlalchemy import text
-
-        session = self._session(request)
-        sender, recipients, subject, data = _row(mail)[1:]
-        insert = (
-            'INSERT INTO txmail_outbox '
-            '(message_id, sender, recipients, subject, data) '
-            'VALUES (:message_id, :sender, :recipients, :subject, :data)'
-        )
-        if getattr(session, 'twophase', False):
-            # PREPARE TRANSACTION refuses a transaction that notified.
-            self._local.notify_after = True
-        else:
-            # One round trip; PostgreSQL delivers the notification at commit.
-            insert = (
-                f'WITH row AS ({insert} RETURNING id) '
-                f"SELECT pg_notify('{CHANNEL}', '') FROM row"
-            )
-        session.execute(
-            text(insert),
-            {
-                'message_id': mail.message_id,
-                'sender': sender,
-                'recipients': recipients,
-                'subject': subject,
-                'data': data,
-            },
-        )
-        _mark_changed(session)
-
-    def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
-        # The rows are in the session already; it commits them. vote runs
-        # in the thread that sent them.
-        notify = getattr(self._local, 'notify_after', False)
-        self._local.notify_after = False
-
-        def after_commit() -> None:
-            if notify:
-                self._notifier._notify()
-            self._wake()
-
-        return _Pending(abort=self._forget, after_commit=after_commit)
-
-    def _forget(self) -> None:
-        self._local.notify_after = False
-
-
-def _mark_changed(session: Any) -> None:
-    """Tell zope.sqlalchemy that the session wrote (it rolls back a session
-    that only ran SQL statements otherwise)."""
-    try:
-        from zope.sqlalchemy import mark_changed  # type: ignore[import-untyped]  # no stubs
-    except ImportError:  # pragma: no cover - the app commits its session itself
-        return
-    mark_changed(session)
-
-
-def delivery_from_settings(settings: Any) -> OutboxDelivery | SessionOutboxDelivery:
-    """The outbox delivery ``mail.queue_url`` and ``mail.queue_session`` describe."""
-    queue = OutboxQueue(settings.queue_url, keep_sent=settings.keep_sent)
-    if settings.queue_session is not None:
-        return SessionOutboxDelivery(queue, settings.queue_session)
-    return OutboxDelivery(queue)

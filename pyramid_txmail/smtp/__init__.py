@@ -26,11 +26,18 @@ from pyramid_txmail.exceptions import (
 
 from .pipeline import Outcome, Pipeline
 from .pool import SessionPool
-from .session import AUTH_MECHANISMS, SHOWN_REFUSALS, SMTPConnection, make_ssl_context
+from .session import (
+    AUTH_MECHANISMS,
+    SHOWN_REFUSALS,
+    Accepted,
+    SMTPConnection,
+    make_ssl_context,
+)
 
 __all__ = [
     'AUTH_MECHANISMS',
     'SHOWN_REFUSALS',
+    'Accepted',
     'ConfigurationFault',
     'DeliveryError',
     'Outcome',

@@ -31,15 +31,15 @@ from typing import Generic, TypeVar
 from pyramid_txmail.exceptions import DeliveryError, Refusals
 from pyramid_txmail.message import Envelope
 
-from .session import _UNREADABLE, SMTPConnection, _check_readable, _text, log
+from .session import _UNREADABLE, Accepted, SMTPConnection, _check_readable, _text, log
 
 __all__ = ['Outcome', 'Pipeline']
 
 K = TypeVar('K')
 
-#: What happened to one message: the recipients refused while others were
-#: accepted, or why it was not accepted.
-Outcome = Refusals | DeliveryError
+#: What happened to one message: accepted (the recipients refused while
+#: others were accepted, and the relay's reply), or why it was not accepted.
+Outcome = Accepted | DeliveryError
 
 # RFC 5321, 4.5.2: a line of the content that starts with a dot gets another.
 _LEADING_DOT = re.compile(rb'^\.', re.MULTILINE)
@@ -186,8 +186,7 @@ class Pipeline(Generic[K]):
                 smtp.close()
             log.debug('%s', failure)
             return (key, failure), True
-        conn._accepted(envelope, refused)
-        return (key, refused), True
+        return (key, conn._accepted(envelope, refused, code, reply)), True
 
     def _start_data(self, smtp: smtplib.SMTP, envelope: Envelope) -> Refusals:
         """Read the replies to MAIL, the RCPTs and DATA; 354 or raise."""

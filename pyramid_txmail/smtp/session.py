@@ -551,12 +551,13 @@ class SMTPConnection:
             and bool(smtp.has_extn('pipelining'))
         )
 
-    def send(self, envelope: Envelope, data: bytes) -> Refusals:
+    def send(self, envelope: Envelope, data: bytes) -> Accepted:
         """Hand one message to the relay.
 
         ``data`` is the message with CRLF line endings (any bare CR or LF is
         made a CRLF, as strict relays refuse them). Returns the recipients
-        refused while others were accepted, as ``{address: (code, reply)}``;
+        refused while others were accepted, as ``{address: (code, reply)}``
+        (an :class:`Accepted`, which has the relay's reply to the data too);
         raises a :class:`DeliveryError` when the message was not accepted.
 
         With a relay that offers PIPELINING (RFC 2920; every major MTA does)
@@ -580,7 +581,7 @@ class SMTPConnection:
 
     def _lockstep(
         self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes
-    ) -> Refusals:
+    ) -> Accepted:
         """One command, one reply: smtplib's ``sendmail()``, but for the
         envelope, which goes out exactly as given.
 
@@ -623,8 +624,7 @@ class SMTPConnection:
             raise
         except (smtplib.SMTPException, OSError) as exc:
             raise self._failed(smtp, exc) from exc
-        self._accepted(envelope, refused)
-        return refused
+        return self._accepted(envelope, refused, code, reply)
 
     def _ready(
         self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes
@@ -663,7 +663,10 @@ class SMTPConnection:
             options.append(f'SIZE={len(data)}')
         return options, data
 
-    def _accepted(self, envelope: Envelope, refused: Refusals) -> None:
+    def _accepted(
+        self, envelope: Envelope, refused: Refusals, code: int, reply: bytes
+    ) -> Accepted:
+        """Log an accepted message; its outcome, with the relay's reply."""
         log.info(
             'relay %s accepted a message from %s for %d of %d recipient(s)',
             self.where,
@@ -673,6 +676,7 @@ class SMTPConnection:
         )
         if refused:
             log.info('relay %s refused %s', self.where, _describe(refused))
+        return Accepted(refused, reply=f'{code} {_text(reply)}')
 
     def _failed(self, smtp: smtplib.SMTP, exc: Exception) -> DeliveryError:
         """The DeliveryError for ``exc``, the session recovered or closed."""
@@ -830,6 +834,18 @@ def _has_bare_cr_or_lf(data: bytes) -> bool:
     # Three counts beat a look-behind search by an order of magnitude.
     pairs = data.count(b'\r\n')
     return data.count(b'\r') != pairs or data.count(b'\n') != pairs
+
+
+class Accepted(dict[str, tuple[int, str]]):
+    """A message the relay accepted: the recipients it refused, as
+    :data:`~pyramid_txmail.exceptions.Refusals` (empty when it took them
+    all), plus ``reply``, its answer to the data (``250 2.0.0 Ok: queued as
+    4XyZ``), for the queue's record of what was sent. A dict as before for
+    every caller that only wants the refusals."""
+
+    def __init__(self, refused: Refusals, *, reply: str):
+        super().__init__(refused)
+        self.reply = reply
 
 
 def _text(reply: bytes) -> str:
