@@ -131,18 +131,24 @@ class DirectDelivery:
         """
         events: dict[int, MailEvent] = {}
         unsent = dict(enumerate(mails))
+        fresh = False
         try:
             # Ends: every session answers at least its first message, or
-            # fails them all.
+            # fails them all; a session from the pool whose relay ended it
+            # with 421 gives its messages back once, to new sessions.
             while unsent:
-                conn = self._open(unsent, events)
-                if conn is None:
+                opened = self._open(unsent, events, fresh=fresh)
+                if opened is None:
                     break
+                conn, reused = opened
                 clean = False
                 try:
-                    clean = self._session(conn, unsent, events)
+                    clean = self._session(conn, unsent, events, retry=reused)
                 finally:
                     self._release(conn, clean)
+                if reused:
+                    fresh = True
+                    unsent = dict(sorted(unsent.items()))
                 if conn.timed_out:
                     for i, mail in unsent.items():
                         events[i] = self._failed(mail, _timed_out(conn))
@@ -158,12 +164,17 @@ class DirectDelivery:
             self.notify([events[i] for i in sorted(events)])
 
     def _open(
-        self, unsent: dict[int, PreparedMail], events: dict[int, MailEvent]
-    ) -> SMTPConnection | None:
-        """An open session (from the pool, if any), or None when none could
-        be opened: then every message in ``unsent`` failed."""
+        self,
+        unsent: dict[int, PreparedMail],
+        events: dict[int, MailEvent],
+        *,
+        fresh: bool,
+    ) -> tuple[SMTPConnection, bool] | None:
+        """An open session and whether it was reused (see :meth:`_acquire`),
+        or None when none could be opened: then every message in ``unsent``
+        failed."""
         try:
-            return self._acquire()
+            return self._acquire(fresh=fresh)
         except DeliveryError as exc:
             # The relay is down or refuses us: trying again for every
             # message would only multiply the timeouts.
@@ -172,13 +183,16 @@ class DirectDelivery:
             unsent.clear()
             return None
 
-    def _acquire(self) -> SMTPConnection:
-        """An open session: from the pool if there is one, else a new one."""
-        if self.pool is not None:
-            return self.pool.acquire()
+    def _acquire(self, *, fresh: bool = False) -> tuple[SMTPConnection, bool]:
+        """An open session, and whether it was kept from earlier use: from
+        the pool if there is one (unless ``fresh``), else a new one."""
+        if self.pool is not None and not fresh:
+            conn = self.pool.reuse()
+            if conn is not None:
+                return conn, True
         conn = self.connect()
         conn.open()
-        return conn
+        return conn, False
 
     def _release(self, conn: SMTPConnection, clean: bool) -> None:
         """Done with ``conn``: back to the pool if there is one, else closed."""
@@ -192,10 +206,14 @@ class DirectDelivery:
         conn: SMTPConnection,
         unsent: dict[int, PreparedMail],
         events: dict[int, MailEvent],
+        *,
+        retry: bool = False,
     ) -> bool:
         """Send ``unsent`` over the open ``conn``; each message with an
         outcome leaves ``unsent`` for ``events``. True when nothing failed
-        (the session may be kept)."""
+        (the session may be kept). With ``retry``, a message the relay
+        answered with ``421`` (closing: nothing accepted) stays in
+        ``unsent``."""
         more: list[tuple[int, PreparedMail, Refusals]] = []
         failed = False
 
@@ -205,6 +223,14 @@ class DirectDelivery:
                 mail = unsent.pop(i)
                 if isinstance(outcome, DeliveryError):
                     failed = True
+                    if retry and outcome.code == 421:
+                        log.info(
+                            'mail %s: %s; sending it over a new session',
+                            mail.message_id,
+                            outcome,
+                        )
+                        unsent[i] = mail
+                        continue
                     events[i] = self._failed(mail, outcome)
                 elif _over_limit(outcome):
                     more.append((i, mail, outcome))
@@ -289,7 +315,16 @@ class DirectDelivery:
 
     def send_now(self, mail: PreparedMail) -> Refusals:
         try:
-            refused = self._send_now(self._acquire(), mail)
+            conn, reused = self._acquire()
+            try:
+                refused = self._send_now(conn, mail)
+            except DeliveryError as error:
+                # A session kept from earlier use, ended by its relay: 421
+                # means nothing was accepted (see deliver()).
+                if not (reused and error.code == 421):
+                    raise
+                conn, _ = self._acquire(fresh=True)
+                refused = self._send_now(conn, mail)
         except Exception as exc:
             # MailFailed drops the traceback (see events): the caller gets
             # the error raised from here.
@@ -299,12 +334,18 @@ class DirectDelivery:
         return refused
 
     def _send_now(self, conn: SMTPConnection, mail: PreparedMail) -> Refusals:
+        # Kept only once every round has returned: an exception raised in
+        # one (a signal handler's time limit) may leave a transaction in
+        # flight, whose replies the next caller would read as its own.
         clean = False
         try:
             refused: Refusals = conn.send(mail.envelope, mail.data)
-            clean = True
+            rounds_clean = True
             if _over_limit(refused):
-                [(_, _, refused)], clean = self._rounds(conn, [(0, mail, refused)])
+                [(_, _, refused)], rounds_clean = self._rounds(
+                    conn, [(0, mail, refused)]
+                )
+            clean = rounds_clean
             return refused
         finally:
             self._release(conn, clean)

@@ -572,3 +572,127 @@ def test_mailer_takes_pool_size_as_a_keyword(smtp_server):
     finally:
         mailer.delivery.close()
     assert [r.connection for r in smtp_server.wait_for(2)] == [1, 1]
+
+
+# -- found in review
+
+
+class _Interrupted(Exception):
+    """What a signal handler raises: a time limit (Celery's soft limit, a
+    SIGALRM request timeout) ending the work in the middle of a send."""
+
+
+def test_a_send_interrupted_in_its_extra_round_is_not_kept(
+    make_smtp_server, make_mailer
+):
+    # send_immediately() to two recipients of a relay taking one per
+    # transaction: the second goes in another transaction, interrupted
+    # while its MAIL, RCPT and DATA await their replies. The session, the
+    # relay waiting for content, must not be given to the next caller.
+    import signal
+    import time
+
+    server = make_smtp_server(max_recipients=1, delay={'MAIL': [None, 1.0]})
+    mailer = make_mailer(server, pool_size=1, timeout=3.0)
+    main = threading.get_ident()
+
+    def interrupt() -> None:
+        for _ in range(1000):  # bounded: 10 s
+            if _verbs(server, 'MAIL') == [1, 1]:
+                signal.pthread_kill(main, signal.SIGUSR1)
+                return
+            time.sleep(0.01)
+
+    def raise_interrupted(signum, frame):
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+    interrupter = threading.Thread(target=interrupt)
+    try:
+        interrupter.start()
+        with pytest.raises(_Interrupted):
+            mailer.send_immediately(
+                message(subject='first', recipients=['a@example.com', 'b@example.com'])
+            )
+    finally:
+        interrupter.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+    mailer.send_immediately(message(subject='second', recipients=['c@example.com']))
+    received = server.wait_for(2)
+    assert [(r.message['Subject'], r.rcpt_tos, r.connection) for r in received] == [
+        ('first', ['a@example.com'], 1),
+        ('second', ['c@example.com'], 2),
+    ]
+    mailer.delivery.close()
+    assert len(server.messages) == 2  # nothing else, to anybody
+
+
+def test_a_reused_session_answered_421_to_mail_sends_on_a_new_one(
+    smtp_server, make_delivery
+):
+    # Relays limit the messages of one connection (Exim's
+    # smtp_accept_max_per_connection): past it, RSET still gets 250 and MAIL
+    # a 421. Nothing was accepted: the message goes over a new session
+    # rather than fail for good.
+    delivery = make_delivery(smtp_server)
+    delivery.deliver([make_mail(1)])
+    smtp_server.reply = {'MAIL': ['421 4.7.0 too many messages in this connection']}
+    delivery.deliver([make_mail(2), make_mail(3)])
+    received = smtp_server.wait_for(3)
+    assert [(r.message['Message-ID'], r.connection) for r in received] == [
+        ('<1@test>', 1),
+        ('<2@test>', 2),
+        ('<3@test>', 2),
+    ]
+    assert _sent(delivery.events) == ['<1@test>', '<2@test>', '<3@test>']
+
+
+def test_send_immediately_on_a_reused_session_answered_421_sends_on_a_new_one(
+    smtp_server, make_mailer
+):
+    mailer = make_mailer(smtp_server, pool_size=1)
+    mailer.send_immediately(message(subject='first'))
+    smtp_server.reply = {'MAIL': ['421 4.7.0 too many messages in this connection']}
+    mailer.send_immediately(message(subject='second'))
+    received = smtp_server.wait_for(2)
+    assert [(r.message['Subject'], r.connection) for r in received] == [
+        ('first', 1),
+        ('second', 2),
+    ]
+    assert len(_sent(mailer.events)) == 2
+
+
+def test_a_new_session_answered_421_to_mail_fails_the_message(
+    smtp_server, make_delivery
+):
+    # Only a session kept from earlier use is suspected: a new one refused
+    # at once is the relay's answer, and trying again would only repeat it.
+    from pyramid_txmail.events import MailFailed
+
+    delivery = make_delivery(smtp_server)
+    smtp_server.reply = {'MAIL': ['421 4.3.2 not now']}
+    delivery.deliver([make_mail(1), make_mail(2)])
+    failed, sent = delivery.events
+    assert isinstance(failed, MailFailed) and failed.error.code == 421
+    assert sent.message_id == '<2@test>'
+    assert [r.connection for r in smtp_server.wait_for(1)] == [2]
+
+
+def test_a_check_not_answered_in_time_drops_the_other_idle_sessions(
+    smtp_server, make_delivery
+):
+    # A relay that stops answering would cost mail.timeout for the check of
+    # each idle session before a new one is even tried: the request waits
+    # pool_size times as long as without a pool. One check not answered in
+    # time is enough to leave the other idle sessions unchecked (closed
+    # without a word: QUIT would wait as long).
+    delivery = make_delivery(smtp_server, pool_size=3, timeout=0.5)
+    sessions = [delivery.pool.acquire() for _ in range(3)]
+    for conn in sessions:
+        delivery.pool.release(conn, clean=True)
+    smtp_server.delay = {'RSET': [5.0, 5.0, 5.0]}
+    delivery.deliver([make_mail(1)])
+    assert [r.connection for r in smtp_server.wait_for(1)] == [4]
+    assert _sent(delivery.events) == ['<1@test>']
+    assert _verbs(smtp_server, 'RSET') == [3]  # the most recently used only
+    assert _verbs(smtp_server, 'QUIT') == []

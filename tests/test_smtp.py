@@ -1850,3 +1850,45 @@ def test_unreadable_mail_reply_sends_no_empty_message():
         conn.close()
         relay.stop()
     assert relay.contents == []
+
+
+def test_a_deadline_thread_that_could_not_start_is_started_by_the_next_session(
+    smtp_server,
+):
+    # Starting a thread fails while the process is at a limit (a container's
+    # pids.max, memory): that session cannot be bounded and fails to open,
+    # as a temporary failure. Sessions after it must still get a watchdog:
+    # a deadline no thread watches never fires.
+    import gc
+
+    from pyramid_txmail.settings import MailSettings
+    from pyramid_txmail.smtp import SMTPConnection, TemporaryDeliveryError
+    from tests.smtpserver import TricklingRelay
+
+    gc.collect()  # sessions other tests dropped without close() end here
+    for thread in threading.enumerate():
+        if thread.name == 'pyramid_txmail-smtp-deadline':
+            thread.join(5)
+            assert not thread.is_alive()
+    conn = SMTPConnection(smtp_server.settings())
+    threading.stack_size(2**40)  # more than any thread can have: none starts
+    try:
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.open()
+    finally:
+        threading.stack_size(0)
+    assert str(info.value) == (
+        "cannot start the thread that bounds each SMTP phase (can't start new thread)"
+    )
+    assert not conn.alive
+    with TricklingRelay(('DATA',), give_up=5.0) as relay:
+        slow = SMTPConnection(
+            MailSettings(host=relay.host, port=relay.port, timeout=0.5)
+        )
+        try:
+            slow.open()
+            with pytest.raises(TemporaryDeliveryError) as info:
+                slow.send(_envelope(), DATA)
+        finally:
+            slow.close()
+    assert str(info.value) == f'127.0.0.1:{relay.port} did not answer DATA within 0.5s'

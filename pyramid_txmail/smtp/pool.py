@@ -10,7 +10,13 @@ The rules, each guarding against a session that cannot be trusted:
 * A session taken from the pool is checked first (RSET, see
   :meth:`SMTPConnection.check <.session.SMTPConnection.check>`). The relay
   may have closed it while it was idle, or answer ``421``: such a session is
-  dropped and a new one opened, and no message is failed for it.
+  dropped and a new one opened, and no message is failed for it. A relay
+  that limits the messages of one connection answers RSET and refuses the
+  next MAIL with ``421``: direct delivery then sends that message over a
+  new session, as ``421`` means nothing was accepted.
+* A check the relay does not answer within ``mail.timeout`` ends the
+  checks: the other idle sessions are dropped unchecked (each check would
+  cost as long), and a new session is opened.
 * A session idle for more than ``mail.pool_idle`` seconds is closed (QUIT)
   instead of reused: relays close idle sessions themselves (Postfix after
   300 seconds), and a session that old is more likely gone than not.
@@ -79,15 +85,35 @@ class SessionPool:
         """An open session: the most recently used idle one that passes its
         check, else a new one. Raises the :class:`DeliveryError` of opening
         a new one."""
+        conn = self.reuse()
+        if conn is None:
+            conn = self.connect()
+            conn.open()
+        return conn
+
+    def reuse(self) -> SMTPConnection | None:
+        """The most recently used idle session that passes its check, or
+        None. A reused session can still be refused with ``421`` at its
+        next MAIL (a relay's limit of messages per connection): its caller
+        sends that message again over a new session."""
         while True:
             conn = self._take()
             if conn is None:
-                break
+                return None
             if conn.check():
                 return conn
-        conn = self.connect()
-        conn.open()
-        return conn
+            if conn.unanswered:
+                # The relay did not answer in time: each other check would
+                # cost as long, before a new session is even tried.
+                self._drop_idle()
+                return None
+
+    def _drop_idle(self) -> None:
+        """Close every idle session without a word (QUIT would wait too)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            conn.drop()
 
     def release(self, conn: SMTPConnection, *, clean: bool) -> None:
         """Take back a session after use: kept for the next caller if it was

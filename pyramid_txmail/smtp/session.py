@@ -239,8 +239,19 @@ class _Deadline:
             self.fired = None
             self._sock = sock.dup()
             thread = watchdog.watch(self)
-        if thread is not None:
+        if thread is None:
+            return
+        try:
             thread.start()
+        except RuntimeError as exc:  # the process is at its limit of threads
+            # Else every later session would take the thread for running,
+            # and no deadline would ever fire again. (Only a thread that ran
+            # puts another in its place.)
+            with watchdog.cond:
+                watchdog.thread = None
+            raise TemporaryDeliveryError(
+                f'cannot start the thread that bounds each SMTP phase ({exc})'
+            ) from None
 
     def expire(self, now: float) -> float:
         """Shut the socket down if its time has come (the watchdog's
@@ -315,6 +326,9 @@ class SMTPConnection:
         # A connection dropped without close() must not leave its thread.
         weakref.finalize(self, self._deadline.release)
         self._stage = 'MAIL FROM'  # of send(), named in its errors
+        #: True when the last :meth:`check` got no answer within
+        #: ``mail.timeout``: the relay may answer no other session either.
+        self.unanswered = False
         host = f'[{settings.host}]' if ':' in settings.host else settings.host
         #: ``host:port``, to name the relay in messages.
         self.where = f'{host}:{settings.port}'
@@ -678,16 +692,22 @@ class SMTPConnection:
         For a session kept open between transactions (see :mod:`.pool`),
         which the relay may have closed meanwhile, or answer with ``421``.
         A session that fails the check is dropped (:meth:`drop`) and False
-        returned; nothing is raised.
+        returned; nothing is raised. :attr:`unanswered` says whether it
+        failed for want of an answer in time.
         """
         smtp = self._smtp
         code = None
+        self.unanswered = False
         if smtp is not None and self.alive:
             try:
                 with self._deadline:
                     code, _ = smtp.rset()
             except (smtplib.SMTPException, OSError) as exc:
                 log.debug('the idle session with %s is gone: %s', self.where, exc)
+                # The deadline, or a single read's timeout (see _error).
+                self.unanswered = self.timed_out or isinstance(
+                    exc.__context__, TimeoutError
+                )
         if code == 250:
             return True
         if code is not None:
