@@ -123,8 +123,13 @@ def _number(
 _port = _number(int, lambda n: 1 <= n <= 65535, 'expected an integer from 1 to 65535')
 _positive_int = _number(int, lambda n: n >= 1, 'expected a positive integer')
 _non_negative_int = _number(int, lambda n: n >= 0, 'expected an integer, 0 or more')
+#: The longest span of time a setting takes: beyond it the waits and socket
+#: timeouts below overflow (``threading.TIMEOUT_MAX`` is about 292 years).
+MAX_SECONDS = 365 * 86400.0
 _positive_float = _number(
-    float, lambda n: 0 < n < math.inf, 'expected a positive number of seconds'
+    float,
+    lambda n: 0 < n <= MAX_SECONDS,
+    'expected a positive number of seconds, at most a year (31536000)',
 )
 _non_negative_float = _number(
     float, lambda n: 0 <= n < math.inf, 'expected a number, 0 or more'

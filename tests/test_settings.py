@@ -96,6 +96,10 @@ def test_booleans_accept_every_word_pyramid_asbool_knows():
         assert parse(tls=word).tls is False, word
 
 
+def test_a_year_of_seconds_is_the_longest_span_taken():
+    assert parse(timeout='31536000', max_age='31536000').max_age == 31536000.0
+
+
 def test_bad_values_are_refused_naming_key_and_value():
     refusal('port', "expected an integer from 1 to 65535, got 'smtp'", port='smtp')
     refusal('port', '70000', port='70000')
@@ -103,6 +107,9 @@ def test_bad_values_are_refused_naming_key_and_value():
     refusal('timeout', "'-1'", timeout='-1')
     refusal('timeout', "'soon'", timeout='soon')
     refusal('timeout', "'inf'", timeout='inf')
+    # Beyond what the waits underneath take: it overflowed at the first send.
+    refusal('timeout', "at most a year (31536000), got '1e10'", timeout='1e10')
+    refusal('max_age', "'31536001'", max_age='31536001')
     refusal('queue_batch', "'0'", queue_batch='0')
     refusal('queue_batch', "'many'", queue_batch='many')
     refusal('queue_rate', "'-2'", queue_rate='-2')
