@@ -567,6 +567,62 @@ def test_530_on_mail_is_configuration_fault(make_server, opened):
 # -- connection failures
 
 
+def test_a_name_lookup_that_hangs_is_given_up_at_the_timeout(
+    connect, smtp_server, monkeypatch
+):
+    """A resolver waiting on unreachable name servers cannot be interrupted;
+    the session gives up on it at mail.timeout instead of waiting for it.
+    (The hang is made by replacing the lookup: no test may ask real name
+    servers.)"""
+    from pyramid_txmail.settings import MailSettings
+    from pyramid_txmail.smtp import TemporaryDeliveryError
+
+    real = socket.getaddrinfo
+    release = threading.Event()
+    asked = []
+
+    def hanging(host, port, *args, flags=0, **kw):
+        if flags & socket.AI_NUMERICHOST:
+            return real(host, port, *args, flags=flags, **kw)  # refused for a name
+        asked.append(host)
+        release.wait(20)
+        return real('127.0.0.1', port, *args, **kw)
+
+    monkeypatch.setattr(socket, 'getaddrinfo', hanging)
+    settings = MailSettings(
+        host='relay.example.com', port=smtp_server.port, timeout=0.5
+    )
+    conn = connect(settings)
+    try:
+        with pytest.raises(TemporaryDeliveryError) as info:
+            conn.open()
+    finally:
+        release.set()  # the lookup's thread ends
+    assert asked == ['relay.example.com']
+    assert str(info.value) == (
+        f'relay.example.com:{smtp_server.port} did not answer name lookup within 0.5s'
+    )
+    assert not conn.alive
+    assert smtp_server.wait_for(0) == []  # nothing reached the relay
+
+
+def test_a_name_that_cannot_be_looked_up_is_temporary(connect):
+    from pyramid_txmail.settings import MailSettings
+    from pyramid_txmail.smtp import TemporaryDeliveryError
+
+    # A space: no resolver asks a name server about it.
+    conn = connect(MailSettings(host='no such host', port=25, timeout=2))
+    with pytest.raises(TemporaryDeliveryError) as info:
+        conn.open()
+    assert str(info.value).startswith('cannot reach no such host:25 (name lookup)')
+
+
+def test_a_name_is_looked_up_and_connected(connect, smtp_server):
+    conn = connect(smtp_server.settings(host='localhost'))
+    conn.open()
+    assert conn.alive
+
+
 def test_connection_refused_is_temporary(connect):
     from pyramid_txmail.settings import MailSettings
     from pyramid_txmail.smtp import TemporaryDeliveryError

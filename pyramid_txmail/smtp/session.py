@@ -47,6 +47,7 @@ import threading
 import time
 import weakref
 from types import TracebackType
+from typing import Any
 
 from pyramid_txmail.exceptions import (
     ConfigurationFault,
@@ -181,6 +182,40 @@ def _forget_watchdog() -> None:
     :mod:`.pool`)."""
     global _WATCHDOG
     _WATCHDOG = _Watchdog()
+
+
+def _lookup(host: str, port: int, timeout: float) -> list[tuple[Any, ...]]:
+    """``socket.getaddrinfo(host, port)`` for TCP, within ``timeout`` seconds.
+
+    The system resolver cannot be interrupted and may wait on unreachable
+    name servers for much longer than ``mail.timeout``: it runs in a daemon
+    thread of its own, and a lookup that takes too long is given up (the
+    thread ends when the resolver does). Numeric addresses need no thread.
+    """
+    try:
+        return socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )
+    except socket.gaierror:
+        pass  # a name: looked up below
+    found: list[list[tuple[Any, ...]]] = []
+    failed: list[OSError] = []
+    done = threading.Event()
+
+    def resolve() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=resolve, name='pyramid_txmail-lookup', daemon=True).start()
+    if not done.wait(max(timeout, 0.0)):
+        raise TimeoutError(f'looking up {host} took too long')
+    if failed:
+        raise failed[0]
+    return found[0]
 
 
 class _Deadline:
@@ -393,7 +428,10 @@ class SMTPConnection:
         refused: DeliveryError | None = None
         try:
             with self._deadline:
-                smtp = self._connect(context)
+                stage = 'name lookup'
+                addresses = _lookup(s.host, s.port, self._deadline.left())
+                stage = 'connect'
+                smtp = self._connect(context, addresses)
                 stage = 'EHLO'
                 smtp.ehlo_or_helo_if_needed()
                 if s.tls:
@@ -433,7 +471,9 @@ class SMTPConnection:
             s.username,
         )
 
-    def _connect(self, context: ssl.SSLContext | None) -> smtplib.SMTP:
+    def _connect(
+        self, context: ssl.SSLContext | None, addresses: list[tuple[Any, ...]]
+    ) -> smtplib.SMTP:
         """The socket made here and handed to smtplib, greeting read.
 
         Not smtplib's ``connect()``: it reads the greeting before the socket
@@ -447,7 +487,7 @@ class SMTPConnection:
         # The name smtplib's starttls() checks the certificate against; its
         # constructor sets it only when it connects by itself.
         smtp._host = s.host  # type: ignore[attr-defined]  # private in typeshed
-        smtp.sock = self._open_socket()
+        smtp.sock = self._open_socket(addresses)
         self._deadline.watch(smtp.sock)
         if s.ssl:
             assert context is not None
@@ -457,19 +497,17 @@ class SMTPConnection:
             raise smtplib.SMTPConnectError(code, reply)
         return smtp
 
-    def _open_socket(self) -> socket.socket:
+    def _open_socket(self, addresses: list[tuple[Any, ...]]) -> socket.socket:
         """A TCP connection to the relay, trying its addresses in turn.
 
         Unlike ``socket.create_connection``, which gives every address a
         full ``mail.timeout``, all attempts together get what is left of the
-        setup phase, and no more than a :meth:`cut` allows. (The name
-        lookup before them is the system resolver's, and bounded by it.)
+        setup phase, and no more than a :meth:`cut` allows; so does the name
+        lookup that found ``addresses`` (see :func:`_lookup`).
         """
         s = self.settings
         last: OSError = TimeoutError(f'no address of {s.host} to connect to')
-        for family, kind, proto, _, address in socket.getaddrinfo(
-            s.host, s.port, type=socket.SOCK_STREAM
-        ):
+        for family, kind, proto, _, address in addresses:
             left = self._deadline.left()
             if left <= 0:
                 break
