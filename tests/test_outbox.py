@@ -1047,3 +1047,52 @@ def test_a_listener_waits_for_a_database_that_is_down(caplog):
     queue.listen(lambda: None)
     assert wait_until(lambda: 'cannot listen for new mail' in caplog.text, 10)
     queue.close()
+
+
+# -- hostile input: what users type reaches the table as data, never as SQL
+
+
+def test_hostile_names_subjects_and_addresses_are_stored_and_sent_as_given(
+    pg_url, queue, smtp_server
+):
+    from email.headerregistry import Address
+
+    sender = Address("Robert'); DROP TABLE txmail_outbox;--", "o'brien", 'example.com')
+    recipient = Address('Ann "Quotes" <x>, \\ %s', "a'b%s", 'example.com')
+    subject = "It's 100% \\ 'quoted' \"twice\" %(x)s $1 é中 <b>"
+    tm = transaction.TransactionManager()
+    with tm:
+        message_id = outbox_mailer(pg_url, tm).send(
+            message(sender=sender, recipients=[recipient], subject=subject)
+        )
+    [entry] = queue.list()
+    assert entry.subject == subject
+    assert entry.sender == "o'brien@example.com"
+    assert entry.recipients == ("a'b%s@example.com",)
+    assert entry.message_id == message_id
+    assert processor_for(queue, smtp_server).run_once().sent == 1
+    [received] = smtp_server.wait_for(1)
+    assert received.mail_from == "o'brien@example.com"
+    assert received.rcpt_tos == ["a'b%s@example.com"]
+    assert received.message['Subject'] == subject
+    shown = received.message['From'].addresses[0].display_name
+    assert shown == sender.display_name
+    assert rows(pg_url) == []  # the table is still there, and empty
+
+
+def test_hostile_values_through_the_apps_session_are_stored_as_given(
+    pg_url, app_db, queue
+):
+    from email.headerregistry import Address
+
+    tm, session = app_db
+    subject = "It's :subject %(x)s \\ 'quoted' \"twice\" $1 é中"
+    recipient = Address("Robert'); DROP TABLE users;--", "o'brien", 'example.com')
+    with tm:
+        add_user(session, "o'brien", "o'brien@example.com")
+        session_mailer(pg_url, tm, session).send(
+            message(recipients=[recipient], subject=subject)
+        )
+    assert users(pg_url) == ["o'brien"]
+    [entry] = queue.list()
+    assert (entry.subject, entry.recipients) == (subject, ("o'brien@example.com",))
