@@ -158,3 +158,31 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
             return result
         assert time.monotonic() < deadline, f'timed out after {timeout}s'
         time.sleep(interval)
+
+
+def in_forked_child(check, timeout: float = 30.0) -> bool:
+    """Run ``check()`` in a child forked now and return what it returned.
+
+    The child reports through a pipe and ends with ``os._exit`` (no
+    atexit, no pytest teardown in it); a child that hangs or dies counts
+    as False after ``timeout`` seconds and is killed.
+    """
+    import os
+    import select
+    import signal
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; coverage is not kept
+        try:
+            os.write(write_end, b'1' if check() else b'0')
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready = select.select([read_end], [], [], timeout)[0]
+        return bool(ready) and os.read(read_end, 1) == b'1'
+    finally:
+        os.kill(pid, signal.SIGKILL)  # gone already, or hanging
+        os.waitpid(pid, 0)
+        os.close(read_end)

@@ -4,8 +4,6 @@ caller still returns only after an fsync that began after its call."""
 from __future__ import annotations
 
 import os
-import select
-import signal
 import sys
 import threading
 import time
@@ -131,7 +129,7 @@ def test_a_child_forked_mid_sync_commits_on_its_own(tmp_path):
     """The parent's sync in flight at the fork never finishes in the child:
     the child's queue must not wait for it."""
     from pyramid_txmail.queue import MailQueue
-    from tests import make_mail
+    from tests import in_forked_child, make_mail
 
     fsyncs = Fsyncs()
     queue = MailQueue(tmp_path / 'q')
@@ -148,23 +146,15 @@ def test_a_child_forked_mid_sync_commits_on_its_own(tmp_path):
     parent = threading.Thread(target=commit)
     parent.start()
     assert fsyncs.holding.wait(10)  # the parent's commit is mid-fsync
-    done_r, done_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child; coverage is not kept
+
+    def child() -> bool:  # pragma: no cover - runs in the child
         fsyncs.hold.set()  # the child's own fsyncs go through
-        try:
-            queue.publish([queue.stage(make_mail())])
-            os.write(done_w, b'ok')
-        finally:
-            os._exit(0)
+        queue.publish([queue.stage(make_mail())])
+        return True
+
     try:
-        assert select.select([done_r], [], [], 20)[0], 'the child hangs'
-        assert os.read(done_r, 2) == b'ok'
+        assert in_forked_child(child, timeout=20), 'the child hangs'
     finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(done_r)
-        os.close(done_w)
         fsyncs.hold.set()
         parent.join(10)
     assert errors == []

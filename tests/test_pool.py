@@ -3,14 +3,12 @@ deadline watchdog thread all open sessions share."""
 
 from __future__ import annotations
 
-import os
-import select
 import threading
 
 import pytest
 import transaction
 
-from tests import FakeClock, make_mail, message
+from tests import FakeClock, in_forked_child, make_mail, message
 
 
 def _verbs(server, verb: str) -> list[int]:
@@ -375,23 +373,13 @@ def test_interpreter_exit_closes_every_pool(smtp_server, make_delivery, monkeypa
 def test_a_forked_child_does_not_use_the_parents_session(smtp_server, make_delivery):
     delivery = make_delivery(smtp_server)
     delivery.deliver([make_mail(1)])
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child; coverage is not kept
-        try:
-            del delivery.events[:]
-            delivery.deliver([make_mail(2)])
-            ok = [e.message_id for e in delivery.events] == ['<2@test>']
-            os.write(write_end, b'1' if ok else b'0')
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        assert select.select([read_end], [], [], 30)[0]
-        assert os.read(read_end, 1) == b'1'
-    finally:
-        os.waitpid(pid, 0)
-        os.close(read_end)
+
+    def child() -> bool:
+        del delivery.events[:]
+        delivery.deliver([make_mail(2)])
+        return [e.message_id for e in delivery.events] == ['<2@test>']
+
+    assert in_forked_child(child)
     # The child opened its own session, and left the parent's alone: no
     # QUIT, no RSET on it; the parent's next transaction still uses it.
     assert [r.connection for r in smtp_server.wait_for(2)] == [1, 2]

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from tests import FakeClock, free_port, make_mail
+from tests import FakeClock, free_port, in_forked_child, make_mail
 from tests.crashkit import fill, run_together, settings_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1106,29 +1105,18 @@ def test_forked_child_gets_a_working_processor(
     while not events and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [e.message_id for e in events] == ['<1@test>']
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child; coverage is not kept
-        try:
-            # The parent's processor idles for an hour: only ours can send.
-            mail_id = queue.stage(make_mail(99))
-            queue.publish([mail_id])
-            alive = thread.alive
-            thread.wake()
-            deadline = time.monotonic() + 20
-            while queue.counts() != EMPTY and time.monotonic() < deadline:
-                time.sleep(0.01)
-            ok = alive and queue.counts() == EMPTY
-            os.write(write_end, b'1' if ok else b'0')
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        assert select.select([read_end], [], [], 30)[0]
-        assert os.read(read_end, 1) == b'1'
-    finally:
-        os.waitpid(pid, 0)
-        os.close(read_end)
+
+    def child() -> bool:  # pragma: no cover - runs in the child
+        # The parent's processor idles for an hour: only ours can send.
+        queue.publish([queue.stage(make_mail(99))])
+        alive = thread.alive
+        thread.wake()
+        deadline = time.monotonic() + 20
+        while queue.counts() != EMPTY and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return alive and queue.counts() == EMPTY
+
+    assert in_forked_child(child)
     assert _ids(server) == ['<1@test>', '<99@test>']
     # The parent's processor sent nothing more.
     assert [e.message_id for e in events] == ['<1@test>']
