@@ -584,7 +584,7 @@ class OutboxDelivery(_Producer):
     def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
         import psycopg
 
-        from .queue.outbox import GID_PREFIX
+        from .queue.outbox import GID_PREFIX, error_text
 
         queue = self.queue
         rows = [_row(mail) for mail in mails]
@@ -614,7 +614,10 @@ class OutboxDelivery(_Producer):
             except Exception as exc:
                 # The decision is commit: after_commit tries again.
                 outbox_log.error(
-                    'outbox %s: COMMIT PREPARED %r failed: %s', queue.name, gid, exc
+                    'outbox %s: COMMIT PREPARED %r failed: %s',
+                    queue.name,
+                    gid,
+                    error_text(exc, queue.url),
                 )
                 with contextlib.suppress(Exception):
                     conn.close()
@@ -643,7 +646,7 @@ class OutboxDelivery(_Producer):
     def _resolve(self, gid: str, *, commit: bool) -> None:
         """End the prepared transaction ``gid`` over a new connection; if
         that fails too, say what the operator must do."""
-        from .queue.outbox import connect
+        from .queue.outbox import connect, error_text
 
         verb = 'COMMIT' if commit else 'ROLLBACK'
         try:
@@ -660,11 +663,11 @@ class OutboxDelivery(_Producer):
                 gid,
                 verb,
                 gid,
-                exc,
+                error_text(exc, self.queue.url),
             )
 
     def _notify(self) -> None:
-        from .queue.outbox import CHANNEL
+        from .queue.outbox import CHANNEL, error_text
 
         try:
             conn, _ = self._get()
@@ -672,7 +675,11 @@ class OutboxDelivery(_Producer):
             conn.commit()
         except Exception as exc:
             # The processors' interval poll finds the rows anyway.
-            outbox_log.warning('outbox %s: NOTIFY failed: %s', self.queue.name, exc)
+            outbox_log.warning(
+                'outbox %s: NOTIFY failed: %s',
+                self.queue.name,
+                error_text(exc, self.queue.url),
+            )
             return
         self._put(conn)
 
