@@ -425,7 +425,6 @@ class QueuedDelivery:
         try:
             for mail in mails:
                 ids.append(queue.stage(mail))
-            queue.sync_staged()
         except BaseException:
             queue.discard(ids)
             raise

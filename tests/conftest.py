@@ -146,7 +146,6 @@ def maildir_backend(request: Any, tmp_path: Path, clock: Any) -> Backend:
 
     def add(mail: Any) -> str:
         [mail_id] = ids = [queue.stage(mail)]
-        queue.sync_staged()
         queue.publish(ids)
         return mail_id
 

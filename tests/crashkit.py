@@ -49,7 +49,6 @@ def run_together(
 def fill(queue, count: int, start: int = 0, recipients=('to@example.com',)):
     """Stage and publish ``count`` small messages; return their queue ids."""
     ids = [queue.stage(make_mail(n, recipients)) for n in range(start, start + count)]
-    queue.sync_staged()
     queue.publish(ids)
     return ids
 
@@ -177,7 +176,6 @@ def _commit_until_killed(path: str) -> None:  # pragma: no cover
     n = 0
     while time.monotonic() < deadline:
         mail_id = queue.stage(make_mail(n))
-        queue.sync_staged()
         queue.publish([mail_id])
         print(mail_id, flush=True)
         n += 1

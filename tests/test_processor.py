@@ -1209,7 +1209,6 @@ def test_processor_killed_while_draining(queue, clock, make_smtp_server, tmp_pat
     for n in range(400):
         rcpt = f'flaky{n}@example.com' if n % 9 == 0 else 'to@example.com'
         ids.append(queue.stage(make_mail(n, (rcpt,))))
-    queue.sync_staged()
     queue.publish(ids)
     rng = random.Random(1234)
     in_flight = set()

@@ -1,8 +1,8 @@
 """Group commit: concurrent callers share one fsync of a directory.
 
-A committed message costs an fsync of its file and of two directories
-(``tmp/`` at the vote, ``new/`` at the finish). The file's is its own, but a
-directory's fsync makes every entry made before it durable, so threads that
+A committed message costs an fsync of its file (at the vote) and of
+``new/`` (at the finish, once it is renamed there). The file's is its own,
+but a directory's fsync makes every entry made before it durable, so threads that
 commit at the same moment need only one between them: the first caller
 syncs, and those who arrive meanwhile wait and then sync once together for
 all of them (the leader/follower scheme of database group commit). Each

@@ -5,9 +5,10 @@ processor and ``pyramid-txmail`` use nothing else) and, beside it, the
 producer side that ``delivery.QueuedDelivery`` uses. Pure file system
 work, no SMTP; the one thread, which closes the descriptors of sent
 messages, belongs to :mod:`.locks`. The committing side writes a
-message into ``tmp/`` during ``tpc_vote`` (:meth:`MailQueue.stage`, then
-:meth:`MailQueue.sync_staged`) and renames it into ``new/`` in
-``tpc_finish`` (:meth:`MailQueue.publish`). Processors take messages from
+message into ``tmp/`` during ``tpc_vote`` (:meth:`MailQueue.stage`: the
+file and its content are fsync'ed, not yet the directory) and renames it
+into ``new/`` in ``tpc_finish`` (:meth:`MailQueue.publish`, which fsyncs
+``new/``: from then on the message survives a power loss). Processors take messages from
 ``new/`` with :meth:`MailQueue.claim` and record the outcome on the
 :class:`Claim`. See ``docs/internals.rst`` ("The queue directory") for the
 layout and the file format.
@@ -221,7 +222,10 @@ class MailQueue:
         """Write ``mail`` to ``tmp/`` and fsync it; return its queue id.
 
         Raises :class:`QueueError` (leaving no file behind) when it cannot.
-        Call :meth:`sync_staged` once after staging a transaction's messages.
+        ``tmp/`` itself is not fsync'ed: a staged message has no use after a
+        crash (an unfinished commit is presumed aborted), and the one
+        directory fsync that matters, ``new/``'s, is made by
+        :meth:`publish`, for the file's name in ``new/``.
         """
         mail_id = self._new_id()
         stored = Stored(
@@ -240,10 +244,6 @@ class MailQueue:
         finally:
             os.close(fd)
         return mail_id
-
-    def sync_staged(self) -> None:
-        """Make the names of staged files durable (fsync ``tmp/``)."""
-        self._sync_dir('tmp', raising=True)
 
     def publish(self, ids: Iterable[str]) -> None:
         """Move staged messages into ``new/``: processors see them now.

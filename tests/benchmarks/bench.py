@@ -867,29 +867,43 @@ def main(argv: list[str] | None = None) -> int:
     have_peers = os.path.exists(PEERS_PY)
     sink = Sink()
     results: dict[str, dict] = {}
+    figures = [
+        (name, func)
+        for name, func, _, _ in FIGURES
+        if have_peers or func.__name__ != 'run'
+    ]
+    rates: dict[str, list[float]] = {name: [] for name, _ in figures}
+    fsyncs: dict[str, list[float]] = {name: [] for name, _ in figures}
     try:
-        for name, func, _, _ in FIGURES:
-            if func.__name__ == 'run' and not have_peers:
-                continue
-            rates, fsyncs = [], []
-            for _ in range(repeats):
+        # Round robin, every figure once per round, rather than one figure
+        # three times and then the next: whatever drifts during a run (the
+        # machine's load, the file system's state after a figure's files
+        # are removed) is spread over every figure alike, so that a ratio
+        # compares two figures measured under the same conditions.
+        for round_ in range(1, repeats + 1):
+            print(f'round {round_} of {repeats}', file=sys.stderr)
+            for name, func in figures:
                 work = tempfile.mkdtemp(prefix='txmail-bench-', dir=args.workdir)
                 try:
                     took = func(n, sink.port, work)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
+                    # The removal's metadata written out now, not during
+                    # the next figure.
+                    os.sync()
                 if isinstance(took, dict):
-                    fsyncs.append(took['fsyncs_per_message'])
+                    fsyncs[name].append(took['fsyncs_per_message'])
                     took = took['seconds']
-                rates.append(n / took)
+                rates[name].append(n / took)
+                print(f'  {name}: {n / took:.0f} msgs/s', file=sys.stderr)
+        for name, _ in figures:
             results[name] = {
-                'median': statistics.median(rates),
-                'min': min(rates),
-                'max': max(rates),
+                'median': statistics.median(rates[name]),
+                'min': min(rates[name]),
+                'max': max(rates[name]),
             }
-            if fsyncs:
-                results[name]['fsyncs_per_message'] = statistics.median(fsyncs)
-            print(f'  {name}: {results[name]["median"]:.0f} msgs/s', file=sys.stderr)
+            if fsyncs[name]:
+                results[name]['fsyncs_per_message'] = statistics.median(fsyncs[name])
         work = tempfile.mkdtemp(prefix='txmail-bench-', dir=args.workdir)
         try:
             scale = {
