@@ -304,6 +304,15 @@ class SMTPTestServer:
             self._close_sessions(), self._controller.loop
         ).result(timeout=5)
 
+    def say(self, line: str) -> None:
+        """Write ``line`` unasked to every open session, as a relay that
+        announces its shutdown (``421 ...``) before it closes."""
+        assert self._controller is not None, 'start the server first'
+        future = asyncio.run_coroutine_threadsafe(
+            self._say(line), self._controller.loop
+        )
+        future.result(timeout=5)
+
     @property
     def cafile(self) -> str:
         """Path of a PEM file holding ``ca``'s certificate (for mail.cafile)."""
@@ -421,6 +430,11 @@ class SMTPTestServer:
         with self._arrived:
             self.messages.append(received)
             self._arrived.notify_all()
+
+    async def _say(self, line: str) -> None:
+        for session in list(self._sessions):
+            if session.transport is not None:
+                session.transport.write(line.encode('ascii') + b'\r\n')
 
     async def _close_sessions(self) -> None:
         for session in list(self._sessions):

@@ -1005,6 +1005,59 @@ def test_prepared_bytes_are_what_the_stdlib_generator_writes():
     assert prepare(msg).data == expected
 
 
+@pytest.mark.parametrize(
+    'text',
+    [
+        'one\ntwo\n',
+        'one\r\ntwo\r\n',
+        'one\rtwo\r',
+        'mixed\r\nends\rhere\nand none at the end',
+        '\n\nblank lines first\n\n',
+    ],
+)
+def test_prepared_bytes_keep_every_line_end_as_the_stdlib_writes_it(text):
+    # Payloads, preamble and epilogue with each kind of line end, or none.
+    msg = EmailMessage()
+    msg['From'] = 'a@example.com'
+    msg['To'] = 'b@example.com'
+    for name, value in _FIXED.items():
+        msg[name] = value
+    msg.set_content(text, cte='8bit')
+    msg.add_attachment(text.encode(), 'application', 'octet-stream')
+    msg.preamble, msg.epilogue = text, text
+    msg.set_boundary('=_b')
+    expected = msg.as_bytes(policy=email.policy.SMTP)
+    assert prepare(msg).data == expected
+    assert re.search(rb'(?<!\r)\n|\r(?!\n)', expected) is None
+
+
+def test_the_date_added_is_the_local_time_of_preparing_in_whole_seconds():
+    import time
+    from email.utils import formatdate
+
+    before = int(time.time())
+    headers = {'From': 'a@example.com', 'To': 'b@example.com'}
+    dates = [parse(prepare(email_message(headers)).data)['Date'] for _ in range(3)]
+    after = int(time.time())
+    written = {formatdate(t, localtime=True) for t in range(before, after + 1)}
+    assert all(str(date) in written for date in dates)
+
+
+def test_a_boundary_named_only_inside_another_parameter_is_not_taken():
+    msg = EmailMessage()
+    msg['From'] = 'a@example.com'
+    msg['To'] = 'b@example.com'
+    for name, value in _FIXED.items():
+        msg[name] = value
+    msg.set_content('text')
+    msg.add_alternative('<p>html</p>', subtype='html')
+    msg.set_param('x-note', 'no boundary here')
+    data = prepare(msg).data
+    boundary = parse(data).get_boundary()
+    assert boundary and boundary.startswith('=_')
+    assert data.count(f'--{boundary}'.encode()) == 3
+
+
 def test_to_message_output_survives_deepcopy():
     import copy
 

@@ -10,7 +10,15 @@ The rules, each guarding against a session that cannot be trusted:
 * A session taken from the pool is checked first (RSET, see
   :meth:`SMTPConnection.check <.session.SMTPConnection.check>`). The relay
   may have closed it while it was idle, or answer ``421``: such a session is
-  dropped and a new one opened, and no message is failed for it. A relay
+  dropped and a new one opened, and no message is failed for it.
+* Except a session given back less than a second ago (``recent``) with
+  nothing to read on it (:meth:`SMTPConnection.quiet
+  <.session.SMTPConnection.quiet>`): a relay that ends a session closes the
+  connection or says ``421``, which leaves something to read, and then the
+  session is checked as above. Within a second, what RSET would catch
+  beyond that is a connection lost without a word (no FIN, no RST), which a
+  relay's idle timeout or restart does not cause. A burst of transactions
+  (a worker sending one mail per request) so saves a round trip each. A relay
   that limits the messages of one connection answers RSET and refuses the
   next MAIL with ``421``: direct delivery then sends that message over a
   new session, as ``421`` means nothing was accepted.
@@ -56,9 +64,11 @@ class SessionPool:
     most ``idle`` seconds between uses.
 
     ``connect`` returns a new, unopened :class:`SMTPConnection`; ``clock``
-    (seconds, monotonic) is replaceable for tests. :meth:`acquire` gives a
-    session, :meth:`release` takes it back, :meth:`close` closes the idle
-    ones. Thread-safe; see the module's docstring for the rules.
+    (seconds, monotonic) is replaceable for tests. A session given back
+    within ``recent`` seconds is reused unchecked while it is quiet.
+    :meth:`acquire` gives a session, :meth:`release` takes it back,
+    :meth:`close` closes the idle ones. Thread-safe; see the module's
+    docstring for the rules.
     """
 
     def __init__(
@@ -68,11 +78,13 @@ class SessionPool:
         idle: float,
         *,
         clock: Callable[[], float] = time.monotonic,
+        recent: float = 1.0,
     ):
         self.connect = connect
         self.size = size
         self.idle = idle
         self.clock = clock
+        self.recent = recent
         self._lock = threading.Lock()
         # (when it was given back, session), the most recently used last.
         self._idle: list[tuple[float, SMTPConnection]] = []
@@ -92,14 +104,18 @@ class SessionPool:
         return conn
 
     def reuse(self) -> SMTPConnection | None:
-        """The most recently used idle session that passes its check, or
-        None. A reused session can still be refused with ``421`` at its
-        next MAIL (a relay's limit of messages per connection): its caller
-        sends that message again over a new session."""
+        """The most recently used idle session that passes its check (or
+        is recent and quiet), or None. A reused session can still be refused
+        with ``421`` at its next MAIL (a relay's limit of messages per
+        connection): its caller sends that message again over a new
+        session."""
         while True:
-            conn = self._take()
-            if conn is None:
+            taken = self._take()
+            if taken is None:
                 return None
+            since, conn = taken
+            if self.clock() - since <= self.recent and conn.quiet():
+                return conn
             if conn.check():
                 return conn
             if conn.unanswered:
@@ -135,18 +151,19 @@ class SessionPool:
         for _, conn in idle:
             conn.close()
 
-    def _take(self) -> SMTPConnection | None:
-        """The most recently used idle session; those idle too long are
-        closed on the way (the least recently used age out first)."""
+    def _take(self) -> tuple[float, SMTPConnection] | None:
+        """The most recently used idle session, with when it was given
+        back; those idle too long are closed on the way (the least recently
+        used age out first)."""
         now = self.clock()
         with self._lock:
             stale = [c for t, c in self._idle if now - t > self.idle]
             self._idle = [(t, c) for t, c in self._idle if now - t <= self.idle]
-            conn = self._idle.pop()[1] if self._idle else None
+            taken = self._idle.pop() if self._idle else None
         for old in stale:
             log.debug('closing the session with %s: idle too long', old.where)
             old.close()
-        return conn
+        return taken
 
     def _after_fork_in_child(self) -> None:
         """Forget the parent's sessions without a word to its relay; the

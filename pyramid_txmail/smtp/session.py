@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import re
+import select
 import smtplib
 import socket
 import ssl
@@ -752,6 +753,24 @@ class SMTPConnection:
             log.debug('the session with %s answered RSET with %s', self.where, code)
         self.drop()
         return False
+
+    def quiet(self) -> bool:
+        """Whether the open session has nothing to read: the relay has sent
+        nothing since its last reply, not even the end of the connection.
+
+        The check of a session given back to the pool a moment ago (see
+        :mod:`.pool`), without a round trip: a relay that ends a session
+        answers ``421`` or closes it, and either leaves something to read.
+        """
+        sock = self._smtp.sock if self._smtp is not None and self.alive else None
+        if sock is None:
+            return False
+        # What smtplib read ahead with the last reply is not seen here (the
+        # relay sent it unasked in the same packet): a 421 among it answers
+        # the next MAIL, and direct delivery sends that message again.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
 
     def drop(self) -> None:
         """Close without a word to the relay (no QUIT).
