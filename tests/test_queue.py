@@ -1825,6 +1825,31 @@ def test_record_keeps_the_first_since_and_the_latest_reason(
     queue.clear_fault()  # none: nothing to do
 
 
+def test_fault_recorded_elsewhere_is_cleared_by_the_next_pass(queue_path, make_queue):
+    # Sending looks for the fault once a pass, not once per message.
+    queue = make_queue()
+    other = make_queue()  # another processor on the same directory
+    queue.start_pass(stale_after=600)
+    queue.clear_fault()  # the pass's first message was sent
+    other.record_fault('535 login refused')
+    queue.clear_fault()
+    assert queue.read_fault() is not None
+    queue.start_pass(stale_after=600)
+    queue.clear_fault()
+    assert queue.read_fault() is None
+
+
+def test_clear_that_failed_is_tried_again(queue_path, make_queue):
+    queue = make_queue()
+    other = make_queue()
+    os.mkdir(os.path.join(queue_path, 'fault.json'))
+    queue.clear_fault()  # cannot remove a directory: logged
+    os.rmdir(os.path.join(queue_path, 'fault.json'))
+    other.record_fault('535 login refused')
+    queue.clear_fault()
+    assert queue.read_fault() is None
+
+
 @pytest.mark.parametrize(
     'text', [b'', b'[1]', b'{"reason": 1, "since": 2}', b'{"reason": "x"}']
 )
