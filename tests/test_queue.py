@@ -666,6 +666,17 @@ def test_closer_survives_a_bad_descriptor(tmp_path):
     assert not _is_open(fd)
 
 
+def test_closer_behind_leaves_the_caller_to_close(tmp_path, monkeypatch):
+    # Descriptors do not pile up behind a closer that cannot keep up: past
+    # its limit, the caller closes its own at once.
+    from pyramid_txmail.queue import locks
+
+    monkeypatch.setattr(locks._Closer, 'LIMIT', 0)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    locks.close_soon(fd)
+    assert not _is_open(fd)
+
+
 def test_defer_counts_the_attempt_and_sets_the_due_time(queue_path, claimed, clock):
     queue, mail_id, claim = claimed(('a@example.com', 'b@example.com'))
     data = claim.data
