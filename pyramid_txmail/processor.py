@@ -210,7 +210,8 @@ class QueueProcessor:
 
         Recovers claims of dead processors, promotes deferred messages whose
         time has come, then claims and sends queued messages, each claimed
-        just before it goes (one ahead while pipelining), at most
+        just before it goes (while pipelining, one ahead, claimed while the
+        relay answers the message before: three in hand at most), at most
         ``mail.queue_batch`` per SMTP connection and ``mail.queue_rate`` per
         second. Stops early when :meth:`stop` is called (after the current
         message), when the relay cannot be reached, or on a configuration

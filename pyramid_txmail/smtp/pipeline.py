@@ -15,8 +15,11 @@ so that its caller claims, sends and records in plain order::
 While pipelining, a message's MAIL, RCPTs and DATA go in one write; its
 content goes in the next, together with the next message's commands
 (``ahead``), so a message's outcome comes with the next submission or with
-:meth:`~Pipeline.finish`. Every reply is read, whatever the earlier ones
-were, so that the session stays in step. Without pipelining (the relay does
+:meth:`~Pipeline.finish`. With ``late`` the relay's answer to a content is
+not awaited after writing it, but read by the next submission (or
+:meth:`~Pipeline.settle`), so that the caller can work meanwhile. Every
+reply is read, whatever the earlier ones were, so that the session stays
+in step. Without pipelining (the relay does
 not offer it, or ``mail.pipelining`` is off) each message goes lock-step
 through :meth:`SMTPConnection.send <.session.SMTPConnection.send>` and
 its outcome comes back from its own submission.
@@ -54,7 +57,9 @@ class Pipeline(Generic[K]):
     message that cannot go at all is answered at once). With ``ahead``
     false, a message's content is not held back for the next message's
     commands: each submission returns its own outcome (for a caller that
-    waits between messages, e.g. for a rate limit).
+    waits between messages, e.g. for a rate limit). With ``late`` (and
+    ``ahead``), the answer to a content is read with the submission after
+    the one that wrote it, or by :meth:`settle` or :meth:`finish`.
 
     Keys must be distinct. A message submitted once the session has ended,
     whose commands went with a content that ended it, or whose submission
