@@ -210,7 +210,8 @@ class QueueProcessor:
 
         Recovers claims of dead processors, promotes deferred messages whose
         time has come, then claims and sends queued messages, each claimed
-        just before it goes (one ahead while pipelining), at most
+        just before it goes (while pipelining, one ahead, claimed while the
+        relay answers the message before: three in hand at most), at most
         ``mail.queue_batch`` per SMTP connection and ``mail.queue_rate`` per
         second. Stops early when :meth:`stop` is called (after the current
         message), when the relay cannot be reached, or on a configuration
@@ -262,22 +263,40 @@ class QueueProcessor:
         ``conn``, each claimed just before it goes; record each outcome.
         Returns what was done and whether the pass may go on."""
         # Reading one message ahead would hold a message's content back
-        # while the rate limit waits for the next.
-        pipeline = Pipeline[Claim](conn, ahead=self.settings.queue_rate <= 0)
+        # while the rate limit waits for the next. Reading each reply late
+        # lets the next message be claimed while the relay answers.
+        ahead = self.settings.queue_rate <= 0
+        pipeline = Pipeline[Claim](conn, ahead=ahead, late=ahead)
         result = PassResult()
         sent = 0
         claim: Claim | None = first
         try:
             while claim is not None:
-                outcomes = pipeline.submit(claim, claim.envelope, claim.data)
+                # The relay's answer to the content sent last, before the
+                # next content goes: a stop requested meanwhile lets no
+                # other message go.
+                outcomes = pipeline.settle()
+                if self._stopped:
+                    self._release([claim])
+                else:
+                    outcomes += pipeline.submit(claim, claim.envelope, claim.data)
                 done, go_on = self._record(conn, outcomes)
                 result += done
                 if not go_on:
-                    return result, False
+                    # A content the relay is answering gets its outcome; a
+                    # message whose commands alone went out is let go.
+                    done, _ = self._record(conn, pipeline.settle())
+                    return result + done, False
                 sent += 1
                 # Claim no more than this connection will take.
                 alive = conn.alive and sent < self.settings.queue_batch
-                claim = self._next(source) if alive else None
+                try:
+                    claim = self._next(source) if alive else None
+                except BaseException:
+                    # The relay may have accepted the content it is
+                    # answering: record that before the error ends the pass.
+                    self._record(conn, pipeline.settle())
+                    raise
             done, go_on = self._record(conn, pipeline.finish())
             return result + done, go_on
         finally:

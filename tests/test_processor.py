@@ -430,6 +430,59 @@ def test_message_read_ahead_is_released_when_the_pass_stops(
     assert _meta(queue, 'new', second)['attempts'] == 0
 
 
+def test_next_message_is_claimed_while_the_relay_answers(
+    queue, make_smtp_server, make_processor
+):
+    # While the relay answers one message's content, the next message's
+    # commands are on their way and the one after is claimed: three in
+    # cur/ at most, whatever the length of the queue.
+    server = make_smtp_server(delay={'DATA': [1.0]})
+    fill(queue, 5)
+    processor = make_processor(queue, server)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(processor.run_once()))
+    worker.start()
+    seen = set()
+    deadline = time.monotonic() + 10
+    while worker.is_alive() and time.monotonic() < deadline:
+        seen.add(queue.counts()['sending'])
+        time.sleep(0.005)
+    worker.join(10)
+    assert max(seen) == 3
+    assert results[0].sent == 5
+    assert len(server.messages) == 5
+    assert queue.counts() == EMPTY
+
+
+def test_error_claiming_the_next_message_records_the_one_being_answered(
+    queue, clock, events, make_smtp_server, make_processor
+):
+    # The next message is claimed while the relay answers the one before:
+    # when that claim fails, the answer is still read and recorded, so the
+    # message is not sent again.
+    from pyramid_txmail.queue import MailQueue, QueueError
+
+    class Limited(MailQueue):
+        opened = 0
+
+        def _opener(self, path, flags, *mode):
+            if '/new/' in path:
+                self.opened += 1
+                if self.opened == 3:
+                    raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return os.open(path, flags, *mode)
+
+    server = make_smtp_server()
+    queue = Limited(queue.path, clock=clock)
+    _, second, third = fill(queue, 3)
+    with pytest.raises(QueueError, match='Too many open files'):
+        make_processor(queue, server).run_once()
+    assert [m.rcpt_tos for m in server.wait_for(1)] == [['to@example.com']]
+    assert event_kinds(events) == [('MailSent', None)]
+    assert queue.pending() == [second, third]
+    assert queue.counts() == {**EMPTY, 'queued': 2}
+
+
 def test_too_old_fails_for_good(queue, clock, events, make_smtp_server, make_processor):
     server = make_smtp_server(reply={'MAIL': '451 4.3.0 try later'})
     [mail_id] = fill(queue, 1)

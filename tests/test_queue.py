@@ -660,6 +660,17 @@ def test_closer_survives_a_bad_descriptor(tmp_path):
     assert not _is_open(fd)
 
 
+def test_closer_behind_leaves_the_caller_to_close(tmp_path, monkeypatch):
+    # Descriptors do not pile up behind a closer that cannot keep up: past
+    # its limit, the caller closes its own at once.
+    from pyramid_txmail.queue import locks
+
+    monkeypatch.setattr(locks._Closer, 'LIMIT', 0)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    locks.close_soon(fd)
+    assert not _is_open(fd)
+
+
 def test_defer_counts_the_attempt_and_sets_the_due_time(queue_path, claimed, clock):
     queue, mail_id, claim = claimed(('a@example.com', 'b@example.com'))
     data = claim.data
@@ -1817,6 +1828,31 @@ def test_record_keeps_the_first_since_and_the_latest_reason(
     queue.clear_fault()
     assert queue.read_fault() is None
     queue.clear_fault()  # none: nothing to do
+
+
+def test_fault_recorded_elsewhere_is_cleared_by_the_next_pass(queue_path, make_queue):
+    # Sending looks for the fault once a pass, not once per message.
+    queue = make_queue()
+    other = make_queue()  # another processor on the same directory
+    queue.start_pass(stale_after=600)
+    queue.clear_fault()  # the pass's first message was sent
+    other.record_fault('535 login refused')
+    queue.clear_fault()
+    assert queue.read_fault() is not None
+    queue.start_pass(stale_after=600)
+    queue.clear_fault()
+    assert queue.read_fault() is None
+
+
+def test_clear_that_failed_is_tried_again(queue_path, make_queue):
+    queue = make_queue()
+    other = make_queue()
+    os.mkdir(os.path.join(queue_path, 'fault.json'))
+    queue.clear_fault()  # cannot remove a directory: logged
+    os.rmdir(os.path.join(queue_path, 'fault.json'))
+    other.record_fault('535 login refused')
+    queue.clear_fault()
+    assert queue.read_fault() is None
 
 
 @pytest.mark.parametrize(

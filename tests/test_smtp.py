@@ -1151,6 +1151,158 @@ def test_pipeline_submission_that_raises_leaves_its_message_to_abandon(
     assert pipeline.abandon() == ['a']
 
 
+def test_pipeline_late_outcome_comes_after_the_next_content(
+    make_smtp_server, opened_recording
+):
+    # The reply to a content is read with the submission after the next,
+    # so that the caller can work while the relay answers.
+    from pyramid_txmail.smtp import Pipeline
+
+    server = make_smtp_server()
+    conn, writes = opened_recording(server)
+    pipeline = Pipeline(conn, late=True)
+    [(a, env_a, data), (b, env_b, _), (c, env_c, _)] = messages_to(
+        'a@example.com', 'b@example.com', 'c@example.com'
+    )
+    assert pipeline.submit(a, env_a, data) == []
+    assert pipeline.submit(b, env_b, data) == []
+    assert writes[-1].endswith(b'RCPT TO:<b@example.com>\r\nDATA\r\n')
+    assert pipeline.submit(c, env_c, data) == [(a, {})]
+    assert pipeline.finish() == [(b, {}), (c, {})]
+    assert pipeline.abandon() == []
+    assert len(writes) == 4
+    assert [m.rcpt_tos for m in server.wait_for(3)] == [
+        ['a@example.com'],
+        ['b@example.com'],
+        ['c@example.com'],
+    ]
+
+
+def test_pipeline_settle_reads_only_the_reply_to_the_content(make_smtp_server, opened):
+    from pyramid_txmail.smtp import Pipeline
+
+    server = make_smtp_server()
+    conn = opened(server)
+    pipeline = Pipeline(conn, late=True)
+    [(a, env_a, data), (b, env_b, _)] = messages_to('a@example.com', 'b@example.com')
+    assert pipeline.settle() == []
+    assert pipeline.submit(a, env_a, data) == []
+    assert pipeline.settle() == []  # only its commands went
+    assert pipeline.submit(b, env_b, data) == []
+    assert pipeline.settle() == [(a, {})]
+    assert pipeline.settle() == []
+    # b's commands alone went: abandoning it cuts the session.
+    assert pipeline.abandon() == [b]
+    assert not conn.alive
+    assert [m.rcpt_tos for m in server.wait_for(1)] == [['a@example.com']]
+
+
+def test_pipeline_abandon_keeps_back_a_content_whose_reply_is_unread(
+    make_smtp_server, opened, caplog
+):
+    # The relay may have accepted it: it is not among the messages
+    # abandon() says were never accepted.
+    from pyramid_txmail.smtp import Pipeline
+
+    server = make_smtp_server()
+    conn = opened(server)
+    pipeline = Pipeline(conn, late=True)
+    [(a, env_a, data), (b, env_b, _)] = messages_to('a@example.com', 'b@example.com')
+    pipeline.submit(a, env_a, data)
+    pipeline.submit(b, env_b, data)
+    with caplog.at_level(logging.WARNING, 'pyramid_txmail.smtp'):
+        assert pipeline.abandon() == [b]
+    assert 'may have accepted it' in caplog.text
+    assert not conn.alive
+    assert [m.rcpt_tos for m in server.wait_for(1)] == [['a@example.com']]
+
+
+def test_pipeline_late_reply_that_ends_the_session(make_smtp_server, opened):
+    # The 421 to a's content is read late: b's commands went with that
+    # content, c's not at all; neither was accepted, neither has an outcome.
+    from pyramid_txmail.smtp import Pipeline, TemporaryDeliveryError
+
+    server = make_smtp_server(reply={'DATA': '421 4.3.0 closing'})
+    conn = opened(server)
+    pipeline = Pipeline(conn, late=True)
+    [(a, env_a, data), (b, env_b, _), (c, env_c, _)] = messages_to(
+        'a@example.com', 'b@example.com', 'c@example.com'
+    )
+    assert pipeline.submit(a, env_a, data) == []
+    assert pipeline.submit(b, env_b, data) == []
+    [(key, error)] = pipeline.submit(c, env_c, data)
+    assert (key, type(error), error.code) == (a, TemporaryDeliveryError, 421)
+    assert not conn.alive
+    assert pipeline.finish() == []
+    assert pipeline.abandon() == [b, c]
+    conn.close()
+    assert server.messages == []
+
+
+def test_pipeline_late_reply_that_ends_the_session_at_finish(make_smtp_server, opened):
+    from pyramid_txmail.smtp import Pipeline, TemporaryDeliveryError
+
+    server = make_smtp_server(reply={'DATA': '421 4.3.0 closing'})
+    conn = opened(server)
+    pipeline = Pipeline(conn, late=True)
+    [(a, env_a, data), (b, env_b, _)] = messages_to('a@example.com', 'b@example.com')
+    pipeline.submit(a, env_a, data)
+    pipeline.submit(b, env_b, data)
+    [(key, error)] = pipeline.finish()
+    assert (key, type(error), error.code) == (a, TemporaryDeliveryError, 421)
+    assert pipeline.abandon() == [b]
+    conn.close()
+    assert server.messages == []
+
+
+@pytest.mark.parametrize('late', [False, True])
+def test_pipeline_refused_content_leaves_the_session_in_step(
+    make_smtp_server, opened, late
+):
+    from pyramid_txmail.smtp import PermanentDeliveryError
+
+    server = make_smtp_server(reply={'DATA': ['554 5.6.0 no thanks']})
+    conn = opened(server)
+    messages = messages_to('a@example.com', 'b@example.com', 'c@example.com')
+    outcomes = send_all(conn, messages, late=late)
+    assert [key for key, _ in outcomes] == [key for key, _, _ in messages]
+    assert isinstance(outcomes[0][1], PermanentDeliveryError)
+    assert outcomes[1:] == [('b@example.com', {}), ('c@example.com', {})]
+    assert conn.alive
+
+
+@pytest.mark.parametrize('late', [False, True])
+def test_pipeline_message_that_cannot_go_between_others(make_smtp_server, opened, late):
+    server = make_smtp_server()
+    conn = opened(server)
+    messages = messages_to(
+        'a@example.com', 'b@example.com', 'bad\n@example.com', 'd@example.com'
+    )
+    outcomes = send_all(conn, messages, late=late)
+    assert sorted(key for key, _ in outcomes) == sorted(key for key, _, _ in messages)
+    assert 'line break' in str(dict(outcomes)['bad\n@example.com'])
+    assert [m.rcpt_tos for m in server.wait_for(3)] == [
+        ['a@example.com'],
+        ['b@example.com'],
+        ['d@example.com'],
+    ]
+
+
+def test_pipeline_late_refused_recipients_go_on(make_smtp_server, opened):
+    from pyramid_txmail.smtp import PermanentDeliveryError
+
+    server = make_smtp_server(reply={'RCPT': ['550 5.1.1 no such user']})
+    conn = opened(server)
+    messages = messages_to('a@example.com', 'b@example.com', 'c@example.com')
+    outcomes = send_all(conn, messages, late=True)
+    assert sorted(key for key, _ in outcomes) == sorted(key for key, _, _ in messages)
+    assert isinstance(dict(outcomes)['a@example.com'], PermanentDeliveryError)
+    assert [m.rcpt_tos for m in server.wait_for(2)] == [
+        ['b@example.com'],
+        ['c@example.com'],
+    ]
+
+
 def test_pipeline_over_a_lock_step_relay_delivers_each_message(
     make_smtp_server, opened
 ):

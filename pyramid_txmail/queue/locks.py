@@ -56,26 +56,35 @@ class _Closer:
     then, so nothing can find it and the moment its lock ends is moot.
     """
 
+    #: Descriptors waiting for the thread beyond which the caller closes
+    #: its own: a closer falling behind slows the caller down rather than
+    #: letting descriptors pile up.
+    LIMIT = 256
+
     def __init__(self) -> None:
-        # Bounded: a closer falling behind slows the caller down rather
-        # than letting descriptors pile up.
-        self._fds: _queue.Queue[int] = _queue.Queue(maxsize=256)
+        # SimpleQueue: a hand-over per message sent, which must not cost a
+        # Python lock that the closer thread may hold.
+        self._fds: _queue.SimpleQueue[int] = _queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def close(self, fd: int) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name='pyramid_txmail-closer', daemon=True
-                )
-                self._thread.start()
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:  # pragma: no branch (else: another thread won)
+                    self._thread = threading.Thread(
+                        target=self._run, name='pyramid_txmail-closer', daemon=True
+                    )
+                    self._thread.start()
+        if self._fds.qsize() >= self.LIMIT:
+            _unlock(fd)
+            return
         self._fds.put(fd)
 
     def _run(self) -> None:
         while True:
             fd = self._fds.get()
-            # Never die: a dead closer would block every later done().
+            # Never die: a dead closer would leave every later fd open.
             with contextlib.suppress(OSError):
                 _unlock(fd)
 

@@ -153,6 +153,11 @@ class MailQueue:
         # publishes them, and leaves them in tmp/ until it can.
         self._unpublished: set[str] = set()
         self._created = create
+        # Whether fault.json may exist: clear_fault() then removes it. Set
+        # by record_fault() and at the start of each pass (another process
+        # may have recorded one), so that sending costs no system call per
+        # message for a file that is almost never there.
+        self._fault_maybe = True
         # One group commit per directory and process (see _sync_dir).
         self._syncs: dict[str, GroupSync] = {}
         self._syncs_pid = os.getpid()
@@ -189,9 +194,11 @@ class MailQueue:
         return f'<MailQueue {self.path}>'
 
     def _p(self, sub: str, name: str | None = None) -> str:
+        # Not os.path.join, a few times slower: this runs several times per
+        # message sent, and ``sub`` and ``name`` are our own names or ids.
         if name is None:
-            return os.path.join(self.path, sub)
-        return os.path.join(self.path, sub, name)
+            return f'{self.path}/{sub}'
+        return f'{self.path}/{sub}/{name}'
 
     def _new_id(self) -> str:
         # Strictly increasing within this queue object, so that messages
@@ -371,6 +378,7 @@ class MailQueue:
         :meth:`recover`), adopt a repoze.sendmail queue left here, promote
         due deferred messages (see :meth:`promote_due`); the pass then
         claims what is in ``new/`` now, in queue order."""
+        self._fault_maybe = True
         self.recover(stale_after)
         legacy.adopt(self)
         self.promote_due(horizon=horizon)
@@ -956,6 +964,7 @@ class MailQueue:
         when is that of the first fault in a row. Never raises: a fault
         that cannot be written is logged.
         """
+        self._fault_maybe = True
         fault = self.read_fault()
         since = self.clock() if fault is None else fault.since
         path = self._p(FAULT_FILE)
@@ -975,13 +984,23 @@ class MailQueue:
 
     def clear_fault(self) -> None:
         """Sending works again: forget the fault :meth:`record_fault` noted.
-        Never raises."""
+        Never raises.
+
+        Called after every message sent: only the first call of a pass
+        (see :meth:`start_pass`) and those after a :meth:`record_fault`
+        look for the file. A fault another process records during a pass
+        is cleared by the next pass that sends.
+        """
+        if not self._fault_maybe:
+            return
         try:
             os.unlink(self._p(FAULT_FILE))
         except FileNotFoundError:
             pass
         except OSError as exc:
             log.warning('cannot remove %s: %s', self._p(FAULT_FILE), _cause(exc))
+            return
+        self._fault_maybe = False
 
     def read_fault(self) -> Fault | None:
         """The standing configuration fault, or ``None`` when there is none

@@ -15,8 +15,11 @@ so that its caller claims, sends and records in plain order::
 While pipelining, a message's MAIL, RCPTs and DATA go in one write; its
 content goes in the next, together with the next message's commands
 (``ahead``), so a message's outcome comes with the next submission or with
-:meth:`~Pipeline.finish`. Every reply is read, whatever the earlier ones
-were, so that the session stays in step. Without pipelining (the relay does
+:meth:`~Pipeline.finish`. With ``late`` the relay's answer to a content is
+not awaited after writing it, but read by the next submission (or
+:meth:`~Pipeline.settle`), so that the caller can work meanwhile. Every
+reply is read, whatever the earlier ones were, so that the session stays
+in step. Without pipelining (the relay does
 not offer it, or ``mail.pipelining`` is off) each message goes lock-step
 through :meth:`SMTPConnection.send <.session.SMTPConnection.send>` and
 its outcome comes back from its own submission.
@@ -54,7 +57,9 @@ class Pipeline(Generic[K]):
     message that cannot go at all is answered at once). With ``ahead``
     false, a message's content is not held back for the next message's
     commands: each submission returns its own outcome (for a caller that
-    waits between messages, e.g. for a rate limit).
+    waits between messages, e.g. for a rate limit). With ``late`` (and
+    ``ahead``), the answer to a content is read with the submission after
+    the one that wrote it, or by :meth:`settle` or :meth:`finish`.
 
     Keys must be distinct. A message submitted once the session has ended,
     whose commands went with a content that ended it, or whose submission
@@ -62,11 +67,15 @@ class Pipeline(Generic[K]):
     accepted.
     """
 
-    def __init__(self, conn: SMTPConnection, *, ahead: bool = True):
+    def __init__(self, conn: SMTPConnection, *, ahead: bool = True, late: bool = False):
         self.conn = conn
         self.ahead = ahead
+        self.late = late and ahead
         # Commands written, replies not read yet: (key, envelope, content).
         self._in_flight: tuple[K, Envelope, bytes] | None = None
+        # Content written (late), its reply not read yet: (key, envelope,
+        # the recipients refused before it).
+        self._answering: tuple[K, Envelope, Refusals] | None = None
         # Submitted, no outcome returned: in flight, never written (the
         # session ended first), or interrupted by an exception.
         self._pending: list[K] = []
@@ -83,8 +92,14 @@ class Pipeline(Generic[K]):
         return self._answered(self._submit(key, envelope, data))
 
     def finish(self) -> list[tuple[K, Outcome]]:
-        """The outcome of the message still in flight, if any."""
+        """The outcomes of the messages still in flight, if any."""
         return self._answered(self._finish())
+
+    def settle(self) -> list[tuple[K, Outcome]]:
+        """The outcome of the message whose content the relay is answering
+        (``late``), if any; a message whose commands alone went out stays
+        in flight, for :meth:`finish` or :meth:`abandon`."""
+        return self._answered(self._settle())
 
     def abandon(self) -> list[K]:
         """Stop here: the keys of the messages submitted without an outcome,
@@ -92,13 +107,22 @@ class Pipeline(Generic[K]):
 
         A message whose commands are on their way is cut off with the
         session (no QUIT, which the relay could take for content), so that
-        the relay can accept nothing more.
+        the relay can accept nothing more. A message whose content went
+        out, its reply unread (``late``, without :meth:`settle`), may have
+        been accepted: its key is not returned.
         """
         keys, self._pending = self._pending, []
         smtp = self.conn._smtp
-        if self._in_flight is not None and smtp is not None:
+        if self._answering is not None:
+            key = self._answering[0]
+            keys.remove(key)
+            log.warning(
+                'the reply of %s to a message was not read; it may have accepted it',
+                self.conn.where,
+            )
+        if (self._in_flight or self._answering) is not None and smtp is not None:
             smtp.close()
-        self._in_flight = None
+        self._in_flight = self._answering = None
         return keys
 
     def _answered(self, outcomes: list[tuple[K, Outcome]]) -> list[tuple[K, Outcome]]:
@@ -123,12 +147,20 @@ class Pipeline(Generic[K]):
         except DeliveryError as error:
             return [(key, error)]  # nothing written: the session is in step
         commands = _commands(envelope, options)
-        outcomes: list[tuple[K, Outcome]] = []
+        outcomes = self._settle()
+        if outcomes and not conn.alive:
+            # The reply that ended the session came first: the message in
+            # flight was not accepted, and has no outcome.
+            self._in_flight = None
+            return outcomes
         if self._in_flight is not None:
             # Its content goes in one write with this message's commands.
             in_flight, self._in_flight = self._in_flight, None
-            outcome, written = self._complete(smtp, in_flight, commands)
-            outcomes.append(outcome)
+            failure, written = self._offer(smtp, in_flight, commands)
+            if failure is not None:
+                outcomes.append(failure)
+            elif not self.late:
+                outcomes.append(self._answer(smtp))
             if written and conn.alive:
                 self._in_flight = (key, envelope, _content(data))
             if written or not conn.alive:
@@ -145,21 +177,32 @@ class Pipeline(Generic[K]):
             outcomes += self._finish()
         return outcomes
 
-    def _finish(self) -> list[tuple[K, Outcome]]:
-        if self._in_flight is None:
+    def _settle(self) -> list[tuple[K, Outcome]]:
+        smtp = self.conn._smtp
+        if self._answering is None or smtp is None:
             return []
+        return [self._answer(smtp)]
+
+    def _finish(self) -> list[tuple[K, Outcome]]:
+        outcomes = self._settle()
+        if self._in_flight is None:
+            return outcomes
+        in_flight, self._in_flight = self._in_flight, None
+        if outcomes and not self.conn.alive:
+            return outcomes  # as in _submit: never accepted, no outcome
         smtp = self.conn._smtp
         assert smtp is not None  # closed with a message in flight: a bug
-        in_flight, self._in_flight = self._in_flight, None
-        outcome, _ = self._complete(smtp, in_flight, b'')
-        return [outcome]
+        failure, _ = self._offer(smtp, in_flight, b'')
+        outcomes.append(self._answer(smtp) if failure is None else failure)
+        return outcomes
 
-    def _complete(
+    def _offer(
         self, smtp: smtplib.SMTP, in_flight: tuple[K, Envelope, bytes], commands: bytes
-    ) -> tuple[tuple[K, Outcome], bool]:
+    ) -> tuple[tuple[K, Outcome] | None, bool]:
         """Read the replies to a message's commands; on 354 write its content
-        with ``commands`` and read the reply to the content. Returns the
-        outcome and whether ``commands`` were written."""
+        with ``commands``, the relay's reply to it then awaited (see
+        :meth:`_answer`). Returns the outcome if the message failed, and
+        whether ``commands`` were written."""
         conn = self.conn
         key, envelope, content = in_flight
         try:
@@ -174,19 +217,36 @@ class Pipeline(Generic[K]):
         try:
             with conn._deadline:
                 smtp.send(content + commands)
+        except (smtplib.SMTPException, OSError) as exc:
+            return (key, self._content_failed(smtp, exc)), True
+        self._answering = (key, envelope, refused)
+        return None, True
+
+    def _answer(self, smtp: smtplib.SMTP) -> tuple[K, Outcome]:
+        """Read the relay's reply to the content last written."""
+        assert self._answering is not None
+        conn = self.conn
+        key, envelope, refused = self._answering
+        self._answering = None
+        conn._stage = 'DATA'
+        try:
+            with conn._deadline:
                 code, reply = smtp.getreply()
             if code != 250:
                 raise smtplib.SMTPDataError(code, reply)
         except (smtplib.SMTPException, OSError) as exc:
-            # No RSET: the end of the content ended the mail transaction,
-            # and the next message's commands may already be on their way.
-            failure = conn._error(exc, 'DATA', setup=False)
-            failure.__cause__ = exc
-            if failure.code in (421, _UNREADABLE):
-                smtp.close()
-            log.debug('%s', failure)
-            return (key, failure), True
-        return (key, conn._accepted(envelope, refused, code, reply)), True
+            return key, self._content_failed(smtp, exc)
+        return key, conn._accepted(envelope, refused, code, reply)
+
+    def _content_failed(self, smtp: smtplib.SMTP, exc: Exception) -> DeliveryError:
+        # No RSET: the end of the content ended the mail transaction, and
+        # the next message's commands may already be on their way.
+        failure = self.conn._error(exc, 'DATA', setup=False)
+        failure.__cause__ = exc
+        if failure.code in (421, _UNREADABLE):
+            smtp.close()
+        log.debug('%s', failure)
+        return failure
 
     def _start_data(self, smtp: smtplib.SMTP, envelope: Envelope) -> Refusals:
         """Read the replies to MAIL, the RCPTs and DATA; 354 or raise."""
