@@ -9,6 +9,7 @@ processor against a real SMTP server.
 from __future__ import annotations
 
 import email.header
+import errno
 import fcntl
 import io
 import json
@@ -298,6 +299,28 @@ def test_adoption_steps_are_counted(legacy_queue):
     # Per file: fsync the copy, rename it to its staged name, fsync new/,
     # (unlink the original) fsync new/, publish it, fsync new/.
     assert calls == ['fsync', 'rename', 'fsync', 'fsync', 'rename', 'fsync'] * 3
+
+
+def test_a_directory_that_cannot_be_synced_is_logged_and_loses_nothing(
+    legacy_queue, smtp_server, caplog
+):
+    path, ids = legacy_queue
+    calls = []
+
+    class BadDisk(MailQueue):
+        # A real EIO needs a failing disk; inject it at new/'s first fsync.
+        def _fsync(self, fd):
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            os.fsync(fd)
+
+    with caplog.at_level(logging.ERROR):
+        assert adopt(BadDisk(str(path))) == 2  # the other two adopted
+    assert '/new: [Errno 5] Input/output error' in caplog.text
+    # The disk works again: every message is sent, once.
+    assert processor(path, smtp_server).run_once().sent == 3
+    assert_delivered_once(smtp_server, ids)
 
 
 @pytest.mark.parametrize('at', range(1, 13))

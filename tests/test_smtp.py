@@ -1119,6 +1119,31 @@ def test_pipeline_write_that_fails_ends_the_session(make_smtp_server, connect):
     assert not conn.alive
 
 
+def test_pipeline_content_that_cannot_be_written_fails_its_message(
+    make_smtp_server, connect
+):
+    import smtplib
+
+    from pyramid_txmail.smtp import TemporaryDeliveryError
+
+    class BreaksAtTheContent(smtplib.SMTP):
+        # A real fault on a real socket: ours can write no more once the
+        # commands went and the relay said 354.
+        def send(self, s):
+            if isinstance(s, bytes) and s.endswith(b'\r\n.\r\n'):
+                self.sock.shutdown(socket.SHUT_WR)
+            return super().send(s)
+
+    server = make_smtp_server()
+    conn = connect(server.settings(), smtp_class=BreaksAtTheContent)
+    conn.open()
+    [(key, error)] = send_all(conn, messages_to('a@example.com'))
+    assert key == 'a@example.com'
+    assert isinstance(error, TemporaryDeliveryError)
+    assert not conn.alive
+    assert server.messages == []
+
+
 def test_pipeline_abandoning_a_message_in_flight_cuts_the_session(
     make_smtp_server, opened
 ):
