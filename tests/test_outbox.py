@@ -364,7 +364,7 @@ def test_a_prepared_transaction_that_cannot_be_ended_is_named_for_the_operator(
 
     delivery = OutboxDelivery(OutboxQueue(pg_url))
     delivery.queue.url = delivery.queue.url.replace('/txmail?', '/nonexistent?')
-    delivery._resolve('pyramid_txmail:lost', commit=True)
+    delivery._resolve('pyramid_txmail:lost', commit=True, stalled=0)
     assert "COMMIT PREPARED 'pyramid_txmail:lost'" in caplog.text
 
 
