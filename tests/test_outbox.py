@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import os
 import signal
 import threading
@@ -1096,3 +1097,167 @@ def test_hostile_values_through_the_apps_session_are_stored_as_given(
     assert users(pg_url) == ["o'brien"]
     [entry] = queue.list()
     assert (entry.subject, entry.recipients) == (subject, ("o'brien@example.com",))
+
+
+# -- a database that stops answering (tests/stallproxy.py between us and it)
+
+
+PASSWORD = 's3cret-pw'
+
+
+@pytest.fixture
+def proxy(pg_server):
+    from tests.stallproxy import StallingProxy
+
+    with StallingProxy(('127.0.0.1', pg_server.port)) as p:
+        yield p
+
+
+def through(proxy, pg_url: str) -> str:
+    """``pg_url`` by way of the proxy, with a password in it (the test
+    server trusts every local connection, so it is never checked)."""
+    scheme, rest = pg_url.split('://postgres@127.0.0.1:', 1)
+    return (
+        f'{scheme}://postgres:{PASSWORD}@127.0.0.1:{proxy.port}/{rest.split("/", 1)[1]}'
+    )
+
+
+def within(call, seconds: float = 30.0):
+    """``call()`` in a thread of its own: what it returned or raised, once
+    it did, within ``seconds`` (a bounded wait, not a timing assert)."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome['returned'] = call()
+        except Exception as exc:
+            outcome['raised'] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), 'still waiting for the database'
+    return outcome
+
+
+def subjects(url: str) -> list[str]:
+    return [s for (s,) in sql(url, 'SELECT subject FROM txmail_outbox ORDER BY id')]
+
+
+@pytest.mark.parametrize(
+    ('stall', 'deliver'),
+    [
+        pytest.param(b'BEGIN', False, id='nothing-arrives'),
+        pytest.param(b'PREPARE TRANSACTION', True, id='prepared-answer-lost'),
+    ],
+)
+def test_a_vote_the_database_does_not_answer_fails_the_commit_and_leaves_nothing(
+    pg_url, proxy, caplog, stall, deliver
+):
+    caplog.set_level(logging.DEBUG)
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(through(proxy, pg_url), tm, timeout='1')
+    with tm:
+        mailer.send(message(subject='before'))
+    proxy.stall(on=stall, deliver=deliver)
+
+    def commit():
+        with tm:
+            mailer.send(message(subject='stalled'))
+
+    outcome = within(commit)
+    error = outcome['raised']
+    assert isinstance(error, QueueError)
+    assert str(error).endswith('no answer within 1s (mail.timeout)')
+    assert str(error).startswith('mail.queue_url: cannot write the outbox at ')
+    assert subjects(pg_url) == ['before']
+    # Prepared and its answer lost: rolled back over a new connection.
+    assert prepared(pg_url) == []
+    assert PASSWORD not in str(error)
+    assert PASSWORD not in caplog.text
+    # The next commit goes through (a new connection).
+    with tm:
+        mailer.send(message(subject='after'))
+    assert subjects(pg_url) == ['before', 'after']
+
+
+def stall_before_the_finish(tm, proxy):
+    """A data manager voting after the outbox: once every vote is in, the
+    outbox's connection stops being forwarded."""
+
+    class StallAtVote(KillOutboxConnections):
+        def tpc_vote(self, txn):
+            proxy.stall()
+
+    return StallAtVote(tm, '')
+
+
+@pytest.mark.parametrize('lost', ['commit-never-arrives', 'commit-answer-lost'])
+def test_a_commit_prepared_the_database_does_not_answer_is_logged_and_sent_once(
+    pg_url, proxy, smtp_server, caplog, lost
+):
+    caplog.set_level(logging.DEBUG)
+    url = through(proxy, pg_url)
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(url, tm, timeout='1')
+    if lost == 'commit-answer-lost':
+        proxy.stall(on=b'COMMIT PREPARED', deliver=True)
+
+    def commit():
+        with tm:
+            message_id = mailer.send(message(subject='in doubt'))
+            if lost == 'commit-never-arrives':
+                tm.get().join(stall_before_the_finish(tm, proxy))
+        return message_id
+
+    message_id = within(commit)['returned']
+    assert 'COMMIT PREPARED' in caplog.text
+    assert 'no answer within 1s (mail.timeout)' in caplog.text
+    # Ended over a new connection right after the commit.
+    assert prepared(pg_url) == []
+    queue = OutboxQueue(url, timeout=1)
+    try:
+        processor = processor_for(queue, smtp_server)
+        assert processor.run_once().sent == 1
+        assert processor.run_once().sent == 0
+    finally:
+        queue.close()
+    [received] = smtp_server.wait_for(1)
+    assert received.message['Message-ID'] == message_id
+    assert len(smtp_server.messages) == 1
+    assert PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize('lost', ['claim-never-arrives', 'claim-answer-lost'])
+def test_a_claim_the_database_does_not_answer_ends_the_pass_and_a_later_one_sends_once(
+    pg_url, proxy, smtp_server, caplog, lost
+):
+    caplog.set_level(logging.DEBUG)
+    [message_id] = fill(pg_url, 1)
+    queue = OutboxQueue(through(proxy, pg_url), timeout=1)
+    processor = processor_for(queue, smtp_server, stale_after=1.0)
+    proxy.stall(on=b'FOR UPDATE SKIP LOCKED', deliver=lost == 'claim-answer-lost')
+    try:
+        error = within(processor.run_once)['raised']
+        assert isinstance(error, QueueError)
+        assert str(error).endswith(
+            'cannot claim a message: no answer within 1s (mail.timeout)'
+        )
+        assert PASSWORD not in str(error)
+        proxy.resume()
+        # A claim the server made is leased to the pass that lost its
+        # answer: due again once its lease (1 s here) expires.
+        sent = 0
+        for _ in range(100):
+            sent += within(processor.run_once)['returned'].sent
+            if sent:
+                break
+            time.sleep(0.05)
+        assert within(processor.run_once)['returned'].sent == 0
+    finally:
+        queue.close()
+    [received] = smtp_server.wait_for(1)
+    assert received.message['Message-ID'] == message_id
+    assert len(smtp_server.messages) == 1
+    assert rows(pg_url) == []
+    assert PASSWORD not in caplog.text
