@@ -1261,3 +1261,77 @@ def test_a_claim_the_database_does_not_answer_ends_the_pass_and_a_later_one_send
     assert len(smtp_server.messages) == 1
     assert rows(pg_url) == []
     assert PASSWORD not in caplog.text
+
+
+def test_a_partition_at_the_commit_names_the_prepared_transaction_for_the_operator(
+    pg_url, proxy, smtp_server, caplog
+):
+    # The database cannot be reached at all from the finish on, not even by
+    # a new connection: the prepared transaction is left, and the CRITICAL
+    # line says what to run once the database is reachable again. The
+    # URL's own connect_timeout is kept (the default is 10 seconds).
+    caplog.set_level(logging.DEBUG)
+    url = through(proxy, pg_url) + '&connect_timeout=2'
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(url, tm, timeout='1')
+
+    class Partition(KillOutboxConnections):
+        def tpc_vote(self, txn):
+            proxy.stall(new=True)
+
+    def commit():
+        with tm:
+            message_id = mailer.send(message(subject='in doubt'))
+            tm.get().join(Partition(tm, ''))
+        return message_id
+
+    message_id = within(commit)['returned']
+    [gid] = prepared(pg_url)
+    [record] = [r for r in caplog.records if r.levelname == 'CRITICAL']
+    assert f"""run "COMMIT PREPARED '{gid}'" on the database""" in record.getMessage()
+    assert PASSWORD not in caplog.text
+    proxy.resume()
+    sql(pg_url, f"COMMIT PREPARED '{gid}'")
+    queue = OutboxQueue(url, timeout=1)
+    try:
+        assert processor_for(queue, smtp_server).run_once().sent == 1
+    finally:
+        queue.close()
+    [received] = smtp_server.wait_for(1)
+    assert received.message['Message-ID'] == message_id
+
+
+def test_connections_keep_alive_and_keep_what_the_url_says(pg_url):
+    from pyramid_txmail.queue.outbox import connect
+
+    with connect(pg_url, 'db', timeout=4) as conn:
+        given = conn.info.get_parameters()
+        assert conn.execute('SHOW search_path').fetchone() == (pg_url.split('%3D')[1],)
+    assert (given['keepalives'], given['keepalives_idle']) == ('1', '4')
+    assert given['tcp_user_timeout'] == '4000'
+    url = pg_url + '&keepalives_idle=7&application_name=mine'
+    with connect(url, 'db', timeout=4) as conn:
+        given = conn.info.get_parameters()
+        assert conn.execute('SHOW application_name').fetchone() == ('mine',)
+    assert given['keepalives_idle'] == '7'
+
+
+def test_a_deadline_thread_that_cannot_start_fails_the_round_trip_not_later_ones(
+    queue, monkeypatch
+):
+    from pyramid_txmail.deadline import process_watchdog
+    from pyramid_txmail.queue import outbox
+
+    # A watchdog of this test's own, so that no thread of it runs yet.
+    monkeypatch.setattr(outbox, '_watchdog', process_watchdog('test-deadline'))
+    threading.stack_size(2**40)  # more than any thread can have: none starts
+    try:
+        with pytest.raises(QueueError) as info:
+            queue.counts()
+    finally:
+        threading.stack_size(0)
+    assert str(info.value).endswith(
+        'cannot count messages: cannot start the thread that bounds each outbox '
+        "round trip (can't start new thread)"
+    )
+    assert queue.counts()['queued'] == 0
