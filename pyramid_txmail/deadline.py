@@ -34,10 +34,12 @@ class Watchdog:
     Every watched :class:`Deadline` costs no thread of its own, so that a
     pool of sessions, or many requests at once, cost one thread, not one
     each. The thread (named ``name``) starts with the first deadline watched
-    and ends when none is left, or ``linger`` seconds after, for users that
-    watch each round trip rather than a session (a thread per round trip
-    would cost more than the round trip). ``on_start`` is called when a
-    thread is about to start (to install a fork hook, say).
+    and ends when none is left; with ``linger``, once none was watched for
+    about that many seconds, for users that watch each round trip rather
+    than a session (a thread per round trip would cost more than the round
+    trip; a released deadline then does not wake the thread either).
+    ``on_start`` is called when a thread is about to start (to install a
+    fork hook, say).
     """
 
     def __init__(
@@ -102,7 +104,8 @@ class Watchdog:
         (held: ``cond``); True if one came."""
         if self.linger <= 0:
             return False
-        self.wake_at = -math.inf  # any watch() wakes the thread
+        # Not woken by a deadline due after this: seen when the wait ends.
+        self.wake_at = time.monotonic() + self.linger
         self.cond.wait(self.linger)
         return bool(self.watched)
 
@@ -174,15 +177,17 @@ class Deadline:
         """The phase's deadline or the cut, whichever comes first."""
         return min(self._due, self._cutoff)
 
-    def watch(self, sock: socket.socket) -> None:
-        """Guard ``sock`` until :meth:`release`. RuntimeError when the
-        watchdog's thread cannot start (the process is at its limit of
-        threads): the socket is then not guarded."""
+    def watch(self, sock: socket.socket, *, owned: bool = False) -> None:
+        """Guard ``sock`` until :meth:`release`: a duplicate of it, or
+        ``sock`` itself if ``owned`` (a duplicate made by the caller, which
+        :meth:`release` closes). RuntimeError when the watchdog's thread
+        cannot start (the process is at its limit of threads): the socket
+        is then not guarded."""
         self.release()
         watchdog = self.watchdog()
         with watchdog.cond:
             self.fired = None
-            self._sock = sock.dup()
+            self._sock = sock if owned else sock.dup()
             thread = watchdog.watch(self)
         if thread is None:
             return
@@ -233,7 +238,8 @@ class Deadline:
             sock, self._sock = self._sock, None
             if self in watchdog.watched:
                 watchdog.watched.discard(self)
-                # Its thread ends once nothing is left to watch.
-                watchdog.cond.notify()
+                if not watchdog.linger:
+                    # Its thread ends once nothing is left to watch.
+                    watchdog.cond.notify()
         if sock is not None:
             sock.close()

@@ -240,17 +240,17 @@ def bounded(conn: psycopg.Connection[Any], timeout: float) -> Iterator[None]:
     broken.
     """
     deadline = Deadline(timeout, _watchdog)
-    # Not a socket of our own: libpq's descriptor, which watch() duplicates.
-    sock = socket.socket(fileno=conn.fileno())
     try:
-        deadline.watch(sock)
-    except RuntimeError as exc:  # the process is at its limit of threads
-        raise psycopg.OperationalError(
-            f'cannot start the thread that bounds each outbox round trip ({exc})'
-        ) from None
-    finally:
-        sock.detach()
-    try:
+        # A duplicate of libpq's descriptor, made so and not by
+        # socket.dup(), which would make the descriptor (libpq's too)
+        # blocking; closed by release().
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            deadline.watch(sock, owned=True)
+        except RuntimeError as exc:  # the process is at its limit of threads
+            raise psycopg.OperationalError(
+                f'cannot start the thread that bounds each outbox round trip ({exc})'
+            ) from None
         with deadline:
             yield
     except psycopg.Error:

@@ -190,10 +190,10 @@ class _Deadline(Deadline):
             # takes for a whole one.
             raise smtplib.SMTPServerDisconnected(f'shut down by the deadline ({fired})')
 
-    def watch(self, sock: socket.socket) -> None:
+    def watch(self, sock: socket.socket, *, owned: bool = False) -> None:
         """Guard ``sock`` until :meth:`release`."""
         try:
-            super().watch(sock)
+            super().watch(sock, owned=owned)
         except RuntimeError as exc:  # the process is at its limit of threads
             raise TemporaryDeliveryError(
                 f'cannot start the thread that bounds each SMTP phase ({exc})'
