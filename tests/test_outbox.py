@@ -1335,3 +1335,35 @@ def test_a_deadline_thread_that_cannot_start_fails_the_round_trip_not_later_ones
         "round trip (can't start new thread)"
     )
     assert queue.counts()['queued'] == 0
+
+
+def test_a_listener_whose_database_stops_answering_listens_again(pg_url, proxy, caplog):
+    # The wait for notifications has no deadline, but the listener asks
+    # the server every mail.timeout seconds whether it still answers.
+    caplog.set_level(logging.DEBUG)
+    queue = OutboxQueue(through(proxy, pg_url), timeout=0.5)
+    woken = threading.Event()
+
+    def notified() -> bool:
+        sql(pg_url, 'NOTIFY txmail_outbox')
+        return woken.wait(0.1)
+
+    queue.listen(woken.set)
+    try:
+        assert wait_until(notified, 10)
+        assert wait_until(
+            lambda: sql(
+                pg_url,
+                "SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT 1' "
+                "AND application_name = 'pyramid_txmail'",
+            ),
+            10,
+        )
+        proxy.stall()
+        assert wait_until(lambda: 'no answer within 0.5s' in caplog.text, 10)
+        # Listening again over a new connection.
+        woken.clear()
+        assert wait_until(notified, 10)
+    finally:
+        queue.close()
+    assert PASSWORD not in caplog.text

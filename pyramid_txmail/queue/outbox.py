@@ -807,9 +807,12 @@ class Listener:
     :data:`LISTEN_RETRY` seconds while the database is down), and
     ``callback`` is called once after, for what may have been missed.
 
-    ``LISTEN`` has ``timeout`` seconds; the wait for notifications has no
-    limit, and a peer that vanished meanwhile is noticed by the
-    connection's keepalives (see :func:`connect`)."""
+    ``LISTEN`` has ``timeout`` seconds. The wait for notifications has
+    none, but after every ``timeout`` seconds of it a ``SELECT 1`` (with
+    ``timeout`` seconds) checks that the server still answers, and a peer
+    that vanished is noticed by the connection's keepalives too (see
+    :func:`connect`): a listener whose database stopped answering
+    reconnects within about twice ``timeout``."""
 
     def __init__(
         self,
@@ -858,9 +861,16 @@ class Listener:
                 if missed:
                     self._call()
                     missed = False
+                check_at = time.monotonic() + self.timeout
                 while not self._stop.is_set():
                     for _ in conn.notifies(timeout=0.5):
                         self._call()
+                    if time.monotonic() >= check_at:
+                        # A path that stalls keeps the connection open, and
+                        # silence is what a listener expects: ask.
+                        with bounded(conn, self.timeout):
+                            conn.execute('SELECT 1')
+                        check_at = time.monotonic() + self.timeout
             except psycopg.Error as exc:
                 log.warning(
                     'listening for new mail on %s: %s',
