@@ -690,14 +690,19 @@ class OutboxDelivery(_Producer):
         try:
             with connect(queue.url, queue.name, timeout=queue.timeout) as conn:
                 # Waits (half of mail.timeout at most) for it to be gone.
-                # Refused to a role that may not end it: tried anyway.
-                end = 'SELECT pg_terminate_backend(%s, %s)'
+                # Only one of ours (its number may be another's by now);
+                # refused to a role that may not end it: tried anyway.
+                end = (
+                    'SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity '
+                    'WHERE pid = %s AND application_name = '
+                    "current_setting('application_name')"
+                )
                 wait_ms = int(queue.timeout * 500)
                 with (
                     contextlib.suppress(psycopg.ProgrammingError),
                     bounded(conn, queue.timeout),
                 ):
-                    conn.execute(end, (stalled, wait_ms))
+                    conn.execute(end, (wait_ms, stalled))
                 with bounded(conn, queue.timeout):
                     if commit:
                         conn.tpc_commit(gid)

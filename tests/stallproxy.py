@@ -31,6 +31,8 @@ class _Link:
         self.client = client
         self.server = server
         self.stalled = stalled
+        #: What the client sent that was held back (stall(on=...)).
+        self.held = b''
 
     def close(self) -> None:
         for sock in (self.client, self.server):
@@ -77,16 +79,25 @@ class StallingProxy:
                     link.stalled = True
             self._stall_new = new
 
-    def resume(self) -> None:
+    def resume(self, *, forward: bool = False) -> None:
         """Forward again: new connections are forwarded; the stalled ones are
-        dropped, unforwarded (the partition outlasted them)."""
+        dropped, unforwarded (the partition outlasted them), or with
+        ``forward`` forwarded again, what was held back first (the
+        partition healed in time for them)."""
         with self._lock:
             self._stall_new = False
             self._trigger = None
             stalled = [link for link in self._links if link.stalled]
-            self._links = [link for link in self._links if not link.stalled]
+            if not forward:
+                self._links = [link for link in self._links if not link.stalled]
         for link in stalled:
-            link.close()
+            if not forward:
+                link.close()
+                continue
+            with contextlib.suppress(OSError):
+                link.server.sendall(link.held)
+            link.held = b''
+            link.stalled = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -150,4 +161,6 @@ class StallingProxy:
             link.stalled = True
         if deliver:
             link.server.sendall(data)
+        else:
+            link.held += data
         return True

@@ -1367,3 +1367,33 @@ def test_a_listener_whose_database_stops_answering_listens_again(pg_url, proxy, 
     finally:
         queue.close()
     assert PASSWORD not in caplog.text
+
+
+def test_a_prepare_that_reaches_the_server_after_the_vote_gave_up_prepares_nothing(
+    pg_url, proxy
+):
+    # The PREPARE TRANSACTION is held on the way, the vote gives up; then
+    # the path heals and delivers it. The server process it was sent to is
+    # ended before the vote fails: nothing can be prepared after.
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(through(proxy, pg_url), tm, timeout='1')
+    proxy.stall(on=b'PREPARE TRANSACTION')
+
+    def commit():
+        with tm:
+            mailer.send(message(subject='stalled'))
+
+    assert isinstance(within(commit)['raised'], QueueError)
+    proxy.resume(forward=True)
+    assert wait_until(
+        lambda: (
+            not sql(
+                pg_url,
+                "SELECT 1 FROM pg_stat_activity WHERE state = 'idle in transaction' "
+                "AND query LIKE 'INSERT INTO txmail_outbox%%'",
+            )
+        ),
+        10,
+    )
+    assert prepared(pg_url) == []
+    assert rows(pg_url) == []
