@@ -315,7 +315,11 @@ class Command:
         if settings.queue_url:
             from .queue.outbox import OutboxQueue  # psycopg only when asked for
 
-            return OutboxQueue(settings.queue_url, keep_sent=settings.keep_sent)
+            return OutboxQueue(
+                settings.queue_url,
+                keep_sent=settings.keep_sent,
+                timeout=settings.timeout,
+            )
         # _mail_settings refused settings with neither.
         path: str = settings.queue_path  # type: ignore[assignment]
         return MailQueue(path, create=create)
@@ -535,7 +539,7 @@ class Command:
             raise CommandError(f'{settings_prefix(raw)}queue_url is not set in {name}')
         from .queue.outbox import OutboxQueue
 
-        queue = OutboxQueue(settings.queue_url)
+        queue = OutboxQueue(settings.queue_url, timeout=settings.timeout)
         try:
             queue.create()
         finally:

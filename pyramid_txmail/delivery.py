@@ -548,6 +548,12 @@ class OutboxDelivery(_Producer):
     them back. After the commit, ``NOTIFY`` wakes the processors (a prepared
     transaction may not notify). Needs ``max_prepared_transactions`` > 0 on
     the server.
+
+    Each round trip has ``mail.timeout`` seconds (the queue's ``timeout``,
+    see :func:`~pyramid_txmail.queue.outbox.bounded`): a vote the server
+    does not answer in time fails the commit; a ``COMMIT PREPARED`` not
+    answered in time is logged and ended over a new connection after the
+    commit, as when the connection is lost.
     """
 
     def __init__(self, queue: OutboxQueue):
@@ -565,7 +571,9 @@ class OutboxDelivery(_Producer):
                 return self._idle.pop(), True
         from .queue.outbox import connect
 
-        return connect(self.queue.url, self.queue.name, autocommit=False), False
+        queue = self.queue
+        conn = connect(queue.url, queue.name, autocommit=False, timeout=queue.timeout)
+        return conn, False
 
     def _put(self, conn: psycopg.Connection[Any]) -> None:
         # As many as threads commit at once, at most.
@@ -583,24 +591,43 @@ class OutboxDelivery(_Producer):
     def vote(self, mails: Sequence[PreparedMail]) -> IPendingMail:
         import psycopg
 
-        from .queue.outbox import GID_PREFIX, error_text
+        from .queue.outbox import GID_PREFIX, Unanswered, bounded, error_text
 
         queue = self.queue
+        timeout = queue.timeout
         rows = [_row(mail) for mail in mails]
         gid = f'{GID_PREFIX}{uuid.uuid4()}'
         while True:
             conn, reused = self._get()
+            # The server process, for _resolve() to end if its answer is lost.
+            pid = conn.info.backend_pid
+            preparing = False
             try:
-                conn.tpc_begin(gid)
-                with conn.cursor() as cur:
+                with bounded(conn, timeout):
+                    conn.tpc_begin(gid)
+                with bounded(conn, timeout), conn.cursor() as cur:
                     cur.executemany(_INSERT, rows)
-                conn.tpc_prepare()
+                preparing = True
+                with bounded(conn, timeout):
+                    conn.tpc_prepare()
                 break
             except psycopg.Error as exc:
                 with contextlib.suppress(Exception):
                     conn.close()
-                if reused and isinstance(exc, psycopg.OperationalError):
-                    continue  # an idle connection the server dropped: a new one
+                lost = isinstance(exc, psycopg.OperationalError)
+                if (
+                    reused
+                    and lost
+                    and not preparing
+                    and not isinstance(exc, Unanswered)
+                ):
+                    # An idle connection the server dropped: a new one. Not
+                    # after a deadline: a server that did not answer in
+                    # mail.timeout would hold the commit twice as long.
+                    continue
+                if preparing and lost:
+                    # The server may have prepared it, only the answer lost.
+                    self._resolve(gid, commit=False, stalled=pid)
                 raise QueueError(
                     f'mail.queue_url: cannot write the outbox at {queue.name}: '
                     f'{_vote_cause(exc, queue.url)}'
@@ -609,7 +636,8 @@ class OutboxDelivery(_Producer):
 
         def finish() -> None:
             try:
-                conn.tpc_commit()
+                with bounded(conn, timeout):
+                    conn.tpc_commit()
             except Exception as exc:
                 # The decision is commit: after_commit tries again.
                 outbox_log.error(
@@ -626,34 +654,66 @@ class OutboxDelivery(_Producer):
 
         def abort() -> None:
             try:
-                conn.tpc_rollback()
+                with bounded(conn, timeout):
+                    conn.tpc_rollback()
             except Exception:
                 with contextlib.suppress(Exception):
                     conn.close()
-                self._resolve(gid, commit=False)
+                self._resolve(gid, commit=False, stalled=pid)
                 return
             self._put(conn)
 
         def after_commit() -> None:
             if not state['committed']:
-                self._resolve(gid, commit=True)
+                self._resolve(gid, commit=True, stalled=pid)
             self._notify()
             self._wake()
 
         return PendingMail(finish=finish, abort=abort, after_commit=after_commit)
 
-    def _resolve(self, gid: str, *, commit: bool) -> None:
+    def _resolve(self, gid: str, *, commit: bool, stalled: int) -> None:
         """End the prepared transaction ``gid`` over a new connection; if
-        that fails too, say what the operator must do."""
-        from .queue.outbox import connect, error_text
+        that fails too, say what the operator must do.
 
+        ``stalled`` is the server process of the connection whose call
+        failed. It may still be running that call (its answer lost, or not
+        yet given): it is ended first, so that it cannot prepare or commit
+        after this. ``gid`` not found then was ended by that call (or, for
+        a vote, never prepared).
+        """
+        import psycopg
+
+        from .queue.outbox import bounded, connect, error_text
+
+        queue = self.queue
         verb = 'COMMIT' if commit else 'ROLLBACK'
         try:
-            with connect(self.queue.url, self.queue.name) as conn:
-                if commit:
-                    conn.tpc_commit(gid)
-                else:
-                    conn.tpc_rollback(gid)
+            with connect(queue.url, queue.name, timeout=queue.timeout) as conn:
+                # Waits (half of mail.timeout at most) for it to be gone.
+                # Only one of ours (its number may be another's by now);
+                # refused to a role that may not end it: tried anyway.
+                end = (
+                    'SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity '
+                    'WHERE pid = %s AND application_name = '
+                    "current_setting('application_name')"
+                )
+                wait_ms = int(queue.timeout * 500)
+                with (
+                    contextlib.suppress(psycopg.ProgrammingError),
+                    bounded(conn, queue.timeout),
+                ):
+                    conn.execute(end, (wait_ms, stalled))
+                with bounded(conn, queue.timeout):
+                    if commit:
+                        conn.tpc_commit(gid)
+                    else:
+                        conn.tpc_rollback(gid)
+        except psycopg.errors.UndefinedObject:
+            outbox_log.info(
+                'outbox %s: the prepared transaction %r was ended already',
+                queue.name,
+                gid,
+            )
         except Exception as exc:
             outbox_log.critical(
                 'outbox %s: the prepared transaction %r is left: run '
@@ -666,13 +726,18 @@ class OutboxDelivery(_Producer):
             )
 
     def _notify(self) -> None:
-        from .queue.outbox import CHANNEL, error_text
+        from .queue.outbox import CHANNEL, bounded, error_text
 
+        conn: psycopg.Connection[Any] | None = None
         try:
             conn, _ = self._get()
-            conn.execute(f'NOTIFY {CHANNEL}')
-            conn.commit()
+            with bounded(conn, self.queue.timeout):
+                conn.execute(f'NOTIFY {CHANNEL}')
+                conn.commit()
         except Exception as exc:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
             # The processors' interval poll finds the rows anyway.
             outbox_log.warning(
                 'outbox %s: NOTIFY failed: %s',
@@ -799,7 +864,9 @@ def delivery_from_settings(
             None,
             "needs psycopg 3: pip install 'pyramid_txmail[postgresql]'",
         ) from None
-    queue = OutboxQueue(settings.queue_url, keep_sent=settings.keep_sent)
+    queue = OutboxQueue(
+        settings.queue_url, keep_sent=settings.keep_sent, timeout=settings.timeout
+    )
     if settings.queue_session is not None:
         return SessionOutboxDelivery(queue, settings.queue_session)
     return OutboxDelivery(queue)

@@ -1163,3 +1163,23 @@ def test_outbox_process_once_keeps_what_the_relay_said(
     code, out, _ = run_cli('show', ini, entry.id)
     assert 'state:        sent' in out
     assert '250 2.0.0 OK: queued' in out
+
+
+def test_outbox_a_database_that_stops_answering_ends_the_command_in_time(
+    tmp_path, pg_url, pg_server, outbox
+):
+    from tests.stallproxy import StallingProxy
+
+    with StallingProxy(('127.0.0.1', pg_server.port)) as proxy:
+        url = pg_url.replace(
+            f'postgres@127.0.0.1:{pg_server.port}',
+            f'postgres:s3cret@127.0.0.1:{proxy.port}',
+        )
+        ini = write_ini(tmp_path, queue_url=url.replace('%', '%%'), timeout='1')
+        proxy.stall(on=b'GROUP BY state')
+        code, out, err = run_cli('status', ini)
+    assert code == 1
+    assert out == ''
+    [line] = err.splitlines()
+    assert line.endswith('cannot count messages: no answer within 1s (mail.timeout)')
+    assert 's3cret' not in err

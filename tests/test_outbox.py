@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import os
 import signal
 import threading
@@ -364,7 +365,7 @@ def test_a_prepared_transaction_that_cannot_be_ended_is_named_for_the_operator(
 
     delivery = OutboxDelivery(OutboxQueue(pg_url))
     delivery.queue.url = delivery.queue.url.replace('/txmail?', '/nonexistent?')
-    delivery._resolve('pyramid_txmail:lost', commit=True)
+    delivery._resolve('pyramid_txmail:lost', commit=True, stalled=0)
     assert "COMMIT PREPARED 'pyramid_txmail:lost'" in caplog.text
 
 
@@ -1096,3 +1097,303 @@ def test_hostile_values_through_the_apps_session_are_stored_as_given(
     assert users(pg_url) == ["o'brien"]
     [entry] = queue.list()
     assert (entry.subject, entry.recipients) == (subject, ("o'brien@example.com",))
+
+
+# -- a database that stops answering (tests/stallproxy.py between us and it)
+
+
+PASSWORD = 's3cret-pw'
+
+
+@pytest.fixture
+def proxy(pg_server):
+    from tests.stallproxy import StallingProxy
+
+    with StallingProxy(('127.0.0.1', pg_server.port)) as p:
+        yield p
+
+
+def through(proxy, pg_url: str) -> str:
+    """``pg_url`` by way of the proxy, with a password in it (the test
+    server trusts every local connection, so it is never checked)."""
+    scheme, rest = pg_url.split('://postgres@127.0.0.1:', 1)
+    return (
+        f'{scheme}://postgres:{PASSWORD}@127.0.0.1:{proxy.port}/{rest.split("/", 1)[1]}'
+    )
+
+
+def within(call, seconds: float = 30.0):
+    """``call()`` in a thread of its own: what it returned or raised, once
+    it did, within ``seconds`` (a bounded wait, not a timing assert)."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome['returned'] = call()
+        except Exception as exc:
+            outcome['raised'] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), 'still waiting for the database'
+    return outcome
+
+
+def subjects(url: str) -> list[str]:
+    return [s for (s,) in sql(url, 'SELECT subject FROM txmail_outbox ORDER BY id')]
+
+
+@pytest.mark.parametrize(
+    ('stall', 'deliver'),
+    [
+        pytest.param(b'BEGIN', False, id='nothing-arrives'),
+        pytest.param(b'PREPARE TRANSACTION', True, id='prepared-answer-lost'),
+    ],
+)
+def test_a_vote_the_database_does_not_answer_fails_the_commit_and_leaves_nothing(
+    pg_url, proxy, caplog, stall, deliver
+):
+    caplog.set_level(logging.DEBUG)
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(through(proxy, pg_url), tm, timeout='1')
+    with tm:
+        mailer.send(message(subject='before'))
+    proxy.stall(on=stall, deliver=deliver)
+
+    def commit():
+        with tm:
+            mailer.send(message(subject='stalled'))
+
+    outcome = within(commit)
+    error = outcome['raised']
+    assert isinstance(error, QueueError)
+    assert str(error).endswith('no answer within 1s (mail.timeout)')
+    assert str(error).startswith('mail.queue_url: cannot write the outbox at ')
+    assert subjects(pg_url) == ['before']
+    # Prepared and its answer lost: rolled back over a new connection.
+    assert prepared(pg_url) == []
+    assert PASSWORD not in str(error)
+    assert PASSWORD not in caplog.text
+    # The next commit goes through (a new connection).
+    with tm:
+        mailer.send(message(subject='after'))
+    assert subjects(pg_url) == ['before', 'after']
+
+
+def stall_before_the_finish(tm, proxy):
+    """A data manager voting after the outbox: once every vote is in, the
+    outbox's connection stops being forwarded."""
+
+    class StallAtVote(KillOutboxConnections):
+        def tpc_vote(self, txn):
+            proxy.stall()
+
+    return StallAtVote(tm, '')
+
+
+@pytest.mark.parametrize('lost', ['commit-never-arrives', 'commit-answer-lost'])
+def test_a_commit_prepared_the_database_does_not_answer_is_logged_and_sent_once(
+    pg_url, proxy, smtp_server, caplog, lost
+):
+    caplog.set_level(logging.DEBUG)
+    url = through(proxy, pg_url)
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(url, tm, timeout='1')
+    if lost == 'commit-answer-lost':
+        proxy.stall(on=b'COMMIT PREPARED', deliver=True)
+
+    def commit():
+        with tm:
+            message_id = mailer.send(message(subject='in doubt'))
+            if lost == 'commit-never-arrives':
+                tm.get().join(stall_before_the_finish(tm, proxy))
+        return message_id
+
+    message_id = within(commit)['returned']
+    assert 'COMMIT PREPARED' in caplog.text
+    assert 'no answer within 1s (mail.timeout)' in caplog.text
+    # Ended over a new connection right after the commit.
+    assert prepared(pg_url) == []
+    queue = OutboxQueue(url, timeout=1)
+    try:
+        processor = processor_for(queue, smtp_server)
+        assert processor.run_once().sent == 1
+        assert processor.run_once().sent == 0
+    finally:
+        queue.close()
+    [received] = smtp_server.wait_for(1)
+    assert received.message['Message-ID'] == message_id
+    assert len(smtp_server.messages) == 1
+    assert PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize('lost', ['claim-never-arrives', 'claim-answer-lost'])
+def test_a_claim_the_database_does_not_answer_ends_the_pass_and_a_later_one_sends_once(
+    pg_url, proxy, smtp_server, caplog, lost
+):
+    caplog.set_level(logging.DEBUG)
+    [message_id] = fill(pg_url, 1)
+    queue = OutboxQueue(through(proxy, pg_url), timeout=1)
+    processor = processor_for(queue, smtp_server, stale_after=1.0)
+    proxy.stall(on=b'FOR UPDATE SKIP LOCKED', deliver=lost == 'claim-answer-lost')
+    try:
+        error = within(processor.run_once)['raised']
+        assert isinstance(error, QueueError)
+        assert str(error).endswith(
+            'cannot claim a message: no answer within 1s (mail.timeout)'
+        )
+        assert PASSWORD not in str(error)
+        proxy.resume()
+        # A claim the server made is leased to the pass that lost its
+        # answer: due again once its lease (1 s here) expires.
+        sent = 0
+        for _ in range(100):
+            sent += within(processor.run_once)['returned'].sent
+            if sent:
+                break
+            time.sleep(0.05)
+        assert within(processor.run_once)['returned'].sent == 0
+    finally:
+        queue.close()
+    [received] = smtp_server.wait_for(1)
+    assert received.message['Message-ID'] == message_id
+    assert len(smtp_server.messages) == 1
+    assert rows(pg_url) == []
+    assert PASSWORD not in caplog.text
+
+
+def test_a_partition_at_the_commit_names_the_prepared_transaction_for_the_operator(
+    pg_url, proxy, smtp_server, caplog
+):
+    # The database cannot be reached at all from the finish on, not even by
+    # a new connection: the prepared transaction is left, and the CRITICAL
+    # line says what to run once the database is reachable again. The
+    # URL's own connect_timeout is kept (the default is 10 seconds).
+    caplog.set_level(logging.DEBUG)
+    url = through(proxy, pg_url) + '&connect_timeout=2'
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(url, tm, timeout='1')
+
+    class Partition(KillOutboxConnections):
+        def tpc_vote(self, txn):
+            proxy.stall(new=True)
+
+    def commit():
+        with tm:
+            message_id = mailer.send(message(subject='in doubt'))
+            tm.get().join(Partition(tm, ''))
+        return message_id
+
+    message_id = within(commit)['returned']
+    [gid] = prepared(pg_url)
+    [record] = [r for r in caplog.records if r.levelname == 'CRITICAL']
+    assert f"""run "COMMIT PREPARED '{gid}'" on the database""" in record.getMessage()
+    assert PASSWORD not in caplog.text
+    proxy.resume()
+    sql(pg_url, f"COMMIT PREPARED '{gid}'")
+    queue = OutboxQueue(url, timeout=1)
+    try:
+        assert processor_for(queue, smtp_server).run_once().sent == 1
+    finally:
+        queue.close()
+    [received] = smtp_server.wait_for(1)
+    assert received.message['Message-ID'] == message_id
+
+
+def test_connections_keep_alive_and_keep_what_the_url_says(pg_url):
+    from pyramid_txmail.queue.outbox import connect
+
+    with connect(pg_url, 'db', timeout=4) as conn:
+        given = conn.info.get_parameters()
+        assert conn.execute('SHOW search_path').fetchone() == (pg_url.split('%3D')[1],)
+    assert (given['keepalives'], given['keepalives_idle']) == ('1', '4')
+    assert given['tcp_user_timeout'] == '4000'
+    url = pg_url + '&keepalives_idle=7&application_name=mine'
+    with connect(url, 'db', timeout=4) as conn:
+        given = conn.info.get_parameters()
+        assert conn.execute('SHOW application_name').fetchone() == ('mine',)
+    assert given['keepalives_idle'] == '7'
+
+
+def test_a_deadline_thread_that_cannot_start_fails_the_round_trip_not_later_ones(
+    queue, monkeypatch
+):
+    from pyramid_txmail.deadline import process_watchdog
+    from pyramid_txmail.queue import outbox
+
+    # A watchdog of this test's own, so that no thread of it runs yet.
+    monkeypatch.setattr(outbox, '_watchdog', process_watchdog('test-deadline'))
+    threading.stack_size(2**40)  # more than any thread can have: none starts
+    try:
+        with pytest.raises(QueueError) as info:
+            queue.counts()
+    finally:
+        threading.stack_size(0)
+    assert str(info.value).endswith(
+        'cannot count messages: cannot start the thread that bounds each outbox '
+        "round trip (can't start new thread)"
+    )
+    assert queue.counts()['queued'] == 0
+
+
+def test_a_listener_whose_database_stops_answering_listens_again(pg_url, proxy, caplog):
+    # The wait for notifications has no deadline, but the listener asks
+    # the server every mail.timeout seconds whether it still answers.
+    caplog.set_level(logging.DEBUG)
+    queue = OutboxQueue(through(proxy, pg_url), timeout=0.5)
+    woken = threading.Event()
+
+    def notified() -> bool:
+        sql(pg_url, 'NOTIFY txmail_outbox')
+        return woken.wait(0.1)
+
+    queue.listen(woken.set)
+    try:
+        assert wait_until(notified, 10)
+        assert wait_until(
+            lambda: sql(
+                pg_url,
+                "SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT 1' "
+                "AND application_name = 'pyramid_txmail'",
+            ),
+            10,
+        )
+        proxy.stall()
+        assert wait_until(lambda: 'no answer within 0.5s' in caplog.text, 10)
+        # Listening again over a new connection.
+        woken.clear()
+        assert wait_until(notified, 10)
+    finally:
+        queue.close()
+    assert PASSWORD not in caplog.text
+
+
+def test_a_prepare_that_reaches_the_server_after_the_vote_gave_up_prepares_nothing(
+    pg_url, proxy
+):
+    # The PREPARE TRANSACTION is held on the way, the vote gives up; then
+    # the path heals and delivers it. The server process it was sent to is
+    # ended before the vote fails: nothing can be prepared after.
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(through(proxy, pg_url), tm, timeout='1')
+    proxy.stall(on=b'PREPARE TRANSACTION')
+
+    def commit():
+        with tm:
+            mailer.send(message(subject='stalled'))
+
+    assert isinstance(within(commit)['raised'], QueueError)
+    proxy.resume(forward=True)
+    assert wait_until(
+        lambda: (
+            not sql(
+                pg_url,
+                "SELECT 1 FROM pg_stat_activity WHERE state = 'idle in transaction' "
+                "AND query LIKE 'INSERT INTO txmail_outbox%%'",
+            )
+        ),
+        10,
+    )
+    assert prepared(pg_url) == []
+    assert rows(pg_url) == []

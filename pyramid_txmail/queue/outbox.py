@@ -22,6 +22,14 @@ Processors are woken at commit through ``LISTEN/NOTIFY`` on the channel
 fallback. psycopg 3 is used directly, one connection per thread; a dropped
 connection (a restarted server) is replaced on next use.
 
+Every round trip on the outbox's own connections has ``mail.timeout``
+seconds (:func:`bounded`): a server that stops answering (a network
+partition, a stalled proxy, a server blocked on I/O or a lock) fails the
+call as :class:`Unanswered`, a broken connection, instead of holding a
+commit or a processor. Connections also get TCP keepalives and
+``tcp_user_timeout`` (:func:`connect`), so that one idle or waiting for
+notifications notices a dead peer.
+
 Logger: ``pyramid_txmail.outbox``.
 """
 
@@ -31,18 +39,20 @@ import builtins
 import contextlib
 import importlib.resources
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 
+from ..deadline import Deadline, process_watchdog
 from ..exceptions import QueueError, UnknownMessage
 from ..message import Envelope
 from ..settings import without_password
@@ -56,6 +66,8 @@ __all__ = [
     'OutboxClaim',
     'OutboxPass',
     'OutboxQueue',
+    'Unanswered',
+    'bounded',
     'connect',
     'error_text',
     'schema_sql',
@@ -75,6 +87,11 @@ GID_PREFIX = 'pyramid_txmail:'
 SCHEMES = ('postgresql', 'postgres', 'postgresql+psycopg')
 #: Seconds between the listener's attempts to reach a database that is down.
 LISTEN_RETRY = 1.0
+#: Seconds ``mail.timeout`` defaults to, for queues made without settings.
+TIMEOUT = 30.0
+#: Seconds the deadline thread waits for the next round trip before it ends
+#: (one thread per round trip would cost more than the round trip).
+WATCHDOG_LINGER = 10.0
 
 
 def schema_sql() -> str:
@@ -127,9 +144,10 @@ class _Connections:
     would end the parent's session) in the child.
     """
 
-    def __init__(self, url: str, name: str):
+    def __init__(self, url: str, name: str, timeout: float = TIMEOUT):
         self.url = url
         self.name = name
+        self.timeout = timeout
         self._local = threading.local()
         self._all: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
         self._inherited: list[Any] = []
@@ -141,7 +159,7 @@ class _Connections:
             self._inherited.append(conn)
             conn = None
         if conn is None or conn.closed or conn.broken:
-            conn = connect(self.url, self.name)
+            conn = connect(self.url, self.name, timeout=self.timeout)
             self._local.conn, self._local.pid = conn, os.getpid()
             self._all.add(conn)
         return conn
@@ -159,19 +177,96 @@ class _Connections:
                 conn.close()
 
 
-def connect(url: str, name: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    """A new connection; QueueError naming ``mail.queue_url`` if none can be made."""
+def connect(
+    url: str, name: str, *, autocommit: bool = True, timeout: float = TIMEOUT
+) -> psycopg.Connection[Any]:
+    """A new connection; QueueError naming ``mail.queue_url`` if none can be made.
+
+    The connect itself has ``connect_timeout`` (10 seconds); TCP keepalives
+    and ``tcp_user_timeout`` from ``timeout`` (``mail.timeout``) make a
+    connection to a peer that vanished fail even while nothing is asked of
+    it (a listener waiting for notifications). Each is a default: what the
+    URL says wins.
+    """
     try:
-        return psycopg.connect(
-            _conninfo(url),
-            autocommit=autocommit,
-            connect_timeout=10,
-            application_name='pyramid_txmail',
-        )
+        conninfo = _conninfo(url)
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+        defaults = {
+            key: value
+            for key, value in _connect_defaults(timeout).items()
+            if key not in given
+        }
+        return psycopg.connect(conninfo, autocommit=autocommit, **defaults)
     except psycopg.Error as exc:
         raise QueueError(
             f'mail.queue_url: cannot connect to {name}: {error_text(exc, url)}'
         ) from None
+
+
+def _connect_defaults(timeout: float) -> dict[str, Any]:
+    """libpq's parameters for a connection bounded by ``timeout`` seconds."""
+    seconds = max(1, math.ceil(timeout))
+    defaults: dict[str, Any] = {
+        'connect_timeout': 10,
+        'application_name': 'pyramid_txmail',
+        # A dead peer noticed within about twice mail.timeout when idle...
+        'keepalives': 1,
+        'keepalives_idle': seconds,
+        'keepalives_interval': max(1, math.ceil(seconds / 3)),
+        'keepalives_count': 3,
+        # ... and within mail.timeout when what was sent is not acknowledged.
+        'tcp_user_timeout': seconds * 1000,
+    }
+    if psycopg.pq.version() < 120000:  # pragma: no cover - libpq 11 and older
+        del defaults['tcp_user_timeout']
+    return defaults
+
+
+class Unanswered(psycopg.OperationalError):
+    """A round trip ran past its deadline (:func:`bounded`): the connection
+    was shut down, and is broken."""
+
+
+@contextlib.contextmanager
+def bounded(conn: psycopg.Connection[Any], timeout: float) -> Iterator[None]:
+    """Give the calls on ``conn`` inside ``timeout`` seconds in all.
+
+    libpq waits for the server without a limit once connected. The
+    outbox's deadline thread shuts the connection's socket down at the
+    deadline, which ends the wait; the psycopg error that follows is
+    raised as :class:`Unanswered` (an ``OperationalError``: the connection
+    is broken, as when the server drops it). A call that ended just as the
+    deadline fired has its whole answer; the next one finds the connection
+    broken.
+    """
+    deadline = Deadline(timeout, _watchdog)
+    try:
+        # A duplicate of libpq's descriptor, made so and not by
+        # socket.dup(), which would make the descriptor (libpq's too)
+        # blocking; closed by release().
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            deadline.watch(sock, owned=True)
+        except RuntimeError as exc:  # the process is at its limit of threads
+            raise psycopg.OperationalError(
+                f'cannot start the thread that bounds each outbox round trip ({exc})'
+            ) from None
+        with deadline:
+            yield
+    except psycopg.Error:
+        if deadline.fired is None:
+            raise
+        raise Unanswered(_no_answer(timeout)) from None
+    finally:
+        deadline.release()
+
+
+def _no_answer(timeout: float) -> str:
+    return f'no answer within {timeout:g}s (mail.timeout)'
+
+
+#: The deadline thread of the outbox's round trips, one per process.
+_watchdog = process_watchdog('pyramid_txmail-outbox-deadline', linger=WATCHDOG_LINGER)
 
 
 def error_text(exc: BaseException, url: str) -> str:
@@ -236,7 +331,8 @@ class OutboxQueue:
     """The outbox table at ``url_or_engine`` (a URL, or a SQLAlchemy engine).
 
     ``keep_sent`` seconds: how long sent rows are kept (``mail.keep_sent``);
-    0 deletes a row once the relay accepted it.
+    0 deletes a row once the relay accepted it. ``timeout`` seconds
+    (``mail.timeout``) bound each round trip to the database.
 
     Due times, leases, sent times and ages are the database's clock
     (``now()``), so that processors on hosts whose clocks differ agree;
@@ -253,6 +349,7 @@ class OutboxQueue:
         *,
         keep_sent: float = 0.0,
         clock: Callable[[], float] | None = None,
+        timeout: float = TIMEOUT,
     ):
         url = url_or_engine if isinstance(url_or_engine, str) else None
         if url is None:
@@ -261,9 +358,10 @@ class OutboxQueue:
         #: The URL without its password: for logs, the CLI, the processor registry.
         self.name = safe_name(url)
         self.keep_sent = keep_sent
+        self.timeout = timeout
         self.clock = time.time if clock is None else clock
         self._given_clock = clock
-        self._conns = _Connections(url, self.name)
+        self._conns = _Connections(url, self.name, timeout)
         self._fault_maybe = True
         self._listener: Listener | None = None
 
@@ -285,7 +383,8 @@ class OutboxQueue:
         """Run one statement (its own transaction); QueueError on failure."""
         try:
             conn = self._conns.get()
-            return conn.execute(sql, params)
+            with bounded(conn, self.timeout):
+                return conn.execute(sql, params)
         except QueueError:
             raise
         except psycopg.Error as exc:
@@ -586,7 +685,9 @@ class OutboxQueue:
         """Call ``callback`` on each commit's NOTIFY, from a daemon thread
         (started once per queue object; again in a forked child)."""
         if self._listener is None or self._listener.stopped:
-            self._listener = Listener(self.url, self.name, callback)
+            self._listener = Listener(
+                self.url, self.name, callback, timeout=self.timeout
+            )
             self._listener.start()
         return self._listener
 
@@ -704,12 +805,27 @@ class Listener:
     """``LISTEN txmail_outbox`` in a daemon thread, calling ``callback`` for
     each notification. A lost connection is made again (every
     :data:`LISTEN_RETRY` seconds while the database is down), and
-    ``callback`` is called once after, for what may have been missed."""
+    ``callback`` is called once after, for what may have been missed.
 
-    def __init__(self, url: str, name: str, callback: Callable[[], None]):
+    ``LISTEN`` has ``timeout`` seconds. The wait for notifications has
+    none, but after every ``timeout`` seconds of it a ``SELECT 1`` (with
+    ``timeout`` seconds) checks that the server still answers, and a peer
+    that vanished is noticed by the connection's keepalives too (see
+    :func:`connect`): a listener whose database stopped answering
+    reconnects within about twice ``timeout``."""
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        callback: Callable[[], None],
+        *,
+        timeout: float = TIMEOUT,
+    ):
         self.url = url
         self.name = name
         self.callback = callback
+        self.timeout = timeout
         self.stopped = False
         self._stop = threading.Event()
         self._thread = self._new_thread()
@@ -733,20 +849,28 @@ class Listener:
         missed = False
         while not self._stop.is_set():
             try:
-                conn = connect(self.url, self.name)
+                conn = connect(self.url, self.name, timeout=self.timeout)
             except QueueError as exc:
                 log.warning('cannot listen for new mail: %s', exc)
                 missed = True
                 self._stop.wait(LISTEN_RETRY)
                 continue
             try:
-                conn.execute(f'LISTEN {CHANNEL}')
+                with bounded(conn, self.timeout):
+                    conn.execute(f'LISTEN {CHANNEL}')
                 if missed:
                     self._call()
                     missed = False
+                check_at = time.monotonic() + self.timeout
                 while not self._stop.is_set():
                     for _ in conn.notifies(timeout=0.5):
                         self._call()
+                    if time.monotonic() >= check_at:
+                        # A path that stalls keeps the connection open, and
+                        # silence is what a listener expects: ask.
+                        with bounded(conn, self.timeout):
+                            conn.execute('SELECT 1')
+                        check_at = time.monotonic() + self.timeout
             except psycopg.Error as exc:
                 log.warning(
                     'listening for new mail on %s: %s',

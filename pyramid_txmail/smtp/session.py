@@ -37,7 +37,6 @@ import base64
 import contextlib
 import hmac
 import logging
-import math
 import os
 import re
 import select
@@ -45,11 +44,11 @@ import smtplib
 import socket
 import ssl
 import threading
-import time
 import weakref
 from types import TracebackType
 from typing import Any
 
+from pyramid_txmail.deadline import Deadline, Watchdog
 from pyramid_txmail.exceptions import (
     ConfigurationFault,
     DeliveryError,
@@ -101,68 +100,16 @@ def make_ssl_context(settings: MailSettings) -> ssl.SSLContext:
     return context
 
 
-class _Watchdog:
-    """The one thread of a process that ends sessions past their deadline.
-
-    Every open session's :class:`_Deadline` is watched by it, so that a pool
-    of sessions, or many requests sending at once, cost one thread, not one
-    each. It starts with the first session watched and ends when none is
-    left; a forked child gets a watchdog of its own.
-    """
-
-    def __init__(self) -> None:
-        # Re-entrant: cut() may run in a signal handler that interrupted a
-        # phase of the same thread. One lock for every session's deadline:
-        # it is held for a few assignments per phase.
-        self.cond = threading.Condition(threading.RLock())
-        self.watched: set[_Deadline] = set()
-        self.wake_at = math.inf  # when the thread looks again
-        self.thread: threading.Thread | None = None
-
-    def watch(self, deadline: _Deadline) -> threading.Thread | None:
-        """Watch ``deadline`` (held: ``cond``); a new thread to start, after
-        ``cond`` is released, if none runs.
-
-        Not started here: ``start()`` waits for the new thread, which may
-        first collect garbage, and a finalizer that releases a deadline needs
-        ``cond``. The thread, once started, sees whatever was watched by then.
-        """
-        self.watched.add(deadline)
-        if self.thread is None:
-            _install_fork_hook()
-            self.thread = threading.Thread(
-                target=self._run, name='pyramid_txmail-smtp-deadline', daemon=True
-            )
-            return self.thread
-        self.soon(deadline.due())
-        return None
-
-    def soon(self, due: float) -> None:
-        """Wake the thread if ``due`` comes before it looks again (held:
-        ``cond``). Most phases end long before it wakes; it then sees the
-        new deadline. Waking it for each phase would cost a switch."""
-        if due < self.wake_at:
-            self.cond.notify()
-
-    def _run(self) -> None:
-        with self.cond:
-            while self.watched:
-                now = time.monotonic()
-                soonest = math.inf
-                for deadline in list(self.watched):
-                    soonest = min(soonest, deadline.expire(now))
-                self.wake_at = soonest
-                self.cond.wait(None if soonest == math.inf else soonest - now)
-            # Under the lock: the next watch() starts a new thread.
-            self.thread = None
-            self.wake_at = math.inf
+def _new_watchdog() -> Watchdog:
+    """The one thread of a process that ends SMTP phases past their deadline
+    (see :class:`~pyramid_txmail.deadline.Watchdog`)."""
+    return Watchdog('pyramid_txmail-smtp-deadline', on_start=_install_fork_hook)
 
 
-_WATCHDOG = _Watchdog()  # no thread until a session is watched
 _fork_hook_installed = False
 
 
-def _watchdog() -> _Watchdog:
+def _watchdog() -> Watchdog:
     """This process's watchdog."""
     return _WATCHDOG
 
@@ -182,7 +129,10 @@ def _forget_watchdog() -> None:
     are not watched by the child's (they belong to the parent: see
     :mod:`.pool`)."""
     global _WATCHDOG
-    _WATCHDOG = _Watchdog()
+    _WATCHDOG = _new_watchdog()
+
+
+_WATCHDOG = _new_watchdog()  # no thread until a session is watched
 
 
 def _lookup(host: str, port: int, timeout: float) -> list[tuple[Any, ...]]:
@@ -219,117 +169,36 @@ def _lookup(host: str, port: int, timeout: float) -> list[tuple[Any, ...]]:
     return found[0]
 
 
-class _Deadline:
+class _Deadline(Deadline):
     """Shuts a session's socket down when a phase runs past its deadline.
 
     smtplib's timeout bounds each socket read, so a relay answering a byte
     at a time could hold a session for as long as it likes. Used as a
-    context manager, this gives the phase inside ``timeout`` seconds in all:
-    the process's one watchdog thread (:class:`_Watchdog`, watching every
-    open session from :meth:`watch` to :meth:`release`) shuts the socket
-    down at the deadline, which ends any read, write or TLS handshake
-    waiting on it. :meth:`cut` sets a deadline for the whole session.
-
-    The watchdog shuts down a duplicate of the socket, which only
-    :meth:`release` closes: smtplib may close its own descriptor at any
-    moment, and a shutdown by number could then reach whatever file the
-    system gave that number next.
+    context manager, this gives the phase inside ``timeout`` seconds in all
+    (see :class:`~pyramid_txmail.deadline.Deadline`), watched by the
+    process's one SMTP watchdog thread from :meth:`watch` to
+    :meth:`release`.
     """
 
     def __init__(self, timeout: float):
-        self.timeout = timeout
-        # All guarded by the watchdog's lock.
-        self._sock: socket.socket | None = None
-        self._due = math.inf  # end of the current phase
-        self._cutoff = math.inf  # end of the session (cut)
-        #: Why the socket was shut down: ``'timeout'``, ``'cut'`` or None.
-        self.fired: str | None = None
-
-    def __enter__(self) -> None:
-        due = time.monotonic() + self.timeout
-        watchdog = _watchdog()
-        with watchdog.cond:
-            self._due = due
-            if self._sock is not None:
-                watchdog.soon(due)
+        super().__init__(timeout, _watchdog)
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        with _watchdog().cond:
-            self._due = math.inf
-            fired = self.fired
+        fired = self.end()
         if fired is not None and exc_type is None:
             # Shut down during the phase: what was read last may be a reply
             # cut short, e.g. the '250' of '250-please wait', which smtplib
             # takes for a whole one.
             raise smtplib.SMTPServerDisconnected(f'shut down by the deadline ({fired})')
 
-    def due(self) -> float:
-        """The phase's deadline or the cut, whichever comes first."""
-        return min(self._due, self._cutoff)
-
-    def watch(self, sock: socket.socket) -> None:
+    def watch(self, sock: socket.socket, *, owned: bool = False) -> None:
         """Guard ``sock`` until :meth:`release`."""
-        self.release()
-        watchdog = _watchdog()
-        with watchdog.cond:
-            self.fired = None
-            self._sock = sock.dup()
-            thread = watchdog.watch(self)
-        if thread is None:
-            return
         try:
-            thread.start()
+            super().watch(sock, owned=owned)
         except RuntimeError as exc:  # the process is at its limit of threads
-            # Else every later session would take the thread for running,
-            # and no deadline would ever fire again. (Only a thread that ran
-            # puts another in its place.)
-            with watchdog.cond:
-                watchdog.thread = None
             raise TemporaryDeliveryError(
                 f'cannot start the thread that bounds each SMTP phase ({exc})'
             ) from None
-
-    def expire(self, now: float) -> float:
-        """Shut the socket down if its time has come (the watchdog's
-        thread, holding its lock); return when to look again."""
-        if self.fired is not None or self._sock is None:
-            return math.inf
-        due = self.due()
-        if now < due:
-            return due
-        self.fired = 'cut' if self._cutoff <= now else 'timeout'
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        return math.inf
-
-    def left(self) -> float:
-        """Seconds until the phase's deadline or the cut, whichever comes
-        first (for the connect, which runs before there is a socket to
-        watch); a cut whose time has come is marked as fired."""
-        now = time.monotonic()
-        with _watchdog().cond:
-            if now >= self._cutoff and self.fired is None:
-                self.fired = 'cut'
-            return max(0.0, self.due() - now)
-
-    def cut(self, after: float) -> None:
-        watchdog = _watchdog()
-        with watchdog.cond:
-            self._cutoff = min(self._cutoff, time.monotonic() + after)
-            if self._sock is not None:
-                watchdog.soon(self._cutoff)
-
-    def release(self) -> None:
-        """Stop guarding; the watchdog forgets this session."""
-        watchdog = _watchdog()
-        with watchdog.cond:
-            sock, self._sock = self._sock, None
-            if self in watchdog.watched:
-                watchdog.watched.discard(self)
-                # Its thread ends once nothing is left to watch.
-                watchdog.cond.notify()
-        if sock is not None:
-            sock.close()
 
 
 class SMTPConnection:
