@@ -1080,6 +1080,37 @@ def test_stop_during_slow_send_lets_it_finish(queue, make_smtp_server, make_thre
     assert queue.counts() == {**EMPTY, 'queued': 4}
 
 
+def test_stop_while_the_next_message_is_claimed_sends_no_more(
+    tmp_path, make_smtp_server
+):
+    from pyramid_txmail.processor import QueueProcessor
+    from pyramid_txmail.queue import MailQueue
+
+    server = make_smtp_server()
+    claimed = []
+
+    class StopsAtTheSecondClaim(MailQueue):
+        # stop() arriving from another thread just as the second message
+        # is claimed, made deterministic.
+        def claim(self, mail_id):
+            claim = super().claim(mail_id)
+            claimed.append(mail_id)
+            if len(claimed) == 2:
+                processor.stop()
+            return claim
+
+    queue = StopsAtTheSecondClaim(str(tmp_path / 'q'))
+    ids = fill(queue, 3)
+    processor = QueueProcessor(queue, settings_for(server.port))
+    assert processor.run_once().sent == 0
+    # The first one's commands went, its content waited for the second's
+    # commands: neither goes, both are back in new/ with the third, which
+    # was never claimed.
+    assert claimed == ids[:2]
+    assert queue.pending() == ids
+    assert server.messages == []
+
+
 def test_stop_of_unstarted_thread(queue, make_smtp_server, make_thread):
     assert make_thread(queue, make_smtp_server()).stop()
 
