@@ -847,6 +847,60 @@ def test_keep_sent_keeps_sent_rows_with_the_relays_reply_and_prunes_old_ones(
     queue.close()
 
 
+def old_sent_rows(url: str, count: int) -> None:
+    """``count`` rows sent two hours ago."""
+    sql(
+        url,
+        'INSERT INTO txmail_outbox (message_id, sender, recipients, data, '
+        "state, sent_at) SELECT '<old' || n || '@test>', 'from@example.com', "
+        "ARRAY['to@example.com'], 'x', 'sent', now() - interval '2 hours' "
+        'FROM generate_series(1, %s) AS n',
+        (count,),
+    )
+
+
+def test_pruning_a_backlog_of_sent_rows_takes_as_many_statements_as_it_needs(
+    pg_url, monkeypatch
+):
+    from pyramid_txmail.queue import outbox
+
+    # Each statement within mail.timeout: a few rows at a time, as many times
+    # as there are rows to prune.
+    monkeypatch.setattr(outbox, 'PRUNE_BATCH', 2)
+    old_sent_rows(pg_url, 5)
+    queue = OutboxQueue(pg_url, keep_sent=3600)
+    try:
+        queue.start_pass(stale_after=60)
+    finally:
+        queue.close()
+    assert rows(pg_url) == []
+
+
+def test_a_sent_row_another_session_holds_does_not_hold_up_the_pass(
+    pg_url, smtp_server
+):
+    # An operator's open transaction (or an audit job) holds a sent row
+    # that is due to be pruned: pruning would wait for it past
+    # mail.timeout, and so fail every pass before it sends. It is skipped,
+    # pruned by a later pass.
+    old_sent_rows(pg_url, 1)
+    [message_id] = fill(pg_url, 1)
+    queue = OutboxQueue(pg_url, keep_sent=3600, timeout=1)
+    try:
+        with psycopg.connect(pg_url) as holder:
+            holder.execute(
+                "SELECT id FROM txmail_outbox WHERE state = 'sent' FOR UPDATE"
+            )
+            outcome = within(processor_for(queue, smtp_server).run_once)
+        assert outcome['returned'].sent == 1
+        queue.start_pass(stale_after=60)
+    finally:
+        queue.close()
+    [received] = smtp_server.wait_for(1)
+    assert received.message['Message-ID'] == message_id
+    assert [(r[1], r[2]) for r in rows(pg_url)] == [('sent', message_id)]
+
+
 # -- many processors
 
 

@@ -483,6 +483,48 @@ def test_error_claiming_the_next_message_records_the_one_being_answered(
     assert queue.counts() == {**EMPTY, 'queued': 2}
 
 
+def test_an_answer_read_as_its_deadline_fired_charges_only_its_message(
+    queue, events, make_smtp_server, make_processor
+):
+    # The relay's answer to the first content arrives just as mail.timeout
+    # runs out: the session is over, and that message is deferred (what was
+    # read may be cut short). The second message's commands went with that
+    # content, the third was claimed meanwhile: no content of theirs went
+    # out, so both go back to new/ as they were: no attempt, no event.
+    import smtplib
+
+    from pyramid_txmail.smtp import SMTPConnection
+
+    server = make_smtp_server()
+    settings = settings_for(server.port, timeout=0.5)
+    conns: list[SMTPConnection] = []
+
+    class AnswerAtTheDeadline(smtplib.SMTP):
+        def getreply(self):
+            code, reply = super().getreply()
+            if reply.endswith(b'queued') and len(server.messages) == 1:
+                # The deadline fires between this read and the end of its
+                # phase, a window no relay can aim at: waited for here.
+                deadline = time.monotonic() + 10
+                while not conns[0].timed_out and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            return code, reply
+
+    def connect():
+        conns.append(SMTPConnection(settings, smtp_class=AnswerAtTheDeadline))
+        return conns[-1]
+
+    first, *others = fill(queue, 3)
+    processor = make_processor(queue, server, processor_kw={'connect': connect})
+    result = processor.run_once()
+    assert (result.deferred, result.sent) == (1, 0)
+    assert 'did not answer DATA' in _meta(queue, 'deferred', first)['last_error']
+    assert queue.pending() == others
+    for mail_id in others:
+        assert _meta(queue, 'new', mail_id)['attempts'] == 0
+    assert event_kinds(events) == [('MailFailed', False)]
+
+
 def test_too_old_fails_for_good(queue, clock, events, make_smtp_server, make_processor):
     server = make_smtp_server(reply={'MAIL': '451 4.3.0 try later'})
     [mail_id] = fill(queue, 1)

@@ -273,6 +273,34 @@ def test_committed_message_that_could_not_be_published_is_published_later(
     assert files(queue_path, 'tmp') == []
 
 
+def test_committed_message_that_could_not_be_published_survives_a_power_loss(
+    queue_path, make_queue
+):
+    # The vote fsyncs the file, not tmp/; when the finish cannot rename it
+    # into new/, the commit still completes with the message in tmp/: its
+    # name there is made durable, as the contract promises of a commit.
+    from pyramid_txmail.queue import MailQueue
+
+    synced = []
+
+    class FullDisk(MailQueue):
+        def _fsync(self, fd):
+            synced.append(os.fstat(fd).st_ino)
+            os.fsync(fd)
+
+        def _rename(self, src, dst):
+            if os.path.basename(os.path.dirname(dst)) == 'new':
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.rename(src, dst)
+
+    queue = make_queue(FullDisk)
+    mail_id = queue.stage(make_mail(1))
+    synced.clear()
+    queue.publish([mail_id])
+    assert files(queue_path, 'tmp') == [mail_id]
+    assert os.stat(os.path.join(queue_path, 'tmp')).st_ino in synced
+
+
 def test_ids_sort_in_queue_order_and_never_collide(make_queue, clock):
     queue = make_queue(clock=clock)
     ids = []

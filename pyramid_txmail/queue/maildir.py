@@ -255,16 +255,21 @@ class MailQueue:
     def publish(self, ids: Iterable[str]) -> None:
         """Move staged messages into ``new/``: processors see them now.
 
-        Runs in ``tpc_finish``, which must not fail: errors are logged. The
-        messages are durable in ``tmp/`` already; one that cannot be renamed
-        stays there (and is reported) rather than being lost silently.
+        Runs in ``tpc_finish``, which must not fail: errors are logged. A
+        message that cannot be renamed stays in ``tmp/`` (and is reported)
+        rather than being lost silently; ``tmp/`` is then fsync'ed, which
+        the vote no longer does, so that it survives a power loss there.
         """
+        stuck = False
         for mail_id in ids:
             try:
                 self._rename(self._p('tmp', mail_id), self._p('new', mail_id))
             except Exception:
                 self._unpublished.add(mail_id)
+                stuck = True
                 log.exception('cannot publish %s into %s', mail_id, self._p('new'))
+        if stuck:
+            self._sync_dir('tmp', raising=False)
         # Without this a power loss could leave a committed message in tmp/,
         # where the 36-hour cleanup would drop it.
         self._sync_dir('new', raising=False)

@@ -92,6 +92,8 @@ TIMEOUT = 30.0
 #: Seconds the deadline thread waits for the next round trip before it ends
 #: (one thread per round trip would cost more than the round trip).
 WATCHDOG_LINGER = 10.0
+#: Most sent rows one statement prunes (``mail.keep_sent``).
+PRUNE_BATCH = 1000
 
 
 def schema_sql() -> str:
@@ -423,12 +425,22 @@ class OutboxQueue:
         went back) has no use here: due times are the database's.
         """
         if self.keep_sent > 0:
-            self._execute(
-                "DELETE FROM txmail_outbox WHERE state = 'sent' "
-                f'AND sent_at < {self._now()} - make_interval(secs => %s)',
-                (self.keep_sent,),
-                what='prune sent messages',
-            )
+            # In batches, skipping rows another session holds: each round
+            # trip has mail.timeout, and one DELETE of a backlog (keep_sent
+            # lowered, a long outage) or one waiting for a lock would fail
+            # every pass before it sends anything.
+            pruned = PRUNE_BATCH
+            while pruned == PRUNE_BATCH:
+                pruned = self._execute(
+                    # ARRAY(): the batch is chosen once (an IN would let
+                    # the planner scan it again, and SKIP LOCKED differ).
+                    'DELETE FROM txmail_outbox WHERE id = ANY(ARRAY(SELECT id '
+                    "FROM txmail_outbox WHERE state = 'sent' AND sent_at < "
+                    f'{self._now()} - make_interval(secs => %s) '
+                    'LIMIT %s FOR UPDATE SKIP LOCKED))',
+                    (self.keep_sent, PRUNE_BATCH),
+                    what='prune sent messages',
+                ).rowcount
         return OutboxPass(self, stale_after)
 
     def _claim(self, stale_after: float) -> OutboxClaim | None:

@@ -148,9 +148,10 @@ class Pipeline(Generic[K]):
             return [(key, error)]  # nothing written: the session is in step
         commands = _commands(envelope, options)
         outcomes = self._settle()
-        if outcomes and not conn.alive:
-            # The reply that ended the session came first: the message in
-            # flight was not accepted, and has no outcome.
+        if not conn.alive:
+            # The reply that ended the session came first (here, or read by
+            # the caller's settle()): the message in flight was not
+            # accepted, and has no outcome.
             self._in_flight = None
             return outcomes
         if self._in_flight is not None:
