@@ -27,6 +27,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
@@ -503,6 +504,9 @@ class FileDelivery:
 # -- the shared outbox (mail.queue_url): psycopg only when one is configured
 
 
+_BACKEND_START = (
+    'SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()'
+)
 _INSERT = (
     'INSERT INTO txmail_outbox (message_id, sender, recipients, subject, data) '
     'VALUES (%s, %s, %s, %s, %s)'
@@ -561,6 +565,11 @@ class OutboxDelivery(_Producer):
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        # Each connection's server process, as (pid, backend_start): a pid
+        # alone may be another session's by the time it is ended.
+        self._backends: weakref.WeakKeyDictionary[
+            psycopg.Connection[Any], tuple[int, Any]
+        ] = weakref.WeakKeyDictionary()
 
     def _get(self) -> tuple[psycopg.Connection[Any], bool]:
         """An idle connection (and True), else a new one (and False)."""
@@ -569,10 +578,25 @@ class OutboxDelivery(_Producer):
                 self._idle, self._pid = [], os.getpid()  # the parent's
             if self._idle:
                 return self._idle.pop(), True
-        from .queue.outbox import connect
+        import psycopg
+
+        from .queue.outbox import bounded, connect
 
         queue = self.queue
         conn = connect(queue.url, queue.name, autocommit=False, timeout=queue.timeout)
+        try:
+            conn.autocommit = True  # no transaction to end after the query
+            with bounded(conn, queue.timeout):
+                [(started,)] = conn.execute(_BACKEND_START).fetchall()
+            conn.autocommit = False
+        except psycopg.Error as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise QueueError(
+                f'mail.queue_url: cannot write the outbox at {queue.name}: '
+                f'{_vote_cause(exc, queue.url)}'
+            ) from None
+        self._backends[conn] = (conn.info.backend_pid, started)
         return conn, False
 
     def _put(self, conn: psycopg.Connection[Any]) -> None:
@@ -600,7 +624,7 @@ class OutboxDelivery(_Producer):
         while True:
             conn, reused = self._get()
             # The server process, for _resolve() to end if its answer is lost.
-            pid = conn.info.backend_pid
+            backend = self._backends[conn]
             preparing = False
             try:
                 with bounded(conn, timeout):
@@ -627,7 +651,7 @@ class OutboxDelivery(_Producer):
                     continue
                 if preparing and lost:
                     # The server may have prepared it, only the answer lost.
-                    self._resolve(gid, commit=False, stalled=pid)
+                    self._resolve(gid, commit=False, stalled=backend)
                 raise QueueError(
                     f'mail.queue_url: cannot write the outbox at {queue.name}: '
                     f'{_vote_cause(exc, queue.url)}'
@@ -659,27 +683,27 @@ class OutboxDelivery(_Producer):
             except Exception:
                 with contextlib.suppress(Exception):
                     conn.close()
-                self._resolve(gid, commit=False, stalled=pid)
+                self._resolve(gid, commit=False, stalled=backend)
                 return
             self._put(conn)
 
         def after_commit() -> None:
             if not state['committed']:
-                self._resolve(gid, commit=True, stalled=pid)
+                self._resolve(gid, commit=True, stalled=backend)
             self._notify()
             self._wake()
 
         return PendingMail(finish=finish, abort=abort, after_commit=after_commit)
 
-    def _resolve(self, gid: str, *, commit: bool, stalled: int) -> None:
+    def _resolve(self, gid: str, *, commit: bool, stalled: tuple[int, Any]) -> None:
         """End the prepared transaction ``gid`` over a new connection; if
         that fails too, say what the operator must do.
 
         ``stalled`` is the server process of the connection whose call
-        failed. It may still be running that call (its answer lost, or not
-        yet given): it is ended first, so that it cannot prepare or commit
-        after this. ``gid`` not found then was ended by that call (or, for
-        a vote, never prepared).
+        failed, as (pid, backend_start). It may still be running that call
+        (its answer lost, or not yet given): it is ended first, so that it
+        cannot prepare or commit after this. ``gid`` not found then was
+        ended by that call (or, for a vote, never prepared).
         """
         import psycopg
 
@@ -690,19 +714,19 @@ class OutboxDelivery(_Producer):
         try:
             with connect(queue.url, queue.name, timeout=queue.timeout) as conn:
                 # Waits (half of mail.timeout at most) for it to be gone.
-                # Only one of ours (its number may be another's by now);
-                # refused to a role that may not end it: tried anyway.
+                # That process only: its pid may be another session's by
+                # now, but not with the same start. Refused to a role that
+                # may not end it: tried anyway.
                 end = (
                     'SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity '
-                    'WHERE pid = %s AND application_name = '
-                    "current_setting('application_name')"
+                    'WHERE pid = %s AND backend_start = %s'
                 )
                 wait_ms = int(queue.timeout * 500)
                 with (
                     contextlib.suppress(psycopg.ProgrammingError),
                     bounded(conn, queue.timeout),
                 ):
-                    conn.execute(end, (wait_ms, stalled))
+                    conn.execute(end, (wait_ms, *stalled))
                 with bounded(conn, queue.timeout):
                     if commit:
                         conn.tpc_commit(gid)

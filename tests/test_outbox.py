@@ -365,8 +365,28 @@ def test_a_prepared_transaction_that_cannot_be_ended_is_named_for_the_operator(
 
     delivery = OutboxDelivery(OutboxQueue(pg_url))
     delivery.queue.url = delivery.queue.url.replace('/txmail?', '/nonexistent?')
-    delivery._resolve('pyramid_txmail:lost', commit=True, stalled=0)
+    delivery._resolve('pyramid_txmail:lost', commit=True, stalled=(0, None))
     assert "COMMIT PREPARED 'pyramid_txmail:lost'" in caplog.text
+
+
+def test_ending_a_stalled_session_spares_another_that_took_its_pid(pg_url, caplog):
+    import datetime
+
+    from pyramid_txmail.delivery import OutboxDelivery
+
+    caplog.set_level(logging.INFO)
+    # Another instance's session, which the stalled one's pid now names
+    # (the same number, a later start): it must not be ended.
+    with psycopg.connect(pg_url, application_name='pyramid_txmail') as other:
+        delivery = OutboxDelivery(OutboxQueue(pg_url))
+        long_ago = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+        delivery._resolve(
+            'pyramid_txmail:gone',
+            commit=True,
+            stalled=(other.info.backend_pid, long_ago),
+        )
+        assert other.execute('SELECT 1').fetchone() == (1,)
+    assert 'was ended already' in caplog.text
 
 
 def test_without_prepared_transactions_the_error_says_what_to_do(pg_url, pg_server):
@@ -1233,6 +1253,29 @@ def test_a_vote_the_database_does_not_answer_fails_the_commit_and_leaves_nothing
     with tm:
         mailer.send(message(subject='after'))
     assert subjects(pg_url) == ['before', 'after']
+
+
+def test_a_new_connection_the_database_stops_answering_fails_the_commit(
+    pg_url, proxy, caplog
+):
+    tm = transaction.TransactionManager()
+    mailer = outbox_mailer(through(proxy, pg_url), tm, timeout='1')
+    # The first round trip of a new connection: which server process it is.
+    proxy.stall(on=b'backend_start')
+
+    def commit():
+        with tm:
+            mailer.send(message(subject='stalled'))
+
+    error = within(commit)['raised']
+    assert isinstance(error, QueueError)
+    assert str(error).endswith('no answer within 1s (mail.timeout)')
+    assert subjects(pg_url) == []
+    assert PASSWORD not in str(error) + caplog.text
+    proxy.resume()
+    with tm:
+        mailer.send(message(subject='after'))
+    assert subjects(pg_url) == ['after']
 
 
 def stall_before_the_finish(tm, proxy):
