@@ -152,7 +152,10 @@ class QueueProcessor:
             self._cond.notify_all()
 
     def stop(self, grace: float = STOP_TIMEOUT) -> None:
-        """Finish the message being sent, then return from :meth:`run`.
+        """Let the message whose content went out finish (the relay's
+        answer is read and recorded), then return from :meth:`run`; a
+        message whose content has not gone yet goes back to the queue
+        unsent.
 
         A session still waiting for the relay ``grace`` seconds from now is
         cut (its message is deferred), whatever the relay does;
