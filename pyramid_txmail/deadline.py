@@ -114,17 +114,18 @@ def process_watchdog(name: str, *, linger: float = 0.0) -> Callable[[], Watchdog
     """A function giving this process's watchdog named ``name``: a forked
     child gets a new one (the parent's has no thread there, and its lock
     may have been held at the fork)."""
-    # No lock: one held at a fork would never be released in the child. Two
-    # threads of a new child may each make one; the one not kept still
-    # watches what it was given.
-    current: list[tuple[int, Watchdog] | None] = [None]
+    # No lock: one held at a fork would never be released in the child.
+    # setdefault() is atomic: threads racing to make the first one all get
+    # the one kept (a deadline watched by one that was not kept would be
+    # told of its phases by the other, and never fire).
+    made: dict[int, Watchdog] = {}
 
     def get() -> Watchdog:
         pid = os.getpid()
-        made = current[0]
-        if made is None or made[0] != pid:
-            made = current[0] = (pid, Watchdog(name, linger=linger))
-        return made[1]
+        dog = made.get(pid)
+        if dog is None:
+            dog = made.setdefault(pid, Watchdog(name, linger=linger))
+        return dog
 
     return get
 
