@@ -1434,6 +1434,24 @@ def test_a_deadline_thread_that_cannot_start_fails_the_round_trip_not_later_ones
     assert queue.counts()['queued'] == 0
 
 
+def test_out_of_descriptors_fails_the_round_trip_as_a_queue_error(queue):
+    import resource
+
+    assert queue.counts()['queued'] == 0  # its connection made first
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # A real EMFILE: no descriptor can be opened while this limit stands.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        with pytest.raises(QueueError) as info:
+            queue.counts()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert 'Too many open files' in str(info.value)
+    assert queue.counts()['queued'] == 0
+
+
 def test_a_listener_whose_database_stops_answering_listens_again(pg_url, proxy, caplog):
     # The wait for notifications has no deadline, but the listener asks
     # the server every mail.timeout seconds whether it still answers.

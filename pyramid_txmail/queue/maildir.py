@@ -257,8 +257,8 @@ class MailQueue:
 
         Runs in ``tpc_finish``, which must not fail: errors are logged. A
         message that cannot be renamed stays in ``tmp/`` (and is reported)
-        rather than being lost silently; ``tmp/`` is then fsync'ed, which
-        the vote no longer does, so that it survives a power loss there.
+        rather than being lost silently; ``tmp/`` is then fsync'ed (the vote
+        fsyncs only the file), so that it survives a power loss there.
         """
         stuck = False
         for mail_id in ids:

@@ -246,7 +246,12 @@ def bounded(conn: psycopg.Connection[Any], timeout: float) -> Iterator[None]:
         # A duplicate of libpq's descriptor, made so and not by
         # socket.dup(), which would make the descriptor (libpq's too)
         # blocking; closed by release().
-        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+        except OSError as exc:  # out of descriptors: as a broken connection
+            raise psycopg.OperationalError(
+                f'cannot watch the outbox connection ({exc})'
+            ) from None
         try:
             deadline.watch(sock, owned=True)
         except RuntimeError as exc:  # the process is at its limit of threads
