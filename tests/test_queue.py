@@ -273,6 +273,101 @@ def test_committed_message_that_could_not_be_published_is_published_later(
     assert files(queue_path, 'tmp') == []
 
 
+class _NoRoomInNew:
+    """A MailQueue whose renames into new/ fail with ENOSPC."""
+
+    @staticmethod
+    def make(base):
+        class FullDisk(base):
+            def _rename(self, src, dst):
+                if os.path.basename(os.path.dirname(dst)) == 'new':
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.rename(src, dst)
+
+        return FullDisk
+
+
+def test_committed_message_that_could_not_be_published_is_published_after_a_restart(
+    queue_path, make_queue, clock
+):
+    # The process that committed it stops before the disk has room again:
+    # the next process must publish the message, not remove it after 36
+    # hours as an unfinished commit. Postfix's mark: the execute bit.
+    from pyramid_txmail.queue import TMP_MAX_AGE, MailQueue
+
+    queue = make_queue(_NoRoomInNew.make(MailQueue), clock=clock)
+    mail_id = queue.stage(make_mail(1))
+    unfinished = queue.stage(make_mail(2))  # its transaction never finished
+    queue.publish([mail_id])
+    assert files(queue_path, 'tmp') == sorted([mail_id, unfinished])
+    for name in (mail_id, unfinished):  # written now, by the clock
+        os.utime(os.path.join(queue_path, 'tmp', name), (clock.now, clock.now))
+    del queue
+    clock.now += TMP_MAX_AGE + 1
+    restarted = make_queue(clock=clock)
+    restarted.recover(600)
+    assert restarted.pending() == [mail_id]
+    assert files(queue_path, 'tmp') == []
+    assert restarted.read(mail_id)[1] == make_mail(1).data
+
+
+def test_a_staged_message_is_not_marked_committed_before_its_commit(
+    queue_path, make_queue, clock
+):
+    # Staged, the commit still undecided: recovery in another process
+    # leaves it in tmp/, and removes it only once 36 hours old.
+    from pyramid_txmail.queue import TMP_MAX_AGE
+
+    queue = make_queue(clock=clock)
+    mail_id = queue.stage(make_mail(1))
+    os.utime(os.path.join(queue_path, 'tmp', mail_id), (clock.now, clock.now))
+    other = make_queue(clock=clock)
+    other.recover(600)
+    assert (other.pending(), files(queue_path, 'tmp')) == ([], [mail_id])
+    clock.now += TMP_MAX_AGE + 1
+    other.recover(600)
+    assert files(queue_path, 'tmp') == []
+
+
+def test_a_directory_named_like_a_message_in_tmp_is_never_published(
+    queue_path, make_queue
+):
+    queue = make_queue()
+    odd = '1234567890123456.1.abcdef'
+    os.mkdir(os.path.join(queue_path, 'tmp', odd), 0o700)
+    queue.recover(600)
+    assert (queue.pending(), files(queue_path, 'tmp')) == ([], [odd])
+
+
+def test_a_message_that_cannot_be_marked_committed_is_still_published_by_its_process(
+    queue_path, make_queue, caplog
+):
+    from pyramid_txmail.queue import MailQueue
+
+    full = [True]
+
+    class Unmarkable(_NoRoomInNew.make(MailQueue)):
+        def _opener(self, path, flags, *mode):
+            if flags & os.O_ACCMODE == os.O_RDONLY and '/tmp/' in path:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return os.open(path, flags, *mode)
+
+        def _rename(self, src, dst):
+            if full[0]:
+                return super()._rename(src, dst)
+            os.rename(src, dst)
+
+    queue = make_queue(Unmarkable)
+    mail_id = queue.stage(make_mail(1))
+    queue.publish([mail_id])
+    assert 'cannot mark' in caplog.text
+    assert 'removed as an unfinished commit' in caplog.text
+    assert _mode(os.path.join(queue_path, 'tmp', mail_id)) == 0o600
+    full[0] = False
+    queue.recover(600)
+    assert queue.pending() == [mail_id]
+
+
 def test_committed_message_that_could_not_be_published_survives_a_power_loss(
     queue_path, make_queue
 ):

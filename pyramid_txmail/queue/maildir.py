@@ -77,6 +77,10 @@ FAULT_FILE = 'fault.json'
 #: Unfinished writes older than this are removed by recovery (the Maildir rule).
 TMP_MAX_AGE = 36 * 3600.0
 
+# The mode of a staged file whose commit is decided but which is not in
+# new/ yet (see MailQueue._mark_committed); staged files are 0o600.
+_COMMITTED = 0o700
+_COMMITTED_BIT = stat.S_IXUSR
 # Beside failed/ID: why the processor set it aside without rewriting it.
 _REASON = '.reason'
 # Errors opening or reading an entry that concern this process or the whole
@@ -268,11 +272,38 @@ class MailQueue:
                 self._unpublished.add(mail_id)
                 stuck = True
                 log.exception('cannot publish %s into %s', mail_id, self._p('new'))
+                self._mark_committed(mail_id)
         if stuck:
             self._sync_dir('tmp', raising=False)
         # Without this a power loss could leave a committed message in tmp/,
         # where the 36-hour cleanup would drop it.
         self._sync_dir('new', raising=False)
+
+    def _mark_committed(self, mail_id: str) -> None:
+        """Mark a staged file as committed: its owner's execute bit, set.
+
+        Postfix marks a finished queue file the same way. Recovery in any
+        process, after a restart too, publishes a marked file in ``tmp/``
+        instead of removing it after :data:`TMP_MAX_AGE` as an unfinished
+        commit. ``chmod`` needs no free block, so it works on the full disk
+        that made the rename fail. Never raises.
+        """
+        path = self._p('tmp', mail_id)
+        try:
+            fd = self._opener(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.fchmod(fd, _COMMITTED)
+                self._fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error(
+                'cannot mark %s as committed: %s; it is published by this '
+                'process, but if it stops first it is removed as an '
+                'unfinished commit',
+                path,
+                _cause(exc),
+            )
 
     def discard(self, ids: Iterable[str]) -> None:
         """Remove staged messages (the transaction aborted). Never raises."""
@@ -310,7 +341,11 @@ class MailQueue:
         return moved
 
     def recover(self, stale_after: float) -> int:
-        """Return claims of dead processors to ``new/``; drop old ``tmp/`` files.
+        """Return claims of dead processors to ``new/``; settle ``tmp/``.
+
+        A file in ``tmp/`` marked committed (see :meth:`_mark_committed`) is
+        published; an unmarked one older than :data:`TMP_MAX_AGE` is an
+        unfinished commit, and removed.
 
         A ``cur/`` entry is taken back when its lock is free (its processor is
         gone: the kernel drops a dead process's locks) and it was claimed more
@@ -318,7 +353,25 @@ class MailQueue:
         ``flock`` does not work). Returns how many claims were recovered.
         """
         now = self.clock()
+        stale_tmp = now - TMP_MAX_AGE
         recovered = 0
+        for name in self._ids('tmp', every=True):
+            path = self._p('tmp', name)
+            try:
+                st = os.lstat(path)
+                if (
+                    st.st_mode & _COMMITTED_BIT
+                    and stat.S_ISREG(st.st_mode)
+                    and ID.fullmatch(name)
+                ):
+                    self._unpublished.add(name)  # committed, by any process
+                elif name not in self._unpublished and st.st_mtime < stale_tmp:
+                    os.unlink(path)
+                    log.warning('removed %s, left by an unfinished commit', path)
+            except OSError as exc:  # not ours (a directory, say): left alone
+                if exc.errno != errno.ENOENT and path not in self._reported:
+                    self._reported.add(path)
+                    log.error('cannot remove %s: %s', path, _cause(exc))
         unpublished = self._unpublished.copy()
         for mail_id in unpublished:
             try:
@@ -358,18 +411,6 @@ class MailQueue:
                 _unlock(fd)
             log.warning('recovered %s from a processor that stopped', mail_id)
             recovered += 1
-        for name in self._ids('tmp', every=True):
-            path = self._p('tmp', name)
-            if name in self._unpublished:
-                continue  # committed: never an unfinished commit
-            try:
-                if os.stat(path).st_mtime < now - TMP_MAX_AGE:
-                    os.unlink(path)
-                    log.warning('removed %s, left by an unfinished commit', path)
-            except OSError as exc:  # not ours (a directory, say): left alone
-                if exc.errno != errno.ENOENT and path not in self._reported:
-                    self._reported.add(path)
-                    log.error('cannot remove %s: %s', path, _cause(exc))
         return recovered
 
     def pending(self) -> list[str]:
