@@ -262,3 +262,10 @@ def test_filesystem_of_a_path():
     # The figures say where the queues were: fsync on tmpfs costs nothing.
     assert bench.filesystem('/proc/self/status') == 'proc'
     assert bench.filesystem('/') != 'unknown'
+
+
+def test_settle_reports_what_creating_a_file_costs_and_keeps_its_files(tmp_path):
+    cost = bench.settle(str(tmp_path), wait=0)
+    assert cost > 0
+    [probe] = os.listdir(tmp_path)
+    assert len(os.listdir(tmp_path / probe)) == 50  # removing them would cost
