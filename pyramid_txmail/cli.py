@@ -385,9 +385,13 @@ class Command:
         queue = self._queue(args)
         counts = queue.counts()
         fault = queue.read_fault()
+        # The shared outbox's own-connection mode only (OutboxQueue.in_doubt).
+        looking = getattr(queue, 'in_doubt', None)
+        in_doubt: list[tuple[str, float]] = looking() if looking else []
         if args.json:
             record = None if fault is None else dataclasses.asdict(fault)
-            print(json.dumps({**counts, 'fault': record}), file=self.out)
+            extra = {'in_doubt': [gid for gid, _ in in_doubt]} if in_doubt else {}
+            print(json.dumps({**counts, 'fault': record, **extra}), file=self.out)
             return 0
         for state in ('queued', 'deferred', 'sending', 'held', 'failed', 'unreadable'):
             if state in counts:
@@ -398,6 +402,15 @@ class Command:
                 print(f'{state:<10} {counts[state]}', file=self.out)
         if fault:
             print(self._fault_line(fault, queue.clock()), file=self.out)
+        if in_doubt:
+            print(
+                f'in doubt   {len(in_doubt)} (prepared transactions whose mail '
+                'waits for COMMIT PREPARED or ROLLBACK PREPARED: '
+                "see 'Scaling out')",
+                file=self.out,
+            )
+            for gid, age in in_doubt:
+                print(f'  {gid}  prepared {_age(age)} ago', file=self.out)
         return 0
 
     def cmd_list(self, args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from pyramid.config import Configurator
@@ -1074,6 +1075,59 @@ def test_outbox_status(outbox_ini, outbox):
     ]
     assert 'sending paused by a configuration fault' in out
     assert '535 login refused' in out
+
+
+def test_outbox_status_shows_prepared_transactions_left_in_doubt(
+    tmp_path, pg_url, outbox
+):
+    # The own-connection mode's process dies between the vote (PREPARE
+    # TRANSACTION) and the finish: its mail is held where no processor sees
+    # it until an operator decides. status says so, with what to run.
+    from pyramid_txmail.delivery import OutboxDelivery
+    from pyramid_txmail.queue.outbox import OutboxQueue
+    from tests.test_outbox import prepared, sql
+
+    delivery = OutboxDelivery(OutboxQueue(pg_url))
+    delivery.vote([make_mail(3)])  # and never finished
+    delivery.close()
+    [gid] = prepared(pg_url)
+    try:
+        ini = write_ini(
+            tmp_path,
+            queue_url=pg_url.replace('%', '%%'),
+            queue_processor='false',
+            timeout='0.2',
+        )
+        time.sleep(0.3)  # older than mail.timeout: not a commit under way
+        code, out, _ = run_cli('status', ini)
+        assert code == 0
+        assert out.splitlines()[0] == 'queued     2'  # message 3 is not there
+        assert 'in doubt   1 (prepared transactions whose mail waits for' in out
+        assert "COMMIT PREPARED or ROLLBACK PREPARED: see 'Scaling out')" in out
+        assert f'  {gid}  prepared ' in out
+        code, out, _ = run_cli('status', ini, '--json')
+        assert json.loads(out)['in_doubt'] == [gid]
+    finally:
+        sql(pg_url, f"ROLLBACK PREPARED '{gid}'")
+
+
+def test_outbox_status_does_not_count_a_commit_under_way_as_in_doubt(
+    outbox_ini, pg_url, outbox
+):
+    from pyramid_txmail.delivery import OutboxDelivery
+    from pyramid_txmail.queue.outbox import OutboxQueue
+
+    delivery = OutboxDelivery(OutboxQueue(pg_url))
+    pending = delivery.vote([make_mail(3)])
+    try:
+        code, out, _ = run_cli('status', outbox_ini)  # mail.timeout: 30 s
+        assert code == 0
+        assert 'in doubt' not in out
+        code, out, _ = run_cli('status', outbox_ini, '--json')
+        assert 'in_doubt' not in json.loads(out)
+    finally:
+        pending.finish()
+        delivery.close()
 
 
 def test_outbox_list(outbox_ini, outbox):

@@ -569,6 +569,27 @@ class OutboxQueue:
         found.update({state: count for state, count in rows})
         return found
 
+    def in_doubt(self) -> list[tuple[str, float]]:
+        """The prepared transactions of the own-connection mode older than
+        ``mail.timeout``, oldest first: each one's ``gid`` and age in seconds
+        (the database's clock).
+
+        Each holds rows that no processor can see until an operator runs
+        ``COMMIT PREPARED`` or ``ROLLBACK PREPARED``: its process died
+        between the vote and the finish, or could not finish. A younger one
+        may be a commit still under way.
+        """
+        rows = self._execute(
+            'SELECT gid, extract(epoch FROM now() - prepared)::float8 '
+            'FROM pg_prepared_xacts WHERE database = current_database() '
+            'AND starts_with(gid, %s) '
+            'AND prepared < now() - make_interval(secs => %s) '
+            'ORDER BY prepared, gid',
+            (GID_PREFIX, self.timeout),
+            what='look for prepared transactions',
+        ).fetchall()
+        return [(gid, age) for gid, age in rows]
+
     def list(
         self, states: Iterable[str] | None = None, *, failed: bool = False
     ) -> list[Info]:
