@@ -93,6 +93,24 @@ def test_direct_closed_connection_reopened_for_the_next_message(make_smtp_server
     assert server.connections == 2
 
 
+def test_direct_relay_closing_at_rset_after_a_refusal_loses_no_other_message(
+    make_smtp_server,
+):
+    # Lock step: the first message's content is refused, and the RSET that
+    # readies the session for the second is answered 421 (closing). The
+    # second goes over a new session instead of failing on a closed one.
+    server = make_smtp_server(
+        reply={'DATA': ['554 5.7.1 no'], 'RSET': ['421 4.3.2 bye']},
+        pipelining=False,
+    )
+    events = []
+    delivery = direct(server.settings(), events)
+    delivery.deliver([make_mail(1), make_mail(2)])
+    assert [r.message['Message-ID'] for r in server.wait_for(1)] == ['<2@test>']
+    assert [type(e) for e in events] == [MailFailed, MailSent]
+    assert server.connections == 2
+
+
 def test_direct_events_name_their_own_message(make_smtp_server):
     # The second message cannot go at all (SMTPUTF8 is not offered); it
     # is refused before the first message's content is written.

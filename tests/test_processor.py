@@ -419,6 +419,23 @@ def test_permanent_failure_w_dead_connection_goes_on_in_lock_step(
     assert server.connections == 2
 
 
+def test_a_relay_closing_at_rset_after_a_refusal_charges_the_next_message_nothing(
+    queue, make_smtp_server, make_processor
+):
+    # The relay refuses the first message's content, then answers the RSET
+    # that readies the session with 421 (closing): the second message goes
+    # over a new session at once, not deferred for a session that ended.
+    server = make_smtp_server(
+        reply={'DATA': ['554 5.7.1 no'], 'RSET': ['421 4.3.2 bye']},
+        pipelining=False,
+    )
+    fill(queue, 2)
+    result = make_processor(queue, server).run_once()
+    assert (result.failed, result.sent, result.deferred) == (1, 1, 0)
+    assert [m.message['Message-ID'] for m in server.messages] == ['<1@test>']
+    assert [m.connection for m in server.messages] == [2]
+
+
 def test_message_read_ahead_is_released_when_the_pass_stops(
     queue, make_smtp_server, make_processor
 ):

@@ -681,7 +681,11 @@ class SMTPConnection:
             # smtplib resets after most refusals, not after DATA refused
             # before the content: a second RSET is harmless.
             with contextlib.suppress(smtplib.SMTPException, OSError), self._deadline:
-                smtp.rset()
+                code, _ = smtp.rset()
+                if code != 250:
+                    # 421 (closing), or an answer RSET must not have: the
+                    # next message goes over a new session, charged nothing.
+                    smtp.close()
         log.debug('%s', error)
 
     def _refused(self, refused: Refusals) -> DeliveryError:
