@@ -3,7 +3,9 @@ deadline watchdog thread all open sessions share."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
 import pytest
 import transaction
@@ -14,6 +16,15 @@ from tests import FakeClock, in_forked_child, make_mail, message
 def _verbs(server, verb: str) -> list[int]:
     """The connections on which the server received ``verb``, in order."""
     return [number for number, v, _ in server.commands if v == verb]
+
+
+def _said(server, verb: str, expected: list[int], timeout: float = 5.0) -> list[int]:
+    """:func:`_verbs` once it is ``expected`` (sorted), or after ``timeout``
+    seconds: a QUIT whose answer is not awaited reaches the server later."""
+    deadline = time.monotonic() + timeout
+    while sorted(_verbs(server, verb)) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sorted(_verbs(server, verb))
 
 
 def _settings(server, **kw):
@@ -180,9 +191,42 @@ def test_a_session_idle_longer_than_pool_idle_is_closed_not_reused(
     clock.now += 60.5
     delivery.deliver([make_mail(2)])
     assert [r.connection for r in smtp_server.wait_for(2)] == [1, 2]
-    assert _verbs(smtp_server, 'QUIT') == [1]  # closed politely
+    assert _said(smtp_server, 'QUIT', [1]) == [1]  # closed politely
     assert _verbs(smtp_server, 'RSET') == []  # not checked: not reused
     assert _sent(delivery.events) == ['<1@test>', '<2@test>']
+
+
+def test_sessions_idle_too_long_are_closed_without_waiting_for_their_quit(
+    smtp_server, make_delivery, clock, caplog
+):
+    # A relay that no longer answers would cost mail.timeout per stale
+    # session, in the request that happens to find them.
+    delivery = make_delivery(smtp_server, pool_size=3, timeout=0.5, pool_idle=60.0)
+    sessions = [delivery.pool.acquire() for _ in range(3)]
+    for conn in sessions:
+        delivery.pool.release(conn, clean=True)
+    clock.now += 61.0
+    smtp_server.delay = {'QUIT': [5.0, 5.0, 5.0]}
+    with caplog.at_level(logging.DEBUG, logger='pyramid_txmail.smtp'):
+        delivery.deliver([make_mail(1)])
+    assert [r.connection for r in smtp_server.wait_for(1)] == [4]
+    assert _sent(delivery.events) == ['<1@test>']
+    assert _said(smtp_server, 'QUIT', [1, 2, 3]) == [1, 2, 3]  # still said
+    assert 'QUIT to' not in caplog.text  # none timed out: none awaited
+
+
+def test_closing_the_pool_does_not_wait_for_a_relay_that_stopped_answering(
+    smtp_server, make_delivery, caplog
+):
+    delivery = make_delivery(smtp_server, pool_size=2, timeout=0.5)
+    sessions = [delivery.pool.acquire() for _ in range(2)]
+    for conn in sessions:
+        delivery.pool.release(conn, clean=True)
+    smtp_server.delay = {'QUIT': [5.0, 5.0]}
+    with caplog.at_level(logging.DEBUG, logger='pyramid_txmail.smtp'):
+        delivery.close()
+    assert 'QUIT to' not in caplog.text
+    assert _said(smtp_server, 'QUIT', [1, 2]) == [1, 2]
 
 
 # -- a session that went bad while idle is replaced, the message sent once
@@ -345,7 +389,7 @@ def test_at_most_pool_size_sessions_are_kept(smtp_server):
     pool.release(again, clean=True)
     assert repr(pool) == '<SessionPool size=1 idle=1>'
     pool.close()
-    assert _verbs(smtp_server, 'QUIT') == [1, 2]
+    assert _said(smtp_server, 'QUIT', [1, 2]) == [1, 2]
 
 
 def test_concurrent_commits_each_deliver(smtp_server, make_mailer):
@@ -378,7 +422,8 @@ def test_concurrent_commits_each_deliver(smtp_server, make_mailer):
     # At most two sessions were kept; the others said QUIT.
     assert len(_verbs(smtp_server, 'QUIT')) >= smtp_server.connections - 2
     mailer.delivery.close()
-    assert len(_verbs(smtp_server, 'QUIT')) == smtp_server.connections
+    every = list(range(1, smtp_server.connections + 1))
+    assert _said(smtp_server, 'QUIT', every) == every
 
 
 # -- shutdown and fork
@@ -388,10 +433,10 @@ def test_closing_the_delivery_says_quit_on_its_sessions(smtp_server, make_delive
     delivery = make_delivery(smtp_server)
     delivery.deliver([make_mail(1)])
     delivery.close()
-    assert _verbs(smtp_server, 'QUIT') == [1]
+    assert _said(smtp_server, 'QUIT', [1]) == [1]
     # A closed pool keeps nothing: later mail opens and closes a session.
     delivery.deliver([make_mail(2)])
-    assert _verbs(smtp_server, 'QUIT') == [1, 2]
+    assert _said(smtp_server, 'QUIT', [1, 2]) == [1, 2]
     assert _sent(delivery.events) == ['<1@test>', '<2@test>']
 
 
@@ -410,7 +455,7 @@ def test_interpreter_exit_closes_every_pool(smtp_server, make_delivery, monkeypa
     # What atexit runs, run here on this test's pool only.
     monkeypatch.setattr(module, '_POOLS', weakref.WeakSet([delivery.pool]))
     module._close_all()
-    assert _verbs(smtp_server, 'QUIT') == [1]
+    assert _said(smtp_server, 'QUIT', [1]) == [1]
 
 
 def test_a_forked_child_does_not_use_the_parents_session(smtp_server, make_delivery):

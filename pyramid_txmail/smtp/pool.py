@@ -27,7 +27,9 @@ The rules, each guarding against a session that cannot be trusted:
   cost as long), and a new session is opened.
 * A session idle for more than ``mail.pool_idle`` seconds is closed (QUIT)
   instead of reused: relays close idle sessions themselves (Postfix after
-  300 seconds), and a session that old is more likely gone than not.
+  300 seconds), and a session that old is more likely gone than not. Its
+  QUIT's answer is not awaited, here or when the pool is closed: a relay
+  that stopped answering would hold the caller ``mail.timeout`` per session.
 * A session that had any error during use is closed, never kept: its state
   is not worth a guess.
 * At most ``mail.pool_size`` idle sessions are kept. A thread that finds
@@ -144,12 +146,13 @@ class SessionPool:
         conn.close()
 
     def close(self) -> None:
-        """Close every idle session (QUIT); keep none from now on."""
+        """Close every idle session (QUIT, its answer not awaited); keep
+        none from now on."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
         for _, conn in idle:
-            conn.close()
+            conn.close(wait=False)
 
     def _take(self) -> tuple[float, SMTPConnection] | None:
         """The most recently used idle session, with when it was given
@@ -162,7 +165,7 @@ class SessionPool:
             taken = self._idle.pop() if self._idle else None
         for old in stale:
             log.debug('closing the session with %s: idle too long', old.where)
-            old.close()
+            old.close(wait=False)
         return taken
 
     def _after_fork_in_child(self) -> None:

@@ -654,15 +654,24 @@ class SMTPConnection:
             smtp.close()
         self._deadline.release()
 
-    def close(self) -> None:
-        """Say QUIT and close. Errors are ignored: what was sent was sent."""
+    def close(self, *, wait: bool = True) -> None:
+        """Say QUIT and close. Errors are ignored: what was sent was sent.
+
+        Without ``wait``, QUIT is sent and its answer not awaited: for
+        sessions closed in passing (idle too long, or at exit), where a
+        relay that no longer answers would hold the caller ``mail.timeout``
+        for each one.
+        """
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
         try:
             if self._deadline.fired is None:  # else the socket is shut down
                 with self._deadline:
-                    smtp.quit()
+                    if wait:
+                        smtp.quit()
+                    else:
+                        smtp.send('QUIT\r\n')
         except (smtplib.SMTPException, OSError) as exc:
             log.debug('QUIT to %s failed, ignored: %s', self.where, exc)
         finally:
