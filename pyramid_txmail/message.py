@@ -20,6 +20,7 @@ import time
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from email import quoprimime
 from email.charset import Charset
 from email.errors import NonASCIILocalPartDefect
 from email.generator import BytesGenerator
@@ -900,7 +901,7 @@ def _build(
     elif message.html is not None:
         _set_body(msg, message.html, 'html', 'html')
     else:
-        msg.set_content('', cte='7bit')
+        _set_text(msg, '', 'plain', '7bit')
     if related:
         html_part = (
             msg if message.body is None else cast(list[MIMEPart], msg.get_payload())[-1]
@@ -945,7 +946,39 @@ def _set_body(part: MIMEPart, value: object, field: str, subtype: str) -> None:
             value=value,
         )
     text = _normalize(value)
-    part.set_content(text, subtype=subtype, cte=_cte(text))
+    _set_text(part, text, subtype, _cte(text))
+
+
+def _set_text(part: MIMEPart, text: str, subtype: str, cte: str) -> None:
+    """What ``part.set_content(text, subtype=subtype, cte=cte)`` makes of a
+    new part, in UTF-8, for ``text`` with ``\\n`` line ends only.
+
+    The content manager's way costs a fifth of preparing a message: it
+    dispatches on the type, and builds ``Content-Type`` by reparsing it to
+    add the charset. Its headers do not depend on the text, so the ones it
+    made for a sample part are copied; the payload is encoded as its text
+    handler encodes it (one ``\\n`` after the last line, then the stdlib's
+    quoted-printable where asked).
+    """
+    for name, value in _text_headers(type(part), subtype, cte):
+        part.set_raw(name, value)
+    body = text if text.endswith('\n') else text + '\n'
+    if cte == 'quoted-printable':
+        body = quoprimime.body_encode(
+            body.encode('utf-8').decode('latin-1'), part.policy.max_line_length
+        )
+    part.set_payload(body)
+
+
+@functools.cache
+def _text_headers(
+    kind: type[MIMEPart], subtype: str, cte: str
+) -> tuple[tuple[str, Any], ...]:
+    # Made by set_content itself, once per kind of part (an EmailMessage
+    # also gets MIME-Version), subtype and transfer encoding.
+    sample = kind(policy=_SMTP)
+    sample.set_content('', subtype=subtype, cte=cte)
+    return tuple(sample.raw_items())
 
 
 # Fields a Message has a keyword for: in extra_headers instead of the keyword.
