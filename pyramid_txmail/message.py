@@ -196,6 +196,15 @@ class _WireGenerator(BytesGenerator):
     same: every line end becomes the policy's.
     """
 
+    @classmethod
+    def _make_boundary(cls, text: str | None = None) -> str:
+        # For a multipart part that has none. The stdlib's compiles a regular
+        # expression per boundary to check it against the body; 128 random
+        # bits cannot be guessed by whoever wrote the body, "=_" never occurs
+        # in quoted-printable or base64, and the short form keeps
+        # Content-Type on one line.
+        return '=_' + secrets.token_urlsafe(16)
+
     def _write_lines(self, lines: str) -> None:
         if lines:
             # The generator's own attribute: the line end being written.
@@ -1396,14 +1405,6 @@ def prepare(
                     field=name,
                     value=str(value),
                 )
-    for part in msg.walk():
-        if part.is_multipart() and _no_boundary(part):
-            # Chosen here rather than by the generator, which compiles a
-            # regular expression per boundary to check it against the body.
-            # 128 random bits cannot be guessed by whoever wrote the body,
-            # "=_" never occurs in quoted-printable or base64, and the short
-            # form keeps Content-Type on one line.
-            part.set_boundary('=_' + secrets.token_urlsafe(16))
     out = io.BytesIO()
     _WireGenerator(out, policy=policy).flatten(msg)
     data = out.getvalue()
@@ -1425,14 +1426,6 @@ def _date() -> str:
 
 
 _DATE = [(-1, '')]
-
-
-def _no_boundary(part: email.message.Message) -> bool:
-    """Whether the multipart ``part`` has no boundary parameter: at once
-    when its Content-Type does not name one, else as the generator reads it."""
-    if 'boundary' not in str(part.get('Content-Type', '')).lower():
-        return True
-    return part.get_boundary() is None
 
 
 def _listed_subject(stored: dict[str, Any]) -> str | None:
