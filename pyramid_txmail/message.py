@@ -76,6 +76,19 @@ class _WirePolicy(EmailPolicy):
             return _parsed(name, value)
         return super().header_fetch_parse(name, value)
 
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        # The generator's call for each header: its commonest case at once.
+        limit = self.max_line_length
+        if (
+            type(value) is str
+            and value.isascii()
+            and value.isprintable()
+            and (limit is None or len(name) + 2 + len(value) <= limit)
+        ):
+            line = f'{name}: {value}{self.linesep}'
+            return line.encode('utf8' if self.utf8 else 'ascii', 'surrogateescape')
+        return super().fold_binary(name, value)
+
     def _fold(self, name: str, value: Any, refold_binary: bool = False) -> str:
         if isinstance(value, _AddressList):
             return self._fold_list(name, value)
@@ -208,7 +221,15 @@ class _WireGenerator(BytesGenerator):
     def _write_lines(self, lines: str) -> None:
         if lines:
             # The generator's own attribute: the line end being written.
-            self.write(_ANY_EOL.sub(self._NL, lines))  # type: ignore[attr-defined]
+            nl: str = self._NL  # type: ignore[attr-defined]
+            # Text parts built here have \n line ends only, for which a
+            # replace does what the regular expression does, at a tenth of
+            # the cost.
+            self.write(
+                lines.replace('\n', nl)
+                if '\r' not in lines
+                else _ANY_EOL.sub(nl, lines)
+            )
 
 
 _ANY_EOL = re.compile(r'\r\n|\r|\n')  # as the generator splits lines
