@@ -76,6 +76,14 @@ class _WirePolicy(EmailPolicy):
             return _parsed(name, value)
         return super().header_fetch_parse(name, value)
 
+    def clone(self: _Policy_T, **kw: Any) -> _Policy_T:
+        # The generator clones its policy for each part it writes, to set
+        # the line end the policy already has. A policy cannot change: that
+        # clone may be the policy itself.
+        if kw.keys() == {'linesep'} and kw['linesep'] == self.linesep:
+            return self
+        return super().clone(**kw)
+
     def fold_binary(self, name: str, value: Any) -> bytes:
         # The generator's call for each header: its commonest case at once.
         limit = self.max_line_length
@@ -132,6 +140,9 @@ class _WirePolicy(EmailPolicy):
                 )
             return folded
         return self.linesep.join(lines) + self.linesep
+
+
+_Policy_T = TypeVar('_Policy_T', bound=_WirePolicy)
 
 
 class _GeneratorPolicy(_WirePolicy):
@@ -208,6 +219,18 @@ class _WireGenerator(BytesGenerator):
     (a tenth of the time spent serializing a message); the bytes are the
     same: every line end becomes the policy's.
     """
+
+    def _dispatch(self, msg: email.message.Message) -> None:
+        # The stdlib's, reading the part's Content-Type once where it reads
+        # it twice (main type, then subtype).
+        kind = msg.get_content_type().split('/')
+        main, sub = kind[0], kind[1]
+        meth = getattr(self, '_handle_' + f'{main}_{sub}'.replace('-', '_'), None)
+        if meth is None:
+            meth = getattr(self, '_handle_' + main.replace('-', '_'), None)
+            if meth is None:
+                meth = self._writeBody  # type: ignore[attr-defined]
+        meth(msg)
 
     @classmethod
     def _make_boundary(cls, text: str | None = None) -> str:
@@ -990,23 +1013,21 @@ def _set_text(part: MIMEPart, text: str, subtype: str, cte: str) -> None:
     handler encodes it (one ``\\n`` after the last line, then the stdlib's
     quoted-printable where asked).
     """
-    for name, value in _text_headers(type(part), subtype, cte):
+    for name, value in _text_headers(isinstance(part, EmailMessage), subtype, cte):
         part.set_raw(name, value)
     body = text if text.endswith('\n') else text + '\n'
     if cte == 'quoted-printable':
-        body = quoprimime.body_encode(
-            body.encode('utf-8').decode('latin-1'), part.policy.max_line_length
-        )
+        # The line length set_content passes: the part's policy's (78).
+        width = cast(int, part.policy.max_line_length)
+        body = quoprimime.body_encode(body.encode('utf-8').decode('latin-1'), width)
     part.set_payload(body)
 
 
 @functools.cache
-def _text_headers(
-    kind: type[MIMEPart], subtype: str, cte: str
-) -> tuple[tuple[str, Any], ...]:
-    # Made by set_content itself, once per kind of part (an EmailMessage
-    # also gets MIME-Version), subtype and transfer encoding.
-    sample = kind(policy=_SMTP)
+def _text_headers(message: bool, subtype: str, cte: str) -> tuple[tuple[str, Any], ...]:
+    # Made by set_content itself, once per subtype, transfer encoding, and
+    # kind of part: on an EmailMessage it also adds MIME-Version.
+    sample = (EmailMessage if message else MIMEPart)(policy=_SMTP)
     sample.set_content('', subtype=subtype, cte=cte)
     return tuple(sample.raw_items())
 
