@@ -1053,6 +1053,27 @@ def test_a_signed_message_is_written_as_the_stdlib_writes_it():
     assert b'\r\nX-Note: ' + signed['X-Note'].encode() + b'\r\n' in expected
 
 
+def test_an_attached_message_is_written_as_the_stdlib_writes_it():
+    # message/rfc822 holds its message as a list, as a multipart does, but
+    # has no boundary: its Content-Type gets none.
+    inner = EmailMessage()
+    inner['Subject'] = 'forwarded'
+    inner.set_content('inner text\n')
+    inner.add_attachment(b'data', 'application', 'octet-stream')
+    inner.set_boundary('=_inner')
+    msg = EmailMessage()
+    msg['From'] = 'a@example.com'
+    msg['To'] = 'b@example.com'
+    for name, value in _FIXED.items():
+        msg[name] = value
+    msg.set_content('see the attached message\n')
+    msg.add_attachment(inner)
+    msg.set_boundary('=_outer')
+    data = prepare(msg).data
+    assert data == msg.as_bytes(policy=email.policy.SMTP)
+    assert b'Content-Type: message/rfc822\r\n' in data
+
+
 def test_the_date_added_is_the_local_time_of_preparing_in_whole_seconds():
     import time
     from email.utils import formatdate
