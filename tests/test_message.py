@@ -8,7 +8,7 @@ import email.policy
 import io
 import re
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 
 import pytest
 
@@ -1029,6 +1029,49 @@ def test_prepared_bytes_keep_every_line_end_as_the_stdlib_writes_it(text):
     expected = msg.as_bytes(policy=email.policy.SMTP)
     assert prepare(msg).data == expected
     assert re.search(rb'(?<!\r)\n|\r(?!\n)', expected) is None
+
+
+def test_a_signed_message_is_written_as_the_stdlib_writes_it():
+    # multipart/signed has a writer of its own, which never refolds the
+    # signed part's headers: that would break the signature (RFC 1847).
+    signed = MIMEPart()
+    signed.set_content('signed text\n')
+    signed['X-Note'] = 'a long header value that would be folded elsewhere ' * 2
+    signature = MIMEPart()
+    signature.set_content(b'signature', 'application', 'pgp-signature', cte='7bit')
+    msg = EmailMessage()
+    msg['From'] = 'a@example.com'
+    msg['To'] = 'b@example.com'
+    for name, value in _FIXED.items():
+        msg[name] = value
+    msg['MIME-Version'] = '1.0'
+    msg['Content-Type'] = 'multipart/signed; protocol="application/pgp-signature"'
+    msg.set_payload([signed, signature])
+    msg.set_boundary('=_s')
+    expected = msg.as_bytes(policy=email.policy.SMTP)
+    assert prepare(msg).data == expected
+    assert b'\r\nX-Note: ' + signed['X-Note'].encode() + b'\r\n' in expected
+
+
+def test_an_attached_message_is_written_as_the_stdlib_writes_it():
+    # message/rfc822 holds its message as a list, as a multipart does, but
+    # has no boundary: its Content-Type gets none.
+    inner = EmailMessage()
+    inner['Subject'] = 'forwarded'
+    inner.set_content('inner text\n')
+    inner.add_attachment(b'data', 'application', 'octet-stream')
+    inner.set_boundary('=_inner')
+    msg = EmailMessage()
+    msg['From'] = 'a@example.com'
+    msg['To'] = 'b@example.com'
+    for name, value in _FIXED.items():
+        msg[name] = value
+    msg.set_content('see the attached message\n')
+    msg.add_attachment(inner)
+    msg.set_boundary('=_outer')
+    data = prepare(msg).data
+    assert data == msg.as_bytes(policy=email.policy.SMTP)
+    assert b'Content-Type: message/rfc822\r\n' in data
 
 
 def test_the_date_added_is_the_local_time_of_preparing_in_whole_seconds():
