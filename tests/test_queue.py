@@ -379,6 +379,27 @@ def test_unfinished_commit_on_a_file_system_ignoring_modes_is_removed_after_36_h
     assert [files(queue_path, sub) for sub in ('tmp', 'new')] == [[], []]
 
 
+def test_a_mark_the_file_system_does_not_keep_is_reported(
+    queue_path, make_queue, caplog
+):
+    # chmod succeeds, and the file shows the mount's mode all the same
+    # (vfat with "quiet", CIFS with "noperm"): the message is not marked,
+    # and the log must not let the operator believe it survives a restart.
+    from pyramid_txmail.queue import MailQueue
+
+    class ModesNotKept(_EveryFileExecutable.make(_NoRoomInNew.make(MailQueue))):
+        def _fsync(self, fd):
+            os.fchmod(fd, 0o755)  # what the file system shows
+            os.fsync(fd)
+
+    queue = make_queue(ModesNotKept)
+    mail_id = queue.stage(make_mail(1))
+    queue.publish([mail_id])
+    assert 'the file system does not keep modes' in caplog.text
+    assert 'if it stops first it is removed as an unfinished commit' in caplog.text
+    assert queue.pending() == []
+
+
 @pytest.mark.parametrize('mode', [0o700, 0o755, 0o775])
 def test_an_unfinished_commit_in_a_queue_an_operator_chmod_ed_is_never_published(
     queue_path, make_queue, clock, mode

@@ -296,6 +296,10 @@ class MailQueue:
             try:
                 os.fchmod(fd, _COMMITTED)
                 self._fsync(fd)
+                if stat.S_IMODE(os.fstat(fd).st_mode) != _COMMITTED:
+                    # vfat, CIFS without the Unix extensions: chmod
+                    # succeeds, and every file still shows the mount's mode.
+                    raise OSError(errno.EPERM, 'the file system does not keep modes')
             finally:
                 os.close(fd)
         except OSError as exc:
