@@ -1111,6 +1111,42 @@ def test_outbox_status_shows_prepared_transactions_left_in_doubt(
         sql(pg_url, f"ROLLBACK PREPARED '{gid}'")
 
 
+def test_outbox_status_shows_transactions_in_doubt_on_postgresql_before_11(
+    tmp_path, pg_server
+):
+    # A supported server older than 11 (pg_terminate_backend's wait needs
+    # 14; an older one is served without it) has no starts_with(): its
+    # catalog is that of a database here without it.
+    from pyramid_txmail.delivery import OutboxDelivery
+    from pyramid_txmail.queue.outbox import OutboxQueue, schema_sql
+    from tests.test_outbox import sql
+
+    dbname = 'txmail_before_11'
+    pg_server.execute(f'CREATE DATABASE {dbname}')
+    url = pg_server.url_for(dbname)
+    mine = 'SELECT gid FROM pg_prepared_xacts WHERE database = current_database()'
+    try:
+        pg_server.execute(
+            'ALTER FUNCTION pg_catalog.starts_with(text, text) '
+            'RENAME TO starts_with_of_11',
+            schema_sql(),
+            dbname=dbname,
+        )
+        delivery = OutboxDelivery(OutboxQueue(url))
+        delivery.vote([make_mail(1)])  # and never finished
+        delivery.close()
+        [(gid,)] = sql(url, mine)
+        ini = write_ini(tmp_path, queue_url=url, queue_processor='false', timeout='0.2')
+        time.sleep(0.3)  # older than mail.timeout: not a commit under way
+        code, out, err = run_cli('status', ini, '--json')
+        assert (code, err) == (0, '')
+        assert json.loads(out)['in_doubt'] == [gid]
+    finally:
+        for (gid,) in sql(url, mine):
+            sql(url, f"ROLLBACK PREPARED '{gid}'")
+        pg_server.execute(f'DROP DATABASE {dbname} WITH (FORCE)')
+
+
 def test_outbox_status_does_not_count_a_commit_under_way_as_in_doubt(
     outbox_ini, pg_url, outbox
 ):

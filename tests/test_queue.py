@@ -292,7 +292,7 @@ def test_committed_message_that_could_not_be_published_is_published_after_a_rest
 ):
     # The process that committed it stops before the disk has room again:
     # the next process must publish the message, not remove it after 36
-    # hours as an unfinished commit. Postfix's mark: the execute bit.
+    # hours as an unfinished commit. The mark: its mode, as in Postfix.
     from pyramid_txmail.queue import TMP_MAX_AGE, MailQueue
 
     queue = make_queue(_NoRoomInNew.make(MailQueue), clock=clock)
@@ -327,6 +327,91 @@ def test_a_staged_message_is_not_marked_committed_before_its_commit(
     clock.now += TMP_MAX_AGE + 1
     other.recover(600)
     assert files(queue_path, 'tmp') == []
+
+
+class _EveryFileExecutable:
+    """A MailQueue on a file system that shows every file with the mount's
+    file mode, 0755 by default, whatever it was created with: vfat, exFAT,
+    CIFS without the Unix extensions, WSL's drvfs."""
+
+    @staticmethod
+    def make(base):
+        class EveryFileExecutable(base):
+            def _opener(self, path, flags, *mode):
+                fd = os.open(path, flags, *mode)
+                if flags & os.O_CREAT:
+                    os.fchmod(fd, 0o755)
+                return fd
+
+        return EveryFileExecutable
+
+
+def test_staged_message_on_a_file_system_ignoring_modes_is_not_published_uncommitted(
+    queue_path, make_queue, clock
+):
+    # A processor's recovery runs while a transaction votes: its staged
+    # message must not reach new/, or the abort that follows sends it
+    # anyway.
+    from pyramid_txmail.queue import MailQueue
+
+    committing = make_queue(_EveryFileExecutable.make(MailQueue), clock=clock)
+    mail_id = committing.stage(make_mail(1))  # tpc_vote
+    processor = make_queue(clock=clock)
+    processor.recover(600)
+    assert processor.pending() == []
+    committing.discard([mail_id])  # tpc_abort
+    assert [files(queue_path, sub) for sub in ('tmp', 'new')] == [[], []]
+
+
+def test_unfinished_commit_on_a_file_system_ignoring_modes_is_removed_after_36_hours(
+    queue_path, make_queue, clock
+):
+    from pyramid_txmail.queue import TMP_MAX_AGE, MailQueue
+
+    crashed = make_queue(_EveryFileExecutable.make(MailQueue), clock=clock)
+    mail_id = crashed.stage(make_mail(1))  # its process died in the vote
+    os.utime(os.path.join(queue_path, 'tmp', mail_id), (clock.now, clock.now))
+    processor = make_queue(clock=clock)
+    processor.recover(600)
+    assert (processor.pending(), files(queue_path, 'tmp')) == ([], [mail_id])
+    clock.now += TMP_MAX_AGE + 1
+    processor.recover(600)
+    assert [files(queue_path, sub) for sub in ('tmp', 'new')] == [[], []]
+
+
+def test_a_mark_the_file_system_does_not_keep_is_reported(
+    queue_path, make_queue, caplog
+):
+    # chmod succeeds, and the file shows the mount's mode all the same
+    # (vfat with "quiet", CIFS with "noperm"): the message is not marked,
+    # and the log must not let the operator believe it survives a restart.
+    from pyramid_txmail.queue import MailQueue
+
+    class ModesNotKept(_EveryFileExecutable.make(_NoRoomInNew.make(MailQueue))):
+        def _fsync(self, fd):
+            os.fchmod(fd, 0o755)  # what the file system shows
+            os.fsync(fd)
+
+    queue = make_queue(ModesNotKept)
+    mail_id = queue.stage(make_mail(1))
+    queue.publish([mail_id])
+    assert 'the file system does not keep modes' in caplog.text
+    assert 'if it stops first it is removed as an unfinished commit' in caplog.text
+    assert queue.pending() == []
+
+
+@pytest.mark.parametrize('mode', [0o700, 0o755, 0o775])
+def test_an_unfinished_commit_in_a_queue_an_operator_chmod_ed_is_never_published(
+    queue_path, make_queue, clock, mode
+):
+    # `chmod -R 700 /var/spool/app-mail`: files left in tmp/ by
+    # transactions that never committed are not thereby committed.
+    crashed = make_queue(clock=clock)
+    mail_id = crashed.stage(make_mail(1))
+    os.chmod(os.path.join(queue_path, 'tmp', mail_id), mode)
+    processor = make_queue(clock=clock)
+    processor.recover(600)
+    assert (processor.pending(), files(queue_path, 'tmp')) == ([], [mail_id])
 
 
 def test_a_directory_named_like_a_message_in_tmp_is_never_published(

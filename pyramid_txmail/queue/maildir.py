@@ -78,9 +78,11 @@ FAULT_FILE = 'fault.json'
 TMP_MAX_AGE = 36 * 3600.0
 
 # The mode of a staged file whose commit is decided but which is not in
-# new/ yet (see MailQueue._mark_committed); staged files are 0o600.
-_COMMITTED = 0o700
-_COMMITTED_BIT = stat.S_IXUSR
+# new/ yet (see MailQueue._mark_committed); staged files are 0o600. Only
+# this exact mode marks: a file system that ignores modes shows every file
+# alike (vfat, CIFS, drvfs: 0755, 0700, 0777, ...), as does a queue an
+# operator chmod'ed (chmod -R 700), and neither gives group execute alone.
+_COMMITTED = 0o610
 # Beside failed/ID: why the processor set it aside without rewriting it.
 _REASON = '.reason'
 # Errors opening or reading an entry that concern this process or the whole
@@ -280,9 +282,9 @@ class MailQueue:
         self._sync_dir('new', raising=False)
 
     def _mark_committed(self, mail_id: str) -> None:
-        """Mark a staged file as committed: its owner's execute bit, set.
+        """Mark a staged file as committed: mode ``0o610`` (u=rw,g=x).
 
-        Postfix marks a finished queue file the same way. Recovery in any
+        Postfix marks a finished queue file by its mode too. Recovery in any
         process, after a restart too, publishes a marked file in ``tmp/``
         instead of removing it after :data:`TMP_MAX_AGE` as an unfinished
         commit. ``chmod`` needs no free block, so it works on the full disk
@@ -294,6 +296,10 @@ class MailQueue:
             try:
                 os.fchmod(fd, _COMMITTED)
                 self._fsync(fd)
+                if stat.S_IMODE(os.fstat(fd).st_mode) != _COMMITTED:
+                    # vfat, CIFS without the Unix extensions: chmod
+                    # succeeds, and every file still shows the mount's mode.
+                    raise OSError(errno.EPERM, 'the file system does not keep modes')
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -360,7 +366,7 @@ class MailQueue:
             try:
                 st = os.lstat(path)
                 if (
-                    st.st_mode & _COMMITTED_BIT
+                    stat.S_IMODE(st.st_mode) == _COMMITTED
                     and stat.S_ISREG(st.st_mode)
                     and ID.fullmatch(name)
                 ):

@@ -582,10 +582,11 @@ class OutboxQueue:
         rows = self._execute(
             'SELECT gid, extract(epoch FROM now() - prepared)::float8 '
             'FROM pg_prepared_xacts WHERE database = current_database() '
-            'AND starts_with(gid, %s) '
+            # Not starts_with(), which PostgreSQL 10 lacks.
+            'AND left(gid, %s) = %s '
             'AND prepared < now() - make_interval(secs => %s) '
             'ORDER BY prepared, gid',
-            (GID_PREFIX, self.timeout),
+            (len(GID_PREFIX), GID_PREFIX, self.timeout),
             what='look for prepared transactions',
         ).fetchall()
         return [(gid, age) for gid, age in rows]
