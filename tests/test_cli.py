@@ -1147,6 +1147,39 @@ def test_outbox_status_shows_transactions_in_doubt_on_postgresql_before_11(
         pg_server.execute(f'DROP DATABASE {dbname} WITH (FORCE)')
 
 
+def test_outbox_status_lists_only_its_own_outboxs_transactions_in_doubt(
+    tmp_path, pg_server, pg_url, outbox
+):
+    # Two applications' outboxes in two schemas of one database: an
+    # operator of the other must not be told to decide on this one's mail.
+    from pyramid_txmail.delivery import OutboxDelivery
+    from pyramid_txmail.queue.outbox import OutboxQueue
+    from tests.conftest import _new_schema
+    from tests.test_outbox import prepared, sql
+
+    other_url = _new_schema(pg_server, outbox=True)
+    delivery = OutboxDelivery(OutboxQueue(pg_url))
+    delivery.vote([make_mail(3)])  # and never finished
+    delivery.close()
+    [gid] = prepared(pg_url)
+    try:
+        other = write_ini(
+            tmp_path,
+            queue_url=other_url.replace('%', '%%'),
+            queue_processor='false',
+            timeout='0.2',
+        )
+        time.sleep(0.3)  # older than mail.timeout
+        code, out, _ = run_cli('status', other)
+        assert code == 0
+        assert 'in doubt' not in out
+        mine = OutboxQueue(pg_url, timeout=0.2)
+        assert [found for found, _ in mine.in_doubt()] == [gid]
+        mine.close()
+    finally:
+        sql(pg_url, f"ROLLBACK PREPARED '{gid}'")
+
+
 def test_outbox_status_does_not_count_a_commit_under_way_as_in_doubt(
     outbox_ini, pg_url, outbox
 ):

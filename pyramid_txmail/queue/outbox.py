@@ -577,15 +577,23 @@ class OutboxQueue:
         Each holds rows that no processor can see until an operator runs
         ``COMMIT PREPARED`` or ``ROLLBACK PREPARED``: its process died
         between the vote and the finish, or could not finish. A younger one
-        may be a commit still under way.
+        may be a commit still under way. Only those holding a lock on this
+        outbox's table are listed: another application's outbox in another
+        schema of the same database has its own.
         """
         rows = self._execute(
-            'SELECT gid, extract(epoch FROM now() - prepared)::float8 '
-            'FROM pg_prepared_xacts WHERE database = current_database() '
+            'SELECT p.gid, extract(epoch FROM now() - p.prepared)::float8 '
+            'FROM pg_prepared_xacts p WHERE p.database = current_database() '
             # Not starts_with(), which PostgreSQL 10 lacks.
-            'AND left(gid, %s) = %s '
-            'AND prepared < now() - make_interval(secs => %s) '
-            'ORDER BY prepared, gid',
+            'AND left(p.gid, %s) = %s '
+            'AND p.prepared < now() - make_interval(secs => %s) '
+            # Its locks are those of the holder of its transaction id lock.
+            'AND EXISTS (SELECT FROM pg_locks x JOIN pg_locks r '
+            'USING (virtualtransaction) '
+            "WHERE x.locktype = 'transactionid' AND x.transactionid = p.transaction "
+            "AND r.locktype = 'relation' "
+            "AND r.relation = 'txmail_outbox'::regclass) "
+            'ORDER BY p.prepared, p.gid',
             (len(GID_PREFIX), GID_PREFIX, self.timeout),
             what='look for prepared transactions',
         ).fetchall()
