@@ -359,36 +359,7 @@ class MailQueue:
         ``flock`` does not work). Returns how many claims were recovered.
         """
         now = self.clock()
-        stale_tmp = now - TMP_MAX_AGE
         recovered = 0
-        for name in self._ids('tmp', every=True):
-            path = self._p('tmp', name)
-            try:
-                st = os.lstat(path)
-                if (
-                    stat.S_IMODE(st.st_mode) == _COMMITTED
-                    and stat.S_ISREG(st.st_mode)
-                    and ID.fullmatch(name)
-                ):
-                    self._unpublished.add(name)  # committed, by any process
-                elif name not in self._unpublished and st.st_mtime < stale_tmp:
-                    os.unlink(path)
-                    log.warning('removed %s, left by an unfinished commit', path)
-            except OSError as exc:  # not ours (a directory, say): left alone
-                if exc.errno != errno.ENOENT and path not in self._reported:
-                    self._reported.add(path)
-                    log.error('cannot remove %s: %s', path, _cause(exc))
-        unpublished = self._unpublished.copy()
-        for mail_id in unpublished:
-            try:
-                self._rename(self._p('tmp', mail_id), self._p('new', mail_id))
-            except FileNotFoundError:
-                pass  # removed by hand
-            except OSError:
-                continue  # tried again by the next pass
-            self._unpublished.discard(mail_id)
-        if unpublished:
-            self._sync_dir('new', raising=False)
         for mail_id, (reason, delivered) in list(self._unnoted.items()):
             if os.path.lexists(self._p('failed', mail_id)):
                 self._note(mail_id, reason, delivered)
@@ -417,7 +388,42 @@ class MailQueue:
                 _unlock(fd)
             log.warning('recovered %s from a processor that stopped', mail_id)
             recovered += 1
+        # Last: a tmp/ that cannot be read must not keep claims from coming back.
+        self._settle_tmp(now)
         return recovered
+
+    def _settle_tmp(self, now: float) -> None:
+        """Publish the committed files in ``tmp/``; remove the unfinished
+        commits older than :data:`TMP_MAX_AGE`."""
+        stale_tmp = now - TMP_MAX_AGE
+        for name in self._ids('tmp', every=True):
+            path = self._p('tmp', name)
+            try:
+                st = os.lstat(path)
+                if (
+                    stat.S_IMODE(st.st_mode) == _COMMITTED
+                    and stat.S_ISREG(st.st_mode)
+                    and ID.fullmatch(name)
+                ):
+                    self._unpublished.add(name)  # committed, by any process
+                elif name not in self._unpublished and st.st_mtime < stale_tmp:
+                    os.unlink(path)
+                    log.warning('removed %s, left by an unfinished commit', path)
+            except OSError as exc:  # not ours (a directory, say): left alone
+                if exc.errno != errno.ENOENT and path not in self._reported:
+                    self._reported.add(path)
+                    log.error('cannot remove %s: %s', path, _cause(exc))
+        unpublished = self._unpublished.copy()
+        for mail_id in unpublished:
+            try:
+                self._rename(self._p('tmp', mail_id), self._p('new', mail_id))
+            except FileNotFoundError:
+                pass  # removed by hand
+            except OSError:
+                continue  # tried again by the next pass
+            self._unpublished.discard(mail_id)
+        if unpublished:
+            self._sync_dir('new', raising=False)
 
     def pending(self) -> list[str]:
         """Ids of the messages in ``new/``, in queue order."""
