@@ -1147,6 +1147,34 @@ def test_outbox_status_shows_transactions_in_doubt_on_postgresql_before_11(
         pg_server.execute(f'DROP DATABASE {dbname} WITH (FORCE)')
 
 
+def test_outbox_status_shows_the_counts_to_a_role_that_cannot_see_prepared_ones(
+    tmp_path, pg_server
+):
+    # A database whose operator revoked pg_prepared_xacts from the
+    # application's role: status still counts, and says what it could not do.
+    from pyramid_txmail.queue.outbox import schema_sql
+
+    dbname, role = 'txmail_revoked', 'txmail_app'
+    pg_server.execute(f'CREATE DATABASE {dbname}', f'CREATE ROLE {role} LOGIN')
+    try:
+        pg_server.execute(
+            schema_sql(),
+            f'GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}',
+            f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}',
+            'REVOKE SELECT ON pg_catalog.pg_prepared_xacts FROM PUBLIC',
+            dbname=dbname,
+        )
+        url = pg_server.url_for(dbname).replace('://postgres@', f'://{role}@', 1)
+        ini = write_ini(tmp_path, queue_url=url, queue_processor='false')
+        code, out, err = run_cli('status', ini)
+        assert code == 0
+        assert out.splitlines()[0] == 'queued     0'
+        assert 'cannot look for prepared transactions' in err
+        assert 'in doubt' not in out
+    finally:
+        pg_server.execute(f'DROP DATABASE {dbname} WITH (FORCE)', f'DROP ROLE {role}')
+
+
 def test_outbox_status_lists_only_its_own_outboxs_transactions_in_doubt(
     tmp_path, pg_server, pg_url, outbox
 ):
