@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -111,6 +112,26 @@ def test_status_counts_each_state(ini):
     ]
 
 
+def test_status_counts_committed_messages_waiting_for_room_in_new(tmp_path):
+    # A commit whose rename into new/ failed (a full disk) leaves its
+    # message in tmp/, marked committed: the operator sees it waiting.
+    from pyramid_txmail.queue.maildir import MailQueue as Queue
+
+    class FullDisk(Queue):
+        def _rename(self, src, dst):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    queue = FullDisk(str(tmp_path / 'q'))
+    queue.publish([queue.stage(make_mail(1))])
+    queue.stage(make_mail(2))  # a commit under way: not counted
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q', queue_processor='false')
+    code, out, _ = run_cli('status', ini)
+    assert code == 0
+    assert 'unpublished 1' in out.splitlines()
+    code, out, _ = run_cli('status', ini, '--json')
+    assert json.loads(out)['unpublished'] == 1
+
+
 def test_status_json_gives_the_counts(ini):
     code, out, _ = run_cli('status', ini, '--json')
     assert code == 0
@@ -178,7 +199,17 @@ def test_purge_by_id_and_failed(queue_of_two, ini):
     assert code == 0
     assert out.startswith('1 ')
     assert queue_of_two.counts() == dict.fromkeys(
-        ('queued', 'sending', 'deferred', 'failed', 'held', 'unreadable', 'legacy'), 0
+        (
+            'queued',
+            'sending',
+            'deferred',
+            'failed',
+            'held',
+            'unreadable',
+            'legacy',
+            'unpublished',
+        ),
+        0,
     )
 
 
@@ -790,6 +821,7 @@ def test_retry_all_after_an_outage_takes_deferred_and_failed(states):
         'held': 1,
         'unreadable': 0,
         'legacy': 0,
+        'unpublished': 0,
     }
 
 

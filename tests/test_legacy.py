@@ -169,6 +169,7 @@ def test_status_and_list_show_a_repoze_queue(legacy_queue, tmp_path):
         'failed': 0,
         'unreadable': 0,
         'legacy': 3,
+        'unpublished': 0,
         'fault': None,
     }
     code, out = cli('list', ini, '--json')
@@ -218,7 +219,16 @@ def test_process_once_delivers_a_repoze_queue_exactly_once(
     code, out = cli('status', ini, '--json')
     assert json.loads(out) == {
         **dict.fromkeys(
-            ('queued', 'sending', 'deferred', 'held', 'failed', 'unreadable', 'legacy'),
+            (
+                'queued',
+                'sending',
+                'deferred',
+                'held',
+                'failed',
+                'unreadable',
+                'legacy',
+                'unpublished',
+            ),
             0,
         ),
         'fault': None,

@@ -20,7 +20,17 @@ from tests.crashkit import fill, run_together, settings_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMPTY = dict.fromkeys(
-    ('queued', 'sending', 'deferred', 'failed', 'held', 'unreadable', 'legacy'), 0
+    (
+        'queued',
+        'sending',
+        'deferred',
+        'failed',
+        'held',
+        'unreadable',
+        'legacy',
+        'unpublished',
+    ),
+    0,
 )
 
 

@@ -24,7 +24,17 @@ def _is_open(fd: int) -> bool:
 
 #: counts() of an empty queue.
 EMPTY = dict.fromkeys(
-    ('queued', 'sending', 'deferred', 'failed', 'held', 'unreadable', 'legacy'), 0
+    (
+        'queued',
+        'sending',
+        'deferred',
+        'failed',
+        'held',
+        'unreadable',
+        'legacy',
+        'unpublished',
+    ),
+    0,
 )
 
 
@@ -302,6 +312,7 @@ def test_committed_message_that_could_not_be_published_is_published_after_a_rest
     assert files(queue_path, 'tmp') == sorted([mail_id, unfinished])
     for name in (mail_id, unfinished):  # written now, by the clock
         os.utime(os.path.join(queue_path, 'tmp', name), (clock.now, clock.now))
+    assert queue.counts()['unpublished'] == 1  # not the unfinished one
     del queue
     clock.now += TMP_MAX_AGE + 1
     restarted = make_queue(clock=clock)

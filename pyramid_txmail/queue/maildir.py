@@ -400,11 +400,7 @@ class MailQueue:
             path = self._p('tmp', name)
             try:
                 st = os.lstat(path)
-                if (
-                    stat.S_IMODE(st.st_mode) == _COMMITTED
-                    and stat.S_ISREG(st.st_mode)
-                    and ID.fullmatch(name)
-                ):
+                if _marked(name, st):
                     self._unpublished.add(name)  # committed, by any process
                 elif name not in self._unpublished and st.st_mtime < stale_tmp:
                     os.unlink(path)
@@ -708,12 +704,24 @@ class MailQueue:
         """How many messages are in each state (``queued``, ``sending``,
         ``deferred``, ``failed``, ``held``); then ``unreadable``, those of
         the failed ones the processor set aside as unreadable (see
-        :meth:`unreadable`), and ``legacy``, the repoze.sendmail files
-        here, waiting or rejected (the processor adopts them). Read-only."""
+        :meth:`unreadable`), ``legacy``, the repoze.sendmail files here,
+        waiting or rejected (the processor adopts them), and
+        ``unpublished``, committed messages still in ``tmp/`` for want of
+        room in ``new/``. Read-only."""
         counts = {state: len(self._ids(sub)) for sub, state in ALL_STATES.items()}
         counts['unreadable'] = self.unreadable()
         counts['legacy'] = len(legacy.scan(self, failed=None))
+        counts['unpublished'] = self._unpublished_count()
         return counts
+
+    def _unpublished_count(self) -> int:
+        """Committed messages still in ``tmp/``: their rename into ``new/``
+        failed (a full disk), and recovery publishes them when it can."""
+        marked = 0
+        for name in self._ids('tmp', every=True):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                marked += _marked(name, os.lstat(self._p('tmp', name)))
+        return marked
 
     def list(
         self, states: Iterable[str] | None = None, *, failed: bool = False
@@ -1096,6 +1104,16 @@ class MailQueue:
                 raise UnknownMessage(f'no message {mail_id!r} in {self.path} ({where})')
             found.append((mail_id, sub))
         return found
+
+
+def _marked(name: str, st: os.stat_result) -> bool:
+    """Whether the ``tmp/`` entry ``name`` is a committed message (see
+    :meth:`MailQueue._mark_committed`)."""
+    return (
+        stat.S_IMODE(st.st_mode) == _COMMITTED
+        and stat.S_ISREG(st.st_mode)
+        and ID.fullmatch(name) is not None
+    )
 
 
 def _head(path: str, opener: Callable[..., int]) -> tuple[float, Stored, str | None]:
