@@ -707,11 +707,15 @@ class MailQueue:
         :meth:`unreadable`), ``legacy``, the repoze.sendmail files here,
         waiting or rejected (the processor adopts them), and
         ``unpublished``, committed messages still in ``tmp/`` for want of
-        room in ``new/``. Read-only."""
+        room in ``new/``; left out, the reason logged, when ``tmp/`` cannot
+        be read, so that the other counts still show. Read-only."""
         counts = {state: len(self._ids(sub)) for sub, state in ALL_STATES.items()}
         counts['unreadable'] = self.unreadable()
         counts['legacy'] = len(legacy.scan(self, failed=None))
-        counts['unpublished'] = self._unpublished_count()
+        try:
+            counts['unpublished'] = self._unpublished_count()
+        except QueueError as exc:
+            log.error('cannot count the unpublished messages: %s', exc)
         return counts
 
     def _unpublished_count(self) -> int:
