@@ -132,6 +132,26 @@ def test_status_counts_committed_messages_waiting_for_room_in_new(tmp_path):
     assert json.loads(out)['unpublished'] == 1
 
 
+def test_status_still_counts_when_tmp_cannot_be_read(tmp_path, caplog):
+    # A tmp/ that cannot be read (here: not a directory) leaves the other
+    # states' counts standing, as it does recovery (MailQueue.recover): what
+    # is unknown is left out, not shown as none, and the reason logged.
+    queue_with(tmp_path / 'q', 1)
+    os.rmdir(tmp_path / 'q' / 'tmp')
+    (tmp_path / 'q' / 'tmp').write_text('')
+    ini = write_ini(tmp_path, queue_path=tmp_path / 'q', queue_processor='false')
+    code, out, _ = run_cli('status', ini)
+    assert code == 0
+    assert 'queued     1' in out.splitlines()
+    assert 'unpublished' not in out
+    code, out, _ = run_cli('status', ini, '--json')
+    assert code == 0
+    counts = json.loads(out)
+    assert counts['queued'] == 1 and 'unpublished' not in counts
+    assert 'cannot count the unpublished messages' in caplog.text
+    assert 'Not a directory' in caplog.text
+
+
 def test_status_json_gives_the_counts(ini):
     code, out, _ = run_cli('status', ini, '--json')
     assert code == 0

@@ -147,6 +147,24 @@ def event_kinds(events):
 # -- QueueProcessor
 
 
+def test_a_tmp_that_cannot_be_read_does_not_stop_committed_mail_going_out(
+    queue, tmp_path, make_smtp_server, make_processor, caplog
+):
+    # tmp/ removed by hand (an operator taking it for scratch space): new
+    # commits fail, as they must, but what was committed before is sent;
+    # each pass says why tmp/ was not settled.
+    from pyramid_txmail.processor import PassResult
+
+    server = make_smtp_server()
+    fill(queue, 2)
+    os.rmdir(tmp_path / 'q' / 'tmp')
+    processor = make_processor(queue, server)
+    with caplog.at_level(logging.ERROR, logger='pyramid_txmail'):
+        assert processor.run_once() == PassResult(sent=2)
+    assert sorted(_ids(server)) == ['<0@test>', '<1@test>']
+    assert 'tmp: missing' in caplog.text
+
+
 def test_drain_sends_every_message_once(
     queue, events, make_smtp_server, make_processor
 ):

@@ -351,7 +351,8 @@ class MailQueue:
 
         A file in ``tmp/`` marked committed (see :meth:`_mark_committed`) is
         published; an unmarked one older than :data:`TMP_MAX_AGE` is an
-        unfinished commit, and removed.
+        unfinished commit, and removed. A ``tmp/`` that cannot be read is
+        logged, and the pass goes on.
 
         A ``cur/`` entry is taken back when its lock is free (its processor is
         gone: the kernel drops a dead process's locks) and it was claimed more
@@ -388,8 +389,13 @@ class MailQueue:
                 _unlock(fd)
             log.warning('recovered %s from a processor that stopped', mail_id)
             recovered += 1
-        # Last: a tmp/ that cannot be read must not keep claims from coming back.
-        self._settle_tmp(now)
+        try:
+            self._settle_tmp(now)
+        except QueueError as exc:
+            # Logged, not raised: a tmp/ that cannot be read (removed by
+            # hand, say) must not keep what is in new/ and cur/ from being
+            # sent; commits fail meanwhile, and say so.
+            log.error('%s; committed messages not published yet wait', exc)
         return recovered
 
     def _settle_tmp(self, now: float) -> None:
@@ -707,11 +713,15 @@ class MailQueue:
         :meth:`unreadable`), ``legacy``, the repoze.sendmail files here,
         waiting or rejected (the processor adopts them), and
         ``unpublished``, committed messages still in ``tmp/`` for want of
-        room in ``new/``. Read-only."""
+        room in ``new/``; left out, the reason logged, when ``tmp/`` cannot
+        be read, so that the other counts still show. Read-only."""
         counts = {state: len(self._ids(sub)) for sub, state in ALL_STATES.items()}
         counts['unreadable'] = self.unreadable()
         counts['legacy'] = len(legacy.scan(self, failed=None))
-        counts['unpublished'] = self._unpublished_count()
+        try:
+            counts['unpublished'] = self._unpublished_count()
+        except QueueError as exc:
+            log.error('cannot count the unpublished messages: %s', exc)
         return counts
 
     def _unpublished_count(self) -> int:
