@@ -387,15 +387,21 @@ class Command:
         fault = queue.read_fault()
         # The shared outbox's own-connection mode only (OutboxQueue.in_doubt).
         looking = getattr(queue, 'in_doubt', None)
-        in_doubt: list[tuple[str, float]] = []
+        in_doubt: list[tuple[str, float]] | None = []
         try:
             in_doubt = looking() if looking else []
         except QueueError as exc:
             # pg_prepared_xacts not readable by this role: the counts stand.
             print(f'pyramid-txmail: {exc}', file=self.err)
+            in_doubt = None
         if args.json:
             record = None if fault is None else dataclasses.asdict(fault)
-            extra = {'in_doubt': [gid for gid, _ in in_doubt]} if in_doubt else {}
+            # null: could not look (a monitor must not read it as "none").
+            extra: dict[str, Any] = {}
+            if in_doubt is None or in_doubt:
+                extra['in_doubt'] = (
+                    None if in_doubt is None else [gid for gid, _ in in_doubt]
+                )
             print(json.dumps({**counts, 'fault': record, **extra}), file=self.out)
             return 0
         for state in ('queued', 'deferred', 'sending', 'held', 'failed', 'unreadable'):

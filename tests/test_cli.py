@@ -1223,6 +1223,8 @@ def test_outbox_status_shows_the_counts_to_a_role_that_cannot_see_prepared_ones(
         assert out.splitlines()[0] == 'queued     0'
         assert 'cannot look for prepared transactions' in err
         assert 'in doubt' not in out
+        code, out, _ = run_cli('status', ini, '--json')
+        assert (code, json.loads(out)['in_doubt']) == (0, None)  # not "none"
     finally:
         pg_server.execute(f'DROP DATABASE {dbname} WITH (FORCE)', f'DROP ROLE {role}')
 
