@@ -12,6 +12,21 @@ from zope.interface import implementer
 
 from pyramid_txmail.interfaces import IImmediateDelivery, IPendingMail
 
+#: ``counts()`` of an empty queue directory.
+EMPTY_COUNTS = dict.fromkeys(
+    (
+        'queued',
+        'sending',
+        'deferred',
+        'failed',
+        'held',
+        'unreadable',
+        'legacy',
+        'unpublished',
+    ),
+    0,
+)
+
 
 def make_mail(n: int = 0, recipients: tuple[str, ...] = ('to@example.com',)):
     """A small PreparedMail, without going through the message builder."""

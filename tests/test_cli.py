@@ -17,7 +17,7 @@ from pyramid.config import Configurator
 
 from pyramid_txmail.events import MailSent
 from pyramid_txmail.queue import MailQueue
-from tests import make_mail
+from tests import EMPTY_COUNTS, make_mail
 
 EVENTS: list = []
 LOGGING = """
@@ -218,19 +218,7 @@ def test_purge_by_id_and_failed(queue_of_two, ini):
     code, out, _ = run_cli('purge', ini, '--failed')
     assert code == 0
     assert out.startswith('1 ')
-    assert queue_of_two.counts() == dict.fromkeys(
-        (
-            'queued',
-            'sending',
-            'deferred',
-            'failed',
-            'held',
-            'unreadable',
-            'legacy',
-            'unpublished',
-        ),
-        0,
-    )
+    assert queue_of_two.counts() == EMPTY_COUNTS
 
 
 @pytest.mark.parametrize(

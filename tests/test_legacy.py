@@ -27,6 +27,7 @@ from pyramid_txmail.exceptions import QueueError
 from pyramid_txmail.processor import QueueProcessor
 from pyramid_txmail.queue import MailQueue
 from pyramid_txmail.queue.legacy import adopt, parse, scan
+from tests import EMPTY_COUNTS
 from tests.crashkit import run_together
 from tests.test_cli import write_ini
 
@@ -218,19 +219,7 @@ def test_process_once_delivers_a_repoze_queue_exactly_once(
     assert os.listdir(path / 'new') == []
     code, out = cli('status', ini, '--json')
     assert json.loads(out) == {
-        **dict.fromkeys(
-            (
-                'queued',
-                'sending',
-                'deferred',
-                'held',
-                'failed',
-                'unreadable',
-                'legacy',
-                'unpublished',
-            ),
-            0,
-        ),
+        **EMPTY_COUNTS,
         'fault': None,
     }
     code, out = cli('process', ini, '--once')

@@ -15,23 +15,11 @@ from collections import Counter
 
 import pytest
 
+from tests import EMPTY_COUNTS as EMPTY
 from tests import FakeClock, free_port, in_forked_child, make_mail
 from tests.crashkit import fill, run_together, settings_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMPTY = dict.fromkeys(
-    (
-        'queued',
-        'sending',
-        'deferred',
-        'failed',
-        'held',
-        'unreadable',
-        'legacy',
-        'unpublished',
-    ),
-    0,
-)
 
 
 def _ids(server) -> list[str]:

@@ -10,6 +10,7 @@ import stat
 
 import pytest
 
+from tests import EMPTY_COUNTS as EMPTY
 from tests import FakeClock, make_mail
 from tests.crashkit import fill, run_together
 
@@ -20,22 +21,6 @@ def _is_open(fd: int) -> bool:
     except OSError:
         return False
     return True
-
-
-#: counts() of an empty queue.
-EMPTY = dict.fromkeys(
-    (
-        'queued',
-        'sending',
-        'deferred',
-        'failed',
-        'held',
-        'unreadable',
-        'legacy',
-        'unpublished',
-    ),
-    0,
-)
 
 
 def _mode(path) -> int:
