@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -1117,27 +1118,37 @@ def test_outbox_status(outbox_ini, outbox):
     assert '535 login refused' in out
 
 
-def test_outbox_status_shows_prepared_transactions_left_in_doubt(
-    tmp_path, pg_url, outbox
-):
-    # The own-connection mode's process dies between the vote (PREPARE
-    # TRANSACTION) and the finish: its mail is held where no processor sees
-    # it until an operator decides. status says so, with what to run.
+@contextlib.contextmanager
+def left_in_doubt(url: str):
+    """The gid of a commit to the outbox at ``url`` whose process died
+    between the vote (PREPARE TRANSACTION) and the finish; an operator's
+    ROLLBACK PREPARED at the end."""
     from pyramid_txmail.delivery import OutboxDelivery
     from pyramid_txmail.queue.outbox import OutboxQueue
     from tests.test_outbox import prepared, sql
 
-    delivery = OutboxDelivery(OutboxQueue(pg_url))
+    delivery = OutboxDelivery(OutboxQueue(url))
     delivery.vote([make_mail(3)])  # and never finished
     delivery.close()
-    [gid] = prepared(pg_url)
+    [gid] = prepared(url)
     try:
-        ini = write_ini(
-            tmp_path,
-            queue_url=pg_url.replace('%', '%%'),
-            queue_processor='false',
-            timeout='0.2',
-        )
+        yield gid
+    finally:
+        sql(url, f"ROLLBACK PREPARED '{gid}'")
+
+
+def test_outbox_status_shows_prepared_transactions_left_in_doubt(
+    tmp_path, pg_url, outbox
+):
+    # Its mail is held where no processor sees it until an operator
+    # decides: status says so, with what to run.
+    ini = write_ini(
+        tmp_path,
+        queue_url=pg_url.replace('%', '%%'),
+        queue_processor='false',
+        timeout='0.2',
+    )
+    with left_in_doubt(pg_url) as gid:
         time.sleep(0.3)  # older than mail.timeout: not a commit under way
         code, out, _ = run_cli('status', ini)
         assert code == 0
@@ -1147,8 +1158,6 @@ def test_outbox_status_shows_prepared_transactions_left_in_doubt(
         assert f'  {gid}  prepared ' in out
         code, out, _ = run_cli('status', ini, '--json')
         assert json.loads(out)['in_doubt'] == [gid]
-    finally:
-        sql(pg_url, f"ROLLBACK PREPARED '{gid}'")
 
 
 def test_outbox_status_shows_transactions_in_doubt_on_postgresql_before_11(
@@ -1222,23 +1231,16 @@ def test_outbox_status_lists_only_its_own_outboxs_transactions_in_doubt(
 ):
     # Two applications' outboxes in two schemas of one database: an
     # operator of the other must not be told to decide on this one's mail.
-    from pyramid_txmail.delivery import OutboxDelivery
     from pyramid_txmail.queue.outbox import OutboxQueue
     from tests.conftest import _new_schema
-    from tests.test_outbox import prepared, sql
 
-    other_url = _new_schema(pg_server, outbox=True)
-    delivery = OutboxDelivery(OutboxQueue(pg_url))
-    delivery.vote([make_mail(3)])  # and never finished
-    delivery.close()
-    [gid] = prepared(pg_url)
-    try:
-        other = write_ini(
-            tmp_path,
-            queue_url=other_url.replace('%', '%%'),
-            queue_processor='false',
-            timeout='0.2',
-        )
+    other = write_ini(
+        tmp_path,
+        queue_url=_new_schema(pg_server, outbox=True).replace('%', '%%'),
+        queue_processor='false',
+        timeout='0.2',
+    )
+    with left_in_doubt(pg_url) as gid:
         time.sleep(0.3)  # older than mail.timeout
         code, out, _ = run_cli('status', other)
         assert code == 0
@@ -1246,8 +1248,6 @@ def test_outbox_status_lists_only_its_own_outboxs_transactions_in_doubt(
         mine = OutboxQueue(pg_url, timeout=0.2)
         assert [found for found, _ in mine.in_doubt()] == [gid]
         mine.close()
-    finally:
-        sql(pg_url, f"ROLLBACK PREPARED '{gid}'")
 
 
 def test_outbox_status_does_not_count_a_commit_under_way_as_in_doubt(
