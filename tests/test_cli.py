@@ -1250,6 +1250,35 @@ def test_outbox_status_lists_only_its_own_outboxs_transactions_in_doubt(
         mine.close()
 
 
+def test_outbox_status_lists_an_applications_two_phase_commit_left_in_doubt(
+    tmp_path, pg_url, outbox
+):
+    # The session mode with a two-phase session (SQLAlchemy's twophase=True):
+    # the application's own prepared transaction holds the mail it wrote.
+    import psycopg
+
+    from tests.test_outbox import sql
+
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(
+            'INSERT INTO txmail_outbox (message_id, sender, recipients, data) '
+            "VALUES ('<3@test>', 'from@example.com', '{to@example.com}', 'x')"
+        )
+        conn.execute("PREPARE TRANSACTION '_sa_app_1'")
+    try:
+        ini = write_ini(
+            tmp_path,
+            queue_url=pg_url.replace('%', '%%'),
+            queue_processor='false',
+            timeout='0.2',
+        )
+        time.sleep(0.3)  # older than mail.timeout
+        code, out, _ = run_cli('status', ini, '--json')
+        assert (code, json.loads(out)['in_doubt']) == (0, ['_sa_app_1'])
+    finally:
+        sql(pg_url, "ROLLBACK PREPARED '_sa_app_1'")
+
+
 def test_outbox_status_does_not_count_a_commit_under_way_as_in_doubt(
     outbox_ini, pg_url, outbox
 ):

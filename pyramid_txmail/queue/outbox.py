@@ -570,22 +570,22 @@ class OutboxQueue:
         return found
 
     def in_doubt(self) -> list[tuple[str, float]]:
-        """The prepared transactions of the own-connection mode older than
-        ``mail.timeout``, oldest first: each one's ``gid`` and age in seconds
-        (the database's clock).
+        """The prepared transactions holding rows of this outbox's table
+        that are older than ``mail.timeout``, oldest first: each one's
+        ``gid`` and age in seconds (the database's clock).
 
-        Each holds rows that no processor can see until an operator runs
-        ``COMMIT PREPARED`` or ``ROLLBACK PREPARED``: its process died
-        between the vote and the finish, or could not finish. A younger one
-        may be a commit still under way. Only those holding a lock on this
-        outbox's table are listed: another application's outbox in another
-        schema of the same database has its own.
+        The own-connection mode's (``pyramid_txmail:...``), or an
+        application's two-phase session (SQLAlchemy's ``twophase=True``)
+        that wrote mail. Each holds rows that no processor can see until an
+        operator runs ``COMMIT PREPARED`` or ``ROLLBACK PREPARED``: its
+        process died between the vote and the finish, or could not finish.
+        A younger one may be a commit still under way. Found by their lock
+        on this outbox's table, so that another application's outbox in
+        another schema of the same database is not listed.
         """
         rows = self._execute(
             'SELECT p.gid, extract(epoch FROM now() - p.prepared)::float8 '
             'FROM pg_prepared_xacts p WHERE p.database = current_database() '
-            # Not starts_with(), which PostgreSQL 10 lacks.
-            'AND left(p.gid, %s) = %s '
             'AND p.prepared < now() - make_interval(secs => %s) '
             # Its locks are those of the holder of its transaction id lock.
             'AND EXISTS (SELECT FROM pg_locks x JOIN pg_locks r '
@@ -594,7 +594,7 @@ class OutboxQueue:
             "AND r.locktype = 'relation' "
             "AND r.relation = 'txmail_outbox'::regclass) "
             'ORDER BY p.prepared, p.gid',
-            (len(GID_PREFIX), GID_PREFIX, self.timeout),
+            (self.timeout,),
             what='look for prepared transactions',
         ).fetchall()
         return [(gid, age) for gid, age in rows]
