@@ -421,7 +421,8 @@ class Command:
                 file=self.out,
             )
             for gid, age in in_doubt:
-                print(f'  {gid}  prepared {_age(age)} ago', file=self.out)
+                # Any session may name its prepared transaction: escaped.
+                print(f'  {_one_line(gid)}  prepared {_age(age)} ago', file=self.out)
         return 0
 
     def cmd_list(self, args: argparse.Namespace) -> int:
