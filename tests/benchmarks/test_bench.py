@@ -115,6 +115,17 @@ def test_http_figures_answer_every_request(clients, with_mail, server, tmp_path)
     assert server.messages == []  # queued, not sent
 
 
+def test_http_figure_without_fsync_queues_every_request_unsynced(server, tmp_path):
+    from pyramid_txmail.queue import MailQueue
+
+    before = MailQueue._fsync
+    with bench.counting_fsyncs() as count:
+        bench.http(8, True, fsync=False)(40, server.port, str(tmp_path))
+    assert len(os.listdir(tmp_path / 'web' / 'new')) == 40
+    assert count == [0]
+    assert MailQueue._fsync is before
+
+
 def test_fsync_is_restored_after_the_no_fsync_figure(server, tmp_path):
     from pyramid_txmail.queue import MailQueue
 
