@@ -31,9 +31,11 @@ log = logging.getLogger('pyramid_txmail')
 class MailDataManager:
     """The mail of one transaction.
 
-    ``closed`` becomes true once the transaction no longer carries this data
-    manager's messages (abort, or a rollback that unjoined it): the mailer
-    then joins a new one rather than adding mail that nothing would send.
+    ``closed`` becomes true once this data manager takes no more mail: it
+    voted, or the transaction no longer carries its messages (abort, or a
+    rollback that unjoined it). The mailer then joins a new one rather than
+    adding mail that nothing would send; a transaction that is committing
+    or committed refuses that join (``ValueError``).
     """
 
     def __init__(self, transaction_manager: transaction.TransactionManager):
@@ -84,6 +86,10 @@ class MailDataManager:
         pass
 
     def tpc_vote(self, txn: Any) -> None:
+        # Mail sent from now on (another data manager's commit, an
+        # after-commit hook, a subscriber using this manager) would miss
+        # every step below: it must join anew, and so fail loudly.
+        self.closed = True
         # Group by delivery, keeping send order within each.
         groups: dict[int, tuple[IMailDelivery, list[PreparedMail]]] = {}
         for delivery, mail in self.mails:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from pyramid_txmail.datamanager import MailDataManager
-from tests import FailingVoteDataManager, RecordingDelivery, make_mail
+from tests import FailingVoteDataManager, RecordingDelivery, make_mail, message
 
 
 @pytest.fixture
@@ -173,3 +173,58 @@ def test_next_transaction_gets_a_new_data_manager(tm, delivery, calls):
         assert MailDataManager.join(tm, 'k') is not first
         send(tm, delivery, 2)
     assert votes(calls) == [('d', 'vote', ['<1@test>']), ('d', 'vote', ['<2@test>'])]
+
+
+def test_a_send_once_the_commit_is_decided_raises_instead_of_vanishing(
+    tm, smtp_server, caplog
+):
+    # A MailSent subscriber that mails with the request's mailer (bound to
+    # the sending manager, which still holds the committed transaction):
+    # that send can join nothing. It used to return a Message-ID for a
+    # message no step would ever deliver, and log nothing.
+    from pyramid_txmail.events import MailSent, Notifier
+    from pyramid_txmail.mailer import Mailer
+
+    outcomes = []
+
+    def on_sent(event):
+        if isinstance(event, MailSent) and event.message['Subject'] == 'first':
+            try:
+                outcomes.append(mailer.send(message(subject='alert')))
+            except ValueError as exc:
+                outcomes.append(exc)
+
+    mailer = Mailer.from_settings(
+        smtp_server.mail_settings(), notify=Notifier(on_sent)
+    ).bind(tm)
+    with tm:
+        mailer.send(message(subject='first'))
+    [received] = smtp_server.wait_for(1)
+    assert received.message['Subject'] == 'first'
+    [outcome] = outcomes
+    assert isinstance(outcome, ValueError)
+    with tm:  # the next transaction takes mail again
+        mailer.send(message(subject='next'))
+    assert [r.message['Subject'] for r in smtp_server.wait_for(2)] == ['first', 'next']
+
+
+def test_a_send_in_an_after_commit_hook_raises_and_queues_nothing(tm, tmp_path):
+    from pyramid_txmail.mailer import Mailer
+    from pyramid_txmail.queue import MailQueue
+
+    path = str(tmp_path / 'q')
+    mailer = Mailer.from_settings({'mail.queue_path': path}).bind(tm)
+    outcomes = []
+
+    def hook(status):
+        try:
+            outcomes.append(mailer.send(message(subject='late')))
+        except ValueError as exc:
+            outcomes.append(exc)
+
+    with tm:
+        mailer.send(message(subject='first'))
+        tm.get().addAfterCommitHook(hook)
+    [outcome] = outcomes
+    assert isinstance(outcome, ValueError)
+    assert [e.subject for e in MailQueue(path).list()] == ['first']
