@@ -43,6 +43,7 @@ class MailDataManager:
         self.mails: list[tuple[IMailDelivery, PreparedMail]] = []
         self.pending: list[IPendingMail] = []
         self.closed = False
+        self.finished = False
 
     @classmethod
     def join(
@@ -99,11 +100,16 @@ class MailDataManager:
             self.pending.append(delivery.vote(mails))
 
     def tpc_finish(self, txn: Any) -> None:
+        self.finished = True
         self._each_pending('finish')
         self.mails.clear()
 
     def tpc_abort(self, txn: Any) -> None:
-        self._each_pending('abort')
+        # Also called after our tpc_finish when a later resource's fails:
+        # the decision was commit, and what finish published must stay
+        # (undoing part of it would send some of the mail and drop the rest).
+        if not self.finished:
+            self._each_pending('abort')
         self.pending.clear()
         self.mails.clear()
         self.closed = True

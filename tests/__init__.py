@@ -112,6 +112,18 @@ class FailingVoteDataManager:
         pass
 
 
+class SecondPhaseFailingDataManager(FailingVoteDataManager):
+    """A data manager (sorted after ours) whose ``tpc_finish`` fails: the
+    transaction package then calls every ``tpc_abort``, also of the data
+    managers that have finished."""
+
+    def tpc_vote(self, txn):
+        pass
+
+    def tpc_finish(self, txn):
+        raise RuntimeError('the storage failed in the second phase')
+
+
 def free_port() -> int:
     """A loopback port nobody listens on (until a test does)."""
     with socket.socket() as sock:

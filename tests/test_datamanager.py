@@ -7,7 +7,13 @@ import logging
 import pytest
 
 from pyramid_txmail.datamanager import MailDataManager
-from tests import FailingVoteDataManager, RecordingDelivery, make_mail, message
+from tests import (
+    FailingVoteDataManager,
+    RecordingDelivery,
+    SecondPhaseFailingDataManager,
+    make_mail,
+    message,
+)
 
 
 @pytest.fixture
@@ -229,3 +235,10 @@ def test_a_send_in_an_after_commit_hook_raises_and_queues_nothing(tm, tmp_path):
     [outcome] = outcomes
     assert isinstance(outcome, ValueError)
     assert [e.subject for e in MailQueue(path).list()] == ['first']
+
+
+def test_tpc_abort_after_our_finish_undoes_nothing(tm, delivery, calls):
+    with pytest.raises(RuntimeError, match='second phase'), tm:
+        send(tm, delivery, 1)
+        tm.get().join(SecondPhaseFailingDataManager(tm))
+    assert calls == [('d', 'vote', ['<1@test>']), ('d', 'finish', ['<1@test>'])]

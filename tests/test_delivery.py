@@ -11,7 +11,7 @@ from pyramid_txmail.delivery import DirectDelivery, FileDelivery, QueuedDelivery
 from pyramid_txmail.events import MailFailed, MailSent
 from pyramid_txmail.message import Envelope, PreparedMail
 from pyramid_txmail.settings import MailSettings
-from tests import free_port, make_mail
+from tests import SecondPhaseFailingDataManager, free_port, make_mail
 
 
 def direct(settings, events, **kw) -> DirectDelivery:
@@ -501,3 +501,37 @@ def test_queued_unsendable_password_pauses_the_processor(make_smtp_server, tmp_p
     assert processor.run_once().released == 0  # paused
     assert queue.counts()['queued'] == 2
     assert server.connections == 0
+
+
+def test_queued_abort_after_finish_keeps_the_committed_mail(tm, tmp_path, smtp_server):
+    # tpc_finish published one message and could not rename the other
+    # (ENOSPC: it stays in tmp/, marked committed). Then a later resource's
+    # tpc_finish failed and the transaction called tpc_abort: it removed the
+    # marked message while its sibling was sent.
+    import errno
+
+    from pyramid_txmail.mailer import Mailer
+    from pyramid_txmail.processor import QueueProcessor
+    from pyramid_txmail.queue import MailQueue
+    from tests import message
+
+    path = str(tmp_path / 'q')
+    full = [True]
+
+    class NoRoomForOne(MailQueue):
+        def _rename(self, src, dst):
+            if full[0] and dst.endswith('/new/' + os.path.basename(src)):
+                full[0] = False
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.rename(src, dst)
+
+    delivery = QueuedDelivery(path, queue_factory=NoRoomForOne)
+    settings = smtp_server.settings(queue_path=path, delivery='queued')
+    mailer = Mailer(settings, delivery).bind(tm)
+    with pytest.raises(RuntimeError, match='second phase'), tm:
+        mailer.send(message(subject='one'))
+        mailer.send(message(subject='two'))
+        tm.get().join(SecondPhaseFailingDataManager(tm))
+    QueueProcessor(delivery.queue, settings).run_once()
+    received = smtp_server.wait_for(2)
+    assert sorted(r.message['Subject'] for r in received) == ['one', 'two']
