@@ -786,11 +786,65 @@ def test_forked_child_does_not_keep_the_lock(make_queue):
             os.close(fd)
 
 
+def test_a_child_forked_while_a_claim_opens_its_file_does_not_keep_its_lock(
+    make_queue,
+):
+    """A web server forks a worker while the processor thread is between
+    opening a message and noting the descriptor: the child inherited one
+    its fork hook did not know of, and the claim's lock then lived on in
+    it. Released, the message stayed unclaimable for the child's life."""
+    import select
+    import threading
+
+    from pyramid_txmail.queue import MailQueue
+
+    opened, forked = threading.Event(), threading.Event()
+
+    class PausedOpen(MailQueue):
+        def _opener(self, path, flags, *mode):
+            fd = os.open(path, flags, *mode)
+            if os.path.basename(os.path.dirname(path)) == 'new':
+                opened.set()
+                # Bounded: a fork that waits for this claim goes on after it.
+                forked.wait(2)
+            return fd
+
+    queue = make_queue(PausedOpen)
+    [mail_id] = fill(queue, 1)
+    claims = []
+    claimer = threading.Thread(target=lambda: claims.append(queue.claim(mail_id)))
+    claimer.start()
+    assert opened.wait(10)
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; coverage is not kept
+        os.write(ready_w, b'x')
+        select.select([done_r], [], [], 30)
+        os._exit(0)
+    try:
+        forked.set()
+        assert os.read(ready_r, 1) == b'x'
+        claimer.join(10)
+        [claim] = claims
+        claim.release()  # the child is alive
+        again = make_queue().claim(mail_id)
+        assert again is not None
+        again.release()
+    finally:
+        forked.set()
+        os.write(done_w, b'x')
+        os.waitpid(pid, 0)
+        claimer.join(10)
+        for fd in (ready_r, ready_w, done_r, done_w):
+            os.close(fd)
+
+
 def test_a_forked_child_closes_the_lock_descriptors_it_inherits(tmp_path):
     # What the child runs after fork, run here on a descriptor of our own.
     from pyramid_txmail.queue import locks
 
-    fd = locks._held(os.open(tmp_path, os.O_RDONLY))
+    fd = locks._held(os.open, tmp_path, os.O_RDONLY)
     locks._close_inherited_locks()
     with pytest.raises(OSError):
         os.fstat(fd)

@@ -181,7 +181,7 @@ def _open(queue: MailQueue, path: str) -> int:
     # O_NONBLOCK: a FIFO must not hang the processor; O_NOFOLLOW: a link
     # could point anywhere.
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = _held(queue._opener(path, flags))
+    fd = _held(queue._opener, path, flags)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, 'not a regular file')

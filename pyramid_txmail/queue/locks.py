@@ -7,7 +7,8 @@ about to hold) such a lock, so that
 
 * a forked child (gunicorn ``--preload``, uWSGI) closes its inherited copies
   at once (:func:`install_fork_hook`), instead of keeping its parent's
-  messages locked, unclaimable, for its whole life;
+  messages locked, unclaimable, for its whole life; a fork waits for a
+  descriptor being opened or closed meanwhile, so that none escapes;
 * the descriptors of sent (removed) messages are closed off the sender's
   path: :func:`close_soon` hands them to a daemon thread named
   ``pyramid_txmail-closer``, started by the first such close (never at
@@ -23,6 +24,8 @@ import contextlib
 import os
 import queue as _queue
 import threading
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ['close_soon', 'install_fork_hook']
 
@@ -32,19 +35,30 @@ __all__ = ['close_soon', 'install_fork_hook']
 # defers would stay locked, unclaimable, for the child's lifetime. The child
 # closes its copies at once; the parent's locks are unaffected.
 _LOCK_FDS: set[int] = set()
+# Held from a lock descriptor's open to its noting, and from its forgetting
+# to its close, and by fork() (see install_fork_hook): a child forked
+# between the two steps would inherit a descriptor its fork hook does not
+# know of, and the lock taken or left on it would live on in the child.
+# Reentrant: a claim dropped in between (Claim.__del__) closes its own.
+_FDS_LOCK = threading.RLock()
 
 
-def _held(fd: int) -> int:
+def _held(opener: Callable[..., int], *args: Any) -> int:
+    """``opener(*args)``, a descriptor that is to hold a queue file's
+    ``flock``, noted for forked children to close."""
     install_fork_hook()
-    _LOCK_FDS.add(fd)
+    with _FDS_LOCK:
+        fd = opener(*args)
+        _LOCK_FDS.add(fd)
     return fd
 
 
 def _unlock(fd: int) -> None:
-    # Forget first: a child forked in between must not close a number that
-    # another thread has reused meanwhile.
-    _LOCK_FDS.discard(fd)
-    os.close(fd)
+    with _FDS_LOCK:
+        # Forget first: a child forked in between must not close a number
+        # that another thread has reused meanwhile.
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
 
 
 class _Closer:
@@ -86,7 +100,11 @@ class _Closer:
             fd = self._fds.get()
             # Never die: a dead closer would leave every later fd open.
             with contextlib.suppress(OSError):
-                _unlock(fd)
+                # Without _FDS_LOCK, which the sender's next claim may be
+                # waiting for: a child forked in between keeps only the
+                # descriptor of a removed file, whose lock nobody can want.
+                _LOCK_FDS.discard(fd)
+                os.close(fd)
 
 
 _CLOSER = _Closer()
@@ -98,8 +116,17 @@ def close_soon(fd: int) -> None:
     _CLOSER.close(fd)
 
 
+def _before_fork() -> None:
+    _FDS_LOCK.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _FDS_LOCK.release()
+
+
 def _close_inherited_locks() -> None:
-    global _CLOSER
+    global _CLOSER, _FDS_LOCK
+    _FDS_LOCK = threading.RLock()  # the copy is held by the forking thread
     for fd in list(_LOCK_FDS):
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -124,5 +151,9 @@ def install_fork_hook() -> None:
         return
     with _fork_hook_lock:
         if not _fork_hook_installed:  # pragma: no branch (else: another thread won)
-            os.register_at_fork(after_in_child=_close_inherited_locks)
+            os.register_at_fork(
+                before=_before_fork,
+                after_in_parent=_after_fork_in_parent,
+                after_in_child=_close_inherited_locks,
+            )
             _fork_hook_installed = True

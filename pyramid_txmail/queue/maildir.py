@@ -584,7 +584,7 @@ class MailQueue:
     def _lock(self, path: str) -> tuple[int, os.stat_result] | None:
         """Open and ``flock`` ``path``: (fd, stat), or None if gone or held."""
         try:
-            fd = _held(self._opener(path, _OPEN_FLAGS))
+            fd = _held(self._opener, path, _OPEN_FLAGS)
         except FileNotFoundError:
             return None  # another processor moved it since our listing
         try:
@@ -680,7 +680,7 @@ class MailQueue:
         between.
         """
         tmp = self._p('tmp', f'{mail_id}.{secrets.token_hex(4)}')
-        fd = _held(self._create(tmp))
+        fd = _held(self._create, tmp)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._write_all(fd, tmp, stored, data)
