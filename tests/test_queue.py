@@ -840,6 +840,61 @@ def test_a_child_forked_while_a_claim_opens_its_file_does_not_keep_its_lock(
             os.close(fd)
 
 
+def test_a_child_forked_while_a_release_closes_its_descriptor_does_not_keep_its_lock(
+    make_queue,
+):
+    """The other end of a descriptor's life: forked after the descriptor
+    was forgotten and before it was closed, the child kept it, and with it
+    the lock of the message just released into new/."""
+    import select
+    import sys
+    import threading
+
+    queue = make_queue()
+    [mail_id] = fill(queue, 1)
+    claim = queue.claim(mail_id)
+    closing, forked = threading.Event(), threading.Event()
+
+    def pause_before_close(frame, event, arg):
+        # A profile function (not a trace one, which coverage uses): called
+        # as os.close is about to run.
+        if event == 'c_call' and arg is os.close and not closing.is_set():
+            closing.set()
+            forked.wait(2)  # bounded: a fork that waits for it goes on after
+
+    def release():
+        sys.setprofile(pause_before_close)
+        try:
+            claim.release()
+        finally:
+            sys.setprofile(None)
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    assert closing.wait(10)
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; coverage is not kept
+        os.write(ready_w, b'x')
+        select.select([done_r], [], [], 30)
+        os._exit(0)
+    try:
+        forked.set()
+        assert os.read(ready_r, 1) == b'x'
+        releaser.join(10)
+        again = queue.claim(mail_id)  # the child is alive
+        assert again is not None
+        again.release()
+    finally:
+        forked.set()
+        os.write(done_w, b'x')
+        os.waitpid(pid, 0)
+        releaser.join(10)
+        for fd in (ready_r, ready_w, done_r, done_w):
+            os.close(fd)
+
+
 def test_a_forked_child_closes_the_lock_descriptors_it_inherits(tmp_path):
     # What the child runs after fork, run here on a descriptor of our own.
     from pyramid_txmail.queue import locks
