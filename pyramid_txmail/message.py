@@ -356,7 +356,8 @@ def _parse_address(field: str, value: object) -> Address:
             field=field,
             value=value,
         )
-    simple = _SIMPLE_ADDRESS.fullmatch(value)
+    # Not where the stdlib's parser would decode an encoded word.
+    simple = None if '=?' in value else _SIMPLE_ADDRESS.fullmatch(value)
     if simple and len(simple['username']) <= 64 and len(simple['domain']) <= 255:
         name, username, domain = simple.group('name', 'username', 'domain')
         return Address(name or '', username, domain)
@@ -391,11 +392,27 @@ def _checked(field: str, address: Address, shown: str) -> Address:
         problem = 'not a valid domain'
     elif len(_local(username).encode()) > 64:
         problem = 'the local part is longer than 64 octets (RFC 5321)'
+    elif '=?' in username and not _reads_back(username):
+        problem = (
+            'the local part holds an encoded word (RFC 2047), which a reader '
+            'decodes to another mailbox than the one mail is sent to'
+        )
     elif _CONTROL.search(name) or '\t' in name:
         problem = 'the display name holds a control character or line break'
     if problem:
         raise MailError(f'{field}: {problem}: {shown}', field=field, value=address)
     return address
+
+
+def _reads_back(username: str) -> bool:
+    """Whether ``username``, written into a header, reads back as itself:
+    the stdlib's parser decodes an encoded word even in a local part."""
+    try:
+        header = _HEADER_FACTORY('To', f'{_local(username)}@example.com')
+        addresses = cast(AddressHeader, header).addresses
+    except Exception:  # the parser raises assorted errors on garbage
+        return False
+    return [a.username for a in addresses] == [username] and not _defects(header)
 
 
 def _valid_domain(domain: str) -> bool:
@@ -1291,7 +1308,7 @@ def _simple_list(value: str) -> list[Address] | None:
     """The addresses of an address list written in the common forms only
     (``a@example.com, Ann Lee <ann@example.com>``), as the stdlib's parser
     reads them; None for anything else, which takes the full parse."""
-    if not value.isascii() or '"' in value or '(' in value:
+    if not value.isascii() or '"' in value or '(' in value or '=?' in value:
         return None
     addresses = []
     for item in value.split(','):

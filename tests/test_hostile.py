@@ -166,6 +166,58 @@ def test_local_part_that_is_not_a_dot_string_is_quoted(mailer, server):
     assert arguments(server, 'RCPT') == ['TO:<"john..doe."@example.com>']
 
 
+# Python's parser decodes an encoded word (RFC 2047) even in a local part,
+# where RFC 2047 allows none: a header showing one names another mailbox.
+ENCODED_LOCAL = '=?utf-8?q?victim=40attacker.example?='
+
+
+@pytest.mark.parametrize(
+    ('field', 'msg'),
+    [
+        ('recipients', message(recipients=[f'{ENCODED_LOCAL}@example.com'])),
+        ('recipients', message(recipients=[f'Ann <{ENCODED_LOCAL}@example.com>'])),
+        ('cc', message(cc=[Address('Ann', ENCODED_LOCAL, 'example.com')])),
+        ('cc', message(cc=[Address('', '=?utf-8?q?a=0A?=', 'example.com')])),
+        ('To', message(recipients=[], extra_headers={'To': f'{ENCODED_LOCAL}@x.com'})),
+        (
+            'To',
+            email_message(
+                {
+                    'From': 'from@example.com',
+                    'To': Address(username=ENCODED_LOCAL, domain='example.com'),
+                }
+            ),
+        ),
+        (
+            # A header object whose local part decodes to an encoded word.
+            'To',
+            email_message(
+                {
+                    'From': 'from@example.com',
+                    'To': '=?utf-8?q?=3D=3Futf-8=3Fq=3Fvictim=3F=3D?=@example.com',
+                }
+            ),
+        ),
+    ],
+)
+def test_local_part_that_a_reader_decodes_is_refused(mailer, server, field, msg):
+    assert_refused(mailer, server, msg, field)
+
+
+def test_parsed_local_part_with_an_encoded_word_goes_where_the_header_shows(
+    mailer, server
+):
+    # Read as Python's parser reads it: the mailbox named victim@attacker.example.
+    msg = parse_mail(
+        b'From: a@example.com\n'
+        + f'To: {ENCODED_LOCAL}@example.com, b@example.com\n\nhi\n'.encode()
+    )
+    received = sent(mailer, server, msg)
+    rcpts = arguments(server, 'RCPT')
+    assert rcpts == ['TO:<"victim@attacker.example"@example.com>', 'TO:<b@example.com>']
+    assert header_mailboxes(received, 'To') == [mailbox(r)[:2] for r in rcpts]
+
+
 @pytest.mark.parametrize(
     'value',
     [
