@@ -109,7 +109,17 @@ class _WirePolicy(EmailPolicy):
         ):
             return f'{name}: {text}{self.linesep}'
         # EmailPolicy's folding hook is private, so typeshed does not know it.
-        return super()._fold(name, value, refold_binary)  # type: ignore[misc,no-any-return]
+        folded: str = super()._fold(name, value, refold_binary)  # type: ignore[misc]
+        if _UNFOLDED_BREAK.search(folded, 0, len(folded) - len(self.linesep)):
+            # A value stored unchecked (compat32, set_raw) with a line break
+            # that is no fold: it would start another field, or the body.
+            raise MailError(
+                f'{name}: a header value may not contain line breaks, '
+                f'found one in {text!r}',
+                field=name,
+                value=text,
+            )
+        return folded
 
     def _fold_list(self, name: str, value: _AddressList) -> str:
         # The stdlib parses a header to fold it, in time quadratic in its
@@ -143,6 +153,8 @@ class _WirePolicy(EmailPolicy):
 
 
 _Policy_T = TypeVar('_Policy_T', bound=_WirePolicy)
+# A line break in a written header not followed by white space (a fold).
+_UNFOLDED_BREAK = re.compile(r'\r\n(?![ \t])|\r(?![\n \t])|(?<!\r)\n(?![ \t])')
 
 
 class _GeneratorPolicy(_WirePolicy):

@@ -12,7 +12,7 @@ import email
 import email.policy
 import re
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.message import Message as LegacyMessage
 from email.mime.text import MIMEText
 
@@ -558,6 +558,50 @@ def test_email_message_header_the_parser_cannot_read_is_a_mail_error(mailer, ser
         b'From: a@example.com\nTo: =?utf-8?q?a=0D=0A?= <b@example.com>\n\nhi\n'
     )
     assert_refused(mailer, server, msg, 'To')
+
+
+@pytest.mark.parametrize(
+    'value',
+    [
+        'Hi\nBcc: victim@attacker.example',
+        'Hi\r\nTo: victim@attacker.example',
+        'Hi\rX-Injected: yes',
+        "Hi\n\nA body of the sender's choosing",
+        'Hi\n\n',  # an empty line: the header block would end there
+    ],
+)
+@pytest.mark.parametrize('policy', [email.policy.compat32, email.policy.default])
+@pytest.mark.parametrize('where', ['message', 'part'])
+def test_email_message_value_stored_unchecked_cannot_start_a_field(
+    mailer, server, value, policy, where
+):
+    # compat32 stores any value, set_raw() does with any policy: a line break
+    # that is no fold would have started another field, or the body.
+    msg = EmailMessage(policy=policy)
+    msg['From'] = 'from@example.com'
+    msg['To'] = 'to@example.com'
+    if where == 'message':
+        msg.set_raw('Subject', value)
+        msg.set_payload('hello\n')
+    else:
+        part = MIMEPart(policy=policy)
+        part.set_raw('Content-Description', value)
+        part.set_payload('hello\n')
+        msg.set_raw('Content-Type', 'multipart/mixed')
+        msg.set_payload([part])
+    field = 'Subject' if where == 'message' else 'Content-Description'
+    error = assert_refused(mailer, server, msg, field)
+    assert 'line breaks' in str(error)
+
+
+def test_email_message_value_folded_by_hand_is_written_as_folded(mailer, server):
+    msg = parse_mail(
+        b'From: from@example.com\nTo: to@example.com\n'
+        b'Subject: folded\n \tby hand\nX-Note: \n starts on the next line\n\nhi\n'
+    )
+    received = sent(mailer, server, msg)
+    assert b'Subject: folded\r\n \tby hand\r\n' in received.data
+    assert b'X-Note: \r\n starts on the next line\r\n' in received.data
 
 
 def test_email_message_addresses_are_rewritten_as_the_envelope_names_them(
