@@ -1139,6 +1139,7 @@ def _extra_headers(extra: object) -> dict[str, tuple[str, str]]:
     seen: set[str] = set()
     for name, value in _header_pairs(extra):
         key = _field_name(name).lower()
+        _not_resent(name, key, value)
         if key in seen:
             raise MailError(
                 f'{name}: given twice in extra_headers', field=name, value=value
@@ -1220,6 +1221,22 @@ _ONCE = (
 # The fields whose addresses make the envelope; written anew from them.
 _ADDRESS_FIELDS = ('From', 'Sender', 'To', 'Cc', 'Bcc', 'Reply-To')
 _ADDRESS_KEYS = frozenset(name.lower() for name in _ADDRESS_FIELDS)
+# A resent message's envelope would be these (RFC 5322, 3.6.6; smtplib's
+# send_message() takes it from them): never only shown.
+_RESENT_KEYS = frozenset(
+    f'resent-{name}' for name in ('from', 'sender', 'to', 'cc', 'bcc')
+)
+
+
+def _not_resent(name: str, key: str, value: object) -> None:
+    if key in _RESENT_KEYS:
+        raise MailError(
+            f'{name}: resent messages are not supported: the envelope is taken '
+            f'from Sender or From, To, Cc and Bcc, never from {name}; remove '
+            'the Resent- fields',
+            field=name,
+            value=value,
+        )
 
 
 def _from_email(
@@ -1233,8 +1250,8 @@ def _from_email(
     parsed: dict[str, tuple[str, AddressHeader | list[Address]]] = {}
     counts: dict[str, int] = {}
     for name, raw in message.raw_items():
-        _field_name(name)
-        key = name.lower()
+        key = _field_name(name).lower()
+        _not_resent(name, key, raw)
         counts[key] = counts.get(key, 0) + 1
         fields.append((name, key, raw))
         if key in _ADDRESS_KEYS:

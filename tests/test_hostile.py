@@ -604,6 +604,35 @@ def test_email_message_value_folded_by_hand_is_written_as_folded(mailer, server)
     assert b'X-Note: \r\n starts on the next line\r\n' in received.data
 
 
+RESENT = (
+    b'From: a@example.com\nTo: b@example.com\nResent-From: c@example.com\n'
+    b'Resent-To: d@example.com\nResent-Bcc: blind@example.com\n'
+    b'Resent-Date: Sat, 28 Nov 2026 12:00:00 +0000\n\nhi\n'
+)
+
+
+def test_a_resent_message_is_refused_not_sent_back_to_its_first_recipients(
+    mailer, server
+):
+    # The envelope is taken from From, To, Cc and Bcc: this went back to
+    # b@ (not to d@ and blind@, as smtplib's send_message() sends it), and
+    # showed its Resent-Bcc to every reader.
+    error = assert_refused(mailer, server, parse_mail(RESENT), 'Resent-From')
+    assert 'resent messages are not supported' in str(error)
+
+
+@pytest.mark.parametrize(
+    'name', ['Resent-From', 'Resent-Sender', 'Resent-To', 'Resent-Cc', 'Resent-Bcc']
+)
+def test_resent_address_fields_are_refused(mailer, server, name):
+    msg = parse_mail(
+        b'From: a@example.com\nTo: b@example.com\n'
+        + f'{name.upper()}: d@example.com\n\nhi\n'.encode()
+    )
+    assert_refused(mailer, server, msg, name.upper())
+    assert_refused(mailer, server, message(extra_headers={name: 'd@example.com'}), name)
+
+
 def test_email_message_addresses_are_rewritten_as_the_envelope_names_them(
     mailer, server
 ):
