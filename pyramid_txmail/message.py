@@ -400,6 +400,10 @@ def _checked(field: str, address: Address, shown: str) -> Address:
     elif not username.isprintable():
         # RFC 5321 has no way to send a control character or a line break.
         problem = 'the local part holds a control character or line break'
+    elif '\ufffd' in username:
+        # What the parser reads for bytes that are not UTF-8: mail would go
+        # to a mailbox named with it, not to the one the bytes named.
+        problem = 'the local part holds U+FFFD, the mark of bytes that are not UTF-8'
     elif not _valid_domain(domain):
         problem = 'not a valid domain'
     elif len(_local(username).encode()) > 64:

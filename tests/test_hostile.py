@@ -633,6 +633,20 @@ def test_resent_address_fields_are_refused(mailer, server, name):
     assert_refused(mailer, server, message(extra_headers={name: 'd@example.com'}), name)
 
 
+@pytest.mark.parametrize(
+    'to',
+    [b'caf\xe9@example.com', b'Ann <caf\xe9@example.com>', b'"caf\xe9"@example.com'],
+)
+def test_local_part_in_bytes_that_are_not_utf8_is_refused(mailer, server, to):
+    # The parser reads such a byte as U+FFFD: mail went to "caf\ufffd@",
+    # another mailbox than the one the bytes named.
+    msg = parse_mail(b'From: a@example.com\nTo: ' + to + b'\n\nhi\n')
+    error = assert_refused(mailer, server, msg, 'To')
+    assert 'U+FFFD' in str(error)
+    typed = message(recipients=['caf\ufffd@example.com'])
+    assert_refused(mailer, server, typed, 'recipients')
+
+
 def test_email_message_addresses_are_rewritten_as_the_envelope_names_them(
     mailer, server
 ):
