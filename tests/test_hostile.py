@@ -17,7 +17,7 @@ from email.message import Message as LegacyMessage
 from email.mime.text import MIMEText
 
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from pyramid_txmail import Attachment, MailError
@@ -833,3 +833,83 @@ def test_address_object_built_from_typed_parts_cannot_add_a_recipient(
     msg.set_content('hello')
     error = assert_refused(mailer, server, msg, 'To')
     assert 'domain' in str(error)
+
+
+# -- what a reader of the bytes sees, against the envelope
+
+# Items of address lists as hostile bytes may hold them.
+FIELD_ITEMS = [
+    'a@example.com',
+    'Ann Lee <b@example.com>',
+    '"Doe, John" <c@example.com>',
+    '=?utf-8?q?x=40evil.example=2C?= <d@example.com>',  # decodes to specials
+    '=?utf-8?q?e=40evil.example?=@example.com',  # decoded in the local part
+    '<@evil.example:f@example.com>',  # an obsolete route
+    'g@example.com (h@evil.example)',  # a comment
+    'undisclosed-recipients:;',
+    'Friends: i@example.com, j@example.org;',
+    'zoë@example.com',
+    '"k l"@example.com',
+    'J.R. <m@example.com>',
+    'n@[127.0.0.1]',
+    '"o\\"@example.com',
+    '<p@example.com',
+    '',
+]
+ADDRESS_LISTS = st.builds(
+    str.join,
+    st.sampled_from([', ', ',\r\n ', ',']),
+    st.lists(st.sampled_from(FIELD_ITEMS), min_size=1, max_size=3),
+)
+FIELD_NAMES = ['To', 'CC', 'Bcc', 'Sender', 'Reply-To', 'Resent-Bcc', 'From']
+
+
+def read_back(data: bytes) -> EmailMessage:
+    return email.message_from_string(data.decode('utf-8'), policy=email.policy.default)
+
+
+def clean(header) -> bool:
+    return all(type(d).__name__ == 'NonASCIILocalPartDefect' for d in header.defects)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    to=ADDRESS_LISTS,
+    other=ADDRESS_LISTS,
+    name=st.sampled_from(FIELD_NAMES),
+)
+@example(to='=?utf-8?q?e=40evil.example?=@example.com', other='a@x.com', name='CC')
+@example(to='a@example.com', other='blind@example.com', name='Resent-Bcc')
+def test_a_reader_of_the_bytes_sees_the_envelope(to, other, name):
+    from pyramid_txmail.message import _addr_spec, prepare
+
+    raw = f'From: s@example.com\r\nTo: {to}\r\n{name}: {other}\r\n\r\nhi\r\n'
+    given_msg = email.message_from_bytes(raw.encode(), policy=email.policy.default)
+    try:
+        mail = prepare(given_msg)
+    except MailError as error:
+        assert error.field.lower() in {'to', name.lower(), 'recipients'}
+        event('refused')
+        return
+    event('sent')
+    envelope, data = mail.envelope, mail.data
+    head = data.split(b'\r\n\r\n', 1)[0].split(b'\r\n')
+    assert all(re.match(rb'[!-9;-~]+:|[ \t]', line) for line in head)
+    shown_msg = read_back(data)
+    assert not {key.lower() for key in shown_msg} & {'bcc', 'resent-bcc'}
+    shown = []
+    for field in ('To', 'Cc'):
+        if shown_msg[field] is not None:
+            assert clean(shown_msg[field]), data
+            shown += [_addr_spec(a) for a in shown_msg[field].addresses]
+    shown = list(dict.fromkeys(shown))
+    assert list(envelope.recipients[: len(shown)]) == shown, data
+    if name != 'Bcc':
+        assert list(envelope.recipients) == shown
+    [sender] = (shown_msg['Sender'] or shown_msg['From']).addresses
+    assert _addr_spec(sender) == envelope.sender
+    # Where the stdlib reads what was given cleanly, that is the envelope.
+    fields = [given_msg[f] for f in ('To', 'Cc', 'Bcc') if given_msg[f] is not None]
+    if all(clean(f) for f in fields):
+        read = [_addr_spec(a) for f in fields for a in f.addresses]
+        assert list(envelope.recipients) == list(dict.fromkeys(read))
