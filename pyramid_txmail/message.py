@@ -1256,6 +1256,10 @@ def _from_email(
     for name, raw in message.raw_items():
         key = _field_name(name).lower()
         _not_resent(name, key, raw)
+        if getattr(raw, 'name', name).lower() != key:
+            # A header object made for another field (set_raw(), compat32):
+            # folded, it would show under that field's name.
+            raw = _SMTP.header_store_parse(name, _header_value(name, str(raw)))[1]
         counts[key] = counts.get(key, 0) + 1
         fields.append((name, key, raw))
         if key in _ADDRESS_KEYS:

@@ -604,6 +604,34 @@ def test_email_message_value_folded_by_hand_is_written_as_folded(mailer, server)
     assert b'X-Note: \r\n starts on the next line\r\n' in received.data
 
 
+@pytest.mark.parametrize('policy', [email.policy.compat32, email.policy.default])
+def test_header_object_stored_under_another_field_is_written_under_that_field(
+    mailer, server, policy
+):
+    # A header object keeps the name it was made for, and the stdlib writes
+    # it under that name when it folds it: a second To showing mailboxes
+    # that are not in the envelope, a Bcc shown to every reader.
+    original = EmailMessage()
+    original['To'] = ', '.join(f'person{i}@example.com' for i in range(6))
+    original['Bcc'] = ', '.join(f'blind{i}@example.com' for i in range(6))
+    original['Subject'] = 'Grüße'
+    msg = EmailMessage(policy=policy)
+    msg['From'] = 'from@example.com'
+    msg['To'] = 'to@example.com'
+    for name in ('To', 'Bcc', 'Subject'):
+        # compat32 stores any value as given; set_raw() does with any policy.
+        msg.set_raw(f'X-Original-{name}', original[name])
+    msg.set_payload('hello\n')
+    received = sent(mailer, server, msg)
+    assert arguments(server, 'RCPT') == ['TO:<to@example.com>']
+    shown = received.message
+    assert shown.get_all('To') == ['to@example.com']
+    assert 'Bcc' not in shown and 'Subject' not in shown
+    assert shown['X-Original-To'] == original['To']
+    assert shown['X-Original-Bcc'] == original['Bcc']
+    assert shown['X-Original-Subject'] == 'Grüße'
+
+
 RESENT = (
     b'From: a@example.com\nTo: b@example.com\nResent-From: c@example.com\n'
     b'Resent-To: d@example.com\nResent-Bcc: blind@example.com\n'
