@@ -108,18 +108,26 @@ class _WirePolicy(EmailPolicy):
             and (limit is None or len(name) + 2 + len(text) <= limit)
         ):
             return f'{name}: {text}{self.linesep}'
+        if not hasattr(value, 'name'):
+            # Text stored as given (compat32, set_raw(), the parser), which
+            # the stdlib writes line by line.
+            lines = text.splitlines()
+            if not all(line.startswith((' ', '\t')) for line in lines[1:]):
+                # A line break that is no fold: it would start another
+                # field, or the body.
+                raise MailError(
+                    f'{name}: a header value may not contain line breaks, '
+                    f'found one in {text!r}',
+                    field=name,
+                    value=text,
+                )
+            if not (self.utf8 or text.isascii() or _UNDECODED.search(text)):
+                # Only UTF-8 could carry it as it is (message_from_string(),
+                # compat32): written as the header object the default
+                # policy makes of it, in RFC 2047 words.
+                value = self.header_factory(name, ''.join(lines))
         # EmailPolicy's folding hook is private, so typeshed does not know it.
-        folded: str = super()._fold(name, value, refold_binary)  # type: ignore[misc]
-        if _UNFOLDED_BREAK.search(folded, 0, len(folded) - len(self.linesep)):
-            # A value stored unchecked (compat32, set_raw) with a line break
-            # that is no fold: it would start another field, or the body.
-            raise MailError(
-                f'{name}: a header value may not contain line breaks, '
-                f'found one in {text!r}',
-                field=name,
-                value=text,
-            )
-        return folded
+        return super()._fold(name, value, refold_binary)  # type: ignore[misc,no-any-return]
 
     def _fold_list(self, name: str, value: _AddressList) -> str:
         # The stdlib parses a header to fold it, in time quadratic in its
@@ -153,8 +161,8 @@ class _WirePolicy(EmailPolicy):
 
 
 _Policy_T = TypeVar('_Policy_T', bound=_WirePolicy)
-# A line break in a written header not followed by white space (a fold).
-_UNFOLDED_BREAK = re.compile(r'\r\n(?![ \t])|\r(?![\n \t])|(?<!\r)\n(?![ \t])')
+# Bytes the parser could not decode, kept as surrogate escapes.
+_UNDECODED = re.compile('[\udc80-\udcff]')
 
 
 class _GeneratorPolicy(_WirePolicy):
