@@ -22,7 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from email import quoprimime
 from email.charset import Charset
-from email.errors import NonASCIILocalPartDefect
+from email.errors import (
+    NonASCIILocalPartDefect,
+    ObsoleteHeaderDefect,
+    UndecodableBytesDefect,
+)
 from email.generator import BytesGenerator
 from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, MIMEPart
@@ -1287,6 +1291,19 @@ def _from_email(
             ) from None
         _header_value(name, value)
         if key in _ADDRESS_KEYS:
+            if not all(map(_obsolete, _defects(header))):
+                # Invalid syntax: the parser skipped or misread some of it
+                # ("a@x.example b@y.example" reads as a@x.example), so what
+                # it read is not what the field shows.
+                text = str(raw)
+                given = '' if text == value else f' from {text!r}'
+                raise MailError(
+                    f'{name}: not a valid address list; the parser reads only '
+                    f'{value!r}{given}. Separate addresses with commas, and '
+                    'quote a display name holding specials',
+                    field=name,
+                    value=text,
+                )
             parsed[key] = (value, header)
     for name in _ONCE:
         count = counts.get(name.lower(), 0)
@@ -1393,6 +1410,11 @@ def _header_addresses(
             f'{field}: unparsable address list {value!r}', field=field, value=value
         )
     return [_checked(field, a, repr(value)) for a in addresses]
+
+
+def _obsolete(defect: object) -> bool:
+    # Obsolete syntax (RFC 5322, 4) and bytes that are not UTF-8: read whole.
+    return isinstance(defect, (ObsoleteHeaderDefect, UndecodableBytesDefect))
 
 
 def _defects(header: BaseHeader | AddressHeader) -> list[object]:
