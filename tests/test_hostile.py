@@ -935,7 +935,7 @@ def clean(header) -> bool:
     return all(type(d).__name__ == 'NonASCIILocalPartDefect' for d in header.defects)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@settings(max_examples=600, deadline=None, derandomize=True, database=None)
 @given(
     to=ADDRESS_LISTS,
     other=ADDRESS_LISTS,
