@@ -22,7 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from email import quoprimime
 from email.charset import Charset
-from email.errors import NonASCIILocalPartDefect
+from email.errors import (
+    NonASCIILocalPartDefect,
+    ObsoleteHeaderDefect,
+    UndecodableBytesDefect,
+)
 from email.generator import BytesGenerator
 from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, MIMEPart
@@ -108,6 +112,24 @@ class _WirePolicy(EmailPolicy):
             and (limit is None or len(name) + 2 + len(text) <= limit)
         ):
             return f'{name}: {text}{self.linesep}'
+        if not hasattr(value, 'name'):
+            # Text stored as given (compat32, set_raw(), the parser), which
+            # the stdlib writes line by line.
+            lines = text.splitlines()
+            if not all(line.startswith((' ', '\t')) for line in lines[1:]):
+                # A line break that is no fold: it would start another
+                # field, or the body.
+                raise MailError(
+                    f'{name}: a header value may not contain line breaks, '
+                    f'found one in {text!r}',
+                    field=name,
+                    value=text,
+                )
+            if not (self.utf8 or text.isascii() or _UNDECODED.search(text)):
+                # Only UTF-8 could carry it as it is (message_from_string(),
+                # compat32): written as the header object the default
+                # policy makes of it, in RFC 2047 words.
+                value = self.header_factory(name, ''.join(lines))
         # EmailPolicy's folding hook is private, so typeshed does not know it.
         return super()._fold(name, value, refold_binary)  # type: ignore[misc,no-any-return]
 
@@ -143,6 +165,8 @@ class _WirePolicy(EmailPolicy):
 
 
 _Policy_T = TypeVar('_Policy_T', bound=_WirePolicy)
+# Bytes the parser could not decode, kept as surrogate escapes.
+_UNDECODED = re.compile('[\udc80-\udcff]')
 
 
 class _GeneratorPolicy(_WirePolicy):
@@ -356,7 +380,8 @@ def _parse_address(field: str, value: object) -> Address:
             field=field,
             value=value,
         )
-    simple = _SIMPLE_ADDRESS.fullmatch(value)
+    # Not where the stdlib's parser would decode an encoded word.
+    simple = None if '=?' in value else _SIMPLE_ADDRESS.fullmatch(value)
     if simple and len(simple['username']) <= 64 and len(simple['domain']) <= 255:
         name, username, domain = simple.group('name', 'username', 'domain')
         return Address(name or '', username, domain)
@@ -387,15 +412,35 @@ def _checked(field: str, address: Address, shown: str) -> Address:
     elif not username.isprintable():
         # RFC 5321 has no way to send a control character or a line break.
         problem = 'the local part holds a control character or line break'
+    elif '\ufffd' in username:
+        # What the parser reads for bytes that are not UTF-8: mail would go
+        # to a mailbox named with it, not to the one the bytes named.
+        problem = 'the local part holds U+FFFD, the mark of bytes that are not UTF-8'
     elif not _valid_domain(domain):
         problem = 'not a valid domain'
     elif len(_local(username).encode()) > 64:
         problem = 'the local part is longer than 64 octets (RFC 5321)'
+    elif '=?' in username and not _reads_back(username):
+        problem = (
+            'the local part holds an encoded word (RFC 2047), which a reader '
+            'decodes to another mailbox than the one mail is sent to'
+        )
     elif _CONTROL.search(name) or '\t' in name:
         problem = 'the display name holds a control character or line break'
     if problem:
         raise MailError(f'{field}: {problem}: {shown}', field=field, value=address)
     return address
+
+
+def _reads_back(username: str) -> bool:
+    """Whether ``username``, written into a header, reads back as itself:
+    the stdlib's parser decodes an encoded word even in a local part."""
+    try:
+        header = _HEADER_FACTORY('To', f'{_local(username)}@example.com')
+        addresses = cast(AddressHeader, header).addresses
+    except Exception:  # the parser raises assorted errors on garbage
+        return False
+    return [a.username for a in addresses] == [username] and not _defects(header)
 
 
 def _valid_domain(domain: str) -> bool:
@@ -1110,6 +1155,7 @@ def _extra_headers(extra: object) -> dict[str, tuple[str, str]]:
     seen: set[str] = set()
     for name, value in _header_pairs(extra):
         key = _field_name(name).lower()
+        _not_resent(name, key, value)
         if key in seen:
             raise MailError(
                 f'{name}: given twice in extra_headers', field=name, value=value
@@ -1191,6 +1237,22 @@ _ONCE = (
 # The fields whose addresses make the envelope; written anew from them.
 _ADDRESS_FIELDS = ('From', 'Sender', 'To', 'Cc', 'Bcc', 'Reply-To')
 _ADDRESS_KEYS = frozenset(name.lower() for name in _ADDRESS_FIELDS)
+# A resent message's envelope would be these (RFC 5322, 3.6.6; smtplib's
+# send_message() takes it from them): never only shown.
+_RESENT_KEYS = frozenset(
+    f'resent-{name}' for name in ('from', 'sender', 'to', 'cc', 'bcc')
+)
+
+
+def _not_resent(name: str, key: str, value: object) -> None:
+    if key in _RESENT_KEYS:
+        raise MailError(
+            f'{name}: resent messages are not supported: the envelope is taken '
+            f'from Sender or From, To, Cc and Bcc, never from {name}; remove '
+            'the Resent- fields',
+            field=name,
+            value=value,
+        )
 
 
 def _from_email(
@@ -1204,8 +1266,12 @@ def _from_email(
     parsed: dict[str, tuple[str, AddressHeader | list[Address]]] = {}
     counts: dict[str, int] = {}
     for name, raw in message.raw_items():
-        _field_name(name)
-        key = name.lower()
+        key = _field_name(name).lower()
+        _not_resent(name, key, raw)
+        if getattr(raw, 'name', name).lower() != key:
+            # A header object made for another field (set_raw(), compat32):
+            # folded, it would show under that field's name.
+            raw = _SMTP.header_store_parse(name, _header_value(name, str(raw)))[1]
         counts[key] = counts.get(key, 0) + 1
         fields.append((name, key, raw))
         if key in _ADDRESS_KEYS:
@@ -1225,6 +1291,19 @@ def _from_email(
             ) from None
         _header_value(name, value)
         if key in _ADDRESS_KEYS:
+            if not all(map(_obsolete, _defects(header))):
+                # Invalid syntax: the parser skipped or misread some of it
+                # ("a@x.example b@y.example" reads as a@x.example), so what
+                # it read is not what the field shows.
+                text = str(raw)
+                given = '' if text == value else f' from {text!r}'
+                raise MailError(
+                    f'{name}: not a valid address list; the parser reads only '
+                    f'{value!r}{given}. Separate addresses with commas, and '
+                    'quote a display name holding specials',
+                    field=name,
+                    value=text,
+                )
             parsed[key] = (value, header)
     for name in _ONCE:
         count = counts.get(name.lower(), 0)
@@ -1291,7 +1370,7 @@ def _simple_list(value: str) -> list[Address] | None:
     """The addresses of an address list written in the common forms only
     (``a@example.com, Ann Lee <ann@example.com>``), as the stdlib's parser
     reads them; None for anything else, which takes the full parse."""
-    if not value.isascii() or '"' in value or '(' in value:
+    if not value.isascii() or '"' in value or '(' in value or '=?' in value:
         return None
     addresses = []
     for item in value.split(','):
@@ -1331,6 +1410,11 @@ def _header_addresses(
             f'{field}: unparsable address list {value!r}', field=field, value=value
         )
     return [_checked(field, a, repr(value)) for a in addresses]
+
+
+def _obsolete(defect: object) -> bool:
+    # Obsolete syntax (RFC 5322, 4) and bytes that are not UTF-8: read whole.
+    return isinstance(defect, (ObsoleteHeaderDefect, UndecodableBytesDefect))
 
 
 def _defects(header: BaseHeader | AddressHeader) -> list[object]:

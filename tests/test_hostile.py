@@ -12,12 +12,12 @@ import email
 import email.policy
 import re
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.message import Message as LegacyMessage
 from email.mime.text import MIMEText
 
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from pyramid_txmail import Attachment, MailError
@@ -164,6 +164,50 @@ def test_address_object_with_hostile_local_part_goes_out_quoted(mailer, server):
 def test_local_part_that_is_not_a_dot_string_is_quoted(mailer, server):
     sent(mailer, server, message(recipients=['"john..doe."@example.com']))
     assert arguments(server, 'RCPT') == ['TO:<"john..doe."@example.com>']
+
+
+# Python's parser decodes an encoded word (RFC 2047) even in a local part,
+# where RFC 2047 allows none: a header showing one names another mailbox.
+ENCODED_LOCAL = '=?utf-8?q?victim=40attacker.example?='
+
+
+@pytest.mark.parametrize(
+    ('field', 'msg'),
+    [
+        ('recipients', message(recipients=[f'{ENCODED_LOCAL}@example.com'])),
+        ('recipients', message(recipients=[f'Ann <{ENCODED_LOCAL}@example.com>'])),
+        ('cc', message(cc=[Address('Ann', ENCODED_LOCAL, 'example.com')])),
+        ('cc', message(cc=[Address('', '=?utf-8?q?a=0A?=', 'example.com')])),
+        ('To', message(recipients=[], extra_headers={'To': f'{ENCODED_LOCAL}@x.com'})),
+        (
+            'To',
+            email_message(
+                {
+                    'From': 'from@example.com',
+                    'To': Address(username=ENCODED_LOCAL, domain='example.com'),
+                }
+            ),
+        ),
+        (
+            'To',
+            parse_mail(
+                f'From: a@example.com\nTo: {ENCODED_LOCAL}@example.com\n\nhi\n'.encode()
+            ),
+        ),
+        (
+            # A header object whose local part decodes to an encoded word.
+            'To',
+            email_message(
+                {
+                    'From': 'from@example.com',
+                    'To': '=?utf-8?q?=3D=3Futf-8=3Fq=3Fvictim=3F=3D?=@example.com',
+                }
+            ),
+        ),
+    ],
+)
+def test_local_part_that_a_reader_decodes_is_refused(mailer, server, field, msg):
+    assert_refused(mailer, server, msg, field)
 
 
 @pytest.mark.parametrize(
@@ -508,6 +552,164 @@ def test_email_message_header_the_parser_cannot_read_is_a_mail_error(mailer, ser
     assert_refused(mailer, server, msg, 'To')
 
 
+@pytest.mark.parametrize(
+    'value',
+    [
+        'Hi\nBcc: victim@attacker.example',
+        'Hi\r\nTo: victim@attacker.example',
+        'Hi\rX-Injected: yes',
+        "Hi\n\nA body of the sender's choosing",
+        'Hi\n\n',  # an empty line: the header block would end there
+    ],
+)
+@pytest.mark.parametrize('policy', [email.policy.compat32, email.policy.default])
+@pytest.mark.parametrize('where', ['message', 'part'])
+def test_email_message_value_stored_unchecked_cannot_start_a_field(
+    mailer, server, value, policy, where
+):
+    # compat32 stores any value, set_raw() does with any policy: a line break
+    # that is no fold would have started another field, or the body.
+    msg = EmailMessage(policy=policy)
+    msg['From'] = 'from@example.com'
+    msg['To'] = 'to@example.com'
+    if where == 'message':
+        msg.set_raw('Subject', value)
+        msg.set_payload('hello\n')
+    else:
+        part = MIMEPart(policy=policy)
+        part.set_raw('Content-Description', value)
+        part.set_payload('hello\n')
+        msg.set_raw('Content-Type', 'multipart/mixed')
+        msg.set_payload([part])
+    field = 'Subject' if where == 'message' else 'Content-Description'
+    error = assert_refused(mailer, server, msg, field)
+    assert 'line breaks' in str(error)
+
+
+def test_email_message_value_folded_by_hand_is_written_as_folded(mailer, server):
+    msg = parse_mail(
+        b'From: from@example.com\nTo: to@example.com\n'
+        b'Subject: folded\n \tby hand\nX-Note: \n starts on the next line\n\nhi\n'
+    )
+    received = sent(mailer, server, msg)
+    assert b'Subject: folded\r\n \tby hand\r\n' in received.data
+    assert b'X-Note: \r\n starts on the next line\r\n' in received.data
+
+
+@pytest.mark.parametrize('policy', [email.policy.compat32, email.policy.default])
+def test_header_object_stored_under_another_field_is_written_under_that_field(
+    mailer, server, policy
+):
+    # A header object keeps the name it was made for, and the stdlib writes
+    # it under that name when it folds it: a second To showing mailboxes
+    # that are not in the envelope, a Bcc shown to every reader.
+    original = EmailMessage()
+    original['To'] = ', '.join(f'person{i}@example.com' for i in range(6))
+    original['Bcc'] = ', '.join(f'blind{i}@example.com' for i in range(6))
+    original['Subject'] = 'Grüße'
+    msg = EmailMessage(policy=policy)
+    msg['From'] = 'from@example.com'
+    msg['To'] = 'to@example.com'
+    for name in ('To', 'Bcc', 'Subject'):
+        # compat32 stores any value as given; set_raw() does with any policy.
+        msg.set_raw(f'X-Original-{name}', original[name])
+    msg.set_payload('hello\n')
+    received = sent(mailer, server, msg)
+    assert arguments(server, 'RCPT') == ['TO:<to@example.com>']
+    shown = received.message
+    assert shown.get_all('To') == ['to@example.com']
+    assert 'Bcc' not in shown and 'Subject' not in shown
+    assert shown['X-Original-To'] == original['To']
+    assert shown['X-Original-Bcc'] == original['Bcc']
+    assert shown['X-Original-Subject'] == 'Grüße'
+
+
+@pytest.mark.parametrize(
+    'to',
+    [
+        'a@example.com b@example.org',  # no comma: b@ was dropped
+        'a@example.com;b@example.org',
+        'a@example.com <b@example.org>',  # went to a@, where a reader sees b@
+        'Ann a@example.com <b@example.org>',  # went to "Ann a"@example.com
+        '"Lee, Ann" <a@example.com> c@example.org',  # c@ was dropped
+        '"=?utf-8?q?Ann?=" <a@example.com>',
+    ],
+)
+@pytest.mark.parametrize('form', ['parsed', 'object'])
+def test_address_list_the_parser_reads_only_in_part_is_refused(
+    mailer, server, to, form
+):
+    # Python's parser skips what it cannot read (with an InvalidHeaderDefect);
+    # reading again what it kept sent mail to part of the list, or elsewhere.
+    if form == 'parsed':
+        msg = parse_mail(f'From: s@example.com\nTo: {to}\n\nhi\n'.encode())
+    else:
+        msg = email_message({'From': 's@example.com', 'To': to})
+    error = assert_refused(mailer, server, msg, 'To')
+    assert 'not a valid address list' in str(error)
+
+
+@pytest.mark.parametrize(
+    'to',
+    [
+        'J.R. Smith <a@example.com>, b@example.org',  # an obsolete phrase
+        ', a@example.com,, b@example.org',  # empty list elements
+        '<@route.example:a@example.com>, b@example.org',  # an obsolete route
+        'a . b@example.com, b@example.org',  # an obsolete local part
+    ],
+)
+def test_address_list_in_obsolete_syntax_is_read_whole(mailer, server, to):
+    received = sent(
+        mailer, server, parse_mail(f'From: s@example.com\nTo: {to}\n\nhi\n'.encode())
+    )
+    rcpts = arguments(server, 'RCPT')
+    assert [mailbox(r)[:2] for r in rcpts][1:] == [('b', 'example.org')]
+    assert header_mailboxes(received, 'To') == [mailbox(r)[:2] for r in rcpts]
+
+
+RESENT = (
+    b'From: a@example.com\nTo: b@example.com\nResent-From: c@example.com\n'
+    b'Resent-To: d@example.com\nResent-Bcc: blind@example.com\n'
+    b'Resent-Date: Sat, 28 Nov 2026 12:00:00 +0000\n\nhi\n'
+)
+
+
+def test_a_resent_message_is_refused_not_sent_back_to_its_first_recipients(
+    mailer, server
+):
+    # The envelope is taken from From, To, Cc and Bcc: this went back to
+    # b@ (not to d@ and blind@, as smtplib's send_message() sends it), and
+    # showed its Resent-Bcc to every reader.
+    error = assert_refused(mailer, server, parse_mail(RESENT), 'Resent-From')
+    assert 'resent messages are not supported' in str(error)
+
+
+@pytest.mark.parametrize(
+    'name', ['Resent-From', 'Resent-Sender', 'Resent-To', 'Resent-Cc', 'Resent-Bcc']
+)
+def test_resent_address_fields_are_refused(mailer, server, name):
+    msg = parse_mail(
+        b'From: a@example.com\nTo: b@example.com\n'
+        + f'{name.upper()}: d@example.com\n\nhi\n'.encode()
+    )
+    assert_refused(mailer, server, msg, name.upper())
+    assert_refused(mailer, server, message(extra_headers={name: 'd@example.com'}), name)
+
+
+@pytest.mark.parametrize(
+    'to',
+    [b'caf\xe9@example.com', b'Ann <caf\xe9@example.com>', b'"caf\xe9"@example.com'],
+)
+def test_local_part_in_bytes_that_are_not_utf8_is_refused(mailer, server, to):
+    # The parser reads such a byte as U+FFFD: mail went to "caf\ufffd@",
+    # another mailbox than the one the bytes named.
+    msg = parse_mail(b'From: a@example.com\nTo: ' + to + b'\n\nhi\n')
+    error = assert_refused(mailer, server, msg, 'To')
+    assert 'U+FFFD' in str(error)
+    typed = message(recipients=['caf\ufffd@example.com'])
+    assert_refused(mailer, server, typed, 'recipients')
+
+
 def test_email_message_addresses_are_rewritten_as_the_envelope_names_them(
     mailer, server
 ):
@@ -694,3 +896,83 @@ def test_address_object_built_from_typed_parts_cannot_add_a_recipient(
     msg.set_content('hello')
     error = assert_refused(mailer, server, msg, 'To')
     assert 'domain' in str(error)
+
+
+# -- what a reader of the bytes sees, against the envelope
+
+# Items of address lists as hostile bytes may hold them.
+FIELD_ITEMS = [
+    'a@example.com',
+    'Ann Lee <b@example.com>',
+    '"Doe, John" <c@example.com>',
+    '=?utf-8?q?x=40evil.example=2C?= <d@example.com>',  # decodes to specials
+    '=?utf-8?q?e=40evil.example?=@example.com',  # decoded in the local part
+    '<@evil.example:f@example.com>',  # an obsolete route
+    'g@example.com (h@evil.example)',  # a comment
+    'undisclosed-recipients:;',
+    'Friends: i@example.com, j@example.org;',
+    'zoë@example.com',
+    '"k l"@example.com',
+    'J.R. <m@example.com>',
+    'n@[127.0.0.1]',
+    '"o\\"@example.com',
+    '<p@example.com',
+    '',
+]
+ADDRESS_LISTS = st.builds(
+    str.join,
+    st.sampled_from([', ', ',\r\n ', ',']),
+    st.lists(st.sampled_from(FIELD_ITEMS), min_size=1, max_size=3),
+)
+FIELD_NAMES = ['To', 'CC', 'Bcc', 'Sender', 'Reply-To', 'Resent-Bcc', 'From']
+
+
+def read_back(data: bytes) -> EmailMessage:
+    return email.message_from_string(data.decode('utf-8'), policy=email.policy.default)
+
+
+def clean(header) -> bool:
+    return all(type(d).__name__ == 'NonASCIILocalPartDefect' for d in header.defects)
+
+
+@settings(max_examples=600, deadline=None, derandomize=True, database=None)
+@given(
+    to=ADDRESS_LISTS,
+    other=ADDRESS_LISTS,
+    name=st.sampled_from(FIELD_NAMES),
+)
+@example(to='=?utf-8?q?e=40evil.example?=@example.com', other='a@x.com', name='CC')
+@example(to='a@example.com', other='blind@example.com', name='Resent-Bcc')
+def test_a_reader_of_the_bytes_sees_the_envelope(to, other, name):
+    from pyramid_txmail.message import _addr_spec, prepare
+
+    raw = f'From: s@example.com\r\nTo: {to}\r\n{name}: {other}\r\n\r\nhi\r\n'
+    given_msg = email.message_from_bytes(raw.encode(), policy=email.policy.default)
+    try:
+        mail = prepare(given_msg)
+    except MailError as error:
+        assert error.field.lower() in {'to', name.lower(), 'recipients'}
+        event('refused')
+        return
+    event('sent')
+    envelope, data = mail.envelope, mail.data
+    head = data.split(b'\r\n\r\n', 1)[0].split(b'\r\n')
+    assert all(re.match(rb'[!-9;-~]+:|[ \t]', line) for line in head)
+    shown_msg = read_back(data)
+    assert not {key.lower() for key in shown_msg} & {'bcc', 'resent-bcc'}
+    shown = []
+    for field in ('To', 'Cc'):
+        if shown_msg[field] is not None:
+            assert clean(shown_msg[field]), data
+            shown += [_addr_spec(a) for a in shown_msg[field].addresses]
+    shown = list(dict.fromkeys(shown))
+    assert list(envelope.recipients[: len(shown)]) == shown, data
+    if name != 'Bcc':
+        assert list(envelope.recipients) == shown
+    [sender] = (shown_msg['Sender'] or shown_msg['From']).addresses
+    assert _addr_spec(sender) == envelope.sender
+    # Where the stdlib reads what was given cleanly, that is the envelope.
+    fields = [given_msg[f] for f in ('To', 'Cc', 'Bcc') if given_msg[f] is not None]
+    if all(clean(f) for f in fields):
+        read = [_addr_spec(a) for f in fields for a in f.addresses]
+        assert list(envelope.recipients) == list(dict.fromkeys(read))

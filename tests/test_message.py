@@ -1005,6 +1005,38 @@ def test_prepared_bytes_are_what_the_stdlib_generator_writes():
     assert prepare(msg).data == expected
 
 
+@pytest.mark.parametrize('to', ['b@example.com', 'zoë@example.com'])
+def test_non_ascii_text_stored_as_given_is_written_as_the_default_policy_writes_it(
+    to,
+):
+    # message_from_string() and compat32 keep such text as it is, which the
+    # stdlib's generator could not write without SMTPUTF8 (it raised
+    # UnicodeEncodeError); with SMTPUTF8 it goes out in UTF-8, as it does.
+    fields = {
+        'From': 'a@example.com',
+        'To': to,
+        **_FIXED,
+        'Subject': 'Grüße aus Köln',
+        'X-Note': 'wörd ' * 30 + 'end',
+    }
+    text = ''.join(f'{name}: {value}\n' for name, value in fields.items())
+    parsed = email.message_from_string(text + '\nhi\n', policy=email.policy.default)
+    legacy = EmailMessage(policy=email.policy.compat32)
+    as_objects = EmailMessage()
+    for name, value in fields.items():
+        legacy[name] = value
+        as_objects[name] = value
+    for msg in (legacy, as_objects):
+        msg.set_payload('hi\n')
+    expected = as_objects.as_bytes(
+        policy=email.policy.SMTP if to.isascii() else email.policy.SMTPUTF8
+    )
+    assert _prepared(parsed)[1] == _prepared(legacy)[1] == expected
+    assert parse(expected)['Subject'] == 'Grüße aus Köln'
+    if to.isascii():
+        assert expected.isascii()
+
+
 @pytest.mark.parametrize(
     'text',
     [
