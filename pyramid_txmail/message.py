@@ -1112,11 +1112,16 @@ def _headers(
             )
         return name, header, True
 
+    groups: dict[str, tuple[str, str]] = {}  # To or Cc of empty groups only
+
     def address_list(key: str) -> list[Address]:
         field, value, header = given(key)
-        if header:
-            return _header_addresses(field, value, _simple_list(value))
-        return _addresses(field, value)
+        if not header:
+            return _addresses(field, value)
+        addresses = _header_addresses(field, value, _simple_list(value))
+        if not addresses:
+            groups[key] = (field, value)
+        return addresses
 
     field, value, _ = given('from')
     sender = _parse_address(field, value) if value else default
@@ -1134,10 +1139,11 @@ def _headers(
         name, value = extra.pop('sender')
         sender = _parse_address(name, value)
         msg['Sender'] = _AddressList([_shown(sender)])
-    if to:
-        msg['To'] = _AddressList(map(_shown, to))
-    if cc:
-        msg['Cc'] = _AddressList(map(_shown, cc))
+    for key, addresses in (('to', to), ('cc', cc)):
+        if addresses:
+            msg[key.title()] = _AddressList(map(_shown, addresses))
+        elif key in groups:
+            msg[groups[key][0]] = groups[key][1]  # written as given
     if reply_to:
         msg['Reply-To'] = _AddressList(map(_shown, reply_to))
     msg['Subject'] = '' if subject is None else _header_value(field, subject)
@@ -1297,10 +1303,15 @@ def _from_email(
                 # it read is not what the field shows.
                 text = str(raw)
                 given = '' if text == value else f' from {text!r}'
+                advice = (
+                    'A local part cannot hold an encoded word (RFC 2047)'
+                    if _word_in_local_part(header)
+                    else 'Separate addresses with commas, and quote a display '
+                    'name holding specials'
+                )
                 raise MailError(
                     f'{name}: not a valid address list; the parser reads only '
-                    f'{value!r}{given}. Separate addresses with commas, and '
-                    'quote a display name holding specials',
+                    f'{value!r}{given}. {advice}',
                     field=name,
                     value=text,
                 )
@@ -1332,6 +1343,7 @@ def _from_email(
     shown = {
         name.lower(): _AddressList(map(_shown, addresses))
         for name, addresses in found.items()
+        if addresses  # else empty groups, written as given
     }
     headers = [(name, shown.get(key, raw)) for name, key, raw in fields if key != 'bcc']
     if 'from' not in counts:
@@ -1389,12 +1401,17 @@ def _header_addresses(
     from ``parsed`` when given (its header object, or what
     :func:`_simple_list` read), else parsed here."""
     defects: list[object] = []
+    header: AddressHeader | None = None
     if isinstance(parsed, list):
         addresses = parsed
     else:
         addresses = []
         if parsed is not None:
-            addresses, defects = list(parsed.addresses), _defects(parsed)
+            header, addresses, defects = (
+                parsed,
+                list(parsed.addresses),
+                _defects(parsed),
+            )
         if parsed is None or defects:
             # Read from the text as it shows: where the first reading found
             # defects, this one may still read all of it (a leading comma, an
@@ -1404,12 +1421,29 @@ def _header_addresses(
                 header = cast(AddressHeader, _HEADER_FACTORY(field, value))
                 addresses, defects = list(header.addresses), _defects(header)
             except Exception:  # the parser raises assorted errors on garbage
-                addresses, defects = [], ['unparsable']
+                header, addresses, defects = None, [], ['unparsable']
+    if not addresses and not defects and _empty_groups(field, header):
+        return []
     if not addresses or defects:
         raise MailError(
             f'{field}: unparsable address list {value!r}', field=field, value=value
         )
     return [_checked(field, a, repr(value)) for a in addresses]
+
+
+def _empty_groups(field: str, header: AddressHeader | None) -> bool:
+    """Whether ``header`` is a destination field of empty groups only, such
+    as ``To: undisclosed-recipients:;`` beside a Bcc (RFC 5322, 3.6.3): it
+    names no mailbox, and is written as it is."""
+    return (
+        field.lower() in _DESTINATIONS
+        and header is not None
+        and bool(header.groups)
+        and all(g.display_name and not g.addresses for g in header.groups)
+    )
+
+
+_DESTINATIONS = frozenset({'to', 'cc', 'bcc'})
 
 
 def _obsolete(defect: object) -> bool:
@@ -1420,8 +1454,46 @@ def _obsolete(defect: object) -> bool:
 def _defects(header: BaseHeader | AddressHeader) -> list[object]:
     # A non-ASCII local part is legal with SMTPUTF8, which we use for it.
     # (typeshed declares AddressHeader apart from BaseHeader, its base.)
-    found = cast(BaseHeader, header).defects
-    return [d for d in found if not isinstance(d, NonASCIILocalPartDefect)]
+    found: list[object] = [
+        d
+        for d in cast(BaseHeader, header).defects
+        if not isinstance(d, NonASCIILocalPartDefect)
+    ]
+    if any(str(d) in _WORD_DEFECTS for d in found) and not _word_in_local_part(header):
+        # An encoded word in a display name, even a quoted one, as old
+        # mailers write it ("=?utf-8?q?Ann?=" <ann@example.com>): the
+        # mailboxes read are those written, and the field is written anew
+        # from them. In a local part it would change the mailbox: refused.
+        found = [d for d in found if str(d) not in _WORD_DEFECTS]
+    return found
+
+
+# The parser's defects for RFC 2047 words where RFC 2047 allows none.
+_WORD_DEFECTS = frozenset(
+    {
+        'encoded word inside quoted string',
+        'missing trailing whitespace after encoded-word',
+    }
+)
+
+
+def _word_in_local_part(header: BaseHeader | AddressHeader) -> bool:
+    """Whether an RFC 2047 word was decoded inside a local part of
+    ``header`` (True when that cannot be told: the stdlib's parse tree is
+    not public)."""
+    tree = getattr(header, '_parse_tree', None)
+    if not isinstance(tree, list):
+        return True
+    stack: list[Any] = [(tree, False)]
+    while stack:
+        token, inside = stack.pop()
+        kind = getattr(token, 'token_type', None)
+        if kind == 'encoded-word' and inside:
+            return True
+        if isinstance(token, list):
+            inside = inside or kind == 'local-part'
+            stack.extend((child, inside) for child in token)
+    return False
 
 
 def _message_id(stored: object) -> str:

@@ -632,7 +632,9 @@ def test_header_object_stored_under_another_field_is_written_under_that_field(
         'a@example.com <b@example.org>',  # went to a@, where a reader sees b@
         'Ann a@example.com <b@example.org>',  # went to "Ann a"@example.com
         '"Lee, Ann" <a@example.com> c@example.org',  # c@ was dropped
-        '"=?utf-8?q?Ann?=" <a@example.com>',
+        # An encoded word decoded in a local part: the mailbox changes.
+        '"=?utf-8?q?victim=40evil.example?="@example.com',
+        'Ann <"=?utf-8?q?victim=40evil.example?="@example.com>',
     ],
 )
 @pytest.mark.parametrize('form', ['parsed', 'object'])
@@ -647,6 +649,72 @@ def test_address_list_the_parser_reads_only_in_part_is_refused(
         msg = email_message({'From': 's@example.com', 'To': to})
     error = assert_refused(mailer, server, msg, 'To')
     assert 'not a valid address list' in str(error)
+    if '=?' in to:
+        assert 'A local part cannot hold an encoded word' in str(error)
+
+
+@pytest.mark.parametrize(
+    'to',
+    [
+        '"=?utf-8?q?Ann?=" <a@example.com>, b@example.org',  # as old mailers do
+        '=?utf-8?q?Ann?=x <a@example.com>, b@example.org',
+        '"=?utf-8?q?b=40example.org=2C?=" <a@example.com>, b@example.org',
+    ],
+)
+@pytest.mark.parametrize('form', ['parsed', 'object'])
+def test_encoded_word_where_rfc_2047_allows_none_in_a_display_name_is_read(
+    mailer, server, to, form
+):
+    # The parser decodes it, with a defect; the mailboxes are those written.
+    if form == 'parsed':
+        msg = parse_mail(f'From: s@example.com\nTo: {to}\n\nhi\n'.encode())
+    else:
+        msg = email_message({'From': 's@example.com', 'To': to})
+    received = sent(mailer, server, msg)
+    rcpts = [mailbox(r)[:2] for r in arguments(server, 'RCPT')]
+    assert rcpts == [('a', 'example.com'), ('b', 'example.org')]
+    assert header_mailboxes(received, 'To') == rcpts
+
+
+@pytest.mark.parametrize('field', ['To', 'Cc'])
+@pytest.mark.parametrize('form', ['parsed', 'object', 'Message'])
+def test_a_field_of_empty_groups_beside_a_bcc_is_written_as_given(
+    mailer, server, field, form
+):
+    # "To: undisclosed-recipients:;" (RFC 5322, 3.6.3): it names nobody.
+    value = 'undisclosed-recipients:;'
+    if form == 'parsed':
+        raw = f'From: s@example.com\n{field}: {value}\nBcc: b@example.org\n\nhi\n'
+        msg = parse_mail(raw.encode())
+    elif form == 'object':
+        msg = email_message(
+            {'From': 's@example.com', field: value, 'Bcc': 'b@example.org'}
+        )
+    else:
+        msg = message(
+            recipients=[], bcc=['b@example.org'], extra_headers={field: value}
+        )
+    received = sent(mailer, server, msg)
+    assert [mailbox(r)[:2] for r in arguments(server, 'RCPT')] == [('b', 'example.org')]
+    shown = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert shown.get_all(field) == [value]
+    assert 'Bcc' not in shown
+
+
+@pytest.mark.parametrize(
+    'headers, field',
+    [
+        ({'To': 'undisclosed-recipients:;'}, None),  # nobody at all
+        ({'From': 'nobody:;', 'To': 'b@example.org'}, 'From'),
+        ({'To': 'b@example.org', 'Reply-To': 'nobody:;'}, 'Reply-To'),
+        ({'To': 'a:;', 'Cc': 'b:;'}, None),
+    ],
+)
+def test_empty_groups_are_refused_where_a_mailbox_is_needed(
+    mailer, server, headers, field
+):
+    msg = email_message({'From': 's@example.com', **headers})
+    assert_refused(mailer, server, msg, field or 'recipients')
 
 
 @pytest.mark.parametrize(

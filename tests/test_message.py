@@ -1332,3 +1332,16 @@ def test_multipart_body_without_its_boundary_goes_out_with_crlf_only():
     _, data = _prepared(msg)
     assert data.endswith(b'\r\n\r\nno parts\r\nhere\r\n')
     assert re.search(rb'(?<!\r)\n|\r(?!\n)', data) is None
+
+
+def test_encoded_word_defects_count_where_the_parse_tree_cannot_be_read():
+    # Whether a decoded word sits in a display name or in a local part is
+    # read from the stdlib's parse tree; without it, the defect counts.
+    from pyramid_txmail.message import _defects
+
+    header = email.policy.default.header_factory(
+        'To', '"=?utf-8?q?Ann?=" <a@example.com>'
+    )
+    assert _defects(header) == []
+    del header._parse_tree
+    assert 'encoded word inside quoted string' in map(str, _defects(header))
