@@ -125,6 +125,11 @@ class _WirePolicy(EmailPolicy):
                     field=name,
                     value=text,
                 )
+            if any(line.isspace() for line in lines[1:]):
+                # Obsolete folding (RFC 5322, 4.2): a line of white space
+                # only is the end of the header block to some readers.
+                lines = lines[:1] + [line for line in lines[1:] if not line.isspace()]
+                value = text = '\n'.join(lines)
             if not (self.utf8 or text.isascii() or _UNDECODED.search(text)):
                 # Only UTF-8 could carry it as it is (message_from_string(),
                 # compat32): written as the header object the default

@@ -597,6 +597,30 @@ def test_email_message_value_folded_by_hand_is_written_as_folded(mailer, server)
 
 
 @pytest.mark.parametrize('policy', [email.policy.compat32, email.policy.default])
+@pytest.mark.parametrize('value', ['Hi\n \n <b>there</b>', 'Hi\n\t\n there\n '])
+def test_email_message_fold_onto_a_line_of_white_space_only_is_not_written(
+    mailer, server, value, policy
+):
+    # Obsolete folding (RFC 5322, 4.2), which the parser keeps as given: a
+    # line of white space only ends the header block for readers that take
+    # it for the empty line, and what follows showed to them as the body.
+    parsed = parse_mail(
+        f'From: from@example.com\nTo: to@example.com\nSubject: {value}\n'
+        'X-After: kept\n\nhi\n'.encode()
+    )
+    msg = EmailMessage(policy=policy)
+    for name, raw in parsed.raw_items():
+        msg.set_raw(name, raw)
+    msg.set_payload('hi\n')
+    received = sent(mailer, server, msg)
+    head = received.data.split(b'\r\n\r\n', 1)[0].split(b'\r\n')
+    assert all(line.strip() for line in head)
+    shown = read_back(received.data)
+    assert shown['X-After'] == 'kept'
+    assert shown['Subject'].split() == value.split()
+
+
+@pytest.mark.parametrize('policy', [email.policy.compat32, email.policy.default])
 def test_header_object_stored_under_another_field_is_written_under_that_field(
     mailer, server, policy
 ):
