@@ -840,6 +840,56 @@ def test_a_child_forked_while_a_claim_opens_its_file_does_not_keep_its_lock(
             os.close(fd)
 
 
+def test_a_fork_does_not_wait_for_a_claim_whose_open_is_stalled(make_queue):
+    """On a stalled NFS mount an open() waits for the server, for minutes:
+    a fork (gunicorn starting a worker) waited as long, for the lock the
+    processor's claim held across its open. The stall here ends once the
+    child is up, or after a bounded wait if the fork waits for it."""
+    import select
+    import threading
+
+    from pyramid_txmail.queue import MailQueue
+
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    opened = threading.Event()
+    child_up_during_open = []
+
+    class StalledOpen(MailQueue):
+        def _opener(self, path, flags, *mode):
+            if os.path.basename(os.path.dirname(path)) == 'new' and not opened.is_set():
+                opened.set()
+                up = select.select([ready_r], [], [], 5)[0]
+                child_up_during_open.append(bool(up))
+            return os.open(path, flags, *mode)
+
+    queue = make_queue(StalledOpen)
+    [mail_id] = fill(queue, 1)
+    claims = []
+    claimer = threading.Thread(target=lambda: claims.append(queue.claim(mail_id)))
+    claimer.start()
+    assert opened.wait(10)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; coverage is not kept
+        os.write(ready_w, b'x')
+        select.select([done_r], [], [], 30)
+        os._exit(0)
+    try:
+        claimer.join(10)
+        assert child_up_during_open == [True]
+        [claim] = claims
+        claim.release()
+        again = make_queue().claim(mail_id)  # the child is alive
+        assert again is not None
+        again.release()
+    finally:
+        os.write(done_w, b'x')
+        os.waitpid(pid, 0)
+        claimer.join(10)
+        for fd in (ready_r, ready_w, done_r, done_w):
+            os.close(fd)
+
+
 def test_a_child_forked_while_a_release_closes_its_descriptor_does_not_keep_its_lock(
     make_queue,
 ):

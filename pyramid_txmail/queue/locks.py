@@ -7,8 +7,10 @@ about to hold) such a lock, so that
 
 * a forked child (gunicorn ``--preload``, uWSGI) closes its inherited copies
   at once (:func:`install_fork_hook`), instead of keeping its parent's
-  messages locked, unclaimable, for its whole life; a fork waits for a
-  descriptor being opened or closed meanwhile, so that none escapes;
+  messages locked, unclaimable, for its whole life; a descriptor opened
+  while a fork happened is opened again, and one is unlocked before it is
+  forgotten, so that none escapes, and a fork never waits for either (an
+  open on a stalled NFS mount may take minutes);
 * the descriptors of sent (removed) messages are closed off the sender's
   path: :func:`close_soon` hands them to a daemon thread named
   ``pyramid_txmail-closer``, started by the first such close (never at
@@ -21,6 +23,7 @@ about to hold) such a lock, so that
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import queue as _queue
 import threading
@@ -35,30 +38,39 @@ __all__ = ['close_soon', 'install_fork_hook']
 # defers would stay locked, unclaimable, for the child's lifetime. The child
 # closes its copies at once; the parent's locks are unaffected.
 _LOCK_FDS: set[int] = set()
-# Held from a lock descriptor's open to its noting, and from its forgetting
-# to its close, and by fork() (see install_fork_hook): a child forked
-# between the two steps would inherit a descriptor its fork hook does not
-# know of, and the lock taken or left on it would live on in the child.
-# Reentrant: a claim dropped in between (Claim.__del__) closes its own.
-_FDS_LOCK = threading.RLock()
+# Replaced by each fork (see install_fork_hook): a descriptor opened while
+# it changed may be in a child, unknown to the child's fork hook.
+_fork_mark = object()
 
 
 def _held(opener: Callable[..., int], *args: Any) -> int:
     """``opener(*args)``, a descriptor that is to hold a queue file's
-    ``flock``, noted for forked children to close."""
+    ``flock``, noted for forked children to close.
+
+    A child forked between the open and the noting would keep, unknown to
+    its hook, the open file the lock is then taken on: that descriptor is
+    closed and the file opened again. A fork never waits for an open, which
+    may block for minutes (a stalled NFS mount).
+    """
     install_fork_hook()
-    with _FDS_LOCK:
+    while True:
+        mark = _fork_mark
         fd = opener(*args)
         _LOCK_FDS.add(fd)
-    return fd
+        if mark is _fork_mark:
+            return fd
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
 
 
 def _unlock(fd: int) -> None:
-    with _FDS_LOCK:
-        # Forget first: a child forked in between must not close a number
-        # that another thread has reused meanwhile.
-        _LOCK_FDS.discard(fd)
-        os.close(fd)
+    # Unlocked first: a child forked before the close then keeps an open
+    # file that holds no lock. Forgotten before the close: a child forked
+    # in between must not close a number another thread reused meanwhile.
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    _LOCK_FDS.discard(fd)
+    os.close(fd)
 
 
 class _Closer:
@@ -100,9 +112,9 @@ class _Closer:
             fd = self._fds.get()
             # Never die: a dead closer would leave every later fd open.
             with contextlib.suppress(OSError):
-                # Without _FDS_LOCK, which the sender's next claim may be
-                # waiting for: a child forked in between keeps only the
-                # descriptor of a removed file, whose lock nobody can want.
+                # Not unlocked first (a system call per message sent): a
+                # child forked in between keeps only the descriptor of a
+                # removed file, whose lock nobody can want.
                 _LOCK_FDS.discard(fd)
                 os.close(fd)
 
@@ -117,16 +129,12 @@ def close_soon(fd: int) -> None:
 
 
 def _before_fork() -> None:
-    _FDS_LOCK.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _FDS_LOCK.release()
+    global _fork_mark
+    _fork_mark = object()
 
 
 def _close_inherited_locks() -> None:
-    global _CLOSER, _FDS_LOCK
-    _FDS_LOCK = threading.RLock()  # the copy is held by the forking thread
+    global _CLOSER
     for fd in list(_LOCK_FDS):
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -152,8 +160,6 @@ def install_fork_hook() -> None:
     with _fork_hook_lock:
         if not _fork_hook_installed:  # pragma: no branch (else: another thread won)
             os.register_at_fork(
-                before=_before_fork,
-                after_in_parent=_after_fork_in_parent,
-                after_in_child=_close_inherited_locks,
+                before=_before_fork, after_in_child=_close_inherited_locks
             )
             _fork_hook_installed = True

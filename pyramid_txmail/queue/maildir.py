@@ -680,10 +680,16 @@ class MailQueue:
         between.
         """
         tmp = self._p('tmp', f'{mail_id}.{secrets.token_hex(4)}')
-        fd = _held(self._create, tmp)
+        out = self._create(tmp)
+        try:
+            self._write_all(out, tmp, stored, data)
+        finally:
+            os.close(out)
+        # Locked before it has the name of a message, through a descriptor
+        # opened by name: _held opens it again if a fork came in between.
+        fd = _held(self._opener, tmp, _OPEN_FLAGS)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._write_all(fd, tmp, stored, data)
             try:
                 os.utime(fd, (mtime, mtime))
                 self._rename(tmp, path)
