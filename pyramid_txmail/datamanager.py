@@ -32,10 +32,11 @@ class MailDataManager:
     """The mail of one transaction.
 
     ``closed`` becomes true once this data manager takes no more mail: it
-    voted, or the transaction no longer carries its messages (abort, or a
-    rollback that unjoined it). The mailer then joins a new one rather than
-    adding mail that nothing would send; a transaction that is committing
-    or committed refuses that join (``ValueError``).
+    finished, or the transaction no longer carries its messages (abort, or
+    a rollback that unjoined it). The mailer then joins a new one rather
+    than adding mail that nothing would send; a transaction that is
+    committing or committed refuses that join (``ValueError``). Mail added
+    between its vote and its finish is voted at once.
     """
 
     def __init__(self, transaction_manager: transaction.TransactionManager):
@@ -43,6 +44,7 @@ class MailDataManager:
         self.mails: list[tuple[IMailDelivery, PreparedMail]] = []
         self.pending: list[IPendingMail] = []
         self.closed = False
+        self.voted = False
         self.finished = False
 
     @classmethod
@@ -64,6 +66,12 @@ class MailDataManager:
         return dm
 
     def add(self, delivery: IMailDelivery, mail: PreparedMail) -> None:
+        if self.voted:
+            # Sent while later data managers vote (zope.sqlalchemy commits
+            # in its vote, running the session's after_commit listeners):
+            # voted now, it goes with the rest; a raise vetoes the commit.
+            self.pending.append(delivery.vote([mail]))
+            return
         self.mails.append((delivery, mail))
 
     def sortKey(self) -> str:
@@ -87,10 +95,7 @@ class MailDataManager:
         pass
 
     def tpc_vote(self, txn: Any) -> None:
-        # Mail sent from now on (another data manager's commit, an
-        # after-commit hook, a subscriber using this manager) would miss
-        # every step below: it must join anew, and so fail loudly.
-        self.closed = True
+        self.voted = True
         # Group by delivery, keeping send order within each.
         groups: dict[int, tuple[IMailDelivery, list[PreparedMail]]] = {}
         for delivery, mail in self.mails:
@@ -100,7 +105,10 @@ class MailDataManager:
             self.pending.append(delivery.vote(mails))
 
     def tpc_finish(self, txn: Any) -> None:
-        self.finished = True
+        # Mail sent from now on (a later data manager's second phase, an
+        # after-commit hook, a subscriber using this manager) would miss
+        # every step: it must join anew, and so fail loudly.
+        self.closed = self.finished = True
         self._each_pending('finish')
         self.mails.clear()
 

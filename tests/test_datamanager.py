@@ -242,3 +242,41 @@ def test_tpc_abort_after_our_finish_undoes_nothing(tm, delivery, calls):
         send(tm, delivery, 1)
         tm.get().join(SecondPhaseFailingDataManager(tm))
     assert calls == [('d', 'vote', ['<1@test>']), ('d', 'finish', ['<1@test>'])]
+
+
+@pytest.mark.parametrize('listener', ['before_commit', 'after_commit'])
+def test_mail_sent_while_zope_sqlalchemy_commits_goes_with_the_rest(
+    tm, tmp_path, listener
+):
+    # zope.sqlalchemy sorts after us and commits the database in its vote,
+    # which runs the session's before_commit and after_commit listeners: an
+    # application sending mail from one ("once the row is committed") sent
+    # after our vote. That send raised, and the transaction failed after
+    # the database had committed, with none of its mail queued.
+    import sqlalchemy as sa
+    import zope.sqlalchemy
+    from sqlalchemy.orm import Session
+
+    from pyramid_txmail.mailer import Mailer
+    from pyramid_txmail.queue import MailQueue
+
+    engine = sa.create_engine(f'sqlite:///{tmp_path}/app.sqlite')
+    with engine.begin() as conn:
+        conn.execute(sa.text('CREATE TABLE users (name TEXT)'))
+    session = Session(engine)
+    zope.sqlalchemy.register(session, transaction_manager=tm)
+    path = str(tmp_path / 'q')
+    mailer = Mailer.from_settings({'mail.queue_path': path}).bind(tm)
+
+    @sa.event.listens_for(session, listener)
+    def welcome(session):
+        mailer.send(message(subject='welcome'))
+
+    with tm:
+        mailer.send(message(subject='first'))
+        session.execute(sa.text("INSERT INTO users VALUES ('ann')"))
+        zope.sqlalchemy.mark_changed(session)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text('SELECT name FROM users')).all() == [('ann',)]
+    assert sorted(e.subject for e in MailQueue(path).list()) == ['first', 'welcome']
+    engine.dispose()
