@@ -543,13 +543,17 @@ def _shown(address: Address) -> str:
     name = address.display_name
     if not name:
         return spec
-    if name.isascii() and '=?' not in name:
+    return f'{_phrase(name)} <{spec}>'
+
+
+def _phrase(name: str) -> str:
+    """The display name ``name`` as a header shows it."""
+    if name.isascii() and name.isprintable() and '=?' not in name:
         if not _PHRASE.fullmatch(name):
             name = '"' + _QUOTED_PAIR.sub(r'\\\1', name) + '"'
-    else:
-        # One encoded word: Python's parser puts a space between two.
-        name = _UTF8.header_encode(name)
-    return f'{name} <{spec}>'
+        return name
+    # One encoded word: Python's parser puts a space between two.
+    return _UTF8.header_encode(name)
 
 
 def is_mailbox(value: str) -> bool:
@@ -1148,7 +1152,7 @@ def _headers(
         if addresses:
             msg[key.title()] = _AddressList(map(_shown, addresses))
         elif key in groups:
-            msg[groups[key][0]] = groups[key][1]  # written as given
+            msg[groups[key][0]] = _groups_shown(*groups[key])
     if reply_to:
         msg['Reply-To'] = _AddressList(map(_shown, reply_to))
     msg['Subject'] = '' if subject is None else _header_value(field, subject)
@@ -1347,8 +1351,9 @@ def _from_email(
     # Rewritten as the envelope names them; Bcc only in the envelope.
     shown = {
         name.lower(): _AddressList(map(_shown, addresses))
+        if addresses
+        else _groups_shown(name, parsed[name.lower()][0])
         for name, addresses in found.items()
-        if addresses  # else empty groups, written as given
     }
     headers = [(name, shown.get(key, raw)) for name, key, raw in fields if key != 'bcc']
     if 'from' not in counts:
@@ -1449,6 +1454,14 @@ def _empty_groups(field: str, header: AddressHeader | None) -> bool:
 
 
 _DESTINATIONS = frozenset({'to', 'cc', 'bcc'})
+
+
+def _groups_shown(field: str, value: str) -> _AddressList:
+    """The empty groups of ``value`` written anew from their names: a
+    comment (``x:(bob@example.com);``) or an encoded word kept as given
+    shows an address to a reader that reads it otherwise."""
+    header = cast(AddressHeader, _HEADER_FACTORY(field, value))
+    return _AddressList(f'{_phrase(g.display_name or "")}:;' for g in header.groups)
 
 
 def _obsolete(defect: object) -> bool:

@@ -726,6 +726,35 @@ def test_a_field_of_empty_groups_beside_a_bcc_is_written_as_given(
 
 
 @pytest.mark.parametrize(
+    'value, written',
+    [
+        # A comment: nobody to a reader of RFC 5322, a mailbox to one that
+        # picks addresses out of the text (or drops only the parentheses).
+        ('list:(bob@example.net);', 'list:;'),
+        # A name that a reader decoding encoded words before parsing (as
+        # many do) reads as a group and a mailbox.
+        (
+            '=?utf-8?q?x=3A=3B_bob=40example=2Enet=2C?= y:;',
+            '"x:; bob@example.net, y":;',
+        ),
+    ],
+)
+@pytest.mark.parametrize('form', ['parsed', 'Message'])
+def test_a_field_of_empty_groups_is_written_anew_from_their_names(
+    mailer, server, value, written, form
+):
+    if form == 'parsed':
+        raw = f'From: s@example.com\nTo: {value}\nBcc: b@example.org\n\nhi\n'
+        msg = parse_mail(raw.encode())
+    else:
+        msg = message(recipients=[], bcc=['b@example.org'], extra_headers={'To': value})
+    received = sent(mailer, server, msg)
+    assert [mailbox(r)[:2] for r in arguments(server, 'RCPT')] == [('b', 'example.org')]
+    assert f'\r\nTo: {written}\r\n'.encode() in received.data
+    assert b'example.net' not in received.data.replace(written.encode(), b'')
+
+
+@pytest.mark.parametrize(
     'headers, field',
     [
         ({'To': 'undisclosed-recipients:;'}, None),  # nobody at all
