@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from email import quoprimime
 from email.charset import Charset
@@ -398,6 +398,8 @@ def _parse_address(field: str, value: object) -> Address:
         defects = [
             d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)
         ]
+        if _word_decoded_in_local_part(value, addresses):
+            defects.append('an encoded word in a local part')
     except Exception:  # the parser raises assorted errors on garbage
         addresses, defects = (), ['unparsable']
     if len(addresses) != 1 or defects:
@@ -1300,13 +1302,19 @@ def _from_email(
             else:
                 header = _SMTP.header_fetch_parse(name, raw)
             value = str(header)
+            # Read from the text as it is: a header object holds it decoded.
+            word = (
+                key in _ADDRESS_KEYS
+                and type(raw) is str
+                and _word_decoded_in_local_part(raw, header.addresses)
+            )
         except Exception:  # the parser raises assorted errors on garbage
             raise MailError(
                 f'{name}: unparsable value {raw!r}', field=name, value=raw
             ) from None
         _header_value(name, value)
         if key in _ADDRESS_KEYS:
-            if not all(map(_obsolete, _defects(header))):
+            if word or not all(map(_obsolete, _defects(header))):
                 # Invalid syntax: the parser skipped or misread some of it
                 # ("a@x.example b@y.example" reads as a@x.example), so what
                 # it read is not what the field shows.
@@ -1314,7 +1322,7 @@ def _from_email(
                 given = '' if text == value else f' from {text!r}'
                 advice = (
                     'A local part cannot hold an encoded word (RFC 2047)'
-                    if _word_in_local_part(header)
+                    if word or _word_in_local_part(header)
                     else 'Separate addresses with commas, and quote a display '
                     'name holding specials'
                 )
@@ -1430,6 +1438,8 @@ def _header_addresses(
             try:
                 header = cast(AddressHeader, _HEADER_FACTORY(field, value))
                 addresses, defects = list(header.addresses), _defects(header)
+                if _word_decoded_in_local_part(value, addresses):
+                    defects.append('an encoded word in a local part')
             except Exception:  # the parser raises assorted errors on garbage
                 header, addresses, defects = None, [], ['unparsable']
     if not addresses and not defects and _empty_groups(field, header):
@@ -1462,6 +1472,21 @@ def _groups_shown(field: str, value: str) -> _AddressList:
     shows an address to a reader that reads it otherwise."""
     header = cast(AddressHeader, _HEADER_FACTORY(field, value))
     return _AddressList(f'{_phrase(g.display_name or "")}:;' for g in header.groups)
+
+
+def _word_decoded_in_local_part(text: str, addresses: Sequence[Address]) -> bool:
+    """Whether the stdlib's parser decoded an RFC 2047 word in a local part
+    of the address list ``text``, which it read as ``addresses``: read with
+    the words left undecoded, the local parts differ. (Its parse tree cannot
+    tell when the word is followed by white space or a dot: an obsolete
+    local part is parsed again from the decoded text.)"""
+    if '=?' not in text:
+        return False
+    undecoded = ''.join(text.splitlines()).replace('=?', '=_?')
+    read = cast(AddressHeader, _HEADER_FACTORY('To', undecoded)).addresses
+    return [a.username for a in read] != [
+        a.username.replace('=?', '=_?') for a in addresses
+    ]
 
 
 def _obsolete(defect: object) -> bool:

@@ -211,6 +211,31 @@ def test_local_part_that_a_reader_decodes_is_refused(mailer, server, field, msg)
 
 
 @pytest.mark.parametrize(
+    'address',
+    [
+        # Followed by white space or a dot, the word left no defect, and
+        # none in the parse tree (an obsolete local part is parsed again
+        # from the decoded text): mail went to the decoded mailbox.
+        f'{ENCODED_LOCAL} @example.com',
+        f'{ENCODED_LOCAL}.x@example.com',
+        f'a . {ENCODED_LOCAL} @example.com',
+        f'Ann <{ENCODED_LOCAL} @example.com>',
+    ],
+)
+@pytest.mark.parametrize('form', ['parsed', 'recipients', 'extra_headers'])
+def test_local_part_that_a_reader_decodes_is_refused_before_a_space_or_a_dot(
+    mailer, server, address, form
+):
+    if form == 'parsed':
+        msg = parse_mail(f'From: a@example.com\nTo: {address}\n\nhi\n'.encode())
+    elif form == 'recipients':
+        msg = message(recipients=[address])
+    else:
+        msg = message(recipients=[], extra_headers={'To': address})
+    assert_refused(mailer, server, msg, 'recipients' if form == 'recipients' else 'To')
+
+
+@pytest.mark.parametrize(
     'value',
     [
         'victim@attacker.example> ORCPT=rfc822;x@example.com',
