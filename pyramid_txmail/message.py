@@ -1444,6 +1444,8 @@ def _header_addresses(
                 header, addresses, defects = None, [], ['unparsable']
     if not addresses and not defects and _empty_groups(field, header):
         return []
+    if field.lower() == 'bcc' and not value.strip():
+        return []  # "Bcc:" alone (RFC 5322, 3.6.3), as mail programs write it
     if not addresses or defects:
         raise MailError(
             f'{field}: unparsable address list {value!r}', field=field, value=value

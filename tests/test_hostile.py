@@ -779,6 +779,18 @@ def test_a_field_of_empty_groups_is_written_anew_from_their_names(
     assert b'example.net' not in received.data.replace(written.encode(), b'')
 
 
+@pytest.mark.parametrize('form', ['parsed', 'object'])
+def test_an_empty_bcc_field_is_sent_without_it(mailer, server, form):
+    # RFC 5322, 3.6.3: "Bcc:" may be empty, and mail programs write it so.
+    if form == 'parsed':
+        msg = parse_mail(b'From: s@example.com\nTo: a@example.com\nBcc: \n\nhi\n')
+    else:
+        msg = email_message({'From': 's@example.com', 'To': 'a@example.com', 'Bcc': ''})
+    received = sent(mailer, server, msg)
+    assert arguments(server, 'RCPT') == ['TO:<a@example.com>']
+    assert b'Bcc' not in received.data
+
+
 @pytest.mark.parametrize(
     'headers, field',
     [
