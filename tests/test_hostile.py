@@ -727,9 +727,7 @@ def test_encoded_word_where_rfc_2047_allows_none_in_a_display_name_is_read(
 
 @pytest.mark.parametrize('field', ['To', 'Cc'])
 @pytest.mark.parametrize('form', ['parsed', 'object', 'Message'])
-def test_a_field_of_empty_groups_beside_a_bcc_names_nobody(
-    mailer, server, field, form
-):
+def test_a_field_of_empty_groups_beside_a_bcc_names_nobody(mailer, server, field, form):
     # "To: undisclosed-recipients:;" (RFC 5322, 3.6.3): it names nobody.
     value = 'undisclosed-recipients:;'
     if form == 'parsed':
