@@ -2347,3 +2347,28 @@ def test_list_and_counts_include_repoze_sendmail_files(queue_path, five_states):
     ]
     assert [e.id for e in queue.list(['queued'])] == ids[:1]
     sending.release()
+
+
+def test_a_claim_goes_on_while_forks_keep_coming_between_its_opens(make_queue):
+    # A process forking without pause: each open is followed by a fork
+    # (what the fork hook does in the parent), and the claim must not
+    # reopen for ever.
+    from pyramid_txmail.queue import MailQueue, locks
+
+    opens = []
+
+    class ForkAfterEachOpen(MailQueue):
+        def _opener(self, path, flags, *mode):
+            fd = os.open(path, flags, *mode)
+            if os.path.basename(os.path.dirname(path)) == 'new':
+                opens.append(path)
+                locks._before_fork()
+            return fd
+
+    queue = make_queue(ForkAfterEachOpen)
+    [mail_id] = fill(queue, 1)
+    claim = queue.claim(mail_id)
+    assert claim is not None
+    assert len(opens) == locks._REOPENS + 1
+    claim.release()
+    assert queue.pending() == [mail_id]

@@ -53,7 +53,7 @@ def _held(opener: Callable[..., int], *args: Any) -> int:
     may block for minutes (a stalled NFS mount).
     """
     install_fork_hook()
-    while True:
+    for _ in range(_REOPENS):
         mark = _fork_mark
         fd = opener(*args)
         _LOCK_FDS.add(fd)
@@ -61,6 +61,15 @@ def _held(opener: Callable[..., int], *args: Any) -> int:
             return fd
         _LOCK_FDS.discard(fd)
         os.close(fd)
+    # Forks without pause (a process forking in a loop): the last open is
+    # kept, at worst in a child too, rather than claims stopping here.
+    fd = opener(*args)
+    _LOCK_FDS.add(fd)
+    return fd
+
+
+#: Opens again at most, while forks keep coming between open and noting.
+_REOPENS = 8
 
 
 def _unlock(fd: int) -> None:
