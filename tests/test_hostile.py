@@ -94,6 +94,26 @@ def header_mailboxes(received, name: str) -> list[tuple[str, str]]:
     return [(a.username, a.domain) for a in message[name].addresses]
 
 
+def mail_in_form(form: str, headers: dict[str, str]):
+    """A message from s@example.com with ``headers`` (To, Cc, Bcc), in one
+    of the forms an application hands over: ``parsed`` from bytes,
+    ``object`` built through email.policy.default, or ``Message`` with the
+    headers in ``extra_headers`` (Bcc as its keyword)."""
+    if form == 'parsed':
+        lines = ''.join(f'{name}: {value}\n' for name, value in headers.items())
+        return parse_mail(f'From: s@example.com\n{lines}\nhi\n'.encode())
+    if form == 'object':
+        return email_message({'From': 's@example.com', **headers})
+    extra = dict(headers)
+    bcc = extra.pop('Bcc', None)
+    return message(
+        sender='s@example.com',
+        recipients=[],
+        bcc=[bcc] if bcc else [],
+        extra_headers=extra,
+    )
+
+
 def assert_refused(mailer, server, msg, field):
     with pytest.raises(MailError) as info:
         mailer.send_immediately(msg)
@@ -692,11 +712,7 @@ def test_address_list_the_parser_reads_only_in_part_is_refused(
 ):
     # Python's parser skips what it cannot read (with an InvalidHeaderDefect);
     # reading again what it kept sent mail to part of the list, or elsewhere.
-    if form == 'parsed':
-        msg = parse_mail(f'From: s@example.com\nTo: {to}\n\nhi\n'.encode())
-    else:
-        msg = email_message({'From': 's@example.com', 'To': to})
-    error = assert_refused(mailer, server, msg, 'To')
+    error = assert_refused(mailer, server, mail_in_form(form, {'To': to}), 'To')
     assert 'not a valid address list' in str(error)
     if '=?' in to:
         assert 'A local part cannot hold an encoded word' in str(error)
@@ -715,11 +731,7 @@ def test_encoded_word_where_rfc_2047_allows_none_in_a_display_name_is_read(
     mailer, server, to, form
 ):
     # The parser decodes it, with a defect; the mailboxes are those written.
-    if form == 'parsed':
-        msg = parse_mail(f'From: s@example.com\nTo: {to}\n\nhi\n'.encode())
-    else:
-        msg = email_message({'From': 's@example.com', 'To': to})
-    received = sent(mailer, server, msg)
+    received = sent(mailer, server, mail_in_form(form, {'To': to}))
     rcpts = [mailbox(r)[:2] for r in arguments(server, 'RCPT')]
     assert rcpts == [('a', 'example.com'), ('b', 'example.org')]
     assert header_mailboxes(received, 'To') == rcpts
@@ -730,17 +742,7 @@ def test_encoded_word_where_rfc_2047_allows_none_in_a_display_name_is_read(
 def test_a_field_of_empty_groups_beside_a_bcc_names_nobody(mailer, server, field, form):
     # "To: undisclosed-recipients:;" (RFC 5322, 3.6.3): it names nobody.
     value = 'undisclosed-recipients:;'
-    if form == 'parsed':
-        raw = f'From: s@example.com\n{field}: {value}\nBcc: b@example.org\n\nhi\n'
-        msg = parse_mail(raw.encode())
-    elif form == 'object':
-        msg = email_message(
-            {'From': 's@example.com', field: value, 'Bcc': 'b@example.org'}
-        )
-    else:
-        msg = message(
-            recipients=[], bcc=['b@example.org'], extra_headers={field: value}
-        )
+    msg = mail_in_form(form, {field: value, 'Bcc': 'b@example.org'})
     received = sent(mailer, server, msg)
     assert [mailbox(r)[:2] for r in arguments(server, 'RCPT')] == [('b', 'example.org')]
     shown = email.message_from_bytes(received.data, policy=email.policy.default)
@@ -766,11 +768,7 @@ def test_a_field_of_empty_groups_beside_a_bcc_names_nobody(mailer, server, field
 def test_a_field_of_empty_groups_is_written_anew_from_their_names(
     mailer, server, value, written, form
 ):
-    if form == 'parsed':
-        raw = f'From: s@example.com\nTo: {value}\nBcc: b@example.org\n\nhi\n'
-        msg = parse_mail(raw.encode())
-    else:
-        msg = message(recipients=[], bcc=['b@example.org'], extra_headers={'To': value})
+    msg = mail_in_form(form, {'To': value, 'Bcc': 'b@example.org'})
     received = sent(mailer, server, msg)
     assert [mailbox(r)[:2] for r in arguments(server, 'RCPT')] == [('b', 'example.org')]
     assert f'\r\nTo: {written}\r\n'.encode() in received.data
@@ -780,10 +778,7 @@ def test_a_field_of_empty_groups_is_written_anew_from_their_names(
 @pytest.mark.parametrize('form', ['parsed', 'object'])
 def test_an_empty_bcc_field_is_sent_without_it(mailer, server, form):
     # RFC 5322, 3.6.3: "Bcc:" may be empty, and mail programs write it so.
-    if form == 'parsed':
-        msg = parse_mail(b'From: s@example.com\nTo: a@example.com\nBcc: \n\nhi\n')
-    else:
-        msg = email_message({'From': 's@example.com', 'To': 'a@example.com', 'Bcc': ''})
+    msg = mail_in_form(form, {'To': 'a@example.com', 'Bcc': ''})
     received = sent(mailer, server, msg)
     assert arguments(server, 'RCPT') == ['TO:<a@example.com>']
     assert b'Bcc' not in received.data
